@@ -1,0 +1,195 @@
+//! Backend connections: connect, read the greeting, and log in as the
+//! client's user with `SHA1(password)` and the backend's own nonce.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use crate::auth::Sha1Password;
+use crate::conn::{ConnError, PacketStream};
+use crate::protocol::{
+    AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
+    MariaDbCapabilities, NATIVE_PASSWORD_PLUGIN,
+};
+
+/// Largest packet accepted from a backend during login.
+const MAX_LOGIN_PACKET: usize = 64 * 1024;
+
+/// Why a backend session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// The backend did not finish in time.
+    #[error("timed out")]
+    Timeout,
+    /// The connection broke or the backend spoke nonsense.
+    #[error("{0}")]
+    Conn(#[from] ConnError),
+    /// The backend asked for an authentication plugin Switchyard cannot
+    /// answer without the cleartext password.
+    #[error("backend requires auth plugin '{0}', which Switchyard cannot answer")]
+    UnsupportedPlugin(String),
+    /// The backend answered with an ERR packet.
+    #[error("backend error {}: {}", .0.code, .0.message)]
+    Refused(ErrPacket),
+}
+
+impl BackendError {
+    /// Whether the fault lies with the backend server rather than with the
+    /// client's request, so that another backend of the pool should be tried.
+    /// A refusal for the user (bad password, unknown database) is the
+    /// client's; "too many connections" and "host blocked" are the server's.
+    pub fn is_backend_fault(&self) -> bool {
+        match self {
+            Self::Refused(e) => matches!(e.code, 1040 | 1129 | 1203),
+            Self::UnsupportedPlugin(_) => false,
+            Self::Connect(_) | Self::Timeout | Self::Conn(_) => true,
+        }
+    }
+}
+
+/// Who to log in as, and with which session properties (those of the
+/// client, so that the relayed bytes mean the same on both sides).
+#[derive(Debug)]
+pub struct LoginRequest<'a> {
+    /// The client's handshake response: user, database, charset, flags,
+    /// connection attributes.
+    pub client: &'a HandshakeResponse,
+    /// `SHA1(password)`.
+    pub password: &'a Sha1Password,
+}
+
+/// A logged-in backend session.
+#[derive(Debug)]
+pub struct BackendSession {
+    /// The packet stream, positioned after the login's OK.
+    pub stream: PacketStream,
+    /// The backend's greeting.
+    pub greeting: Greeting,
+    /// The OK packet's payload that ended the login (status flags, session
+    /// state), to be forwarded to the client.
+    pub ok: Bytes,
+}
+
+/// Connects to `addr` and reads its greeting.
+pub async fn connect(addr: SocketAddr) -> Result<(PacketStream, Greeting), BackendError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(BackendError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = PacketStream::new(tcp, MAX_LOGIN_PACKET);
+    let p = stream.read_seq(0).await?;
+    if ErrPacket::is_err(&p.payload) {
+        return Err(BackendError::Refused(
+            ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
+        ));
+    }
+    let greeting = Greeting::decode(&p.payload).map_err(ConnError::from)?;
+    Ok((stream, greeting))
+}
+
+/// Reads the greeting of `addr` within `timeout` (a probe).
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<Greeting, BackendError> {
+    match tokio::time::timeout(timeout, connect(addr)).await {
+        Ok(r) => r.map(|(_, g)| g),
+        Err(_) => Err(BackendError::Timeout),
+    }
+}
+
+/// The handshake response Switchyard sends a backend for `req`.
+pub fn backend_response(req: &LoginRequest<'_>, greeting: &Greeting) -> HandshakeResponse {
+    let client = req.client;
+    let server_caps = greeting.capabilities | CapabilityFlags::client_only();
+    let mut caps = (client.capabilities & server_caps)
+        - (CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_COMPRESS);
+    caps |= CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+    caps.set(
+        CapabilityFlags::CLIENT_CONNECT_WITH_DB,
+        client.database.is_some(),
+    );
+    caps.set(
+        CapabilityFlags::CLIENT_CONNECT_ATTRS,
+        client.connect_attrs.is_some()
+            && greeting
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_CONNECT_ATTRS),
+    );
+    let mariadb = if greeting
+        .capabilities
+        .contains(CapabilityFlags::CLIENT_LONG_PASSWORD)
+    {
+        MariaDbCapabilities::empty()
+    } else {
+        client.mariadb_capabilities & greeting.mariadb_capabilities
+    };
+    HandshakeResponse {
+        capabilities: caps,
+        max_packet_size: client.max_packet_size,
+        charset: client.charset,
+        mariadb_capabilities: mariadb,
+        username: client.username.clone(),
+        auth_response: req.password.scramble(&greeting.auth_data),
+        database: client.database.clone(),
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+        connect_attrs: client.connect_attrs.clone(),
+    }
+}
+
+/// Connects to `addr` and logs in for `req`.
+pub async fn open(
+    addr: SocketAddr,
+    req: &LoginRequest<'_>,
+) -> Result<BackendSession, BackendError> {
+    let (mut stream, greeting) = connect(addr).await?;
+    let response = backend_response(req, &greeting);
+    stream
+        .write(1, &response.encode())
+        .await
+        .map_err(ConnError::from)?;
+    let mut seq = 2;
+    let mut switched = false;
+    loop {
+        let p = stream.read_seq(seq).await?;
+        match p.payload.first() {
+            Some(0x00) => {
+                return Ok(BackendSession {
+                    stream,
+                    greeting,
+                    ok: p.payload,
+                });
+            }
+            Some(0xff) => {
+                return Err(BackendError::Refused(
+                    ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
+                ));
+            }
+            Some(0xfe) if !switched => {
+                let switch = AuthSwitchRequest::decode(&p.payload).map_err(ConnError::from)?;
+                if switch.plugin != NATIVE_PASSWORD_PLUGIN {
+                    return Err(BackendError::UnsupportedPlugin(switch.plugin));
+                }
+                let token = req.password.scramble(&switch.data);
+                stream
+                    .write(seq + 1, &token)
+                    .await
+                    .map_err(ConnError::from)?;
+                seq += 2;
+                switched = true;
+            }
+            _ => {
+                return Err(
+                    ConnError::Protocol(crate::protocol::ProtocolError::Malformed(
+                        "backend login reply",
+                    ))
+                    .into(),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Switchyard: a MySQL/MariaDB proxy whose routing decisions come from
+//! WebAssembly components.
+//!
+//! A client logs in to Switchyard as it would to MySQL. Switchyard verifies
+//! the credentials itself (`mysql_native_password` against stored
+//! double-SHA1 hashes, keeping only `SHA1(password)`), asks the loaded policy
+//! component which pool the session belongs to, logs in to a backend of that
+//! pool with the backend's own nonce, and only then answers the client and
+//! relays bytes both ways.
+//!
+//! Modules by responsibility:
+//! - [`protocol`]: the wire format, sans IO;
+//! - [`auth`]: password verification math;
+//! - [`config`]: the TOML configuration;
+//! - [`policy`]: the wasm engine that runs routing policies;
+//! - [`pool`]: backends, pools and balancing;
+//! - [`backend`]: opening backend sessions;
+//! - [`conn`]: packet IO during logins;
+//! - [`server`]: the listener and the sessions.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod conn;
+pub mod policy;
+pub mod pool;
+pub mod protocol;
+pub mod server;

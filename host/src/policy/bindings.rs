@@ -1,0 +1,21 @@
+//! Generated bindings for the `switchyard:policy` WIT package, and the
+//! conversions between its types and Switchyard's.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "router",
+});
+
+pub use switchyard::policy::host::{Level, PoolStatus};
+
+impl From<crate::pool::PoolStatus> for PoolStatus {
+    fn from(s: crate::pool::PoolStatus) -> Self {
+        Self {
+            name: s.name,
+            healthy_backends: s.healthy_backends,
+            total_backends: s.total_backends,
+            active_sessions: s.active_sessions,
+            max_lag_ms: s.max_lag_ms,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Client commands, and a scanner that finds command boundaries in the
+//! client-to-server byte stream without copying or buffering it.
+
+/// The command bytes a proxy must recognise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Command {
+    /// COM_QUIT: the client is leaving.
+    Quit = 0x01,
+    /// COM_INIT_DB: change the default database.
+    InitDb = 0x02,
+    /// COM_QUERY.
+    Query = 0x03,
+    /// COM_PING.
+    Ping = 0x0e,
+    /// COM_CHANGE_USER: re-authenticate as another user.
+    ChangeUser = 0x11,
+    /// COM_RESET_CONNECTION: reset session state.
+    ResetConnection = 0x1f,
+}
+
+/// A command the relay must act on, found by [`CommandScanner::scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanEvent {
+    /// COM_QUIT.
+    Quit,
+    /// COM_CHANGE_USER.
+    ChangeUser,
+}
+
+/// Walks packet headers of the client-to-server stream.
+///
+/// A packet starts a command when its sequence id is 0, it does not continue
+/// a 16 MiB packet, and the client is not streaming data for the previous
+/// command (LOAD DATA LOCAL INFILE sends packets numbered from 2 on, wrapping
+/// through 0, up to an empty packet).
+#[derive(Debug, Default, Clone)]
+pub struct CommandScanner {
+    /// Payload bytes of the current packet not seen yet.
+    remaining: usize,
+    /// The current packet is a full 0xFFFFFF chunk: the next one continues it.
+    continues: bool,
+    /// The client streams data packets (LOAD DATA LOCAL INFILE).
+    streaming: bool,
+}
+
+impl CommandScanner {
+    /// A scanner positioned at a command boundary.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scans `buf`, which starts where the previous call's returned length
+    /// ended. Returns how many bytes may be forwarded, and the event that
+    /// stopped the scan: then the returned length is the offset of that
+    /// command's packet, and the scanner stays before it. A packet header
+    /// (and a command's first byte) cut by the end of `buf` is not counted:
+    /// pass those bytes again with more behind them.
+    pub fn scan(&mut self, buf: &[u8]) -> (usize, Option<ScanEvent>) {
+        let mut pos = 0;
+        loop {
+            if self.remaining > 0 {
+                let n = self.remaining.min(buf.len() - pos);
+                pos += n;
+                self.remaining -= n;
+                if self.remaining > 0 {
+                    return (pos, None);
+                }
+            }
+            let Some(header) = buf.get(pos..pos + 4) else {
+                return (pos, None);
+            };
+            let len =
+                usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+            let seq = header[3];
+            let starts_command = !self.continues && !self.streaming && seq == 0;
+            if starts_command && len > 0 {
+                let Some(&cmd) = buf.get(pos + 4) else {
+                    return (pos, None);
+                };
+                let event = match cmd {
+                    c if c == Command::Quit as u8 => Some(ScanEvent::Quit),
+                    c if c == Command::ChangeUser as u8 => Some(ScanEvent::ChangeUser),
+                    _ => None,
+                };
+                if event.is_some() {
+                    return (pos, event);
+                }
+            } else if !self.continues && seq != 0 && !self.streaming {
+                // Data for the previous command (LOAD DATA LOCAL INFILE).
+                self.streaming = true;
+            }
+            if self.streaming && !self.continues && len == 0 {
+                self.streaming = false;
+            }
+            self.continues = len == super::MAX_PAYLOAD_CHUNK;
+            self.remaining = len;
+            pos += 4;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode_packet;
+    use bytes::BytesMut;
+
+    fn packets(list: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for (seq, payload) in list {
+            encode_packet(*seq, payload, &mut out);
+        }
+        out.to_vec()
+    }
+
+    #[test]
+    fn finds_quit_after_pipelined_queries() {
+        let bytes = packets(&[(0, b"\x03SELECT 1"), (0, b"\x03SELECT 2"), (0, b"\x01")]);
+        let mut s = CommandScanner::new();
+        let (n, ev) = s.scan(&bytes);
+        assert_eq!(ev, Some(ScanEvent::Quit));
+        assert_eq!(n, bytes.len() - 5);
+    }
+
+    #[test]
+    fn holds_back_a_cut_header_and_resumes() {
+        let bytes = packets(&[(0, b"\x03SELECT 1"), (0, b"\x11user\0")]);
+        for cut in 0..bytes.len() {
+            let mut s = CommandScanner::new();
+            let (n, ev) = s.scan(&bytes[..cut]);
+            assert_eq!(ev, None, "cut at {cut}");
+            let (m, ev) = s.scan(&bytes[n..]);
+            assert_eq!(ev, Some(ScanEvent::ChangeUser), "cut at {cut}");
+            assert_eq!(n + m, 13, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_command_byte_inside_a_payload_is_not_a_command() {
+        let mut big = vec![0x01u8; super::super::MAX_PAYLOAD_CHUNK + 5];
+        big[0] = 0x03;
+        let mut bytes = packets(&[(0, &big)]);
+        bytes.extend(packets(&[(0, b"\x0e")]));
+        let mut s = CommandScanner::new();
+        // Feed it in odd slices, as reads arrive.
+        let mut pos = 0;
+        for step in [1, 3, 70000, 5, 1 << 24] {
+            let end = (pos + step).min(bytes.len());
+            let (n, ev) = s.scan(&bytes[pos..end]);
+            assert_eq!(ev, None);
+            pos += n;
+        }
+        assert_eq!(pos, bytes.len());
+    }
+
+    #[test]
+    fn load_data_local_packets_wrapping_to_zero_are_data() {
+        let mut list: Vec<(u8, &[u8])> = vec![(0, b"\x03LOAD DATA LOCAL INFILE 'x' INTO TABLE t")];
+        for i in 0..300u32 {
+            list.push(((i + 2) as u8, b"\x11\x01 file bytes"));
+        }
+        list.push(((302u32 % 256) as u8, b""));
+        list.push((0, b"\x01"));
+        let bytes = packets(&list);
+        let mut s = CommandScanner::new();
+        let (n, ev) = s.scan(&bytes);
+        assert_eq!(ev, Some(ScanEvent::Quit));
+        assert_eq!(n, bytes.len() - 5);
+    }
+}

@@ -1,0 +1,73 @@
+//! The ERR packets Switchyard itself sends, with their codes. The README
+//! lists them; keep the two in step.
+
+use crate::protocol::ErrPacket;
+
+/// Wrong password or unknown user (MySQL's own code and wording).
+pub const ACCESS_DENIED: u16 = 1045;
+/// The proxy serves `max_connections` sessions already.
+pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+/// The routing policy refused the login; the message is the policy's text.
+pub const POLICY_REFUSED: u16 = 9100;
+/// The routing policy failed (trap, timeout, bad or unknown pool).
+pub const POLICY_FAILED: u16 = 9101;
+/// No backend of the chosen pool could be reached.
+pub const NO_BACKEND: u16 = 9102;
+/// A backend needs something Switchyard cannot provide (e.g. an auth plugin).
+pub const BACKEND_UNSUPPORTED: u16 = 9103;
+/// The client sent a command Switchyard cannot relay yet.
+pub const UNSUPPORTED_COMMAND: u16 = 9104;
+
+/// ERR 1045 / 28000, as MySQL words it.
+pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrPacket {
+    ErrPacket::new(
+        ACCESS_DENIED,
+        "28000",
+        format!(
+            "Access denied for user '{user}'@'{host}' (using password: {})",
+            if used_password { "YES" } else { "NO" }
+        ),
+    )
+}
+
+/// ERR 1040 / 08004.
+pub fn too_many_connections() -> ErrPacket {
+    ErrPacket::new(TOO_MANY_CONNECTIONS, "08004", "Too many connections")
+}
+
+/// ERR 9100 / 28000 with the policy's own text.
+pub fn policy_refused(text: &str) -> ErrPacket {
+    ErrPacket::new(POLICY_REFUSED, "28000", text)
+}
+
+/// ERR 9101 / HY000.
+pub fn policy_failed(user: &str, why: &str) -> ErrPacket {
+    ErrPacket::new(
+        POLICY_FAILED,
+        "HY000",
+        format!("Switchyard: the routing policy failed for user '{user}': {why}"),
+    )
+}
+
+/// ERR 9102 / HY000, naming the pool.
+pub fn no_backend(pool: &str, tried: usize) -> ErrPacket {
+    ErrPacket::new(
+        NO_BACKEND,
+        "HY000",
+        format!("Switchyard: no backend of pool '{pool}' is available ({tried} tried)"),
+    )
+}
+
+/// ERR 9103 / HY000.
+pub fn backend_unsupported(why: &str) -> ErrPacket {
+    ErrPacket::new(BACKEND_UNSUPPORTED, "HY000", format!("Switchyard: {why}"))
+}
+
+/// ERR 9104 / 0A000 (feature not supported).
+pub fn unsupported_command(name: &str) -> ErrPacket {
+    ErrPacket::new(
+        UNSUPPORTED_COMMAND,
+        "0A000",
+        format!("Switchyard: {name} is not supported yet; reconnect instead"),
+    )
+}

@@ -1,0 +1,123 @@
+//! The listener and the state every session shares.
+//!
+//! `run` accepts clients, caps them at `max_connections` (further clients get
+//! ERR 1040) and spawns one task per session; `session` drives a session
+//! through its phases and `relay` moves its bytes afterwards. The greeting
+//! presented to clients comes from the backends' own greetings, probed at
+//! start and again until every backend has answered.
+
+mod codes;
+mod profile;
+mod relay;
+mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+pub use codes::*;
+pub use profile::ServerProfile;
+
+use crate::auth::PasswordHash;
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::pool::Pools;
+use crate::protocol::encode_packet;
+
+/// Everything a session needs, shared by all of them.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// Accounts by name.
+    pub users: HashMap<String, PasswordHash>,
+    /// Backend pools.
+    pub pools: Arc<Pools>,
+    /// The routing policy.
+    pub policy: Arc<Policy>,
+    /// What clients are greeted with.
+    pub profile: profile::ProfileCell,
+    next_connection_id: AtomicU32,
+}
+
+impl Shared {
+    /// Shared state for `config`, with `pools` and a loaded `policy`.
+    pub fn new(config: Config, pools: Arc<Pools>, policy: Arc<Policy>) -> Self {
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
+            .collect();
+        let profile = profile::ProfileCell::new(ServerProfile::fallback(&config));
+        Self {
+            config,
+            users,
+            pools,
+            policy,
+            profile,
+            next_connection_id: AtomicU32::new(1),
+        }
+    }
+
+    fn connection_id(&self) -> u32 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves clients from `listener` until `shutdown` completes. Sessions in
+/// progress at that moment are dropped with the runtime.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
+    tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    info!(listen = %shared.config.listen, policy = shared.policy.name(), "switchyard is serving");
+    tokio::select! {
+        _ = accept_loop(&listener, &shared, &limit) => {}
+        _ = shutdown => info!("shutting down: no longer accepting clients"),
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<Semaphore>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        match Arc::clone(limit).try_acquire_owned() {
+            Ok(permit) => {
+                let shared = Arc::clone(shared);
+                tokio::spawn(async move {
+                    session::serve(socket, peer, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                warn!(client = %peer, "refused: max_connections reached");
+                tokio::spawn(refuse(socket, too_many_connections()));
+            }
+        }
+    }
+}
+
+/// Sends `err` as the first packet and closes.
+async fn refuse(mut socket: TcpStream, err: crate::protocol::ErrPacket) {
+    let mut out = BytesMut::new();
+    encode_packet(0, &err.encode(), &mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = socket.write_all(&out).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,131 @@
+//! Moves bytes between a logged-in client and its backend session.
+//!
+//! Both directions are byte streams: one read is not one packet, and
+//! clients pipeline. The client-to-backend direction walks packet headers
+//! (without copying) to find command boundaries, so that COM_QUIT closes the
+//! backend cleanly and COM_CHANGE_USER, which Switchyard cannot relay yet, is
+//! answered with an ERR instead of breaking the session silently. That ERR
+//! is sent only after the backend has answered every earlier command and
+//! closed, so it never lands in the middle of another response.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::codes;
+use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
+
+/// Read buffer for client-to-backend bytes.
+const UP_BUFFER: usize = 16 * 1024;
+/// Read buffer for backend-to-client bytes (result sets).
+const DOWN_BUFFER: usize = 64 * 1024;
+/// COM_QUIT, as a whole packet.
+const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
+
+/// What a relay did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayStats {
+    /// Bytes read from the client and sent to the backend.
+    pub from_client: u64,
+    /// Bytes read from the backend and sent to the client.
+    pub to_client: u64,
+    /// How the session ended.
+    pub end: &'static str,
+}
+
+/// Relays until either side is done. `client_rest` and `backend_rest` are
+/// bytes already read from each side during login.
+pub async fn relay(
+    mut client: TcpStream,
+    client_rest: BytesMut,
+    mut backend: TcpStream,
+    backend_rest: BytesMut,
+) -> RelayStats {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut backend_r, mut backend_w) = backend.split();
+    let change_user = AtomicBool::new(false);
+    let from_client = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+
+    let up = async {
+        let mut buf = client_rest;
+        let mut scanner = CommandScanner::new();
+        let end = loop {
+            let (n, event) = scanner.scan(&buf);
+            if n > 0 {
+                if backend_w.write_all(&buf[..n]).await.is_err() {
+                    break "backend write failed";
+                }
+                from_client.fetch_add(n as u64, Ordering::Relaxed);
+                buf.advance(n);
+            }
+            match event {
+                Some(ScanEvent::Quit) => break "client quit",
+                Some(ScanEvent::ChangeUser) => {
+                    change_user.store(true, Ordering::Release);
+                    break "COM_CHANGE_USER (not supported yet)";
+                }
+                None => {}
+            }
+            buf.reserve(UP_BUFFER);
+            match client_r.read_buf(&mut buf).await {
+                Ok(0) => break "client closed",
+                Ok(_) => {}
+                Err(_) => break "client read failed",
+            }
+        };
+        // Close the backend session politely; it answers what came before,
+        // then closes its side, which ends the other direction.
+        let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
+        let _ = backend_w.shutdown().await;
+        end
+    };
+
+    let down = async {
+        let mut buf = backend_rest;
+        let end = loop {
+            if !buf.is_empty() {
+                if client_w.write_all(&buf).await.is_err() {
+                    break "client write failed";
+                }
+                to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                buf.clear();
+            }
+            buf.reserve(DOWN_BUFFER);
+            match backend_r.read_buf(&mut buf).await {
+                Ok(0) => break "backend closed",
+                Ok(_) => {}
+                Err(_) => break "backend read failed",
+            }
+        };
+        if change_user.load(Ordering::Acquire) {
+            let mut out = BytesMut::new();
+            encode_packet(
+                1,
+                &codes::unsupported_command("COM_CHANGE_USER").encode(),
+                &mut out,
+            );
+            let _ = client_w.write_all(&out).await;
+        }
+        let _ = client_w.shutdown().await;
+        end
+    };
+
+    tokio::pin!(up, down);
+    let end = tokio::select! {
+        // The backend is gone or the client cannot be written: done.
+        end = &mut down => end,
+        // The client is done sending: let the backend finish and close.
+        end = &mut up => {
+            down.await;
+            end
+        }
+    };
+    RelayStats {
+        from_client: from_client.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+        end,
+    }
+}
