@@ -1,1 +1,518 @@
+//! Test harness for Switchyard's end-to-end tests and demo: real MariaDB
+//! servers (a primary and replicas with GTID replication) started from the
+//! Debian `mariadb-server` binaries in temp dirs on free loopback ports, and
+//! Switchyard started as a real process from its binary.
+//!
+//! Every process is started from one long-lived spawner thread with
+//! `PR_SET_PDEATHSIG`, so none outlives the test binary even if it is
+//! killed; `Drop` stops them and removes their directories on a normal exit.
 
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The account the tests use to write (all privileges on `app`).
+pub const MASTER_USER: (&str, &str) = ("mysqlmaster", "masterpass");
+/// The account the tests use to read (SELECT on `app`).
+pub const SLAVE_USER: (&str, &str) = ("mysqlslave", "slavepass");
+const REPL_USER: (&str, &str) = ("repl", "replpass");
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `cmd` from the spawner thread, which lives as long as the process:
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, so
+/// children must not be forked from short-lived test threads.
+pub fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Keep this thread (the children's parent) alive until exit.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() == 1 {
+                // The parent died before prctl took effect.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// One `mariadbd` process with its own data directory.
+pub struct MariaDb {
+    /// Its loopback port.
+    pub port: u16,
+    /// Its `server_id`.
+    pub server_id: u32,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    /// Creates a fresh data directory in `dir` with `mariadb-install-db`.
+    fn install(dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = Command::new("mariadb-install-db");
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db")
+            .arg("--skip-name-resolve");
+        if is_root() {
+            cmd.arg("--user=root");
+        }
+        run_checked(&mut cmd, "mariadb-install-db")?;
+        Ok(())
+    }
+
+    /// Starts `mariadbd` on `dir` (which holds `data/`).
+    fn start(dir: &Path, port: u16, server_id: u32) -> Result<Self> {
+        let mut db = Self {
+            port,
+            server_id,
+            dir: dir.to_owned(),
+            child: None,
+        };
+        db.launch()?;
+        Ok(db)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
+    /// The server's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let d = &self.dir;
+        let mut cmd = Command::new("mariadbd");
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--server-id={}", self.server_id))
+            .arg(format!("--log-bin={}", d.join("data/binlog").display()))
+            .arg("--log-slave-updates")
+            .arg("--binlog-format=ROW")
+            .arg("--gtid-strict-mode=1")
+            .arg("--skip-name-resolve")
+            .arg("--max-allowed-packet=64M")
+            .arg("--max-connections=500")
+            .arg("--innodb-buffer-pool-size=32M")
+            .arg("--innodb-log-file-size=16M")
+            .arg("--innodb-flush-log-at-trx-commit=2")
+            .arg("--sync-binlog=0")
+            .arg("--performance-schema=OFF")
+            .arg("--character-set-server=utf8mb4")
+            .arg("--collation-server=utf8mb4_general_ci")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if is_root() {
+            cmd.arg("--user=root");
+        }
+        self.child = Some(spawn(cmd).context("starting mariadbd")?);
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("mariadbd exited ({status}):\n{}", self.error_log());
+            }
+            if self.try_sql("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("mariadbd did not start in 60 s:\n{}", self.error_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_sql(&self, sql: &str) -> Result<String> {
+        let out = run_checked(
+            Command::new("mariadb")
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket().display()))
+                .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+            "mariadb",
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// Runs `sql` as root over the server's socket; returns the output
+    /// (tab-separated, no column names).
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("SQL on port {} failed: {e:#}\n{sql}", self.port))
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 30 s) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    /// Whether the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A primary and its replicas, replicating with GTIDs, with the test
+/// accounts and database created.
+pub struct Topology {
+    /// The primary (server_id 1).
+    pub primary: MariaDb,
+    /// The replicas (server_id 2, 3, ...).
+    pub replicas: Vec<MariaDb>,
+    _root: tempfile::TempDir,
+}
+
+impl Topology {
+    /// Starts a primary and `replicas` replicas on `ports` (free ports when
+    /// `None`), creates the accounts and waits until the replicas have them.
+    pub fn start(replicas: usize, ports: Option<&[u16]>) -> Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("switchyard-topology-")
+            .tempdir_in(std::env::temp_dir())?;
+        let port = |i: usize| {
+            ports
+                .and_then(|p| p.get(i).copied())
+                .unwrap_or_else(free_port)
+        };
+        // One install, copied: every server starts from the same data files.
+        let template = root.path().join("template");
+        MariaDb::install(&template)?;
+        let mut dirs = Vec::new();
+        for i in 0..=replicas {
+            let dir = root.path().join(if i == 0 {
+                "primary".to_owned()
+            } else {
+                format!("replica{i}")
+            });
+            run_checked(
+                Command::new("cp").arg("-a").arg(&template).arg(&dir),
+                "cp -a",
+            )?;
+            dirs.push(dir);
+        }
+        let primary = MariaDb::start(&dirs[0], port(0), 1)?;
+        primary.sql(&format!(
+            "CREATE USER '{ru}'@'%' IDENTIFIED BY '{rp}';
+             GRANT REPLICATION SLAVE ON *.* TO '{ru}'@'%';
+             CREATE DATABASE app;
+             CREATE USER '{mu}'@'%' IDENTIFIED BY '{mp}';
+             GRANT ALL ON app.* TO '{mu}'@'%';
+             CREATE USER '{su}'@'%' IDENTIFIED BY '{sp}';
+             GRANT SELECT ON app.* TO '{su}'@'%';",
+            ru = REPL_USER.0,
+            rp = REPL_USER.1,
+            mu = MASTER_USER.0,
+            mp = MASTER_USER.1,
+            su = SLAVE_USER.0,
+            sp = SLAVE_USER.1,
+        ));
+        let mut started = Vec::new();
+        for (i, dir) in dirs.iter().enumerate().skip(1) {
+            let replica = MariaDb::start(dir, port(i), i as u32 + 1)?;
+            replica.sql(&format!(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='{}',
+                 MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos;
+                 SET GLOBAL read_only = ON;
+                 START SLAVE;",
+                primary.port, REPL_USER.0, REPL_USER.1
+            ));
+            started.push(replica);
+        }
+        let topology = Self {
+            primary,
+            replicas: started,
+            _root: root,
+        };
+        topology.sync_replicas()?;
+        Ok(topology)
+    }
+
+    /// Waits until every running replica has applied everything the primary
+    /// has written so far.
+    pub fn sync_replicas(&self) -> Result<()> {
+        let pos = self.primary.sql("SELECT @@gtid_binlog_pos");
+        for r in self.replicas.iter().filter(|r| r.is_running()) {
+            let waited = r.sql(&format!("SELECT MASTER_GTID_WAIT('{pos}', 60)"));
+            if waited.trim() != "0" {
+                bail!(
+                    "replica {} did not reach {pos}: {}",
+                    r.server_id,
+                    r.sql("SHOW SLAVE STATUS\\G")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Paths of the artifacts the proxy needs, built on first use.
+pub struct Artifacts {
+    /// The `switchyard` binary.
+    pub switchyard: PathBuf,
+    /// The default policy component.
+    pub default_policy: PathBuf,
+}
+
+/// Builds (if needed) the `switchyard` binary (debug profile) and the
+/// default policy (release, wasm32-wasip2), once per process.
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for args in [
+            &["build", "-q", "-p", "switchyard", "--bin", "switchyard"][..],
+            &[
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "default-policy",
+                "--target",
+                "wasm32-wasip2",
+            ][..],
+        ] {
+            let status = Command::new(&cargo)
+                .args(args)
+                .current_dir(&root)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "cargo {args:?} failed");
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        Artifacts {
+            switchyard: target.join("debug/switchyard"),
+            default_policy: target.join("wasm32-wasip2/release/default_policy.wasm"),
+        }
+    })
+}
+
+/// A running `switchyard` process with its generated config.
+pub struct Proxy {
+    /// Its loopback port.
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Writes `config` (TOML; `{port}` and `{policy}` are filled in with the
+    /// listen port and the default policy's path) and starts Switchyard on it,
+    /// waiting until it accepts connections.
+    pub fn start(config: &str) -> Result<Self> {
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-proxy-")
+            .tempdir()?;
+        let config = config.replace("{port}", &port.to_string()).replace(
+            "{policy}",
+            &artifacts().default_policy.display().to_string(),
+        );
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("switchyard.log"))?;
+        let mut cmd = Command::new(&artifacts().switchyard);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("SWITCHYARD_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut proxy = Self {
+            port,
+            child: Some(spawn(cmd).context("starting switchyard")?),
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(child) = proxy.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("switchyard exited ({status}):\n{}", proxy.log());
+            }
+            if TcpStream::connect(proxy.addr()).is_ok() {
+                return Ok(proxy);
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("switchyard did not listen in 120 s:\n{}", proxy.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Everything Switchyard logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("switchyard.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("'{needle}' not logged within {timeout:?}:\n{}", self.log())
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().ok()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the `mariadb` command-line client with `args` and `stdin`.
+pub fn mariadb_cli(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new("mariadb")
+        .arg("--no-defaults")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the mariadb client");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .expect("wait for the mariadb client")
+}

@@ -126,10 +126,16 @@ mod tests {
     #[test]
     fn holds_back_a_cut_header_and_resumes() {
         let bytes = packets(&[(0, b"\x03SELECT 1"), (0, b"\x11user\0")]);
-        for cut in 0..bytes.len() {
+        for cut in 0..=bytes.len() {
             let mut s = CommandScanner::new();
             let (n, ev) = s.scan(&bytes[..cut]);
+            if cut >= 18 {
+                // The header and the command byte are both in the first part.
+                assert_eq!((n, ev), (13, Some(ScanEvent::ChangeUser)), "cut at {cut}");
+                continue;
+            }
             assert_eq!(ev, None, "cut at {cut}");
+            assert!(n <= 13, "cut at {cut}");
             let (m, ev) = s.scan(&bytes[n..]);
             assert_eq!(ev, Some(ScanEvent::ChangeUser), "cut at {cut}");
             assert_eq!(n + m, 13, "cut at {cut}");

@@ -126,17 +126,18 @@ impl Greeting {
 mod tests {
     use super::*;
 
-    /// A greeting captured from MariaDB 10.11 (Debian 12).
-    const MARIADB_GREETING: &[u8] = b"\x0a5.5.5-10.11.6-MariaDB-0+deb12u1-log\x00\x05\x00\x00\x00\
-Z%/7HCJg\x00\xfe\xf7\x2d\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00\
-7'b;Z+mRk^5v\x00mysql_native_password\x00";
+    /// A greeting captured from MariaDB 10.11.19 (Debian 12), `--no-defaults
+    /// --character-set-server=utf8mb4`.
+    const MARIADB_GREETING: &[u8] = b"\x0a5.5.5-10.11.19-MariaDB-0+deb12u1-log\x00\x0b\x00\x00\x00\
+^+\\l*-BD\x00\xfe\xf7-\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00\
+mx5=rIRB1o^h\x00mysql_native_password\x00";
 
     #[test]
     fn decodes_a_captured_mariadb_greeting() {
         let g = Greeting::decode(MARIADB_GREETING).unwrap();
-        assert_eq!(g.server_version, "5.5.5-10.11.6-MariaDB-0+deb12u1-log");
-        assert_eq!(g.connection_id, 5);
-        assert_eq!(g.auth_data, b"Z%/7HCJg7'b;Z+mRk^5v");
+        assert_eq!(g.server_version, "5.5.5-10.11.19-MariaDB-0+deb12u1-log");
+        assert_eq!(g.connection_id, 11);
+        assert_eq!(g.auth_data, b"^+\\l*-BDmx5=rIRB1o^h");
         assert_eq!(g.charset, 0x2d);
         assert!(g.capabilities.contains(CapabilityFlags::CLIENT_PROTOCOL_41));
         assert!(g.capabilities.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH));

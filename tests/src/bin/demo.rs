@@ -1,0 +1,39 @@
+//! The demo topology: a MariaDB primary on 127.0.0.1:13306 and two replicas
+//! on 13307 and 13308, with the `mysqlmaster`/`mysqlslave` accounts, and
+//! Switchyard on 127.0.0.1:6033 with `examples/switchyard.toml`. Ctrl-C
+//! stops everything.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use switchyard_e2e::{Topology, artifacts, spawn, workspace_root};
+
+fn main() -> Result<()> {
+    // Ctrl-C reaches the whole process group: Switchyard exits cleanly on
+    // it, and this process stays to stop the servers and remove their files.
+    // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let root = workspace_root();
+    let artifacts = artifacts();
+    eprintln!("starting MariaDB: primary 127.0.0.1:13306, replicas 13307 and 13308 ...");
+    let topology = Topology::start(2, Some(&[13306, 13307, 13308]))
+        .context("starting the demo topology (are ports 13306-13308 free?)")?;
+    eprintln!(
+        "replication is running (server_id 1 → 2, 3). Starting Switchyard on 127.0.0.1:6033.\n\
+         Try:  mariadb -h 127.0.0.1 -P 6033 -u mysqlslave -pslavepass -e 'SELECT @@server_id'\n\
+         \x20     mariadb -h 127.0.0.1 -P 6033 -u mysqlmaster -pmasterpass app\n\
+         Ctrl-C stops Switchyard and the servers."
+    );
+    let mut cmd = Command::new(&artifacts.switchyard);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(root.join("examples/switchyard.toml"))
+        .current_dir(&root);
+    let mut proxy = spawn(cmd).context("starting switchyard")?;
+    let status = proxy.wait()?;
+    drop(topology);
+    eprintln!("switchyard exited ({status}); servers stopped.");
+    Ok(())
+}
