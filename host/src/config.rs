@@ -43,8 +43,9 @@ pub struct Config {
     /// Default 45 (`utf8mb4_general_ci`).
     #[serde(default = "default_charset")]
     pub default_charset: u8,
-    /// While no backend has answered a probe, how often to probe again, in
-    /// milliseconds. Default 2000.
+    /// How often to probe backends that have not answered yet (at start) or
+    /// that failed a login attempt, in milliseconds; a failing backend that
+    /// answers a probe takes new sessions again. Default 2000.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
     /// Accounts clients log in with (`mysql_native_password`).

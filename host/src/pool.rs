@@ -2,14 +2,16 @@
 //! which of them are failing, and which one a new session goes to.
 //!
 //! The set of pools is immutable once built; live figures are atomics. Until
-//! health checks exist, a backend is "failing" from a failed connect or login
-//! attempt until the next successful one; failing backends are tried last,
-//! never skipped, so a recovered backend is found again.
+//! full health checks exist, a backend is "failing" from a failed connect or
+//! login attempt until it answers again: either a later login attempt
+//! succeeds (failing backends are tried last, never skipped) or the recovery
+//! loop ([`recover_failing`]) reads its greeting.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::config::{Balance, Config};
 
@@ -183,6 +185,21 @@ impl Pools {
     /// Live figures of every pool.
     pub fn status(&self) -> Vec<PoolStatus> {
         self.pools.values().map(|p| p.status()).collect()
+    }
+}
+
+/// Every `interval`, reads the greeting of each failing backend and marks
+/// those that answer as healthy again. Runs forever.
+pub async fn recover_failing(pools: Arc<Pools>, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        for backend in pools.all_backends().filter(|b| b.is_failing()) {
+            if crate::backend::probe(backend.addr, timeout).await.is_ok()
+                && backend.mark_failing(false)
+            {
+                tracing::info!(backend = %backend.addr, "backend answers again; back in rotation");
+            }
+        }
     }
 }
 

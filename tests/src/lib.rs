@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod raw;
+
 /// The account the tests use to write (all privileges on `app`).
 pub const MASTER_USER: (&str, &str) = ("mysqlmaster", "masterpass");
 /// The account the tests use to read (SELECT on `app`).

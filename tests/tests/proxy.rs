@@ -1,1 +1,876 @@
-fn main() {}
+//! End-to-end tests: Switchyard as a real process in front of a real MariaDB
+//! primary and two GTID replicas, driven by real clients (`mysql_async`, the
+//! `mariadb` command-line client) and by a raw client for what libraries
+//! never send.
+//!
+//! The topology is started once for this binary and torn down at the end,
+//! also when a test fails. Tests run one at a time: some stop replicas, and
+//! one counts the connections the servers see.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+
+use switchyard::auth::PasswordHash;
+use switchyard::protocol::{CapabilityFlags, ErrPacket};
+use switchyard_e2e::raw::{LoginOutcome, RawClient};
+use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, mariadb_cli};
+
+type TestResult = Result<(), Failed>;
+
+/// What every test shares.
+struct Env {
+    topology: Mutex<Topology>,
+    proxy: Proxy,
+}
+
+impl Env {
+    fn topology(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+const PRIMARY_ID: u32 = 1;
+const REPLICA_IDS: [u32; 2] = [2, 3];
+
+/// The shared proxy's config; `{port}`, `{policy}` and the backend ports are
+/// filled in.
+fn proxy_config(topology: &Topology) -> String {
+    let user = |name: &str, password: &str| {
+        format!(
+            "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+            PasswordHash::of_password(password.as_bytes())
+        )
+    };
+    format!(
+        r#"listen = "127.0.0.1:{{port}}"
+login_timeout_ms = 3000
+probe_interval_ms = 300
+{master}{slave}{outsider}{ghost}{lost}
+[pools.master]
+backends = ["{primary}"]
+[pools.replicas]
+backends = ["{r1}", "{r2}"]
+balance = "least-connections"
+[policy]
+module = "{{policy}}"
+[policy.settings]
+"user.mysqlmaster" = "master"
+"user.mysqlslave" = "replicas"
+"user.ghost" = "master"
+"user.lost" = "nowhere"
+"#,
+        master = user(MASTER_USER.0, MASTER_USER.1),
+        slave = user(SLAVE_USER.0, SLAVE_USER.1),
+        outsider = user("outsider", "outsiderpass"),
+        ghost = user("ghost", "ghostpass"),
+        lost = user("lost", "lostpass"),
+        primary = topology.primary.addr(),
+        r1 = topology.replicas[0].addr(),
+        r2 = topology.replicas[1].addr(),
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let topology = Topology::start(2, None).expect("start the MariaDB topology");
+    let proxy = Proxy::start(&proxy_config(&topology)).expect("start switchyard");
+    let env = Arc::new(Env {
+        topology: Mutex::new(topology),
+        proxy,
+    });
+    let tests: Vec<(&str, fn(&Env) -> TestResult)> = vec![
+        (
+            "greeting_presents_the_backends_identity",
+            greeting_presents_the_backends_identity,
+        ),
+        (
+            "master_lands_on_the_primary_and_writes",
+            master_lands_on_the_primary_and_writes,
+        ),
+        (
+            "slave_is_spread_across_replicas_and_reads_replicated_rows",
+            slave_is_spread_across_replicas,
+        ),
+        (
+            "bad_credentials_get_1045_and_open_no_backend_connection",
+            bad_credentials_get_1045,
+        ),
+        (
+            "policy_refusal_reaches_the_client",
+            policy_refusal_reaches_the_client,
+        ),
+        (
+            "unknown_pool_is_a_policy_failure",
+            unknown_pool_is_a_policy_failure,
+        ),
+        (
+            "backend_errors_pass_through_in_the_clients_sequence",
+            backend_errors_pass_through,
+        ),
+        (
+            "database_given_at_connect_time",
+            database_given_at_connect_time,
+        ),
+        ("mariadb_command_line_client", mariadb_command_line_client),
+        (
+            "prepared_statements_with_parameters",
+            prepared_statements_with_parameters,
+        ),
+        ("twenty_mib_value_round_trip", twenty_mib_value_round_trip),
+        ("pipelined_commands_from_a_raw_client", pipelined_commands),
+        (
+            "auth_switch_from_caching_sha2_password",
+            auth_switch_from_caching_sha2,
+        ),
+        (
+            "com_change_user_gets_a_clear_error",
+            com_change_user_gets_a_clear_error,
+        ),
+        (
+            "garbage_and_truncated_packets_are_contained",
+            garbage_and_truncated_packets,
+        ),
+        ("too_many_connections", too_many_connections),
+        (
+            "replica_down_then_all_down_then_back",
+            replica_down_then_all_down,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let env = Arc::clone(&env);
+            Trial::test(name, move || f(&env))
+        })
+        .collect();
+    let mut args = args;
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+fn opts(port: u16, (user, password): (&str, &str), db: Option<&str>) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        // Otherwise mysql_async looks up the server's socket and bypasses
+        // the proxy.
+        .prefer_socket(false)
+}
+
+async fn connect(env: &Env, user: (&str, &str), db: Option<&str>) -> Result<Conn, Failed> {
+    Conn::new(opts(env.proxy.port, user, db))
+        .await
+        .map_err(|e| format!("login as {} failed: {e}", user.0).into())
+}
+
+async fn server_id(conn: &mut Conn) -> Result<u32, Failed> {
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.map_err(fail)?;
+    id.ok_or_else(|| "no server id".into())
+}
+
+fn fail(e: impl std::fmt::Display) -> Failed {
+    e.to_string().into()
+}
+
+fn server_error(e: mysql_async::Error) -> Result<(u16, String, String), Failed> {
+    match e {
+        mysql_async::Error::Server(s) => Ok((s.code, s.state, s.message)),
+        other => Err(format!("expected a server error, got {other:?}").into()),
+    }
+}
+
+async fn login_error(
+    env: &Env,
+    user: (&str, &str),
+    db: Option<&str>,
+) -> Result<(u16, String, String), Failed> {
+    match Conn::new(opts(env.proxy.port, user, db)).await {
+        Ok(_) => Err(format!("login as {} succeeded", user.0).into()),
+        Err(e) => server_error(e),
+    }
+}
+
+fn check(cond: bool, msg: impl Into<String>) -> TestResult {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+fn greeting_presents_the_backends_identity(env: &Env) -> TestResult {
+    let version = env.topology().primary.sql("SELECT @@version");
+    let a = RawClient::connect(env.proxy.addr())?.greeting()?;
+    let b = RawClient::connect(env.proxy.addr())?.greeting()?;
+    check(
+        a.server_version == format!("5.5.5-{version}"),
+        format!("version {:?} vs {version}", a.server_version),
+    )?;
+    check(a.charset == 45, format!("charset {}", a.charset))?;
+    check(
+        a.auth_data.len() == 20 && !a.auth_data.contains(&0),
+        "nonce is 20 bytes without NUL",
+    )?;
+    check(
+        a.auth_data != b.auth_data,
+        "every connection gets a fresh nonce",
+    )?;
+    check(a.connection_id != b.connection_id, "connection ids differ")?;
+    check(
+        a.auth_plugin == "mysql_native_password",
+        "native password plugin",
+    )?;
+    let caps = a.capabilities;
+    check(
+        !caps.intersects(CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_COMPRESS),
+        "no TLS, no compression",
+    )?;
+    check(
+        caps.contains(
+            CapabilityFlags::CLIENT_PROTOCOL_41
+                | CapabilityFlags::CLIENT_PLUGIN_AUTH
+                | CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        ),
+        format!("caps {caps:?}"),
+    )?;
+    // MariaDB backends: CLIENT_MYSQL clear, extended capabilities offered.
+    check(
+        !caps.contains(CapabilityFlags::CLIENT_LONG_PASSWORD),
+        "MariaDB-style greeting",
+    )?;
+    check(
+        !a.mariadb_capabilities.is_empty(),
+        "MariaDB extended capabilities",
+    )
+}
+
+fn master_lands_on_the_primary_and_writes(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env, MASTER_USER, Some("app")).await?;
+        check(
+            server_id(&mut conn).await? == PRIMARY_ID,
+            "mysqlmaster is on the primary",
+        )?;
+        conn.query_drop("CREATE TABLE writes (id INT PRIMARY KEY, v VARCHAR(20))")
+            .await
+            .map_err(fail)?;
+        conn.query_drop("INSERT INTO writes VALUES (1, 'one'), (2, 'two')")
+            .await
+            .map_err(fail)?;
+        let n: Option<u64> = conn
+            .query_first("SELECT COUNT(*) FROM writes")
+            .await
+            .map_err(fail)?;
+        check(n == Some(2), format!("count {n:?}"))?;
+        conn.disconnect().await.map_err(fail)
+    })?;
+    let rows = env
+        .topology()
+        .primary
+        .sql("SELECT v FROM app.writes ORDER BY id");
+    check(rows == "one\ntwo", format!("primary has {rows:?}"))
+}
+
+fn slave_is_spread_across_replicas(env: &Env) -> TestResult {
+    block_on(async {
+        let mut master = connect(env, MASTER_USER, Some("app")).await?;
+        master.query_drop("CREATE TABLE spread (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO spread VALUES (7, 'replicated')").await.map_err(fail)?;
+        master.disconnect().await.map_err(fail)?;
+        env.topology().sync_replicas().map_err(fail)?;
+        // Held at once, four sessions are spread two and two.
+        let mut conns = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let mut c = connect(env, SLAVE_USER, Some("app")).await?;
+            ids.push(server_id(&mut c).await?);
+            let v: Option<String> = c
+                .query_first("SELECT v FROM spread WHERE id = 7")
+                .await
+                .map_err(fail)?;
+            check(
+                v.as_deref() == Some("replicated"),
+                format!("replica read {v:?}"),
+            )?;
+            conns.push(c);
+        }
+        ids.sort();
+        check(ids == [2, 2, 3, 3], format!("sessions landed on {ids:?}"))?;
+        // The read-only user really is on a replica: writes fail there.
+        let err = conns[0]
+            .query_drop("INSERT INTO spread VALUES (8, 'x')")
+            .await
+            .expect_err("write as mysqlslave");
+        let code = server_error(err)?.0;
+        // No INSERT privilege (1142), or read-only replica (1290).
+        check(
+            code == 1142 || code == 1290,
+            format!("write refused with {code}"),
+        )?;
+        for c in conns {
+            c.disconnect().await.map_err(fail)?;
+        }
+        Ok(())
+    })
+}
+
+fn connections(topology: &Topology) -> Vec<u64> {
+    std::iter::once(&topology.primary)
+        .chain(topology.replicas.iter())
+        .map(|s| {
+            let v = s.sql("SHOW GLOBAL STATUS LIKE 'Connections'");
+            v.split('\t')
+                .nth(1)
+                .and_then(|n| n.trim().parse().ok())
+                .expect("Connections")
+        })
+        .collect()
+}
+
+fn bad_credentials_get_1045(env: &Env) -> TestResult {
+    let before = connections(&env.topology());
+    block_on(async {
+        let (code, state, msg) = login_error(env, (SLAVE_USER.0, "wrong"), None).await?;
+        check(
+            (code, state.as_str()) == (1045, "28000"),
+            format!("{code} {state}"),
+        )?;
+        check(
+            msg == "Access denied for user 'mysqlslave'@'127.0.0.1' (using password: YES)",
+            msg.clone(),
+        )?;
+        let (code, _, msg) = login_error(env, ("nobody", "whatever"), None).await?;
+        check(code == 1045, format!("{code}"))?;
+        check(
+            msg == "Access denied for user 'nobody'@'127.0.0.1' (using password: YES)",
+            msg.clone(),
+        )?;
+        let (code, _, msg) = login_error(env, (MASTER_USER.0, ""), None).await?;
+        check(
+            code == 1045 && msg.ends_with("(using password: NO)"),
+            msg.clone(),
+        )?;
+        Ok::<_, Failed>(())
+    })?;
+    // Raw: through an auth switch as well, in the right sequence.
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login(SLAVE_USER.0, "wrong", None, "caching_sha2_password")? {
+        LoginOutcome::Err(e, seq) => check(e.code == 1045 && seq == 4, format!("{e:?} at {seq}"))?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    let after = connections(&env.topology());
+    // Each count includes only the query that read it.
+    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    check(
+        deltas == [1, 1, 1],
+        format!("servers saw new connections: {deltas:?}"),
+    )
+}
+
+fn policy_refusal_reaches_the_client(env: &Env) -> TestResult {
+    let (code, state, msg) = block_on(login_error(env, ("outsider", "outsiderpass"), None))?;
+    check(code == 9100 && state == "28000", format!("{code} {state}"))?;
+    check(
+        msg.contains("no pool is configured for user 'outsider'"),
+        msg,
+    )
+}
+
+fn unknown_pool_is_a_policy_failure(env: &Env) -> TestResult {
+    let (code, _, msg) = block_on(login_error(env, ("lost", "lostpass"), None))?;
+    check(code == 9101, format!("{code}"))?;
+    check(
+        msg.contains("'nowhere'") && msg.contains("not configured"),
+        msg,
+    )?;
+    env.proxy
+        .wait_for_log("chose unknown pool 'nowhere'", Duration::from_secs(5))
+        .map_err(fail)
+}
+
+fn backend_errors_pass_through(env: &Env) -> TestResult {
+    // Switchyard knows 'ghost'; the primary does not.
+    let (code, state, msg) = block_on(login_error(env, ("ghost", "ghostpass"), None))?;
+    check(code == 1045 && state == "28000", format!("{code} {state}"))?;
+    check(msg.contains("'ghost'"), msg)?;
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login("ghost", "ghostpass", None, "mysql_native_password")? {
+        LoginOutcome::Err(e, seq) => check(e.code == 1045 && seq == 2, format!("{e:?} at {seq}")),
+        other => Err(format!("{other:?}").into()),
+    }
+}
+
+fn database_given_at_connect_time(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env, MASTER_USER, Some("app")).await?;
+        let db: Option<String> = conn.query_first("SELECT DATABASE()").await.map_err(fail)?;
+        check(db.as_deref() == Some("app"), format!("{db:?}"))?;
+        conn.disconnect().await.map_err(fail)?;
+        let mut conn = connect(env, SLAVE_USER, None).await?;
+        let db: Option<Option<String>> =
+            conn.query_first("SELECT DATABASE()").await.map_err(fail)?;
+        check(db == Some(None), format!("{db:?}"))?;
+        conn.disconnect().await.map_err(fail)?;
+        let (code, _, msg) = login_error(env, MASTER_USER, Some("nosuchdb")).await?;
+        check(code == 1044 || code == 1049, format!("{code} {msg}"))
+    })
+}
+
+fn mariadb_command_line_client(env: &Env) -> TestResult {
+    let port = env.proxy.port.to_string();
+    let base = [
+        "-h",
+        "127.0.0.1",
+        "-P",
+        port.as_str(),
+        "--batch",
+        "--skip-column-names",
+    ];
+    let out = mariadb_cli(
+        &[&base[..], &["-u", "mysqlmaster", "-pmasterpass", "app"]].concat(),
+        "CREATE TABLE cli (id INT PRIMARY KEY);\nINSERT INTO cli VALUES (1), (2), (3);\nSELECT @@server_id, DATABASE(), SUM(id) FROM cli;\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success(),
+        format!("{}", String::from_utf8_lossy(&out.stderr)),
+    )?;
+    check(stdout.trim() == "1\tapp\t6", format!("{stdout:?}"))?;
+    let out = mariadb_cli(
+        &[
+            &base[..],
+            &[
+                "-u",
+                "mysqlslave",
+                "-pslavepass",
+                "-e",
+                "SELECT @@server_id",
+            ],
+        ]
+        .concat(),
+        "",
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    check(
+        out.status.success() && (id == "2" || id == "3"),
+        format!("{id:?}"),
+    )?;
+    let out = mariadb_cli(
+        &[&base[..], &["-u", "mysqlslave", "-pnope", "-e", "SELECT 1"]].concat(),
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success(), "bad password fails")?;
+    check(
+        stderr.contains("ERROR 1045 (28000): Access denied for user 'mysqlslave'@'127.0.0.1' (using password: YES)"),
+        stderr.to_string(),
+    )
+}
+
+fn prepared_statements_with_parameters(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env, MASTER_USER, Some("app")).await?;
+        conn.query_drop("CREATE TABLE ps (id INT PRIMARY KEY, name VARCHAR(50), score DOUBLE)")
+            .await
+            .map_err(fail)?;
+        let insert = conn
+            .prep("INSERT INTO ps (id, name, score) VALUES (?, ?, ?)")
+            .await
+            .map_err(fail)?;
+        conn.exec_batch(
+            &insert,
+            (1..=20).map(|i| (i, format!("name-{i}"), i as f64 / 4.0)),
+        )
+        .await
+        .map_err(fail)?;
+        let rows: Vec<(i32, String, f64)> = conn
+            .exec(
+                "SELECT id, name, score FROM ps WHERE id > ? AND name LIKE ? ORDER BY id",
+                (17, "name-%"),
+            )
+            .await
+            .map_err(fail)?;
+        check(
+            rows == vec![
+                (18, "name-18".into(), 4.5),
+                (19, "name-19".into(), 4.75),
+                (20, "name-20".into(), 5.0),
+            ],
+            format!("{rows:?}"),
+        )?;
+        let null: Option<Option<String>> = conn
+            .exec_first("SELECT ?", (None::<String>,))
+            .await
+            .map_err(fail)?;
+        check(null == Some(None), "NULL parameter")?;
+        conn.close(insert).await.map_err(fail)?;
+        conn.disconnect().await.map_err(fail)
+    })
+}
+
+fn twenty_mib_value_round_trip(env: &Env) -> TestResult {
+    let value: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    block_on(async {
+        let mut conn = connect(env, MASTER_USER, Some("app")).await?;
+        conn.query_drop("CREATE TABLE big (id INT PRIMARY KEY, b LONGBLOB)")
+            .await
+            .map_err(fail)?;
+        conn.exec_drop("INSERT INTO big VALUES (?, ?)", (1, value.clone()))
+            .await
+            .map_err(fail)?;
+        let back: Option<Vec<u8>> = conn
+            .query_first("SELECT b FROM big WHERE id = 1")
+            .await
+            .map_err(fail)?;
+        check(
+            back.as_deref() == Some(&value[..]),
+            "text protocol read back the same 20 MiB",
+        )?;
+        let back: Option<Vec<u8>> = conn
+            .exec_first("SELECT b FROM big WHERE id = ?", (1,))
+            .await
+            .map_err(fail)?;
+        check(
+            back.as_deref() == Some(&value[..]),
+            "binary protocol read back the same 20 MiB",
+        )?;
+        // A 20 MiB statement in one COM_QUERY (several packets).
+        let hex: String = value[..9 * 1024 * 1024]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        conn.query_drop(format!("INSERT INTO big VALUES (2, x'{hex}')"))
+            .await
+            .map_err(fail)?;
+        let len: Option<u64> = conn
+            .query_first("SELECT LENGTH(b) FROM big WHERE id = 2")
+            .await
+            .map_err(fail)?;
+        check(len == Some(9 * 1024 * 1024), format!("{len:?}"))?;
+        conn.disconnect().await.map_err(fail)?;
+        env.topology().sync_replicas().map_err(fail)?;
+        let mut slave = connect(env, SLAVE_USER, Some("app")).await?;
+        let back: Option<Vec<u8>> = slave
+            .query_first("SELECT b FROM big WHERE id = 1")
+            .await
+            .map_err(fail)?;
+        check(
+            back.as_deref() == Some(&value[..]),
+            "the replica read back the same 20 MiB",
+        )?;
+        slave.disconnect().await.map_err(fail)
+    })
+}
+
+fn pipelined_commands(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    // Three queries, a ping and a quit in one write, split at odd places.
+    let mut bytes = Vec::new();
+    for n in 1..=3 {
+        bytes.extend(RawClient::query_packet(&format!("SELECT {n}")));
+    }
+    bytes.extend(RawClient::command_packet(&[0x0e]));
+    bytes.extend(RawClient::command_packet(&[0x01]));
+    raw.write_raw(&bytes[..7])?;
+    std::thread::sleep(Duration::from_millis(20));
+    raw.write_raw(&bytes[7..])?;
+    let mut rows = Vec::new();
+    let mut oks = 0;
+    let mut first_seqs = Vec::new();
+    let mut expect_first = true;
+    while let Some(p) = raw.read_packet()? {
+        if expect_first {
+            first_seqs.push(p.seq);
+        }
+        // Without CLIENT_DEPRECATE_EOF: count, column, EOF, row, EOF.
+        expect_first = false;
+        match &p.payload[..] {
+            [0x01, digit] => rows.push(*digit),
+            [0xfe, ..] if p.payload.len() < 9 && p.seq == 5 => expect_first = true,
+            [0x00, ..] => {
+                oks += 1;
+                expect_first = true;
+            }
+            _ => {}
+        }
+    }
+    check(rows == b"123", format!("rows {rows:?}"))?;
+    check(oks == 1, format!("ping answered {oks} times"))?;
+    check(
+        first_seqs == [1, 1, 1, 1],
+        format!("responses start at {first_seqs:?}"),
+    )
+}
+
+fn auth_switch_from_caching_sha2(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        Some("app"),
+        "caching_sha2_password",
+    )? {
+        LoginOutcome::Ok(4) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    raw.write_raw(&RawClient::query_packet("SELECT @@server_id"))?;
+    let mut saw_id = false;
+    for _ in 0..5 {
+        let p = raw.expect_packet()?;
+        if p.payload[..] == [0x01, b'1'] {
+            saw_id = true;
+            break;
+        }
+    }
+    check(saw_id, "the switched session is on the primary")
+}
+
+fn com_change_user_gets_a_clear_error(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")? {
+        LoginOutcome::Ok(_) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    // A query, then COM_CHANGE_USER pipelined behind it: the query's answer
+    // comes first, then the ERR, then the close.
+    let mut bytes = RawClient::query_packet("SELECT 5");
+    bytes.extend(RawClient::command_packet(b"\x11mysqlmaster\0\x14"));
+    raw.write_raw(&bytes)?;
+    let mut packets = Vec::new();
+    while let Some(p) = raw.read_packet()? {
+        packets.push(p);
+    }
+    check(
+        packets.iter().any(|p| p.payload[..] == [0x01, b'5']),
+        "the query before it was answered",
+    )?;
+    let last = packets.last().ok_or("no answer")?;
+    check(
+        ErrPacket::is_err(&last.payload) && last.seq == 1,
+        format!("last packet {last:?}"),
+    )?;
+    let err = ErrPacket::decode(&last.payload)?;
+    check(
+        err.code == 9104 && err.message.contains("COM_CHANGE_USER"),
+        format!("{err:?}"),
+    )
+}
+
+fn garbage_and_truncated_packets(env: &Env) -> TestResult {
+    let addr = env.proxy.addr();
+    // A session that is open all along must not notice anything.
+    let rt = runtime();
+    let mut bystander = rt.block_on(connect(env, SLAVE_USER, None))?;
+    let started = Instant::now();
+    // Garbage before the greeting is even read.
+    let mut c = RawClient::connect(addr)?;
+    c.write_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    c.greeting()?;
+    check(c.is_closed_by_peer(), "HTTP request: closed")?;
+    // A packet announcing 16 MiB during login.
+    let mut c = RawClient::connect(addr)?;
+    c.greeting()?;
+    c.write_raw(&[0xff, 0xff, 0xff, 1, 0xde, 0xad])?;
+    check(c.is_closed_by_peer(), "oversized packet: closed")?;
+    // Well framed, but not a handshake response.
+    let mut c = RawClient::connect(addr)?;
+    c.greeting()?;
+    c.write_packet(1, &[0x85, 0xa6, 0x03, 0x00, 0x00])?;
+    check(c.is_closed_by_peer(), "malformed response: closed")?;
+    // Wrong sequence id.
+    let mut c = RawClient::connect(addr)?;
+    c.greeting()?;
+    c.write_packet(9, &[0u8; 40])?;
+    check(c.is_closed_by_peer(), "out-of-order packet: closed")?;
+    // Random bytes of every kind.
+    for seed in 0..20u32 {
+        let mut c = RawClient::connect(addr)?;
+        c.greeting()?;
+        let junk: Vec<u8> = (0..64 + seed * 13)
+            .map(|i| (i.wrapping_mul(seed + 7).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        c.write_raw(&junk)?;
+        drop(c);
+    }
+    // A truncated packet, then silence: closed at the login timeout (3 s).
+    let mut c = RawClient::connect(addr)?;
+    c.greeting()?;
+    c.write_raw(&[100, 0, 0, 1, 1, 2, 3])?;
+    let t = Instant::now();
+    check(c.is_closed_by_peer(), "truncated packet: closed")?;
+    check(
+        t.elapsed() < Duration::from_secs(8),
+        "closed at the login timeout",
+    )?;
+    // A logged-in client that sends a truncated packet and vanishes.
+    let mut c = RawClient::connect(addr)?;
+    match c.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")? {
+        LoginOutcome::Ok(_) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    c.write_raw(&[0x40, 0, 0, 0, 0x03, b'S'])?;
+    drop(c);
+    // Everyone else is served as before.
+    rt.block_on(async {
+        let one: Option<u32> = bystander.query_first("SELECT 1").await.map_err(fail)?;
+        check(one == Some(1), "the bystander session still works")?;
+        let mut fresh = connect(env, MASTER_USER, None).await?;
+        check(
+            server_id(&mut fresh).await? == PRIMARY_ID,
+            "new logins work",
+        )?;
+        fresh.disconnect().await.map_err(fail)?;
+        bystander.disconnect().await.map_err(fail)
+    })?;
+    env.proxy
+        .wait_for_log("bad handshake response", Duration::from_secs(5))
+        .map_err(fail)?;
+    env.proxy
+        .wait_for_log("login timed out", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(
+        !env.proxy.log().contains("panicked"),
+        "no panic in the proxy",
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(30),
+        "contained quickly",
+    )
+}
+
+fn too_many_connections(env: &Env) -> TestResult {
+    let config = {
+        let t = env.topology();
+        proxy_config(&t).replace(
+            "login_timeout_ms = 3000",
+            "login_timeout_ms = 3000\nmax_connections = 2",
+        )
+    };
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    block_on(async {
+        let a = Conn::new(opts(proxy.port, SLAVE_USER, None))
+            .await
+            .map_err(fail)?;
+        let b = Conn::new(opts(proxy.port, SLAVE_USER, None))
+            .await
+            .map_err(fail)?;
+        let e = Conn::new(opts(proxy.port, SLAVE_USER, None))
+            .await
+            .expect_err("third session");
+        // Sent before any capabilities are negotiated, the ERR has no
+        // SQLSTATE, as MySQL's and MariaDB's own (clients show HY000).
+        let (code, _, msg) = server_error(e)?;
+        check(
+            code == 1040 && msg == "Too many connections",
+            format!("{code} {msg}"),
+        )?;
+        a.disconnect().await.map_err(fail)?;
+        // The slot is free again once a session ends.
+        let mut ok = false;
+        for _ in 0..50 {
+            if let Ok(c) = Conn::new(opts(proxy.port, SLAVE_USER, None)).await {
+                c.disconnect().await.map_err(fail)?;
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        check(ok, "a freed slot is reused")?;
+        b.disconnect().await.map_err(fail)
+    })
+}
+
+fn replica_down_then_all_down(env: &Env) -> TestResult {
+    let result = replica_failover_steps(env);
+    // Whatever happened, bring the replicas back for later tests.
+    let mut topology = env.topology();
+    for r in topology.replicas.iter_mut() {
+        if !r.is_running() {
+            r.restart().map_err(fail)?;
+        }
+    }
+    result
+}
+
+fn replica_failover_steps(env: &Env) -> TestResult {
+    env.topology().replicas[1].stop();
+    block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            let mut c = connect(env, SLAVE_USER, None).await?;
+            check(
+                server_id(&mut c).await? == REPLICA_IDS[0],
+                "sessions avoid the stopped replica",
+            )?;
+            conns.push(c);
+        }
+        for c in conns {
+            c.disconnect().await.map_err(fail)?;
+        }
+        Ok::<_, Failed>(())
+    })?;
+    env.topology().replicas[0].stop();
+    let (code, state, msg) = block_on(login_error(env, SLAVE_USER, None))?;
+    check(code == 9102 && state == "HY000", format!("{code} {state}"))?;
+    check(msg.contains("pool 'replicas'"), msg.clone())?;
+    // The primary is not affected.
+    block_on(async {
+        let mut c = connect(env, MASTER_USER, None).await?;
+        check(
+            server_id(&mut c).await? == PRIMARY_ID,
+            "master still served",
+        )?;
+        c.disconnect().await.map_err(fail)
+    })?;
+    // Back up: both replicas take sessions again.
+    {
+        let mut t = env.topology();
+        t.replicas[0].restart().map_err(fail)?;
+        t.replicas[1].restart().map_err(fail)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = block_on(async {
+            let mut conns = Vec::new();
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let mut c = connect(env, SLAVE_USER, None).await?;
+                ids.push(server_id(&mut c).await?);
+                conns.push(c);
+            }
+            for c in conns {
+                c.disconnect().await.map_err(fail)?;
+            }
+            ids.sort();
+            Ok::<_, Failed>(ids)
+        })?;
+        if ids == REPLICA_IDS {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("replicas not both back in rotation: {ids:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -64,6 +64,17 @@ impl ErrPacket {
         out
     }
 
+    /// Serialises the ERR without the SQLSTATE, as servers do before the
+    /// client has announced CLIENT_PROTOCOL_41 (e.g. "Too many connections"
+    /// in place of the greeting).
+    pub fn encode_pre_41(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + self.message.len());
+        out.push(0xff);
+        out.extend_from_slice(&self.code.to_le_bytes());
+        out.extend_from_slice(self.message.as_bytes());
+        out
+    }
+
     /// The SQLSTATE as text.
     pub fn sql_state_str(&self) -> &str {
         std::str::from_utf8(&self.sql_state).unwrap_or("HY000")
@@ -138,6 +149,10 @@ mod tests {
     #[test]
     fn err_without_sqlstate_and_truncated() {
         let e = ErrPacket::decode(b"\xff\x10\x04Too many connections").unwrap();
+        assert_eq!(
+            ErrPacket::new(1040, "08004", "Too many connections").encode_pre_41(),
+            b"\xff\x10\x04Too many connections"
+        );
         assert_eq!((e.code, e.sql_state_str()), (1040, "HY000"));
         assert_eq!(e.message, "Too many connections");
         assert!(ErrPacket::decode(b"\xff\x10").is_err());

@@ -74,13 +74,20 @@ impl Shared {
 /// Serves clients from `listener` until `shutdown` completes. Sessions in
 /// progress at that moment are dropped with the runtime.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
-    tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
+    let profile_task = tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
+    let recovery_task = tokio::spawn(crate::pool::recover_failing(
+        Arc::clone(&shared.pools),
+        std::time::Duration::from_millis(shared.config.probe_interval_ms),
+        shared.config.connect_timeout(),
+    ));
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     info!(listen = %shared.config.listen, policy = shared.policy.name(), "switchyard is serving");
     tokio::select! {
         _ = accept_loop(&listener, &shared, &limit) => {}
         _ = shutdown => info!("shutting down: no longer accepting clients"),
     }
+    profile_task.abort();
+    recovery_task.abort();
 }
 
 async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<Semaphore>) {
@@ -111,10 +118,11 @@ async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<S
     }
 }
 
-/// Sends `err` as the first packet and closes.
+/// Sends `err` as the first packet (in place of the greeting, so without
+/// SQLSTATE, as MySQL does) and closes.
 async fn refuse(mut socket: TcpStream, err: crate::protocol::ErrPacket) {
     let mut out = BytesMut::new();
-    encode_packet(0, &err.encode(), &mut out);
+    encode_packet(0, &err.encode_pre_41(), &mut out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = socket.write_all(&out).await;
         let _ = socket.shutdown().await;

@@ -1,0 +1,170 @@
+//! A raw MySQL client over a blocking socket, for what real client
+//! libraries never do: pipelining on purpose, garbage, truncated packets,
+//! odd auth plugins. It uses Switchyard's sans-IO codec for framing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use bytes::BytesMut;
+use switchyard::auth::Sha1Password;
+use switchyard::protocol::{
+    AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
+    MariaDbCapabilities, Packet, PacketCodec, encode_packet,
+};
+
+/// A client connection speaking packets by hand.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: PacketCodec,
+}
+
+/// What a login attempt ended with.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// OK, at this sequence id.
+    Ok(u8),
+    /// ERR, at this sequence id.
+    Err(ErrPacket, u8),
+}
+
+impl RawClient {
+    /// Connects (10 s read timeout).
+    pub fn connect(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            stream,
+            buf: BytesMut::new(),
+            codec: PacketCodec::new(1 << 23),
+        })
+    }
+
+    /// The next packet; `None` when the peer closed the connection.
+    pub fn read_packet(&mut self) -> Result<Option<Packet>> {
+        loop {
+            if let Some(p) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(p));
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next packet, which must exist.
+    pub fn expect_packet(&mut self) -> Result<Packet> {
+        match self.read_packet()? {
+            Some(p) => Ok(p),
+            None => bail!("connection closed"),
+        }
+    }
+
+    /// Writes one packet.
+    pub fn write_packet(&mut self, seq: u8, payload: &[u8]) -> Result<()> {
+        let mut out = BytesMut::new();
+        encode_packet(seq, payload, &mut out);
+        self.write_raw(&out)
+    }
+
+    /// Writes bytes as they are.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads the greeting.
+    pub fn greeting(&mut self) -> Result<Greeting> {
+        let p = self.expect_packet()?;
+        if p.seq != 0 {
+            bail!("greeting has sequence id {}", p.seq);
+        }
+        Ok(Greeting::decode(&p.payload)?)
+    }
+
+    /// Whether the peer closes the connection (after at most one ERR
+    /// packet) within the read timeout.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        for _ in 0..2 {
+            match self.read_packet() {
+                Ok(None) => return true,
+                Ok(Some(p)) if ErrPacket::is_err(&p.payload) => continue,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Logs in as `user` with `password`, announcing `plugin` (with a
+    /// made-up 32-byte response for plugins other than native, as a MySQL
+    /// 8 client would send for caching_sha2_password), and follows an
+    /// auth switch to mysql_native_password.
+    pub fn login(
+        &mut self,
+        user: &str,
+        password: &str,
+        db: Option<&str>,
+        plugin: &str,
+    ) -> Result<LoginOutcome> {
+        let greeting = self.greeting()?;
+        let secret = Sha1Password::of_password(password.as_bytes());
+        let native = plugin == "mysql_native_password";
+        let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_TRANSACTIONS
+            | CapabilityFlags::CLIENT_LONG_PASSWORD;
+        caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, db.is_some());
+        let response = HandshakeResponse {
+            capabilities: caps,
+            max_packet_size: 1 << 24,
+            charset: 45,
+            mariadb_capabilities: MariaDbCapabilities::empty(),
+            username: user.into(),
+            auth_response: if native {
+                secret.scramble(&greeting.auth_data)
+            } else {
+                vec![0x42; 32]
+            },
+            database: db.map(str::to_owned),
+            auth_plugin: Some(plugin.into()),
+            connect_attrs: None,
+        };
+        self.write_packet(1, &response.encode())?;
+        loop {
+            let p = self.expect_packet()?;
+            match p.payload.first() {
+                Some(0x00) => return Ok(LoginOutcome::Ok(p.seq)),
+                Some(0xff) => return Ok(LoginOutcome::Err(ErrPacket::decode(&p.payload)?, p.seq)),
+                Some(0xfe) => {
+                    let switch = AuthSwitchRequest::decode(&p.payload)?;
+                    if switch.plugin != "mysql_native_password" {
+                        bail!("asked to switch to {}", switch.plugin);
+                    }
+                    self.write_packet(p.seq + 1, &secret.scramble(&switch.data))?;
+                }
+                _ => bail!("unexpected login packet {:?}", p.payload),
+            }
+        }
+    }
+
+    /// A command packet (sequence id 0) with `payload`.
+    pub fn command_packet(payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_packet(0, payload, &mut out);
+        out.to_vec()
+    }
+
+    /// A COM_QUERY packet for `sql`.
+    pub fn query_packet(sql: &str) -> Vec<u8> {
+        let mut payload = vec![0x03];
+        payload.extend_from_slice(sql.as_bytes());
+        Self::command_packet(&payload)
+    }
+}
