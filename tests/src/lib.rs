@@ -361,10 +361,12 @@ pub struct Artifacts {
     pub switchyard: PathBuf,
     /// The default policy component.
     pub default_policy: PathBuf,
+    /// The hostile test policy component.
+    pub misbehave_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
-/// default policy (release, wasm32-wasip2), once per process.
+/// policies (release, wasm32-wasip2), once per process.
 pub fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
@@ -378,6 +380,8 @@ pub fn artifacts() -> &'static Artifacts {
                 "--release",
                 "-p",
                 "default-policy",
+                "-p",
+                "misbehave-policy",
                 "--target",
                 "wasm32-wasip2",
             ][..],
@@ -395,6 +399,7 @@ pub fn artifacts() -> &'static Artifacts {
         Artifacts {
             switchyard: target.join("debug/switchyard"),
             default_policy: target.join("wasm32-wasip2/release/default_policy.wasm"),
+            misbehave_policy: target.join("wasm32-wasip2/release/misbehave_policy.wasm"),
         }
     })
 }
@@ -408,18 +413,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Writes `config` (TOML; `{port}` and `{policy}` are filled in with the
-    /// listen port and the default policy's path) and starts Switchyard on it,
-    /// waiting until it accepts connections.
+    /// Writes `config` (TOML; `{port}`, `{policy}` and `{misbehave}` are
+    /// filled in with the listen port and the policies' paths) and starts
+    /// Switchyard on it, waiting until it accepts connections.
     pub fn start(config: &str) -> Result<Self> {
         let port = free_port();
         let dir = tempfile::Builder::new()
             .prefix("switchyard-proxy-")
             .tempdir()?;
-        let config = config.replace("{port}", &port.to_string()).replace(
-            "{policy}",
-            &artifacts().default_policy.display().to_string(),
-        );
+        let config = config
+            .replace("{port}", &port.to_string())
+            .replace(
+                "{policy}",
+                &artifacts().default_policy.display().to_string(),
+            )
+            .replace(
+                "{misbehave}",
+                &artifacts().misbehave_policy.display().to_string(),
+            );
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("switchyard.log"))?;

@@ -136,6 +136,15 @@ fn main() {
         ),
         ("too_many_connections", too_many_connections),
         (
+            "misbehaving_policies_are_contained",
+            misbehaving_policies_are_contained,
+        ),
+        ("hash_password_command", hash_password_command),
+        (
+            "bad_config_names_file_and_line",
+            bad_config_names_file_and_line,
+        ),
+        (
             "replica_down_then_all_down_then_back",
             replica_down_then_all_down,
         ),
@@ -843,12 +852,41 @@ fn replica_failover_steps(env: &Env) -> TestResult {
         )?;
         c.disconnect().await.map_err(fail)
     })?;
+    // A proxy started while none of its backends answers greets with the
+    // configured default, and with the backends' identity once they answer.
+    let late = {
+        let t = env.topology();
+        Proxy::start(&format!(
+            "listen = \"127.0.0.1:{{port}}\"\nprobe_interval_ms = 200\n\
+             [pools.replicas]\nbackends = [\"{}\", \"{}\"]\n\
+             [policy]\nmodule = \"{{policy}}\"\n",
+            t.replicas[0].addr(),
+            t.replicas[1].addr()
+        ))
+        .map_err(fail)?
+    };
+    let g = RawClient::connect(late.addr())?.greeting()?;
+    check(
+        g.server_version == "5.5.5-10.11.0-MariaDB-switchyard",
+        format!("{g:?}"),
+    )?;
     // Back up: both replicas take sessions again.
     {
         let mut t = env.topology();
         t.replicas[0].restart().map_err(fail)?;
         t.replicas[1].restart().map_err(fail)?;
     }
+    let version = env.topology().replicas[0].sql("SELECT @@version");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while RawClient::connect(late.addr())?.greeting()?.server_version != format!("5.5.5-{version}")
+    {
+        check(
+            Instant::now() < deadline,
+            "the late proxy presents the backends' version",
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(late);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ids = block_on(async {
@@ -873,4 +911,122 @@ fn replica_failover_steps(env: &Env) -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn misbehaving_policies_are_contained(env: &Env) -> TestResult {
+    let config = {
+        let t = env.topology();
+        let mut c = proxy_config(&t).replace("module = \"{policy}\"", "module = \"{misbehave}\"");
+        for (name, mode) in [
+            ("looper", "loop"),
+            ("panicker", "panic"),
+            ("hog", "memory"),
+            ("chatty", "huge"),
+            ("refuser", "huge-refusal"),
+        ] {
+            c = c.replace(
+                "[pools.master]",
+                &format!(
+                    "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n[pools.master]",
+                    PasswordHash::of_password(b"pw")
+                ),
+            );
+            c.push_str(&format!("\"mode.{name}\" = \"{mode}\"\n"));
+        }
+        c
+    };
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let port = proxy.port;
+    block_on(async move {
+        let attempt = |user: &'static str| async move {
+            Conn::new(opts(port, (user, "pw"), None))
+                .await
+                .map(|_| ())
+                .map_err(server_error)
+        };
+        for user in ["looper", "panicker", "hog", "chatty"] {
+            let started = Instant::now();
+            let (code, state, msg) = match attempt(user).await {
+                Ok(()) => return Err(format!("{user} logged in").into()),
+                Err(e) => e?,
+            };
+            check(
+                code == 9101 && state == "HY000",
+                format!("{user}: {code} {state} {msg}"),
+            )?;
+            check(msg.contains(&format!("user '{user}'")), msg.clone())?;
+            check(
+                started.elapsed() < Duration::from_secs(2),
+                format!("{user} answered quickly"),
+            )?;
+        }
+        let (code, _, msg) = attempt("refuser").await.expect_err("refused")?;
+        check(
+            code == 9100 && msg.len() <= 1100 && msg.starts_with("no no"),
+            format!("{code} {}", msg.len()),
+        )?;
+        // Endless loops in flight do not hold up anyone else.
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let user = if i % 3 == 0 { "looper" } else { SLAVE_USER.0 };
+            let password = if i % 3 == 0 { "pw" } else { SLAVE_USER.1 };
+            tasks.push(tokio::spawn(async move {
+                let r = Conn::new(opts(port, (user, password), None)).await;
+                (user, r.map(|c| drop(c)).is_ok())
+            }));
+        }
+        for t in tasks {
+            let (user, ok) = t.await.map_err(fail)?;
+            check(ok == (user != "looper"), format!("{user}: ok={ok}"))?;
+        }
+        Ok::<_, Failed>(())
+    })?;
+    proxy
+        .wait_for_log("did not answer in time", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(
+        proxy.log().contains("policy misbehave_policy.wasm failed"),
+        "failures are logged with the policy's name",
+    )?;
+    check(!proxy.log().contains("panicked at"), "no host panic")
+}
+
+fn hash_password_command(_env: &Env) -> TestResult {
+    use std::io::Write;
+    let mut child = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(b"masterpass\n")?;
+    let out = child.wait_with_output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && printed.trim() == "*9C01670BF00D3764A16EF8B0611F8FC02173FC31",
+        printed.to_string(),
+    )
+}
+
+fn bad_config_names_file_and_line(_env: &Env) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:1\"\n[pools.p]\nbackends = [\"127.0.0.1:2\"]\nbalanse = \"x\"\n",
+    )?;
+    let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success(), "a bad config is refused")?;
+    check(
+        stderr.contains(&format!("{}:4:", path.display())) && stderr.contains("balanse"),
+        stderr.to_string(),
+    )
 }

@@ -1,0 +1,45 @@
+//! A hostile routing policy, for tests only. The setting `mode.<user>` picks
+//! what `route` does for that user:
+//!
+//! - `loop`: never returns;
+//! - `panic`: panics (a trap);
+//! - `memory`: allocates until it is stopped;
+//! - `huge`: answers a 10 MiB pool name;
+//! - `huge-refusal`: refuses with a 10 MiB text;
+//! - anything else, or no setting: the pool named by `user.<user>`.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "router",
+});
+
+use switchyard::policy::host;
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn route(user: String, _db: Option<String>, _client_addr: String) -> Result<String, String> {
+        match host::setting(&format!("mode.{user}")).as_deref() {
+            Some("loop") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Some("panic") => panic!("policy panics on purpose for {user}"),
+            Some("memory") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("huge") => Ok("x".repeat(10 << 20)),
+            Some("huge-refusal") => Err("no ".repeat(4 << 20)),
+            _ => host::setting(&format!("user.{user}"))
+                .ok_or_else(|| format!("no pool for '{user}'")),
+        }
+    }
+}
+
+export!(Misbehave);
