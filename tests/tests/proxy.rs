@@ -20,6 +20,7 @@ use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, mariadb_cli};
 
 type TestResult = Result<(), Failed>;
+type TestFn = fn(&Env) -> TestResult;
 
 /// What every test shares.
 struct Env {
@@ -82,7 +83,7 @@ fn main() {
         topology: Mutex::new(topology),
         proxy,
     });
-    let tests: Vec<(&str, fn(&Env) -> TestResult)> = vec![
+    let tests: Vec<(&str, TestFn)> = vec![
         (
             "greeting_presents_the_backends_identity",
             greeting_presents_the_backends_identity,
@@ -972,7 +973,7 @@ fn misbehaving_policies_are_contained(env: &Env) -> TestResult {
             let password = if i % 3 == 0 { "pw" } else { SLAVE_USER.1 };
             tasks.push(tokio::spawn(async move {
                 let r = Conn::new(opts(port, (user, password), None)).await;
-                (user, r.map(|c| drop(c)).is_ok())
+                (user, r.map(drop).is_ok())
             }));
         }
         for t in tasks {

@@ -6,7 +6,7 @@ wasmtime::component::bindgen!({
     world: "router",
 });
 
-pub use switchyard::policy::host::{Level, PoolStatus};
+pub use self::switchyard::policy::host::{Level, PoolStatus};
 
 impl From<crate::pool::PoolStatus> for PoolStatus {
     fn from(s: crate::pool::PoolStatus) -> Self {

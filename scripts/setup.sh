@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what Switchyard's demo and tests need and is missing: MariaDB
+# server and client (Debian packages) and the wasm32-wasip2 Rust target.
+# Safe to run again: it only installs what is not there.
+set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo is missing; install Rust (rustup) first" >&2
+    exit 1
+fi
+
+missing=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} from Debian's packages"
+    as_root apt-get update -qq
+    # The package's own service is not needed (the harness starts its own
+    # servers); policy-rc.d keeps apt from starting it where that applies.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    echo "setup: adding the wasm32-wasip2 Rust target"
+    rustup target add wasm32-wasip2
+fi
