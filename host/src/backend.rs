@@ -61,6 +61,11 @@ pub struct LoginRequest<'a> {
     pub client: &'a HandshakeResponse,
     /// `SHA1(password)`.
     pub password: &'a Sha1Password,
+    /// The capabilities Switchyard offered the client: the client's session
+    /// has exactly the client's flags within these.
+    pub offered: CapabilityFlags,
+    /// The MariaDB extended capabilities offered the client.
+    pub offered_mariadb: MariaDbCapabilities,
 }
 
 /// A logged-in backend session.
@@ -100,11 +105,14 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<Greeting, Back
     }
 }
 
-/// The handshake response Switchyard sends a backend for `req`.
+/// The handshake response Switchyard sends a backend for `req`: the flags
+/// the client's session with Switchyard has (the client's, within what was
+/// offered), so that relayed bytes mean the same on both sides.
 pub fn backend_response(req: &LoginRequest<'_>, greeting: &Greeting) -> HandshakeResponse {
     let client = req.client;
     let server_caps = greeting.capabilities | CapabilityFlags::client_only();
-    let mut caps = (client.capabilities & server_caps)
+    let offered = req.offered | CapabilityFlags::client_only();
+    let mut caps = (client.capabilities & offered & server_caps)
         - (CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_COMPRESS);
     caps |= CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
@@ -126,7 +134,7 @@ pub fn backend_response(req: &LoginRequest<'_>, greeting: &Greeting) -> Handshak
     {
         MariaDbCapabilities::empty()
     } else {
-        client.mariadb_capabilities & greeting.mariadb_capabilities
+        client.mariadb_capabilities & req.offered_mariadb & greeting.mariadb_capabilities
     };
     HandshakeResponse {
         capabilities: caps,
@@ -191,5 +199,94 @@ pub async fn open(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greeting(caps: CapabilityFlags) -> Greeting {
+        Greeting {
+            server_version: "5.5.5-10.11.19-MariaDB".into(),
+            connection_id: 1,
+            auth_data: b"12345678901234567890".to_vec(),
+            capabilities: caps,
+            charset: 45,
+            status: crate::protocol::StatusFlags::empty(),
+            mariadb_capabilities: MariaDbCapabilities::all(),
+            auth_plugin: NATIVE_PASSWORD_PLUGIN.into(),
+        }
+    }
+
+    #[test]
+    fn backend_gets_the_clients_negotiated_flags_only() {
+        let all = CapabilityFlags::all();
+        let client = HandshakeResponse {
+            // A client asking for more than it was offered.
+            capabilities: all - CapabilityFlags::CLIENT_LONG_PASSWORD,
+            max_packet_size: 1 << 24,
+            charset: 33,
+            mariadb_capabilities: MariaDbCapabilities::all(),
+            username: "u".into(),
+            auth_response: vec![1; 20],
+            database: None,
+            auth_plugin: Some("caching_sha2_password".into()),
+            connect_attrs: Some(b"\x01a\x01b".to_vec()),
+        };
+        let password = Sha1Password::of_password(b"pw");
+        let offered = CapabilityFlags::implemented()
+            - CapabilityFlags::CLIENT_LONG_PASSWORD
+            - CapabilityFlags::CLIENT_DEPRECATE_EOF;
+        let req = LoginRequest {
+            client: &client,
+            password: &password,
+            offered,
+            offered_mariadb: MariaDbCapabilities::MARIADB_CLIENT_PROGRESS,
+        };
+        let g = greeting(all - CapabilityFlags::CLIENT_LONG_PASSWORD);
+        let r = backend_response(&req, &g);
+        assert!(
+            !r.capabilities
+                .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        );
+        assert!(
+            !r.capabilities
+                .contains(CapabilityFlags::CLIENT_QUERY_ATTRIBUTES)
+        );
+        assert!(
+            !r.capabilities
+                .intersects(CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_COMPRESS)
+        );
+        assert!(
+            !r.capabilities
+                .contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB)
+        );
+        assert!(r.capabilities.contains(
+            CapabilityFlags::CLIENT_CONNECT_ATTRS | CapabilityFlags::CLIENT_SESSION_TRACK
+        ));
+        assert_eq!(
+            r.mariadb_capabilities,
+            MariaDbCapabilities::MARIADB_CLIENT_PROGRESS
+        );
+        assert_eq!(r.auth_plugin.as_deref(), Some(NATIVE_PASSWORD_PLUGIN));
+        assert_eq!(r.charset, 33);
+        assert!(
+            crate::auth::verify_native(
+                &crate::auth::PasswordHash::of_password(b"pw"),
+                &g.auth_data,
+                &r.auth_response
+            )
+            .is_some()
+        );
+        // A backend without a flag does not get it either.
+        let g = greeting(
+            all - CapabilityFlags::CLIENT_LONG_PASSWORD - CapabilityFlags::CLIENT_SESSION_TRACK,
+        );
+        assert!(
+            !backend_response(&req, &g)
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
+        );
     }
 }

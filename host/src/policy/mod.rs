@@ -97,7 +97,11 @@ impl bindings::switchyard::policy::host::Host for CallState {
         if self.log_lines > MAX_LOG_LINES_PER_CALL {
             return;
         }
-        let message = truncate(&message, MAX_LOG_LEN);
+        // One line per call of `log`: no forged log lines from a policy.
+        let message: String = truncate(&message, MAX_LOG_LEN)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let policy = self.shared.name.as_str();
         match level {
             Level::Debug => tracing::debug!(policy, "{message}"),

@@ -60,7 +60,7 @@ impl LoginError {
 /// A client that has logged in and the backend session it is bound to.
 struct Established {
     backend: BackendSession,
-    _lease: BackendLease,
+    lease: BackendLease,
 }
 
 /// The client's verified login.
@@ -104,9 +104,12 @@ pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 return;
             }
         };
+        let Established { backend, lease } = established;
         let (client_tcp, client_rest) = client.into_parts();
-        let (backend_tcp, backend_rest) = established.backend.stream.into_parts();
+        let (backend_tcp, backend_rest) = backend.stream.into_parts();
         let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest).await;
+        // The backend counts this session until the relay is over.
+        drop(lease);
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_from_client = stats.from_client,
@@ -133,7 +136,7 @@ async fn login(
     span.record("user", auth.response.username.as_str());
     let pool = route(shared, &auth, peer).await?;
     span.record("pool", pool.name.as_str());
-    let (lease, backend) = open_backend(&pool, &auth, shared, deadline).await?;
+    let (lease, backend) = open_backend(&pool, &auth, &profile, shared, deadline).await?;
     span.record("backend", field::display(lease.backend().addr));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
@@ -141,10 +144,7 @@ async fn login(
         .write(auth.next_seq, &backend.ok)
         .await
         .map_err(|e| LoginError::client(e.into()))?;
-    Ok(Established {
-        backend,
-        _lease: lease,
-    })
+    Ok(Established { backend, lease })
 }
 
 /// Phase 1: the greeting, with a fresh nonce and the backends' identity.
@@ -269,12 +269,15 @@ async fn route(
 async fn open_backend(
     pool: &Pool,
     auth: &Authenticated,
+    offered: &ServerProfile,
     shared: &Shared,
     deadline: Deadline,
 ) -> Result<(BackendLease, BackendSession), LoginError> {
     let request = LoginRequest {
         client: &auth.response,
         password: &auth.password,
+        offered: offered.capabilities,
+        offered_mariadb: offered.mariadb_capabilities,
     };
     let seq = auth.next_seq;
     let mut tried = 0;
