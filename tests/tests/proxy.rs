@@ -924,6 +924,7 @@ fn misbehaving_policies_are_contained(env: &Env) -> TestResult {
             ("hog", "memory"),
             ("chatty", "huge"),
             ("refuser", "huge-refusal"),
+            ("inspector", "inspect"),
         ] {
             c = c.replace(
                 "[pools.master]",
@@ -961,6 +962,25 @@ fn misbehaving_policies_are_contained(env: &Env) -> TestResult {
                 format!("{user} answered quickly"),
             )?;
         }
+        // The host functions: arguments, settings and live pool figures.
+        let held = Conn::new(opts(port, SLAVE_USER, None))
+            .await
+            .map_err(fail)?;
+        let (code, _, msg) = match Conn::new(opts(port, ("inspector", "pw"), Some("app"))).await {
+            Ok(_) => return Err("inspector logged in".into()),
+            Err(e) => server_error(e)?,
+        };
+        check(code == 9100, format!("{code} {msg}"))?;
+        check(
+            msg.starts_with("user=inspector db=app client=127.0.0.1:"),
+            msg.clone(),
+        )?;
+        check(
+            msg.contains("master:healthy=1,total=1,active=0,lag=None")
+                && msg.contains("replicas:healthy=2,total=2,active=1,lag=None"),
+            msg.clone(),
+        )?;
+        held.disconnect().await.map_err(fail)?;
         let (code, _, msg) = attempt("refuser").await.expect_err("refused")?;
         check(
             code == 9100 && msg.len() <= 1100 && msg.starts_with("no no"),

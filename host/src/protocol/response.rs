@@ -110,8 +110,10 @@ impl HandshakeResponse {
         if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
             put_lenenc_bytes(&mut out, &self.auth_response);
         } else {
-            out.push(self.auth_response.len() as u8);
-            out.extend_from_slice(&self.auth_response[..self.auth_response.len().min(255)]);
+            // One length byte: at most 255 bytes of auth data.
+            let n = self.auth_response.len().min(255);
+            out.push(n as u8);
+            out.extend_from_slice(&self.auth_response[..n]);
         }
         if caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB) {
             out.extend_from_slice(self.database.as_deref().unwrap_or("").as_bytes());

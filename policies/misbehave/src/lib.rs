@@ -6,6 +6,8 @@
 //! - `memory`: allocates until it is stopped;
 //! - `huge`: answers a 10 MiB pool name;
 //! - `huge-refusal`: refuses with a 10 MiB text;
+//! - `inspect`: logs a line, then refuses with what it saw: its arguments
+//!   and the live figures of every pool (`pools()`);
 //! - anything else, or no setting: the pool named by `user.<user>`.
 
 wit_bindgen::generate!({
@@ -18,7 +20,7 @@ use switchyard::policy::host;
 struct Misbehave;
 
 impl Guest for Misbehave {
-    fn route(user: String, _db: Option<String>, _client_addr: String) -> Result<String, String> {
+    fn route(user: String, db: Option<String>, client_addr: String) -> Result<String, String> {
         match host::setting(&format!("mode.{user}")).as_deref() {
             Some("loop") => {
                 let mut n: u64 = 0;
@@ -36,6 +38,30 @@ impl Guest for Misbehave {
             }
             Some("huge") => Ok("x".repeat(10 << 20)),
             Some("huge-refusal") => Err("no ".repeat(4 << 20)),
+            Some("inspect") => {
+                host::log(
+                    host::Level::Warn,
+                    &format!("inspecting {user}\nforged line"),
+                );
+                let pools: Vec<String> = host::pools()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:healthy={},total={},active={},lag={:?}",
+                            p.name,
+                            p.healthy_backends,
+                            p.total_backends,
+                            p.active_sessions,
+                            p.max_lag_ms
+                        )
+                    })
+                    .collect();
+                Err(format!(
+                    "user={user} db={} client={client_addr} pools={}",
+                    db.as_deref().unwrap_or("-"),
+                    pools.join(";")
+                ))
+            }
             _ => host::setting(&format!("user.{user}"))
                 .ok_or_else(|| format!("no pool for '{user}'")),
         }
