@@ -96,13 +96,17 @@ pub struct PolicyConfig {
     /// Path of the policy component (`.wasm`), relative to the working
     /// directory unless absolute.
     pub module: Spanned<PathBuf>,
-    /// Time one `route` call may run, in milliseconds. Default 10.
+    /// Wall-clock time one `route` call may run, in milliseconds (waiting
+    /// for a call slot does not count). Default 50: well above what a policy
+    /// needs (tens of microseconds), with room for a busy machine.
     #[serde(default = "default_policy_timeout_ms")]
     pub timeout_ms: u64,
     /// Linear memory one policy instance may grow to, in MiB. Default 16.
     #[serde(default = "default_policy_memory_mib")]
     pub memory_limit_mib: u64,
-    /// Policy calls that may run at once; further logins wait. Default 64.
+    /// Policy calls that may run at once; further logins wait for a slot.
+    /// Default: the number of CPUs, so that a running call has a core and
+    /// its deadline measures its own work.
     #[serde(default = "default_policy_concurrency")]
     pub max_concurrent_calls: u32,
     /// Free-form settings the policy reads with `setting(key)`.
@@ -132,13 +136,13 @@ fn default_probe_interval_ms() -> u64 {
     2_000
 }
 fn default_policy_timeout_ms() -> u64 {
-    10
+    50
 }
 fn default_policy_memory_mib() -> u64 {
     16
 }
 fn default_policy_concurrency() -> u32 {
-    64
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
 }
 
 /// A configuration that could not be read, parsed or validated.
@@ -283,7 +287,7 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
         assert_eq!(c.pools["replicas"].backends.get_ref().len(), 2);
         assert_eq!(c.policy.settings["user.mysqlslave"], "replicas");
         assert_eq!(c.max_connections, 4096);
-        assert_eq!(c.policy.timeout_ms, 10);
+        assert_eq!(c.policy.timeout_ms, 50);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - `panic`: panics (a trap);
 //! - `memory`: allocates until it is stopped;
 //! - `huge`: answers a 10 MiB pool name;
-//! - `huge-refusal`: refuses with a 10 MiB text;
+//! - `huge-refusal`: refuses with a text of almost 1 MiB;
 //! - `inspect`: logs a line, then refuses with what it saw: its arguments
 //!   and the live figures of every pool (`pools()`);
 //! - anything else, or no setting: the pool named by `user.<user>`.
@@ -37,7 +37,7 @@ impl Guest for Misbehave {
                 }
             }
             Some("huge") => Ok("x".repeat(10 << 20)),
-            Some("huge-refusal") => Err("no ".repeat(4 << 20)),
+            Some("huge-refusal") => Err("no ".repeat(300_000)),
             Some("inspect") => {
                 host::log(
                     host::Level::Warn,
