@@ -236,6 +236,27 @@ impl MariaDb {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it still accepts TCP connections (the
+    /// kernel queues them) but answers nothing, like a hung server.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGSTOP);
+            }
+        }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
+        }
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();

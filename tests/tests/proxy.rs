@@ -49,8 +49,9 @@ fn proxy_config(topology: &Topology) -> String {
     format!(
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 3000
+connect_timeout_ms = 700
 probe_interval_ms = 300
-{master}{slave}{outsider}{ghost}{lost}
+{master}{slave}{outsider}{ghost}{lost}{edward}
 [pools.master]
 backends = ["{primary}"]
 [pools.replicas]
@@ -63,12 +64,14 @@ module = "{{policy}}"
 "user.mysqlslave" = "replicas"
 "user.ghost" = "master"
 "user.lost" = "nowhere"
+"user.edward" = "master"
 "#,
         master = user(MASTER_USER.0, MASTER_USER.1),
         slave = user(SLAVE_USER.0, SLAVE_USER.1),
         outsider = user("outsider", "outsiderpass"),
         ghost = user("ghost", "ghostpass"),
         lost = user("lost", "lostpass"),
+        edward = user("edward", "edpass"),
         primary = topology.primary.addr(),
         r1 = topology.replicas[0].addr(),
         r2 = topology.replicas[1].addr(),
@@ -136,6 +139,14 @@ fn main() {
             garbage_and_truncated_packets,
         ),
         ("too_many_connections", too_many_connections),
+        (
+            "backend_auth_plugin_switch_it_cannot_answer",
+            backend_plugin_it_cannot_answer,
+        ),
+        (
+            "hung_replica_is_skipped_after_the_connect_timeout",
+            hung_replica_is_skipped,
+        ),
         (
             "misbehaving_policies_are_contained",
             misbehaving_policies_are_contained,
@@ -1050,4 +1061,72 @@ fn bad_config_names_file_and_line(_env: &Env) -> TestResult {
         stderr.contains(&format!("{}:4:", path.display())) && stderr.contains("balanse"),
         stderr.to_string(),
     )
+}
+
+fn backend_plugin_it_cannot_answer(env: &Env) -> TestResult {
+    // 'edward' logs in to the primary with ed25519, which needs the
+    // cleartext password; kept out of the binlog (replicas lack the plugin).
+    env.topology().primary.sql(
+        "SET sql_log_bin = 0;
+         INSTALL SONAME 'auth_ed25519';
+         CREATE USER 'edward'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('edpass');",
+    );
+    let result = block_on(login_error(env, ("edward", "edpass"), None));
+    env.topology()
+        .primary
+        .sql("SET sql_log_bin = 0; DROP USER 'edward'@'%';");
+    let (code, state, msg) = result?;
+    check(code == 9103 && state == "HY000", format!("{code} {state}"))?;
+    check(msg.contains("client_ed25519"), msg)
+}
+
+fn hung_replica_is_skipped(env: &Env) -> TestResult {
+    env.topology().replicas[1].pause();
+    let result = block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            let started = Instant::now();
+            let mut c = connect(env, SLAVE_USER, None).await?;
+            check(
+                server_id(&mut c).await? == REPLICA_IDS[0],
+                "sessions avoid the hung replica",
+            )?;
+            // At most one connect timeout (700 ms) is spent on the hung one.
+            check(
+                started.elapsed() < Duration::from_millis(2500),
+                format!("login took {:?}", started.elapsed()),
+            )?;
+            conns.push(c);
+        }
+        for c in conns {
+            c.disconnect().await.map_err(fail)?;
+        }
+        Ok::<_, Failed>(())
+    });
+    env.topology().replicas[1].resume();
+    result?;
+    env.proxy
+        .wait_for_log("timed out", Duration::from_secs(5))
+        .map_err(fail)?;
+    // Once it answers again, the recovery probe puts it back in rotation.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ids = block_on(async {
+            let mut a = connect(env, SLAVE_USER, None).await?;
+            let mut b = connect(env, SLAVE_USER, None).await?;
+            let mut ids = vec![server_id(&mut a).await?, server_id(&mut b).await?];
+            a.disconnect().await.map_err(fail)?;
+            b.disconnect().await.map_err(fail)?;
+            ids.sort();
+            Ok::<_, Failed>(ids)
+        })?;
+        if ids == REPLICA_IDS {
+            return Ok(());
+        }
+        check(
+            Instant::now() < deadline,
+            format!("the resumed replica is not back: {ids:?}"),
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
