@@ -110,9 +110,31 @@ pub struct MariaDb {
     pub server_id: u32,
     dir: PathBuf,
     child: Option<Child>,
+    /// Options added to (and overriding) the harness's defaults.
+    extra_args: Vec<String>,
 }
 
 impl MariaDb {
+    /// One server of its own (no replication) in `dir`, with `extra_args`
+    /// after the harness's options (later options win): for benchmarks.
+    pub fn standalone(dir: &Path, port: u16, extra_args: &[&str]) -> Result<Self> {
+        Self::install(dir)?;
+        let mut db = Self {
+            port,
+            server_id: 1,
+            dir: dir.to_owned(),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        db.launch()?;
+        Ok(db)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Creates a fresh data directory in `dir` with `mariadb-install-db`.
     fn install(dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
@@ -136,6 +158,7 @@ impl MariaDb {
             server_id,
             dir: dir.to_owned(),
             child: None,
+            extra_args: Vec::new(),
         };
         db.launch()?;
         Ok(db)
@@ -175,6 +198,7 @@ impl MariaDb {
             .arg("--performance-schema=OFF")
             .arg("--character-set-server=utf8mb4")
             .arg("--collation-server=utf8mb4_general_ci")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -434,14 +458,61 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts `binary` (a `switchyard` build) on `config` as it is, listening
+    /// on `port`, with logs at `log_level`.
+    pub fn start_with(binary: &Path, config: &str, port: u16, log_level: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-proxy-")
+            .tempdir()?;
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("switchyard.log"))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("SWITCHYARD_LOG", log_level)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut proxy = Self {
+            port,
+            child: Some(spawn(cmd).context("starting switchyard")?),
+            dir,
+        };
+        proxy.wait_listening()?;
+        Ok(proxy)
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("switchyard exited ({status}):\n{}", self.log());
+            }
+            if TcpStream::connect(self.addr()).is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("switchyard did not listen in 120 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Writes `config` (TOML; `{port}`, `{policy}` and `{misbehave}` are
     /// filled in with the listen port and the policies' paths) and starts
     /// Switchyard on it, waiting until it accepts connections.
     pub fn start(config: &str) -> Result<Self> {
         let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-proxy-")
-            .tempdir()?;
         let config = config
             .replace("{port}", &port.to_string())
             .replace(
@@ -452,38 +523,7 @@ impl Proxy {
                 "{misbehave}",
                 &artifacts().misbehave_policy.display().to_string(),
             );
-        let config_path = dir.path().join("switchyard.toml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("switchyard.log"))?;
-        let mut cmd = Command::new(&artifacts().switchyard);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("SWITCHYARD_LOG", "debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut proxy = Self {
-            port,
-            child: Some(spawn(cmd).context("starting switchyard")?),
-            dir,
-        };
-        let started = Instant::now();
-        loop {
-            if let Some(child) = proxy.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("switchyard exited ({status}):\n{}", proxy.log());
-            }
-            if TcpStream::connect(proxy.addr()).is_ok() {
-                return Ok(proxy);
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!("switchyard did not listen in 120 s:\n{}", proxy.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Self::start_with(&artifacts().switchyard, &config, port, "debug")
     }
 
     /// The address clients connect to.

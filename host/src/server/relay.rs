@@ -11,8 +11,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use super::codes;
 use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
@@ -43,8 +44,8 @@ pub async fn relay(
     mut backend: TcpStream,
     backend_rest: BytesMut,
 ) -> RelayStats {
-    let (mut client_r, mut client_w) = client.split();
-    let (mut backend_r, mut backend_w) = backend.split();
+    let (client_r, mut client_w) = client.split();
+    let (backend_r, mut backend_w) = backend.split();
     let change_user = AtomicBool::new(false);
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
@@ -69,8 +70,7 @@ pub async fn relay(
                 }
                 None => {}
             }
-            buf.reserve(UP_BUFFER);
-            match client_r.read_buf(&mut buf).await {
+            match read_some(&client_r, &mut buf, UP_BUFFER).await {
                 Ok(0) => break "client closed",
                 Ok(_) => {}
                 Err(_) => break "client read failed",
@@ -93,8 +93,7 @@ pub async fn relay(
                 to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 buf.clear();
             }
-            buf.reserve(DOWN_BUFFER);
-            match backend_r.read_buf(&mut buf).await {
+            match read_some(&backend_r, &mut buf, DOWN_BUFFER).await {
                 Ok(0) => break "backend closed",
                 Ok(_) => {}
                 Err(_) => break "backend read failed",
@@ -127,5 +126,26 @@ pub async fn relay(
         from_client: from_client.load(Ordering::Relaxed),
         to_client: to_client.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// Waits until `stream` has bytes, then reads them into `buf`. Memory for
+/// the read is taken only once bytes are there, and given back when `buf`
+/// has been drained: an idle session holds no relay buffer.
+async fn read_some(
+    stream: &ReadHalf<'_>,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> std::io::Result<usize> {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+    loop {
+        stream.readable().await?;
+        buf.reserve(chunk);
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
     }
 }

@@ -107,6 +107,8 @@ pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
         let Established { backend, lease } = established;
         let (client_tcp, client_rest) = client.into_parts();
         let (backend_tcp, backend_rest) = backend.stream.into_parts();
+        // Nothing of the login is kept while the session relays.
+        drop((backend.greeting, backend.ok));
         let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest).await;
         // The backend counts this session until the relay is over.
         drop(lease);
