@@ -48,7 +48,7 @@ impl RawClient {
             if let Some(p) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(p));
             }
-            let mut chunk = [0u8; 8192];
+            let mut chunk = [0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),

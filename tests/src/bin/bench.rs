@@ -1,0 +1,644 @@
+//! The end-to-end benchmark: one MariaDB server, HAProxy (`mode tcp`) in
+//! front of it and Switchyard (release build, default policy) in front of
+//! it, the same workloads against all three, alternating the order of the
+//! targets (A B C, then C B A) over several rounds. Prints medians, min–max
+//! and every target's ratio to the direct connection, and writes the table
+//! to `bench/results/` and into the README.
+//!
+//! Run it with `bench/run.sh` (which installs sysbench and HAProxy).
+//! Options: `--rounds N` (3), `--seconds S` per sysbench run (10),
+//! `--no-readme`.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use switchyard::auth::PasswordHash;
+use switchyard_e2e::raw::{LoginOutcome, RawClient};
+use switchyard_e2e::{MariaDb, Proxy, free_port, spawn, workspace_root};
+
+const USER: (&str, &str) = ("bench", "benchpass");
+const IDLE_SESSIONS: usize = 1000;
+const CHURN_WORKERS: usize = 8;
+
+struct Options {
+    rounds: usize,
+    seconds: u64,
+    readme: bool,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        rounds: 3,
+        seconds: 10,
+        readme: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => o.rounds = args.next().context("--rounds N")?.parse()?,
+            "--seconds" => o.seconds = args.next().context("--seconds S")?.parse()?,
+            "--no-readme" => o.readme = false,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// One thing clients connect to.
+struct Target {
+    name: &'static str,
+    port: u16,
+    pid: u32,
+}
+
+/// A running HAProxy.
+struct HaProxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    fn start(backend: SocketAddr) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 8192\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+                 timeout client 1h\n  timeout server 1h\nlisten mysql\n  bind 127.0.0.1:{port}\n  \
+                 server db {backend}\n"
+            ),
+        )?;
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn(cmd).context("starting haproxy (apt-get install haproxy)")?;
+        wait_port(port)?;
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let started = Instant::now();
+    while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("nothing listens on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn switchyard_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
+    format!(
+        "listen = \"127.0.0.1:{port}\"\nmax_connections = 8192\n\
+         [[users]]\nname = \"{}\"\npassword_hash = \"{}\"\n\
+         [pools.main]\nbackends = [\"{backend}\"]\n\
+         [policy]\nmodule = \"{}\"\n[policy.settings]\ndefault = \"main\"\n",
+        USER.0,
+        PasswordHash::of_password(USER.1.as_bytes()),
+        policy.display()
+    )
+}
+
+fn build_release() -> Result<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [
+        &[
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "switchyard",
+            "--bin",
+            "switchyard",
+        ][..],
+        &[
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "default-policy",
+            "--target",
+            "wasm32-wasip2",
+        ][..],
+    ] {
+        let ok = Command::new(&cargo)
+            .args(args)
+            .current_dir(&root)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cargo {args:?} failed");
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok((
+        target.join("release/switchyard"),
+        target.join("wasm32-wasip2/release/default_policy.wasm"),
+    ))
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// One sysbench oltp_point_select run.
+struct Sysbench {
+    qps: f64,
+    avg_ms: f64,
+    p95_ms: f64,
+    queries: f64,
+}
+
+fn sysbench(port: u16, threads: usize, seconds: u64, command: &str) -> Result<Sysbench> {
+    let out = Command::new("sysbench")
+        .arg("oltp_point_select")
+        .args([
+            "--mysql-host=127.0.0.1",
+            &format!("--mysql-port={port}"),
+            &format!("--mysql-user={}", USER.0),
+            &format!("--mysql-password={}", USER.1),
+            "--mysql-db=sbtest",
+            "--mysql-ssl=off",
+            "--tables=1",
+            "--table-size=10000",
+            &format!("--threads={threads}"),
+            &format!("--time={seconds}"),
+            "--report-interval=0",
+            command,
+        ])
+        .output()
+        .context("running sysbench (apt-get install sysbench)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "sysbench {command} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |label: &str| -> f64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let qps = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("queries:"))
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok(Sysbench {
+        qps,
+        avg_ms: field("avg:"),
+        p95_ms: field("95th percentile:"),
+        queries: field("queries:"),
+    })
+}
+
+fn login(port: u16) -> Result<RawClient> {
+    let mut c = RawClient::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    match c.login(USER.0, USER.1, Some("sbtest"), "mysql_native_password")? {
+        LoginOutcome::Ok(_) => Ok(c),
+        LoginOutcome::Err(e, _) => bail!("login failed: {} {}", e.code, e.message),
+    }
+}
+
+/// Reads one text result set (without CLIENT_DEPRECATE_EOF); returns the
+/// payload bytes of its rows.
+fn read_result(c: &mut RawClient) -> Result<u64> {
+    let mut eofs = 0;
+    let mut bytes = 0u64;
+    loop {
+        let p = c.expect_packet()?;
+        match p.payload.first() {
+            Some(0xff) => bail!("query failed: {:?}", String::from_utf8_lossy(&p.payload)),
+            Some(0xfe) if p.payload.len() < 9 => {
+                eofs += 1;
+                if eofs == 2 {
+                    return Ok(bytes);
+                }
+            }
+            _ if eofs == 1 => bytes += p.payload.len() as u64,
+            _ => {}
+        }
+    }
+}
+
+/// MB/s reading 64 rows of 1 MiB.
+fn streaming(port: u16) -> Result<f64> {
+    let mut c = login(port)?;
+    let started = Instant::now();
+    let mut total = 0;
+    for _ in 0..4 {
+        c.write_raw(&RawClient::query_packet("SELECT b FROM blobs"))?;
+        total += read_result(&mut c)?;
+    }
+    Ok(total as f64 / 1e6 / started.elapsed().as_secs_f64())
+}
+
+/// Connection churn: connect, log in, SELECT 1, quit.
+struct Churn {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    logins: f64,
+    generator_cores: f64,
+}
+
+fn churn(port: u16, seconds: u64) -> Result<Churn> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let cpu0 = own_cpu_seconds();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CHURN_WORKERS)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let latencies = Arc::clone(&latencies);
+            std::thread::spawn(move || -> Result<()> {
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut c = login(port)?;
+                    mine.push(t.elapsed().as_secs_f64() * 1e3);
+                    c.write_raw(&RawClient::query_packet("SELECT 1"))?;
+                    read_result(&mut c)?;
+                    c.write_raw(&RawClient::command_packet(&[0x01]))?;
+                }
+                latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(mine);
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    l.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Churn {
+        per_sec: l.len() as f64 / wall,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        logins: l.len() as f64,
+        generator_cores: (own_cpu_seconds() - cpu0) / wall,
+    })
+}
+
+/// KiB of RSS per idle session (each with its backend session), on a
+/// freshly started process.
+fn idle_memory(start: &dyn Fn() -> Result<(u16, u32, Box<dyn std::any::Any>)>) -> Result<f64> {
+    let (port, pid, guard) = start()?;
+    drop(login(port)?);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss_kib(pid);
+    let mut sessions = Vec::with_capacity(IDLE_SESSIONS);
+    for _ in 0..IDLE_SESSIONS {
+        sessions.push(login(port)?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let per = (rss_kib(pid) - base) / IDLE_SESSIONS as f64;
+    drop(sessions);
+    drop(guard);
+    Ok(per)
+}
+
+/// Every measurement of one metric, per target.
+#[derive(Default)]
+struct Samples(Vec<(String, Vec<f64>)>);
+
+impl Samples {
+    fn add(&mut self, metric: &str, v: f64) {
+        let row = match self.0.iter().position(|(m, _)| m == metric) {
+            Some(i) => i,
+            None => {
+                self.0.push((metric.to_owned(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        self.0[row].1.push(v);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let o = options()?;
+    raise_fd_limit();
+    let (switchyard_bin, policy) = build_release()?;
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-bench-")
+        .tempdir()?;
+    eprintln!("bench: starting MariaDB");
+    let db = MariaDb::standalone(
+        &dir.path().join("db"),
+        free_port(),
+        &[
+            "--skip-log-bin",
+            "--max-connections=4000",
+            "--innodb-buffer-pool-size=256M",
+            "--thread-cache-size=128",
+            "--max-allowed-packet=128M",
+        ],
+    )?;
+    db.sql(&format!(
+        "CREATE DATABASE sbtest; CREATE USER '{u}'@'%' IDENTIFIED BY '{p}';
+         GRANT ALL ON sbtest.* TO '{u}'@'%';
+         USE sbtest; CREATE TABLE blobs (id INT PRIMARY KEY, b LONGBLOB);
+         INSERT INTO blobs SELECT seq, REPEAT('x', 1048576) FROM seq_1_to_64;",
+        u = USER.0,
+        p = USER.1
+    ));
+    sysbench(db.port, 1, 1, "prepare")?;
+    let haproxy = HaProxy::start(db.addr())?;
+    let sy_port = free_port();
+    let switchyard = Proxy::start_with(
+        &switchyard_bin,
+        &switchyard_config(sy_port, db.addr(), &policy),
+        sy_port,
+        "warn",
+    )?;
+    let targets = [
+        Target {
+            name: "direct",
+            port: db.port,
+            pid: db.pid().context("mariadbd pid")?,
+        },
+        Target {
+            name: "haproxy",
+            port: haproxy.port,
+            pid: haproxy.child.id(),
+        },
+        Target {
+            name: "switchyard",
+            port: sy_port,
+            pid: switchyard.pid().context("pid")?,
+        },
+    ];
+    let mut samples: Vec<Samples> = (0..targets.len()).map(|_| Samples::default()).collect();
+    for t in &targets {
+        sysbench(t.port, 4, 2, "run")?; // warm-up
+    }
+    let churn_seconds = o.seconds.div_ceil(2).max(2);
+    for round in 0..o.rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            vec![0, 1, 2]
+        } else {
+            vec![2, 1, 0]
+        };
+        eprintln!(
+            "bench: round {} of {} ({:?})",
+            round + 1,
+            o.rounds,
+            order.iter().map(|&i| targets[i].name).collect::<Vec<_>>()
+        );
+        for &i in &order {
+            let t = &targets[i];
+            let cpu0 = cpu_seconds(t.pid);
+            let s = sysbench(t.port, 1, o.seconds, "run")?;
+            let cpu = cpu_seconds(t.pid) - cpu0;
+            let m = &mut samples[i];
+            m.add("point_select 1 thread, q/s", s.qps);
+            m.add("point_select 1 thread, avg latency ms", s.avg_ms);
+            m.add("point_select 1 thread, p95 latency ms", s.p95_ms);
+            m.add(
+                "CPU per query of the target process, µs",
+                cpu / s.queries * 1e6,
+            );
+        }
+        for &i in &order {
+            let s = sysbench(targets[i].port, 32, o.seconds, "run")?;
+            samples[i].add("point_select 32 threads, q/s", s.qps);
+        }
+        for &i in &order {
+            let mbs = streaming(targets[i].port)?;
+            samples[i].add("streaming 64 × 1 MiB rows, MB/s", mbs);
+        }
+        for &i in &order {
+            let t = &targets[i];
+            let cpu0 = cpu_seconds(t.pid);
+            let c = churn(t.port, churn_seconds)?;
+            let cpu = cpu_seconds(t.pid) - cpu0;
+            let m = &mut samples[i];
+            m.add("churn (connect, login, SELECT 1, quit), conn/s", c.per_sec);
+            m.add("churn connect+login p50 ms", c.p50_ms);
+            m.add("churn connect+login p99 ms", c.p99_ms);
+            m.add(
+                "CPU per login of the target process, µs",
+                cpu / c.logins * 1e6,
+            );
+            m.add("churn load generator, cores used", c.generator_cores);
+        }
+    }
+    eprintln!("bench: idle memory");
+    let backend = db.addr();
+    let ha_mem = idle_memory(&|| {
+        let h = HaProxy::start(backend)?;
+        Ok((h.port, h.child.id(), Box::new(h) as Box<dyn std::any::Any>))
+    })?;
+    let sy_mem = idle_memory(&|| {
+        let port = free_port();
+        let p = Proxy::start_with(
+            &switchyard_bin,
+            &switchyard_config(port, backend, &policy),
+            port,
+            "warn",
+        )?;
+        let pid = p.pid().context("pid")?;
+        Ok((port, pid, Box::new(p) as Box<dyn std::any::Any>))
+    })?;
+    let table = report(&targets, &mut samples, ha_mem, sy_mem, &o);
+    println!("{table}");
+    save(&table, o.readme)?;
+    Ok(())
+}
+
+fn report(
+    targets: &[Target],
+    samples: &mut [Samples],
+    ha_mem: f64,
+    sy_mem: f64,
+    o: &Options,
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Measured {} on this machine ({} CPUs), {} rounds, {} s per sysbench run; \
+         median (min–max), ratio = median / direct median.\n",
+        chrono_like_now(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.rounds,
+        o.seconds
+    );
+    let _ = writeln!(
+        t,
+        "| workload | {} | {} | {} | haproxy / direct | switchyard / direct |",
+        targets[0].name, targets[1].name, targets[2].name
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let metrics: Vec<String> = samples[0].0.iter().map(|(m, _)| m.clone()).collect();
+    for metric in metrics {
+        let mut cells = Vec::new();
+        let mut medians = Vec::new();
+        for s in samples.iter_mut() {
+            let v = s.0.iter_mut().find(|(m, _)| *m == metric).map(|(_, v)| v);
+            match v {
+                Some(v) => {
+                    let med = median(v);
+                    let (lo, hi) = (
+                        v.first().copied().unwrap_or(f64::NAN),
+                        v.last().copied().unwrap_or(f64::NAN),
+                    );
+                    cells.push(format!("{} ({}–{})", fmt(med), fmt(lo), fmt(hi)));
+                    medians.push(med);
+                }
+                None => {
+                    cells.push("–".into());
+                    medians.push(f64::NAN);
+                }
+            }
+        }
+        let _ = writeln!(
+            t,
+            "| {metric} | {} | {} | {} | {:.2} | {:.2} |",
+            cells[0],
+            cells[1],
+            cells[2],
+            medians[1] / medians[0],
+            medians[2] / medians[0]
+        );
+    }
+    let _ = writeln!(
+        t,
+        "| RSS per idle session ({IDLE_SESSIONS} sessions, fresh process), KiB | – | {} | {} | | |",
+        fmt(ha_mem),
+        fmt(sy_mem)
+    );
+    t
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Writes the table to `bench/results/` and between the README's bench
+/// markers.
+fn save(table: &str, readme: bool) -> Result<()> {
+    let root = workspace_root();
+    let results = root.join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    let stamp = Command::new("date")
+        .args(["-u", "+%Y%m%d-%H%M%S"])
+        .output()?;
+    let name = format!("{}.md", String::from_utf8_lossy(&stamp.stdout).trim());
+    std::fs::write(results.join(&name), table)?;
+    eprintln!("bench: wrote bench/results/{name}");
+    if readme {
+        let path = root.join("README.md");
+        let text = std::fs::read_to_string(&path)?;
+        let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
+        if let (Some(a), Some(b)) = (text.find(start), text.find(end)) {
+            let updated = format!("{}{start}\n{table}{}", &text[..a], &text[b..]);
+            std::fs::write(&path, updated)?;
+            eprintln!("bench: updated the README");
+        }
+    }
+    Ok(())
+}
