@@ -18,10 +18,11 @@ use tokio::net::tcp::ReadHalf;
 use super::codes;
 use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
 
-/// Read buffer for client-to-backend bytes.
-const UP_BUFFER: usize = 16 * 1024;
-/// Read buffer for backend-to-client bytes (result sets).
-const DOWN_BUFFER: usize = 64 * 1024;
+/// Smallest read, and where a direction's read size starts.
+const MIN_READ: usize = 16 * 1024;
+/// Largest read: a direction that keeps filling its reads (a large result
+/// set, a bulk insert) grows to this, so that it moves in few syscalls.
+const MAX_READ: usize = 1024 * 1024;
 /// COM_QUIT, as a whole packet.
 const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
 
@@ -52,6 +53,7 @@ pub async fn relay(
 
     let up = async {
         let mut buf = client_rest;
+        let mut up_read = MIN_READ;
         let mut scanner = CommandScanner::new();
         let end = loop {
             let (n, event) = scanner.scan(&buf);
@@ -70,7 +72,7 @@ pub async fn relay(
                 }
                 None => {}
             }
-            match read_some(&client_r, &mut buf, UP_BUFFER).await {
+            match read_some(&client_r, &mut buf, &mut up_read).await {
                 Ok(0) => break "client closed",
                 Ok(_) => {}
                 Err(_) => break "client read failed",
@@ -85,6 +87,7 @@ pub async fn relay(
 
     let down = async {
         let mut buf = backend_rest;
+        let mut down_read = MIN_READ;
         let end = loop {
             if !buf.is_empty() {
                 if client_w.write_all(&buf).await.is_err() {
@@ -93,7 +96,7 @@ pub async fn relay(
                 to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 buf.clear();
             }
-            match read_some(&backend_r, &mut buf, DOWN_BUFFER).await {
+            match read_some(&backend_r, &mut buf, &mut down_read).await {
                 Ok(0) => break "backend closed",
                 Ok(_) => {}
                 Err(_) => break "backend read failed",
@@ -131,21 +134,31 @@ pub async fn relay(
 
 /// Waits until `stream` has bytes, then reads them into `buf`. Memory for
 /// the read is taken only once bytes are there, and given back when `buf`
-/// has been drained: an idle session holds no relay buffer.
+/// has been drained: an idle session holds no relay buffer. The read size
+/// adapts: it doubles while reads come back full and halves when they come
+/// back small, between [`MIN_READ`] and [`MAX_READ`].
 async fn read_some(
     stream: &ReadHalf<'_>,
     buf: &mut BytesMut,
-    chunk: usize,
+    size: &mut usize,
 ) -> std::io::Result<usize> {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
     }
     loop {
         stream.readable().await?;
-        buf.reserve(chunk);
+        buf.reserve(*size);
         match stream.try_read_buf(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            other => return other,
+            Ok(n) => {
+                if n >= *size {
+                    *size = (*size * 2).min(MAX_READ);
+                } else if n < *size / 4 {
+                    *size = (*size / 2).max(MIN_READ);
+                }
+                return Ok(n);
+            }
+            Err(e) => return Err(e),
         }
     }
 }

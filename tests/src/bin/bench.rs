@@ -7,7 +7,8 @@
 //!
 //! Run it with `bench/run.sh` (which installs sysbench and HAProxy).
 //! Options: `--rounds N` (3), `--seconds S` per sysbench run (10),
-//! `--no-readme`.
+//! `--no-readme`, `--only WORKLOAD` (any of `point1`, `point32`,
+//! `streaming`, `churn`, `memory`; repeatable; implies `--no-readme`).
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +31,13 @@ struct Options {
     rounds: usize,
     seconds: u64,
     readme: bool,
+    only: Vec<String>,
+}
+
+impl Options {
+    fn runs(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == workload)
+    }
 }
 
 fn options() -> Result<Options> {
@@ -37,6 +45,7 @@ fn options() -> Result<Options> {
         rounds: 3,
         seconds: 10,
         readme: true,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -44,6 +53,10 @@ fn options() -> Result<Options> {
             "--rounds" => o.rounds = args.next().context("--rounds N")?.parse()?,
             "--seconds" => o.seconds = args.next().context("--seconds S")?.parse()?,
             "--no-readme" => o.readme = false,
+            "--only" => {
+                o.only.push(args.next().context("--only WORKLOAD")?);
+                o.readme = false;
+            }
             other => bail!("unknown option {other}"),
         }
     }
@@ -473,7 +486,7 @@ fn main() -> Result<()> {
             o.rounds,
             order.iter().map(|&i| targets[i].name).collect::<Vec<_>>()
         );
-        for &i in &order {
+        for &i in order.iter().filter(|_| o.runs("point1")) {
             let t = &targets[i];
             let cpu0 = cpu_seconds(t.pid);
             let s = sysbench(t.port, 1, o.seconds, "run")?;
@@ -487,15 +500,15 @@ fn main() -> Result<()> {
                 cpu / s.queries * 1e6,
             );
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| o.runs("point32")) {
             let s = sysbench(targets[i].port, 32, o.seconds, "run")?;
             samples[i].add("point_select 32 threads, q/s", s.qps);
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| o.runs("streaming")) {
             let mbs = streaming(targets[i].port)?;
             samples[i].add("streaming 64 × 1 MiB rows, MB/s", mbs);
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| o.runs("churn")) {
             let t = &targets[i];
             let cpu0 = cpu_seconds(t.pid);
             let c = churn(t.port, churn_seconds)?;
@@ -511,8 +524,23 @@ fn main() -> Result<()> {
             m.add("churn load generator, cores used", c.generator_cores);
         }
     }
-    eprintln!("bench: idle memory");
     let backend = db.addr();
+    let (mut ha_mem, mut sy_mem) = (f64::NAN, f64::NAN);
+    if o.runs("memory") {
+        eprintln!("bench: idle memory");
+        (ha_mem, sy_mem) = measure_idle_memory(backend, &switchyard_bin, &policy)?;
+    }
+    let table = report(&targets, &mut samples, ha_mem, sy_mem, &o);
+    println!("{table}");
+    save(&table, o.readme)?;
+    Ok(())
+}
+
+fn measure_idle_memory(
+    backend: SocketAddr,
+    switchyard_bin: &Path,
+    policy: &Path,
+) -> Result<(f64, f64)> {
     let ha_mem = idle_memory(&|| {
         let h = HaProxy::start(backend)?;
         Ok((h.port, h.child.id(), Box::new(h) as Box<dyn std::any::Any>))
@@ -520,18 +548,15 @@ fn main() -> Result<()> {
     let sy_mem = idle_memory(&|| {
         let port = free_port();
         let p = Proxy::start_with(
-            &switchyard_bin,
-            &switchyard_config(port, backend, &policy),
+            switchyard_bin,
+            &switchyard_config(port, backend, policy),
             port,
             "warn",
         )?;
         let pid = p.pid().context("pid")?;
         Ok((port, pid, Box::new(p) as Box<dyn std::any::Any>))
     })?;
-    let table = report(&targets, &mut samples, ha_mem, sy_mem, &o);
-    println!("{table}");
-    save(&table, o.readme)?;
-    Ok(())
+    Ok((ha_mem, sy_mem))
 }
 
 fn report(
