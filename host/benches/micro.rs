@@ -1,0 +1,116 @@
+//! Microbenchmarks: the packet codec, the auth math, and one policy call.
+//! `cargo bench -p switchyard` (the policy benchmark needs the default
+//! policy built: `cargo build --release -p default-policy --target
+//! wasm32-wasip2`).
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use switchyard::auth::{PasswordHash, Sha1Password, generate_nonce, verify_native};
+use switchyard::config::Config;
+use switchyard::policy::Policy;
+use switchyard::pool::Pools;
+use switchyard::protocol::{
+    CapabilityFlags, CommandScanner, Greeting, HandshakeResponse, MariaDbCapabilities, PacketCodec,
+    StatusFlags, encode_packet,
+};
+
+fn codec(c: &mut Criterion) {
+    let response = HandshakeResponse {
+        capabilities: CapabilityFlags::implemented(),
+        max_packet_size: 1 << 24,
+        charset: 45,
+        mariadb_capabilities: MariaDbCapabilities::implemented(),
+        username: "mysqlslave".into(),
+        auth_response: vec![7; 20],
+        database: Some("app".into()),
+        auth_plugin: Some("mysql_native_password".into()),
+        connect_attrs: Some(
+            b"\x0c_client_name\x0alibmariadb\x0f_client_version\x063.3.10".to_vec(),
+        ),
+    }
+    .encode();
+    c.bench_function("decode HandshakeResponse41", |b| {
+        b.iter(|| HandshakeResponse::decode(black_box(&response)).unwrap())
+    });
+    let greeting = Greeting {
+        server_version: "5.5.5-10.11.19-MariaDB-0+deb12u1-log".into(),
+        connection_id: 7,
+        auth_data: generate_nonce().to_vec(),
+        capabilities: CapabilityFlags::implemented(),
+        charset: 45,
+        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        mariadb_capabilities: MariaDbCapabilities::implemented(),
+        auth_plugin: "mysql_native_password".into(),
+    };
+    c.bench_function("encode greeting", |b| {
+        b.iter(|| black_box(&greeting).encode())
+    });
+    let mut frame = BytesMut::new();
+    encode_packet(1, &response, &mut frame);
+    let codec = PacketCodec::new(16 * 1024);
+    c.bench_function("frame one login packet", |b| {
+        b.iter(|| {
+            let mut buf = frame.clone();
+            codec.decode(&mut buf).unwrap().unwrap()
+        })
+    });
+    // The relay's per-read work: walking headers of pipelined queries.
+    let mut stream = BytesMut::new();
+    while stream.len() < 1 << 20 {
+        encode_packet(0, b"\x03SELECT c FROM sbtest1 WHERE id=4242", &mut stream);
+    }
+    let mut group = c.benchmark_group("scan client stream");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("1 MiB of small queries", |b| {
+        b.iter(|| CommandScanner::new().scan(black_box(&stream)))
+    });
+    group.finish();
+}
+
+fn auth(c: &mut Criterion) {
+    let stored = PasswordHash::of_password(b"slavepass");
+    let nonce = generate_nonce();
+    let token = Sha1Password::of_password(b"slavepass").scramble(&nonce);
+    c.bench_function("verify mysql_native_password", |b| {
+        b.iter(|| verify_native(&stored, black_box(&nonce), black_box(&token)).unwrap())
+    });
+    let h1 = Sha1Password::of_password(b"slavepass");
+    c.bench_function("scramble for a backend nonce", |b| {
+        b.iter(|| h1.scramble(black_box(&nonce)))
+    });
+    c.bench_function("generate nonce", |b| b.iter(generate_nonce));
+}
+
+fn policy(c: &mut Criterion) {
+    let module = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/default_policy.wasm");
+    assert!(
+        module.exists(),
+        "build the default policy first: cargo build --release -p default-policy --target wasm32-wasip2"
+    );
+    let text = format!(
+        "[pools.replicas]\nbackends = [\"127.0.0.1:3307\"]\n[policy]\nmodule = \"{}\"\n\
+         [policy.settings]\n\"user.mysqlslave\" = \"replicas\"\n",
+        module.display()
+    );
+    let config = Config::parse(&text, "bench.toml".as_ref()).unwrap();
+    let pools = Arc::new(Pools::from_config(&config));
+    let policy = Policy::load(&config.policy, pools).unwrap();
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let client = client.to_string();
+    c.bench_function("policy route (fresh instance, default policy)", |b| {
+        b.iter(|| {
+            policy
+                .route_blocking("mysqlslave", Some("app"), &client)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, codec, auth, policy);
+criterion_main!(benches);
