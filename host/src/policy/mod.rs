@@ -30,6 +30,8 @@ use ticker::EpochTicker;
 pub const MAX_ANSWER_LEN: usize = 1024;
 /// Longest log message taken from a policy.
 const MAX_LOG_LEN: usize = 1024;
+/// Most instance slots whose memory is given back to the kernel together.
+const DECOMMIT_BATCH: usize = 16;
 /// Log lines one call may write.
 const MAX_LOG_LINES_PER_CALL: u32 = 16;
 
@@ -290,7 +292,10 @@ fn build_engine(config: &PolicyConfig, memory_limit: usize) -> wasmtime::Result<
         .total_core_instances(slots.saturating_mul(8))
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(4))
-        .max_memory_size(memory_limit);
+        .max_memory_size(memory_limit)
+        // Give slot memory back to the kernel a few slots at a time: each
+        // madvise costs TLB shootdowns on every core.
+        .decommit_batch_size((slots as usize / 2).clamp(1, DECOMMIT_BATCH));
     let mut engine_config = EngineConfig::new();
     engine_config
         .wasm_component_model(true)
