@@ -143,11 +143,15 @@ async fn read_some(
     size: &mut usize,
 ) -> std::io::Result<usize> {
     if buf.is_empty() && buf.capacity() > 0 {
-        *buf = BytesMut::new();
+        give_back(std::mem::take(buf));
     }
     loop {
         stream.readable().await?;
-        buf.reserve(*size);
+        if buf.capacity() == 0 {
+            *buf = take_buffer(*size);
+        } else {
+            buf.reserve(*size);
+        }
         match stream.try_read_buf(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Ok(n) => {
@@ -162,3 +166,47 @@ async fn read_some(
         }
     }
 }
+
+/// Read buffers of [`MIN_READ`] bytes, kept per thread for the next read:
+/// a session does not hold a buffer while idle, and a busy one does not pay
+/// for an allocation per read.
+mod buffers {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::MIN_READ;
+
+    /// Buffers kept per thread (at most 1 MiB).
+    const KEPT: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for at least `size` bytes.
+    pub fn take_buffer(size: usize) -> BytesMut {
+        if size <= MIN_READ
+            && let Some(b) = FREE.with(|f| f.borrow_mut().pop())
+        {
+            return b;
+        }
+        BytesMut::with_capacity(size.max(MIN_READ))
+    }
+
+    /// Returns a drained buffer for reuse on this thread.
+    pub fn give_back(mut buf: BytesMut) {
+        buf.clear();
+        // Only whole, standard-size buffers are kept; larger ones are freed.
+        if buf.capacity() == MIN_READ {
+            FREE.with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < KEPT {
+                    f.push(buf);
+                }
+            });
+        }
+    }
+}
+
+use buffers::{give_back, take_buffer};
