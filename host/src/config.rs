@@ -21,6 +21,10 @@ pub struct Config {
     /// Address the proxy listens on for MySQL clients. Default `127.0.0.1:6033`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Threads that serve sessions, each with its own event loop. Default:
+    /// the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// Client sessions served at once; further clients get ERR 1040
     /// "Too many connections". Default 4096.
     #[serde(default = "default_max_connections")]
@@ -234,6 +238,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// [`Config::threads`], or the number of CPUs.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
     }
 
     /// [`Config::login_timeout_ms`] as a duration.

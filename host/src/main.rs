@@ -87,19 +87,10 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         compile_ms = started.elapsed().as_millis() as u64,
         "policy loaded"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let shared = Arc::new(Shared::new(config, pools, Arc::new(policy)));
-        server::run(listener, shared, shutdown_signal()).await;
-        anyhow::Ok(())
-    })?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let shared = Arc::new(Shared::new(config, pools, Arc::new(policy)));
+    server::run(listener, shared, shutdown_signal()).context("serving")?;
     Ok(())
 }
 

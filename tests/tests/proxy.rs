@@ -152,6 +152,7 @@ fn main() {
             misbehaving_policies_are_contained,
         ),
         ("hash_password_command", hash_password_command),
+        ("sigterm_stops_the_daemon", sigterm_stops_the_daemon),
         (
             "bad_config_names_file_and_line",
             bad_config_names_file_and_line,
@@ -1129,4 +1130,26 @@ fn hung_replica_is_skipped(env: &Env) -> TestResult {
         )?;
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn sigterm_stops_the_daemon(env: &Env) -> TestResult {
+    let config = {
+        let t = env.topology();
+        proxy_config(&t)
+    };
+    let mut proxy = Proxy::start(&config).map_err(fail)?;
+    let rt = runtime();
+    let conn = rt
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER, None)))
+        .map_err(fail)?;
+    let started = Instant::now();
+    let status = proxy.terminate().ok_or("no exit status")?;
+    check(status.success(), format!("exit status {status}"))?;
+    check(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly",
+    )?;
+    check(proxy.log().contains("shutting down"), "logged the shutdown")?;
+    drop(conn);
+    Ok(())
 }

@@ -71,23 +71,74 @@ impl Shared {
     }
 }
 
-/// Serves clients from `listener` until `shutdown` completes. Sessions in
-/// progress at that moment are dropped with the runtime.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
-    let profile_task = tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
-    let recovery_task = tokio::spawn(crate::pool::recover_failing(
-        Arc::clone(&shared.pools),
-        std::time::Duration::from_millis(shared.config.probe_interval_ms),
-        shared.config.connect_timeout(),
-    ));
+/// Serves clients from `listener` until `shutdown` completes, on
+/// `config.threads` threads. Each thread runs its own single-threaded
+/// runtime and accepts from the shared listening socket, so a session, its
+/// two sockets and its wake-ups stay on one core. A small control runtime
+/// on the calling thread probes backends and waits for `shutdown`. Sessions
+/// in progress when it completes are dropped.
+pub fn run(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-    info!(listen = %shared.config.listen, policy = shared.policy.name(), "switchyard is serving");
-    tokio::select! {
-        _ = accept_loop(&listener, &shared, &limit) => {}
-        _ = shutdown => info!("shutting down: no longer accepting clients"),
+    let threads = shared.config.threads();
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let (shared, limit, mut stop) = (Arc::clone(&shared), Arc::clone(&limit), stop_rx.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("switchyard-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let listener = TcpListener::from_std(listener)?;
+                    tokio::select! {
+                        _ = accept_loop(&listener, &shared, &limit) => {}
+                        _ = stop.wait_for(|stop| *stop) => {}
+                    }
+                    std::io::Result::Ok(())
+                })?;
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                Ok(())
+            })?;
+        workers.push(worker);
     }
-    profile_task.abort();
-    recovery_task.abort();
+    drop(listener);
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    control.block_on(async {
+        let profile_task = tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
+        let recovery_task = tokio::spawn(crate::pool::recover_failing(
+            Arc::clone(&shared.pools),
+            std::time::Duration::from_millis(shared.config.probe_interval_ms),
+            shared.config.connect_timeout(),
+        ));
+        info!(
+            listen = %shared.config.listen,
+            policy = shared.policy.name(),
+            threads,
+            "switchyard is serving"
+        );
+        shutdown.await;
+        info!("shutting down: no longer accepting clients");
+        profile_task.abort();
+        recovery_task.abort();
+    });
+    let _ = stop_tx.send(true);
+    for worker in workers {
+        match worker.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    Ok(())
 }
 
 async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<Semaphore>) {
