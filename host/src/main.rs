@@ -87,10 +87,9 @@ fn run(config_path: PathBuf) -> anyhow::Result<()> {
         compile_ms = started.elapsed().as_millis() as u64,
         "policy loaded"
     );
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let listen = config.listen;
     let shared = Arc::new(Shared::new(config, pools, Arc::new(policy)));
-    server::run(listener, shared, shutdown_signal()).context("serving")?;
+    server::run(shared, shutdown_signal()).with_context(|| format!("serving on {listen}"))?;
     Ok(())
 }
 

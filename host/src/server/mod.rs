@@ -71,24 +71,23 @@ impl Shared {
     }
 }
 
-/// Serves clients from `listener` until `shutdown` completes, on
+/// Serves clients on `config.listen` until `shutdown` completes, on
 /// `config.threads` threads. Each thread runs its own single-threaded
-/// runtime and accepts from the shared listening socket, so a session, its
-/// two sockets and its wake-ups stay on one core. A small control runtime
-/// on the calling thread probes backends and waits for `shutdown`. Sessions
-/// in progress when it completes are dropped.
-pub fn run(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
+/// runtime and its own listening socket (`SO_REUSEPORT`: the kernel spreads
+/// new connections), so a session, its two sockets and its wake-ups stay on
+/// one core. A small control runtime on the calling thread probes backends
+/// and waits for `shutdown`. Sessions in progress when it completes are
+/// dropped.
+pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let threads = shared.config.threads();
+    // Bind every socket here, so that a taken address fails the start.
+    let sockets = (0..threads)
+        .map(|_| bind(shared.config.listen))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut workers = Vec::with_capacity(threads);
-    for i in 0..threads {
-        let listener = listener.try_clone()?;
+    for (i, socket) in sockets.into_iter().enumerate() {
         let (shared, limit, mut stop) = (Arc::clone(&shared), Arc::clone(&limit), stop_rx.clone());
         let worker = std::thread::Builder::new()
             .name(format!("switchyard-{i}"))
@@ -97,7 +96,7 @@ pub fn run(
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
-                    let listener = TcpListener::from_std(listener)?;
+                    let listener = socket.listen(1024)?;
                     tokio::select! {
                         _ = accept_loop(&listener, &shared, &limit) => {}
                         _ = stop.wait_for(|stop| *stop) => {}
@@ -109,7 +108,6 @@ pub fn run(
             })?;
         workers.push(worker);
     }
-    drop(listener);
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -139,6 +137,19 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// A socket bound to `addr` that other sockets may bind too.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<Semaphore>) {
