@@ -197,6 +197,9 @@ mod buffers {
     /// Returns a drained buffer for reuse on this thread.
     pub fn give_back(mut buf: BytesMut) {
         buf.clear();
+        // A buffer read past with `advance` takes its whole allocation back
+        // (nothing is copied: it is empty).
+        buf.reserve(MIN_READ);
         // Only whole, standard-size buffers are kept; larger ones are freed.
         if buf.capacity() == MIN_READ {
             FREE.with(|f| {
