@@ -149,6 +149,17 @@ pub fn backend_response(req: &LoginRequest<'_>, greeting: &Greeting) -> Handshak
     }
 }
 
+/// Flags the client negotiated with Switchyard that the backend session does
+/// not get.
+pub fn lost_flags(req: &LoginRequest<'_>, response: &HandshakeResponse) -> CapabilityFlags {
+    let negotiated = req.client.capabilities & req.offered;
+    negotiated
+        - response.capabilities
+        - CapabilityFlags::client_only()
+        - CapabilityFlags::CLIENT_CONNECT_WITH_DB
+        - CapabilityFlags::CLIENT_CONNECT_ATTRS
+}
+
 /// Connects to `addr` and logs in for `req`.
 pub async fn open(
     addr: SocketAddr,
@@ -156,6 +167,13 @@ pub async fn open(
 ) -> Result<BackendSession, BackendError> {
     let (mut stream, greeting) = connect(addr).await?;
     let response = backend_response(req, &greeting);
+    let lost = lost_flags(req, &response);
+    if !lost.is_empty() {
+        // The client's session has flags this backend does not: relayed
+        // results may not be what the client expects. It happens when a
+        // backend answered the probes only after clients had connected.
+        tracing::warn!(backend = %addr, flags = ?lost, "backend lacks capabilities the client negotiated");
+    }
     stream
         .write(1, &response.encode())
         .await
@@ -279,14 +297,16 @@ mod tests {
             )
             .is_some()
         );
-        // A backend without a flag does not get it either.
+        assert!(lost_flags(&req, &r).is_empty());
+        // A backend without a flag does not get it either, and it is noticed.
         let g = greeting(
             all - CapabilityFlags::CLIENT_LONG_PASSWORD - CapabilityFlags::CLIENT_SESSION_TRACK,
         );
+        let r = backend_response(&req, &g);
         assert!(
-            !backend_response(&req, &g)
-                .capabilities
+            !r.capabilities
                 .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         );
+        assert_eq!(lost_flags(&req, &r), CapabilityFlags::CLIENT_SESSION_TRACK);
     }
 }

@@ -775,6 +775,11 @@ fn garbage_and_truncated_packets(env: &Env) -> TestResult {
         !env.proxy.log().contains("panicked"),
         "no panic in the proxy",
     )?;
+    // Every client so far (mysql_async, the CLI, raw) got its flags on the backend.
+    check(
+        !env.proxy.log().contains("lacks capabilities"),
+        "capability parity held for every session",
+    )?;
     check(
         started.elapsed() < Duration::from_secs(30),
         "contained quickly",
