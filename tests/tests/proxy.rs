@@ -573,7 +573,7 @@ fn twenty_mib_value_round_trip(env: &Env) -> TestResult {
             back.as_deref() == Some(&value[..]),
             "binary protocol read back the same 20 MiB",
         )?;
-        // A 20 MiB statement in one COM_QUERY (several packets).
+        // An 18 MiB statement in one COM_QUERY (two packets).
         let hex: String = value[..9 * 1024 * 1024]
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -189,6 +189,13 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// Runs `f` and returns its result with the CPU seconds `pid` used meanwhile.
+fn with_cpu<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = cpu_seconds(pid);
+    let value = f()?;
+    Ok((value, cpu_seconds(pid) - before))
+}
+
 fn rss_kib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -488,9 +495,7 @@ fn main() -> Result<()> {
         );
         for &i in order.iter().filter(|_| o.runs("point1")) {
             let t = &targets[i];
-            let cpu0 = cpu_seconds(t.pid);
-            let s = sysbench(t.port, 1, o.seconds, "run")?;
-            let cpu = cpu_seconds(t.pid) - cpu0;
+            let (s, cpu) = with_cpu(t.pid, || sysbench(t.port, 1, o.seconds, "run"))?;
             let m = &mut samples[i];
             m.add("point_select 1 thread, q/s", s.qps);
             m.add("point_select 1 thread, avg latency ms", s.avg_ms);
@@ -510,9 +515,7 @@ fn main() -> Result<()> {
         }
         for &i in order.iter().filter(|_| o.runs("churn")) {
             let t = &targets[i];
-            let cpu0 = cpu_seconds(t.pid);
-            let c = churn(t.port, churn_seconds)?;
-            let cpu = cpu_seconds(t.pid) - cpu0;
+            let (c, cpu) = with_cpu(t.pid, || churn(t.port, churn_seconds))?;
             let m = &mut samples[i];
             m.add("churn (connect, login, SELECT 1, quit), conn/s", c.per_sec);
             m.add("churn connect+login p50 ms", c.p50_ms);
