@@ -99,7 +99,10 @@ fn policy(c: &mut Criterion) {
         module.display()
     );
     let config = Config::parse(&text, "bench.toml".as_ref()).unwrap();
-    let pools = Arc::new(Pools::from_config(&config));
+    let pools = Arc::new(Pools::from_config(
+        &config,
+        &switchyard::pool::Registry::default(),
+    ));
     let policy = Policy::load(&config.policy, pools).unwrap();
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let client = client.to_string();

@@ -113,6 +113,19 @@ impl Sha1Password {
         }
     }
 
+    /// From `SHA1(password)` as 40 hex digits (the monitor account's
+    /// configured secret); `None` if it is not that.
+    pub fn from_hex(hex_digits: &str) -> Option<Self> {
+        let mut h = [0u8; 20];
+        hex::decode_to_slice(hex_digits, &mut h).ok()?;
+        Some(Self(Some(h)))
+    }
+
+    /// `SHA1(password)` as 40 hex digits, for `hash-password --sha1`.
+    pub fn to_hex(&self) -> String {
+        self.0.map(hex::encode_upper).unwrap_or_default()
+    }
+
     /// Whether this stands for the empty password.
     pub fn is_empty(&self) -> bool {
         self.0.is_none()

@@ -11,7 +11,7 @@ use crate::auth::Sha1Password;
 use crate::conn::{ConnError, PacketStream};
 use crate::protocol::{
     AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
-    MariaDbCapabilities, NATIVE_PASSWORD_PLUGIN,
+    MariaDbCapabilities, NATIVE_PASSWORD_PLUGIN, QueryReply, ResultSetDecoder, TextResult,
 };
 
 /// Largest packet accepted from a backend during login.
@@ -174,6 +174,21 @@ pub async fn open(
         // backend answered the probes only after clients had connected.
         tracing::warn!(backend = %addr, flags = ?lost, "backend lacks capabilities the client negotiated");
     }
+    let ok = login(&mut stream, &response, req.password).await?;
+    Ok(BackendSession {
+        stream,
+        greeting,
+        ok,
+    })
+}
+
+/// Sends `response` and follows the backend's answers (one auth switch to
+/// `mysql_native_password` at most) to its OK, whose payload is returned.
+async fn login(
+    stream: &mut PacketStream,
+    response: &HandshakeResponse,
+    password: &Sha1Password,
+) -> Result<Bytes, BackendError> {
     stream
         .write(1, &response.encode())
         .await
@@ -183,13 +198,7 @@ pub async fn open(
     loop {
         let p = stream.read_seq(seq).await?;
         match p.payload.first() {
-            Some(0x00) => {
-                return Ok(BackendSession {
-                    stream,
-                    greeting,
-                    ok: p.payload,
-                });
-            }
+            Some(0x00) => return Ok(p.payload),
             Some(0xff) => {
                 return Err(BackendError::Refused(
                     ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
@@ -200,12 +209,12 @@ pub async fn open(
                 if switch.plugin != NATIVE_PASSWORD_PLUGIN {
                     return Err(BackendError::UnsupportedPlugin(switch.plugin));
                 }
-                let token = req.password.scramble(&switch.data);
+                let token = password.scramble(&switch.data);
                 stream
                     .write(seq + 1, &token)
                     .await
                     .map_err(ConnError::from)?;
-                seq += 2;
+                seq = seq.wrapping_add(2);
                 switched = true;
             }
             _ => {
@@ -216,6 +225,76 @@ pub async fn open(
                     .into(),
                 );
             }
+        }
+    }
+}
+
+/// A session of Switchyard's own (the monitor account) for small queries.
+#[derive(Debug)]
+pub struct MonitorSession {
+    stream: PacketStream,
+    /// The backend's greeting.
+    pub greeting: Greeting,
+}
+
+impl MonitorSession {
+    /// Connects to `addr` and logs in as `user`.
+    pub async fn open(
+        addr: SocketAddr,
+        user: &str,
+        password: &Sha1Password,
+    ) -> Result<Self, BackendError> {
+        let (mut stream, greeting) = connect(addr).await?;
+        let wanted = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_LONG_PASSWORD
+            | CapabilityFlags::CLIENT_LONG_FLAG
+            | CapabilityFlags::CLIENT_TRANSACTIONS;
+        let response = HandshakeResponse {
+            capabilities: wanted & (greeting.capabilities | CapabilityFlags::client_only())
+                | CapabilityFlags::CLIENT_PROTOCOL_41
+                | CapabilityFlags::CLIENT_SECURE_CONNECTION
+                | CapabilityFlags::CLIENT_PLUGIN_AUTH,
+            max_packet_size: 1 << 24,
+            charset: 45,
+            mariadb_capabilities: MariaDbCapabilities::empty(),
+            username: user.to_owned(),
+            auth_response: password.scramble(&greeting.auth_data),
+            database: None,
+            auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+            connect_attrs: None,
+        };
+        login(&mut stream, &response, password).await?;
+        Ok(Self { stream, greeting })
+    }
+
+    /// Runs `sql` (COM_QUERY) and reads the whole reply.
+    pub async fn query(&mut self, sql: &str) -> Result<QueryReply, BackendError> {
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(0x03);
+        payload.extend_from_slice(sql.as_bytes());
+        self.stream
+            .write(0, &payload)
+            .await
+            .map_err(ConnError::from)?;
+        let mut decoder = ResultSetDecoder::new(false);
+        let mut seq = 1u8;
+        loop {
+            let p = self.stream.read_seq(seq).await?;
+            seq = seq.wrapping_add(1);
+            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Runs `sql` and expects rows.
+    pub async fn rows(&mut self, sql: &str) -> Result<TextResult, BackendError> {
+        match self.query(sql).await? {
+            QueryReply::Rows(t) => Ok(t),
+            QueryReply::Ok => Ok(TextResult::default()),
+            QueryReply::Err(e) => Err(BackendError::Refused(e)),
         }
     }
 }

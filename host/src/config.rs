@@ -1,8 +1,9 @@
 //! Configuration: the TOML file, parsed strictly and validated.
 //!
 //! Unknown keys are rejected and every error names the file and the line.
-//! Each field documents its default. (Reloading comes with a later change:
-//! today the file is read once at start.)
+//! Each field documents its default. The file is read at start and again on
+//! reload (SIGHUP or the admin endpoint); a file that fails here changes
+//! nothing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -52,6 +53,20 @@ pub struct Config {
     /// answers a probe takes new sessions again. Default 2000.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// Sessions one user may have at once (0: no limit); a user's own
+    /// `max_connections` overrides it. Over the limit a login gets ERR 1226.
+    /// Default 0.
+    #[serde(default)]
+    pub max_connections_per_user: u32,
+    /// A logged-in session with no traffic for this long, while no command
+    /// is waiting for its answer, is closed (milliseconds; 0: never).
+    /// Default 0.
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long open sessions may go on before they are
+    /// closed (milliseconds). Default 30000.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
     /// Accounts clients log in with (`mysql_native_password`).
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -59,6 +74,107 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// The routing policy.
     pub policy: PolicyConfig,
+    /// Background health checks of the backends.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The account health checks log in with; without it they only read the
+    /// greeting, and replication lag and `read_only` are not known.
+    #[serde(default)]
+    pub monitor: Option<MonitorConfig>,
+    /// Refusing client addresses that keep failing to log in.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    /// The admin HTTP endpoint; off unless this table is present.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// Background health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two checks of a backend, in milliseconds. Default 1000.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time one check may take, in milliseconds. Default 1000.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that take a backend out. Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Consecutive good checks that bring it back. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_health_interval_ms(),
+            timeout_ms: default_health_timeout_ms(),
+            fall: default_fall(),
+            rise: default_rise(),
+        }
+    }
+}
+
+/// The monitor account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Its user name. It needs no privilege on data; see the README for the
+    /// grant (`REPLICATION CLIENT` / `SLAVE MONITOR` for the lag).
+    pub user: String,
+    /// `SHA1(password)` as 40 hex digits (`switchyard hash-password
+    /// --sha1`): what `mysql_native_password` needs to log in, so the
+    /// password itself is not stored. Treat it as a password.
+    pub password_sha1: Spanned<String>,
+}
+
+/// Protection against password guessing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Failed logins (wrong user or password) from one client address
+    /// within `window_ms` that get the address refused (0: never).
+    /// Default 20.
+    #[serde(default = "default_throttle_failures")]
+    pub max_failures: u32,
+    /// The window failures are counted in, in milliseconds. Default 60000.
+    #[serde(default = "default_throttle_window_ms")]
+    pub window_ms: u64,
+    /// How long a refused address stays refused, in milliseconds.
+    /// Default 60000.
+    #[serde(default = "default_throttle_block_ms")]
+    pub block_ms: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: default_throttle_failures(),
+            window_ms: default_throttle_window_ms(),
+            block_ms: default_throttle_block_ms(),
+        }
+    }
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens. Default `127.0.0.1:9033`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<SocketAddr>,
+    /// A file holding the bearer token every request must carry
+    /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored.
+    /// Required unless `listen` is a loopback address.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token itself, for a config file that is itself secret. At most
+    /// one of `token` and `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// One account.
@@ -71,6 +187,10 @@ pub struct UserConfig {
     /// or `switchyard hash-password`); empty for an account without a
     /// password. The same password must be valid on the backends.
     pub password_hash: PasswordHash,
+    /// Sessions this user may have at once; overrides
+    /// `max_connections_per_user`. 0: no limit.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// How a pool chooses a backend for a new session.
@@ -80,17 +200,113 @@ pub enum Balance {
     /// The backend with the fewest active sessions; ties go round-robin.
     #[default]
     LeastConnections,
+    /// Each backend in turn.
+    RoundRobin,
+    /// Two backends at random, the one with fewer sessions (power of two
+    /// choices).
+    Random,
+    /// In proportion to each backend's `weight` (smooth weighted
+    /// round-robin).
+    Weighted,
+}
+
+/// Which backends of a pool may take its sessions, by their `read_only`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Any backend.
+    #[default]
+    Any,
+    /// Only backends with `read_only = OFF`: the pool follows the
+    /// topology's writer. Needs `[monitor]`.
+    Writer,
+    /// Only backends with `read_only = ON`. Needs `[monitor]`.
+    Reader,
+}
+
+/// What a pool does when none of its backends qualifies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenAllDown {
+    /// Use the least bad backend: lagging before failing, then by lag.
+    #[default]
+    LeastBad,
+    /// Refuse the login (ERR 9102).
+    Refuse,
 }
 
 /// One pool of interchangeable backends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Backend addresses (`ip:port`). At least one.
-    pub backends: Spanned<Vec<SocketAddr>>,
+    /// Backends: `"ip:port"`, or `{ addr = "ip:port", weight = 1,
+    /// max_connections = 0 }`. At least one.
+    pub backends: Spanned<Vec<BackendConfig>>,
     /// Balancing method. Default `least-connections`.
     #[serde(default)]
     pub balance: Balance,
+    /// Which backends qualify by `read_only`. Default `any`.
+    #[serde(default)]
+    pub role: Role,
+    /// Replicas lagging more than this many seconds (or whose replication
+    /// is stopped) take no new sessions. Needs `[monitor]`. Default: no
+    /// limit.
+    #[serde(default)]
+    pub max_lag: Option<u32>,
+    /// When no backend qualifies. Default `least-bad`.
+    #[serde(default)]
+    pub when_all_down: WhenAllDown,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    /// Just the address.
+    Addr(SocketAddr),
+    /// The address with options.
+    Full(BackendOptions),
+}
+
+/// A backend's options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOptions {
+    /// `ip:port`.
+    pub addr: SocketAddr,
+    /// Share of sessions under `balance = "weighted"`. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Sessions this backend takes from the pool at most (0: no limit).
+    /// Default 0.
+    #[serde(default)]
+    pub max_connections: u32,
+}
+
+impl BackendConfig {
+    /// The backend's address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Addr(a) => *a,
+            Self::Full(o) => o.addr,
+        }
+    }
+
+    /// Its weight.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Self::Addr(_) => 1,
+            Self::Full(o) => o.weight,
+        }
+    }
+
+    /// Its session limit (0: none).
+    pub fn max_connections(&self) -> u32 {
+        match self {
+            Self::Addr(_) => 0,
+            Self::Full(o) => o.max_connections,
+        }
+    }
 }
 
 /// The routing policy component.
@@ -138,6 +354,36 @@ fn default_charset() -> u8 {
 }
 fn default_probe_interval_ms() -> u64 {
     2_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_throttle_failures() -> u32 {
+    20
+}
+fn default_throttle_window_ms() -> u64 {
+    60_000
+}
+fn default_throttle_block_ms() -> u64 {
+    60_000
+}
+fn default_admin_listen() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9033)))
+}
+fn default_weight() -> u32 {
+    1
 }
 fn default_policy_timeout_ms() -> u64 {
     50
@@ -221,10 +467,66 @@ impl Config {
             return Err((None, "at least one pool must be configured".into()));
         }
         for (name, pool) in &self.pools {
+            let span = Some(pool.backends.span());
             if pool.backends.get_ref().is_empty() {
+                return Err((span, format!("pool '{name}' has no backends")));
+            }
+            let mut addrs = HashSet::new();
+            for b in pool.backends.get_ref() {
+                if !addrs.insert(b.addr()) {
+                    return Err((
+                        span,
+                        format!("pool '{name}' lists backend {} twice", b.addr()),
+                    ));
+                }
+                if b.weight() == 0 {
+                    return Err((
+                        span,
+                        format!("pool '{name}': backend {} has weight 0", b.addr()),
+                    ));
+                }
+            }
+            if self.monitor.is_none() && (pool.role != Role::Any || pool.max_lag.is_some()) {
                 return Err((
-                    Some(pool.backends.span()),
-                    format!("pool '{name}' has no backends"),
+                    span,
+                    format!(
+                        "pool '{name}' uses `role` or `max_lag`, which need a [monitor] account"
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = &self.monitor {
+            let hex = m.password_sha1.get_ref();
+            if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((
+                    Some(m.password_sha1.span()),
+                    "monitor password_sha1 must be 40 hex digits (`switchyard hash-password --sha1`)"
+                        .into(),
+                ));
+            }
+        }
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 || h.fall == 0 || h.rise == 0 {
+            return Err((
+                None,
+                "[health] interval_ms, timeout_ms, fall and rise must be at least 1".into(),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            let span = Some(admin.listen.span());
+            if admin.token.is_some() && admin.token_file.is_some() {
+                return Err((
+                    span,
+                    "[admin] takes `token` or `token_file`, not both".into(),
+                ));
+            }
+            if admin.token.is_none()
+                && admin.token_file.is_none()
+                && !admin.listen.get_ref().ip().is_loopback()
+            {
+                return Err((
+                    span,
+                    "[admin] on a non-loopback address needs `token` or `token_file`".into(),
                 ));
             }
         }
@@ -250,6 +552,19 @@ impl Config {
     /// [`Config::login_timeout_ms`] as a duration.
     pub fn login_timeout(&self) -> Duration {
         Duration::from_millis(self.login_timeout_ms)
+    }
+
+    /// The session limit of `user`, if any.
+    pub fn user_limit(&self, user: &str) -> Option<u32> {
+        let own = self
+            .users
+            .iter()
+            .find(|u| u.name.get_ref() == user)
+            .and_then(|u| u.max_connections);
+        match own.unwrap_or(self.max_connections_per_user) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// [`Config::connect_timeout_ms`] as a duration.

@@ -16,12 +16,20 @@
 //! - [`pool`]: backends, pools and balancing;
 //! - [`backend`]: opening backend sessions;
 //! - [`conn`]: packet IO during logins;
-//! - [`server`]: the listener and the sessions.
+//! - [`server`]: the listener, the sessions, reloads and the drain;
+//! - [`admin`]: the admin HTTP endpoint;
+//! - [`metrics`]: counters and histograms;
+//! - [`logging`]: log output and its rate limiter;
+//! - [`notify`]: systemd notifications.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conn;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod pool;
 pub mod protocol;

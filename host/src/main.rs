@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use clap::{Parser, Subcommand, ValueEnum};
 
-use switchyard::auth::PasswordHash;
+use switchyard::auth::{PasswordHash, Sha1Password};
 use switchyard::config::Config;
-use switchyard::policy::Policy;
-use switchyard::pool::Pools;
 use switchyard::server::{self, Shared};
 
 /// A MySQL/MariaDB proxy whose routing decisions come from WebAssembly
@@ -28,20 +25,36 @@ struct Cli {
 enum Command {
     /// Runs the proxy.
     Run {
-        /// The configuration file (TOML).
+        /// The configuration file (TOML). SIGHUP reads it again.
         #[arg(long, short)]
         config: PathBuf,
+        /// Log line format on standard error.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Reads a password on standard input and prints its `*HEX` hash (as
     /// MySQL's PASSWORD() and mysql.user show it).
-    HashPassword,
+    HashPassword {
+        /// Print SHA1(password) instead, as `[monitor] password_sha1` takes
+        /// it.
+        #[arg(long)]
+        sha1: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
-        Command::HashPassword => hash_password(),
+        Command::Run { config, log_format } => run(config, log_format),
+        Command::HashPassword { sha1 } => hash_password(sha1),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -52,7 +65,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn hash_password() -> anyhow::Result<()> {
+fn hash_password(sha1: bool) -> anyhow::Result<()> {
     let mut input = Vec::new();
     std::io::stdin()
         .take(64 * 1024)
@@ -65,30 +78,20 @@ fn hash_password() -> anyhow::Result<()> {
             input.pop();
         }
     }
-    println!("{}", PasswordHash::of_password(&input));
+    if sha1 {
+        println!("{}", Sha1Password::of_password(&input).to_hex());
+    } else {
+        println!("{}", PasswordHash::of_password(&input));
+    }
     zeroize::Zeroize::zeroize(&mut input);
     Ok(())
 }
 
-fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn run(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
+    switchyard::logging::init(log_format == LogFormat::Json);
     let config = Config::load(&config_path)?;
-    let pools = Arc::new(Pools::from_config(&config));
-    let started = std::time::Instant::now();
-    let policy = Policy::load(&config.policy, Arc::clone(&pools))?;
-    tracing::info!(
-        policy = policy.name(),
-        sha256 = policy.hash(),
-        compile_ms = started.elapsed().as_millis() as u64,
-        "policy loaded"
-    );
     let listen = config.listen;
-    let shared = Arc::new(Shared::new(config, pools, Arc::new(policy)));
+    let shared = Arc::new(Shared::new(config, Some(config_path))?);
     server::run(shared, shutdown_signal()).with_context(|| format!("serving on {listen}"))?;
     Ok(())
 }

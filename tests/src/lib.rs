@@ -461,6 +461,17 @@ impl Proxy {
     /// Starts `binary` (a `switchyard` build) on `config` as it is, listening
     /// on `port`, with logs at `log_level`.
     pub fn start_with(binary: &Path, config: &str, port: u16, log_level: &str) -> Result<Self> {
+        Self::start_with_env(binary, config, port, log_level, &[])
+    }
+
+    /// [`Proxy::start_with`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        config: &str,
+        port: u16,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("switchyard-proxy-")
             .tempdir()?;
@@ -473,6 +484,7 @@ impl Proxy {
             .arg(&config_path)
             .env("SWITCHYARD_LOG", log_level)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -512,18 +524,49 @@ impl Proxy {
     /// filled in with the listen port and the policies' paths) and starts
     /// Switchyard on it, waiting until it accepts connections.
     pub fn start(config: &str) -> Result<Self> {
+        Self::start_env(config, &[])
+    }
+
+    /// [`Proxy::start`] with extra environment variables.
+    pub fn start_env(config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let port = free_port();
-        let config = config
-            .replace("{port}", &port.to_string())
-            .replace(
-                "{policy}",
-                &artifacts().default_policy.display().to_string(),
-            )
-            .replace(
-                "{misbehave}",
-                &artifacts().misbehave_policy.display().to_string(),
-            );
-        Self::start_with(&artifacts().switchyard, &config, port, "debug")
+        let config = fill_config(config, port);
+        Self::start_with_env(&artifacts().switchyard, &config, port, "debug", env)
+    }
+
+    /// Replaces the config file (placeholders filled as in
+    /// [`Proxy::start`]); the running process reads it on SIGHUP or reload.
+    pub fn rewrite_config(&self, config: &str) -> Result<()> {
+        let path = self.dir.path().join("switchyard.toml");
+        let tmp = self.dir.path().join("switchyard.toml.new");
+        std::fs::write(&tmp, fill_config(config, self.port))?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The address clients connect to.
@@ -571,6 +614,55 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
     }
+}
+
+/// Fills `{port}`, `{policy}` and `{misbehave}` in a config template.
+fn fill_config(config: &str, port: u16) -> String {
+    config
+        .replace("{port}", &port.to_string())
+        .replace(
+            "{policy}",
+            &artifacts().default_policy.display().to_string(),
+        )
+        .replace(
+            "{misbehave}",
+            &artifacts().misbehave_policy.display().to_string(),
+        )
+}
+
+/// One HTTP/1.1 request over loopback (for the admin endpoint): the status
+/// code and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {text}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head}"))?;
+    Ok((status, body.to_owned()))
 }
 
 /// Runs the `mariadb` command-line client with `args` and `stdin`.

@@ -51,6 +51,7 @@ fn proxy_config(topology: &Topology) -> String {
 login_timeout_ms = 3000
 connect_timeout_ms = 700
 probe_interval_ms = 300
+shutdown_timeout_ms = 1000
 {master}{slave}{outsider}{ghost}{lost}{edward}
 [pools.master]
 backends = ["{primary}"]

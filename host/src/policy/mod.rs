@@ -141,6 +141,7 @@ pub struct Policy {
     timeout_ticks: u64,
     memory_limit: usize,
     permits: Arc<Semaphore>,
+    permits_total: usize,
     hash: String,
 }
 
@@ -201,8 +202,40 @@ impl Policy {
             timeout_ticks: config.timeout_ms,
             memory_limit,
             permits: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+            permits_total: config.max_concurrent_calls as usize,
             hash: sha256_hex(bytes),
         })
+    }
+
+    /// The same compiled policy with `config`'s settings and new `pools`
+    /// (a configuration reload that did not change the module). Its call
+    /// limits stay those it was loaded with.
+    pub fn rebind(&self, config: &PolicyConfig, pools: Arc<Pools>) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            shared: Arc::new(Shared {
+                name: self.shared.name.clone(),
+                settings: config.settings.clone(),
+                pools,
+            }),
+            ticker: Arc::clone(&self.ticker),
+            timeout_ticks: self.timeout_ticks,
+            memory_limit: self.memory_limit,
+            permits: Arc::clone(&self.permits),
+            permits_total: self.permits_total,
+            hash: self.hash.clone(),
+        }
+    }
+
+    /// Whether `config` asks for the call limits this policy was loaded
+    /// with (otherwise a reload loads it anew).
+    pub fn has_limits_of(&self, config: &PolicyConfig) -> bool {
+        let memory_limit =
+            usize::try_from(config.memory_limit_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        self.timeout_ticks == config.timeout_ms
+            && self.memory_limit == memory_limit
+            && self.permits_total == config.max_concurrent_calls as usize
     }
 
     /// The policy's name (its file name).
@@ -334,7 +367,8 @@ fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &s[..end]).into()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The SHA-256 of `bytes`, hex: a module's identity.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -13,6 +13,7 @@ mod packet;
 mod reader;
 mod response;
 mod result;
+mod resultset;
 
 pub use command::{Command, CommandScanner, ScanEvent};
 pub use flags::{CapabilityFlags, MariaDbCapabilities, StatusFlags};
@@ -21,6 +22,7 @@ pub use packet::{MAX_PAYLOAD_CHUNK, Packet, PacketCodec, encode_packet};
 pub use reader::Reader;
 pub use response::{AuthSwitchRequest, HandshakeResponse};
 pub use result::{ErrPacket, OkPacket};
+pub use resultset::{QueryReply, ResultSetDecoder, TextResult};
 
 /// The authentication plugin Switchyard speaks on both sides.
 pub const NATIVE_PASSWORD_PLUGIN: &str = "mysql_native_password";

@@ -7,6 +7,12 @@ use crate::protocol::ErrPacket;
 pub const ACCESS_DENIED: u16 = 1045;
 /// The proxy serves `max_connections` sessions already.
 pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+/// The client address is blocked after too many failed logins.
+pub const HOST_BLOCKED: u16 = 1129;
+/// The user has as many sessions as it may have.
+pub const USER_LIMIT: u16 = 1226;
+/// The proxy is shutting down.
+pub const SHUTDOWN_IN_PROGRESS: u16 = 1053;
 /// The routing policy refused the login; the message is the policy's text.
 pub const POLICY_REFUSED: u16 = 9100;
 /// The routing policy failed (trap, timeout, bad or unknown pool).
@@ -33,6 +39,34 @@ pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrPacket {
 /// ERR 1040 / 08004.
 pub fn too_many_connections() -> ErrPacket {
     ErrPacket::new(TOO_MANY_CONNECTIONS, "08004", "Too many connections")
+}
+
+/// ERR 1129 / HY000, sent in place of the greeting.
+pub fn host_blocked(host: &str, left: std::time::Duration) -> ErrPacket {
+    ErrPacket::new(
+        HOST_BLOCKED,
+        "HY000",
+        format!(
+            "Host '{host}' is blocked because of many failed logins; try again in {} s",
+            left.as_secs().max(1)
+        ),
+    )
+}
+
+/// ERR 1226 / 42000, as MySQL words it.
+pub fn user_limit(user: &str, limit: u32) -> ErrPacket {
+    ErrPacket::new(
+        USER_LIMIT,
+        "42000",
+        format!(
+            "User '{user}' has exceeded the 'max_user_connections' resource (current value: {limit})"
+        ),
+    )
+}
+
+/// ERR 1053 / 08S01.
+pub fn shutting_down() -> ErrPacket {
+    ErrPacket::new(SHUTDOWN_IN_PROGRESS, "08S01", "Server shutdown in progress")
 }
 
 /// ERR 9100 / 28000 with the policy's own text.

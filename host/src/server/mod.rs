@@ -2,90 +2,242 @@
 //!
 //! `run` accepts clients, caps them at `max_connections` (further clients get
 //! ERR 1040) and spawns one task per session; `session` drives a session
-//! through its phases and `relay` moves its bytes afterwards. The greeting
-//! presented to clients comes from the backends' own greetings, probed at
-//! start and again until every backend has answered.
+//! through its phases and `relay` moves its bytes afterwards. Around them:
+//! the health checker, configuration reloads (SIGHUP, admin endpoint), the
+//! admin endpoint itself, systemd notifications and the drain on shutdown.
 
 mod codes;
+pub mod limits;
 mod profile;
 mod relay;
 mod session;
+pub mod state;
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
 pub use codes::*;
 pub use profile::ServerProfile;
+pub use state::State;
 
-use crate::auth::PasswordHash;
 use crate::config::Config;
+use crate::metrics::{Metrics, Outcome};
+use crate::notify;
 use crate::policy::Policy;
-use crate::pool::Pools;
+use crate::pool::Registry;
 use crate::protocol::encode_packet;
 
-/// Everything a session needs, shared by all of them.
+/// Everything sessions share: the state in force (swapped on reload) and
+/// what outlives reloads.
 #[derive(Debug)]
 pub struct Shared {
-    /// The configuration in force.
-    pub config: Config,
-    /// Accounts by name.
-    pub users: HashMap<String, PasswordHash>,
-    /// Backend pools.
-    pub pools: Arc<Pools>,
-    /// The routing policy.
-    pub policy: Arc<Policy>,
+    state: ArcSwap<State>,
+    /// Every backend that still exists, for reloads and status.
+    pub registry: Registry,
+    /// Process-wide figures.
+    pub metrics: Metrics,
+    /// Failed logins per client address.
+    pub throttle: limits::Throttle,
+    /// Sessions per user.
+    pub user_sessions: Arc<limits::UserSessions>,
     /// What clients are greeted with.
     pub profile: profile::ProfileCell,
+    config_path: Option<PathBuf>,
     next_connection_id: AtomicU32,
+    health_wake: Arc<Notify>,
+    reload_lock: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    started: Instant,
+    /// Per worker thread: milliseconds since start at its last heartbeat.
+    heartbeats: Vec<AtomicU64>,
 }
 
 impl Shared {
-    /// Shared state for `config`, with `pools` and a loaded `policy`.
-    pub fn new(config: Config, pools: Arc<Pools>, policy: Arc<Policy>) -> Self {
-        let users = config
-            .users
-            .iter()
-            .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
-            .collect();
+    /// Shared state for `config` (read from `config_path`, which reloads
+    /// read again). Blocking: compiles the policy.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
+        let registry = Registry::default();
         let profile = profile::ProfileCell::new(ServerProfile::fallback(&config));
-        Self {
-            config,
-            users,
-            pools,
-            policy,
+        let threads = config.threads();
+        let state = State::build(config, &registry, None)?;
+        Ok(Self {
+            state: ArcSwap::from_pointee(state),
+            registry,
+            metrics: Metrics::default(),
+            throttle: limits::Throttle::default(),
+            user_sessions: Arc::default(),
             profile,
+            config_path,
             next_connection_id: AtomicU32::new(1),
-        }
+            health_wake: Arc::new(Notify::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+            heartbeats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// The state in force.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Time since the process started serving.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     fn connection_id(&self) -> u32 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Reads the configuration file again and swaps in what it describes:
+    /// parse → validate → build → swap. On any error the running state stays
+    /// and the error (with file and line) is returned and logged.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        notify::reloading();
+        let result = self.reload_inner().await;
+        match &result {
+            Ok(()) => {
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.health_wake.notify_one();
+                info!("configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                warn!("reload refused, the running configuration stays: {e}");
+            }
+        }
+        notify::ready();
+        result
+    }
+
+    async fn reload_inner(self: &Arc<Self>) -> Result<(), String> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| "no configuration file to reload".to_owned())?;
+        let this = Arc::clone(self);
+        let built = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path).map_err(|e| e.to_string())?;
+            let current = this.state();
+            let fixed = current.restart_only_changes(&config);
+            if !fixed.is_empty() {
+                warn!(settings = ?fixed, "these settings take effect only after a restart");
+            }
+            State::build(config, &this.registry, Some(&current)).map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .map_err(|e| format!("reload aborted: {e}"))??;
+        self.state.store(Arc::new(built));
+        Ok(())
+    }
+
+    /// Compiles `bytes` as the routing policy and swaps it in for new
+    /// logins; returns its SHA-256. On error the running policy stays.
+    pub async fn swap_policy(self: &Arc<Self>, bytes: Vec<u8>) -> Result<String, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || {
+            let current = this.state();
+            let name = format!("posted-{}.wasm", &crate::policy::sha256_hex(&bytes)[..12]);
+            let policy = Policy::from_bytes(
+                &bytes,
+                std::path::Path::new(&name),
+                &current.config.policy,
+                Arc::clone(&current.pools),
+            )
+            .map_err(|e| e.to_string())?;
+            let hash = policy.hash().to_owned();
+            this.state.store(Arc::new(current.with_policy(policy)));
+            Ok(hash)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("policy swap aborted: {e}")));
+        match &result {
+            Ok(hash) => {
+                self.metrics.policy_swaps.fetch_add(1, Ordering::Relaxed);
+                info!(sha256 = %hash, "policy swapped in from the admin endpoint");
+            }
+            Err(e) => {
+                self.metrics
+                    .policy_swaps_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("posted policy refused, the running policy stays: {e}");
+            }
+        }
+        result
+    }
+
+    /// Whether the proxy is draining for shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
 }
 
-/// Serves clients on `config.listen` until `shutdown` completes, on
-/// `config.threads` threads. Each thread runs its own single-threaded
-/// runtime and its own listening socket (`SO_REUSEPORT`: the kernel spreads
-/// new connections), so a session, its two sockets and its wake-ups stay on
-/// one core. A small control runtime on the calling thread probes backends
-/// and waits for `shutdown`. Sessions in progress when it completes are
-/// dropped.
+/// A client connection being served, counted in the sessions gauge.
+struct SessionGauge<'a>(&'a Metrics);
+
+impl<'a> SessionGauge<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.sessions.fetch_add(1, Ordering::Relaxed);
+        Self(m)
+    }
+}
+
+impl Drop for SessionGauge<'_> {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves clients on `config.listen` until `shutdown` completes, then
+/// drains: no new clients, open sessions get up to `shutdown_timeout_ms`
+/// to finish, the rest are closed. Runs on `config.threads` threads, each
+/// with its own single-threaded event loop and listening socket
+/// (`SO_REUSEPORT`: the kernel spreads new connections), so a session, its
+/// two sockets and its wake-ups stay on one core. A control event loop on
+/// the calling thread runs health checks, reloads (SIGHUP), the admin
+/// endpoint and systemd notifications.
 pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-    let threads = shared.config.threads();
+    let initial = shared.state();
+    let limit = Arc::new(Semaphore::new(initial.config.max_connections));
+    let threads = shared.heartbeats.len();
     // Bind every socket here, so that a taken address fails the start.
     let sockets = (0..threads)
-        .map(|_| bind(shared.config.listen))
+        .map(|_| bind(initial.config.listen))
         .collect::<std::io::Result<Vec<_>>>()?;
+    let admin_listener = match &initial.config.admin {
+        Some(a) => Some(std::net::TcpListener::bind(*a.listen.get_ref())?),
+        None => None,
+    };
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The first health round decides which backends take the first
+    // sessions (and which one is the writer).
+    control.block_on(async {
+        let state = shared.state();
+        let timeout = Duration::from_millis(state.config.health.timeout_ms + 200);
+        let mut checker = crate::pool::health::Checker::default();
+        let _ = tokio::time::timeout(
+            timeout,
+            checker.round(&state.pools, &state.config.health, state.monitor.as_ref()),
+        )
+        .await;
+    });
     let mut workers = Vec::with_capacity(threads);
     for (i, socket) in sockets.into_iter().enumerate() {
         let (shared, limit, mut stop) = (Arc::clone(&shared), Arc::clone(&limit), stop_rx.clone());
@@ -97,37 +249,65 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
                     .build()?;
                 runtime.block_on(async {
                     let listener = socket.listen(1024)?;
+                    tokio::spawn(heartbeat(Arc::clone(&shared), i));
                     tokio::select! {
                         _ = accept_loop(&listener, &shared, &limit) => {}
                         _ = stop.wait_for(|stop| *stop) => {}
                     }
+                    drop(listener);
+                    drain(&shared).await;
                     std::io::Result::Ok(())
                 })?;
-                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                runtime.shutdown_timeout(Duration::from_millis(500));
                 Ok(())
             })?;
         workers.push(worker);
     }
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     control.block_on(async {
-        let profile_task = tokio::spawn(profile::probe_until_known(Arc::clone(&shared)));
-        let recovery_task = tokio::spawn(crate::pool::recover_failing(
-            Arc::clone(&shared.pools),
-            std::time::Duration::from_millis(shared.config.probe_interval_ms),
-            shared.config.connect_timeout(),
+        let state = shared.state();
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(profile::probe_until_known(Arc::clone(&shared)));
+        let for_health = Arc::clone(&shared);
+        background.spawn(crate::pool::health::run(
+            move || {
+                let s = for_health.state();
+                (
+                    Arc::clone(&s.pools),
+                    s.config.health.clone(),
+                    s.monitor.clone(),
+                )
+            },
+            Arc::clone(&shared.health_wake),
         ));
+        background.spawn(reload_on_sighup(Arc::clone(&shared)));
+        background.spawn(watchdog(Arc::clone(&shared)));
+        background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
+        if let Some(listener) = admin_listener {
+            match crate::admin::serve(listener, Arc::clone(&shared)) {
+                Ok(task) => {
+                    background.spawn(task);
+                }
+                Err(e) => warn!(error = %e, "admin endpoint could not start"),
+            }
+        }
         info!(
-            listen = %shared.config.listen,
-            policy = shared.policy.name(),
+            listen = %state.config.listen,
+            admin = ?state.config.admin.as_ref().map(|a| *a.listen.get_ref()),
+            policy = state.policy.name(),
             threads,
             "switchyard is serving"
         );
+        notify::ready();
         shutdown.await;
-        info!("shutting down: no longer accepting clients");
-        profile_task.abort();
-        recovery_task.abort();
+        shared.shutting_down.store(true, Ordering::Relaxed);
+        notify::stopping();
+        let open = shared.metrics.sessions.load(Ordering::Relaxed);
+        info!(
+            open_sessions = open,
+            shutdown_timeout_ms = shared.state().config.shutdown_timeout_ms,
+            "shutting down: no longer accepting clients; draining sessions"
+        );
+        background.abort_all();
     });
     let _ = stop_tx.send(true);
     for worker in workers {
@@ -136,7 +316,63 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
+    let left = shared.metrics.sessions.load(Ordering::Relaxed);
+    info!(sessions_closed = left, "switchyard stopped");
     Ok(())
+}
+
+/// Waits (on a worker's event loop, its listener closed) until no session
+/// is open or `shutdown_timeout_ms` has passed.
+async fn drain(shared: &Shared) {
+    let timeout = Duration::from_millis(shared.state().config.shutdown_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while shared.metrics.sessions.load(Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Marks worker `i` alive every 100 ms, for the systemd watchdog.
+async fn heartbeat(shared: Arc<Shared>, i: usize) {
+    loop {
+        let now = shared.started.elapsed().as_millis() as u64;
+        shared.heartbeats[i].store(now, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pings systemd's watchdog while every worker's event loop is alive.
+async fn watchdog(shared: Arc<Shared>) {
+    let Some(interval) = notify::watchdog_interval() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = shared.started.elapsed().as_millis() as u64;
+        let stalled = shared
+            .heartbeats
+            .iter()
+            .any(|h| now.saturating_sub(h.load(Ordering::Relaxed)) > interval.as_millis() as u64);
+        if stalled {
+            warn!("a worker's event loop is stalled; not pinging the watchdog");
+        } else {
+            notify::watchdog();
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reloads only through the admin endpoint");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the configuration");
+        let _ = shared.reload().await;
+    }
 }
 
 /// A socket bound to `addr` that other sockets may bind too.
@@ -159,20 +395,28 @@ async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<S
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = socket.set_nodelay(true);
+        if let limits::Verdict::Blocked(left) = shared.throttle.check(peer.ip(), Instant::now()) {
+            shared.metrics.login(Outcome::Throttled);
+            warn!(client = %peer, blocked_for_ms = left.as_millis() as u64, "refused: client address blocked after failed logins");
+            tokio::spawn(refuse(socket, host_blocked(&peer.ip().to_string(), left)));
+            continue;
+        }
         match Arc::clone(limit).try_acquire_owned() {
             Ok(permit) => {
                 let shared = Arc::clone(shared);
                 tokio::spawn(async move {
-                    session::serve(socket, peer, shared).await;
+                    let _gauge = SessionGauge::new(&shared.metrics);
+                    session::serve(socket, peer, &shared).await;
                     drop(permit);
                 });
             }
             Err(_) => {
+                shared.metrics.login(Outcome::TooManyConnections);
                 warn!(client = %peer, "refused: max_connections reached");
                 tokio::spawn(refuse(socket, too_many_connections()));
             }
@@ -185,7 +429,7 @@ async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<S
 async fn refuse(mut socket: TcpStream, err: crate::protocol::ErrPacket) {
     let mut out = BytesMut::new();
     encode_packet(0, &err.encode_pre_41(), &mut out);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = socket.write_all(&out).await;
         let _ = socket.shutdown().await;
     })

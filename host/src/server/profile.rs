@@ -86,11 +86,10 @@ impl ProfileCell {
 /// Probes every backend's greeting; repeats for those that did not answer
 /// every `probe_interval_ms` until all have.
 pub(super) async fn probe_until_known(shared: Arc<Shared>) {
-    let mut addrs: Vec<_> = shared.pools.all_backends().map(|b| b.addr).collect();
-    addrs.sort();
-    addrs.dedup();
+    let state = shared.state();
+    let addrs: Vec<_> = state.pools.backends().map(|b| b.addr).collect();
     let mut answers: Vec<Option<Greeting>> = vec![None; addrs.len()];
-    let timeout = shared.config.connect_timeout();
+    let timeout = state.config.connect_timeout();
     loop {
         let pending: Vec<usize> = (0..addrs.len()).filter(|&i| answers[i].is_none()).collect();
         let results = probe_all(pending.iter().map(|&i| addrs[i]), timeout).await;
@@ -115,7 +114,7 @@ pub(super) async fn probe_until_known(shared: Arc<Shared>) {
         if known.len() == addrs.len() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(shared.config.probe_interval_ms)).await;
+        tokio::time::sleep(Duration::from_millis(state.config.probe_interval_ms)).await;
     }
 }
 

@@ -9,6 +9,7 @@
 //! closed, so it never lands in the middle of another response.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
 use super::codes;
+use crate::metrics::Metrics;
 use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
 
 /// Smallest read, and where a direction's read size starts.
@@ -25,6 +27,19 @@ const MIN_READ: usize = 16 * 1024;
 const MAX_READ: usize = 1024 * 1024;
 /// COM_QUIT, as a whole packet.
 const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
+
+/// How a session closed by `idle_timeout_ms` ends.
+pub const IDLE_END: &str = "idle timeout";
+
+/// How to relay.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Close the session after this long without traffic while no command
+    /// waits for its answer.
+    pub idle_timeout: Option<Duration>,
+    /// Where relayed bytes are counted.
+    pub metrics: &'a Metrics,
+}
 
 /// What a relay did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,87 +59,141 @@ pub async fn relay(
     client_rest: BytesMut,
     mut backend: TcpStream,
     backend_rest: BytesMut,
+    options: Options<'_>,
 ) -> RelayStats {
-    let (client_r, mut client_w) = client.split();
-    let (backend_r, mut backend_w) = backend.split();
     let change_user = AtomicBool::new(false);
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
+    // Reads in either direction, and whether the last one came from the
+    // client (a command waiting for its answer): what the idle watchdog
+    // looks at.
+    let moves = AtomicU64::new(0);
+    let awaiting_answer = AtomicBool::new(false);
+    let metrics = options.metrics;
+    let end = {
+        let (client_r, mut client_w) = client.split();
+        let (backend_r, mut backend_w) = backend.split();
 
-    let up = async {
-        let mut buf = client_rest;
-        let mut up_read = MIN_READ;
-        let mut scanner = CommandScanner::new();
-        let end = loop {
-            let (n, event) = scanner.scan(&buf);
-            if n > 0 {
-                if backend_w.write_all(&buf[..n]).await.is_err() {
-                    break "backend write failed";
+        let up = async {
+            let mut buf = client_rest;
+            let mut up_read = MIN_READ;
+            let mut scanner = CommandScanner::new();
+            let end = loop {
+                let (n, event) = scanner.scan(&buf);
+                if n > 0 {
+                    if backend_w.write_all(&buf[..n]).await.is_err() {
+                        break "backend write failed";
+                    }
+                    from_client.fetch_add(n as u64, Ordering::Relaxed);
+                    metrics.bytes_from_clients.add(n as u64);
+                    buf.advance(n);
                 }
-                from_client.fetch_add(n as u64, Ordering::Relaxed);
-                buf.advance(n);
-            }
-            match event {
-                Some(ScanEvent::Quit) => break "client quit",
-                Some(ScanEvent::ChangeUser) => {
-                    change_user.store(true, Ordering::Release);
-                    break "COM_CHANGE_USER (not supported yet)";
+                match event {
+                    Some(ScanEvent::Quit) => break "client quit",
+                    Some(ScanEvent::ChangeUser) => {
+                        change_user.store(true, Ordering::Release);
+                        break "COM_CHANGE_USER (not supported yet)";
+                    }
+                    None => {}
                 }
-                None => {}
-            }
-            match read_some(&client_r, &mut buf, &mut up_read).await {
-                Ok(0) => break "client closed",
-                Ok(_) => {}
-                Err(_) => break "client read failed",
-            }
-        };
-        // Close the backend session politely; it answers what came before,
-        // then closes its side, which ends the other direction.
-        let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
-        let _ = backend_w.shutdown().await;
-        end
-    };
-
-    let down = async {
-        let mut buf = backend_rest;
-        let mut down_read = MIN_READ;
-        let end = loop {
-            if !buf.is_empty() {
-                if client_w.write_all(&buf).await.is_err() {
-                    break "client write failed";
+                match read_some(&client_r, &mut buf, &mut up_read).await {
+                    Ok(0) => break "client closed",
+                    Ok(_) => {
+                        moves.fetch_add(1, Ordering::Relaxed);
+                        awaiting_answer.store(true, Ordering::Relaxed);
+                    }
+                    Err(_) => break "client read failed",
                 }
-                to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                buf.clear();
-            }
-            match read_some(&backend_r, &mut buf, &mut down_read).await {
-                Ok(0) => break "backend closed",
-                Ok(_) => {}
-                Err(_) => break "backend read failed",
-            }
-        };
-        if change_user.load(Ordering::Acquire) {
-            let mut out = BytesMut::new();
-            encode_packet(
-                1,
-                &codes::unsupported_command("COM_CHANGE_USER").encode(),
-                &mut out,
-            );
-            let _ = client_w.write_all(&out).await;
-        }
-        let _ = client_w.shutdown().await;
-        end
-    };
-
-    tokio::pin!(up, down);
-    let end = tokio::select! {
-        // The backend is gone or the client cannot be written: done.
-        end = &mut down => end,
-        // The client is done sending: let the backend finish and close.
-        end = &mut up => {
-            down.await;
+            };
+            // Close the backend session politely; it answers what came before,
+            // then closes its side, which ends the other direction.
+            let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
+            let _ = backend_w.shutdown().await;
             end
+        };
+
+        let down = async {
+            let mut buf = backend_rest;
+            let mut down_read = MIN_READ;
+            let end = loop {
+                if !buf.is_empty() {
+                    if client_w.write_all(&buf).await.is_err() {
+                        break "client write failed";
+                    }
+                    to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    metrics.bytes_to_clients.add(buf.len() as u64);
+                    buf.clear();
+                }
+                match read_some(&backend_r, &mut buf, &mut down_read).await {
+                    Ok(0) => break "backend closed",
+                    Ok(_) => {
+                        moves.fetch_add(1, Ordering::Relaxed);
+                        awaiting_answer.store(false, Ordering::Relaxed);
+                    }
+                    Err(_) => break "backend read failed",
+                }
+            };
+            if change_user.load(Ordering::Acquire) {
+                let mut out = BytesMut::new();
+                encode_packet(
+                    1,
+                    &codes::unsupported_command("COM_CHANGE_USER").encode(),
+                    &mut out,
+                );
+                let _ = client_w.write_all(&out).await;
+            }
+            let _ = client_w.shutdown().await;
+            end
+        };
+
+        let idle = async {
+            let Some(timeout) = options.idle_timeout else {
+                return std::future::pending().await;
+            };
+            // Four looks per timeout: a session is closed between 1 and 1.25
+            // timeouts after its last traffic.
+            let tick = timeout / 4;
+            let mut quiet = 0;
+            let mut seen = moves.load(Ordering::Relaxed);
+            loop {
+                tokio::time::sleep(tick).await;
+                let now = moves.load(Ordering::Relaxed);
+                if now != seen || awaiting_answer.load(Ordering::Relaxed) {
+                    seen = now;
+                    quiet = 0;
+                } else {
+                    quiet += 1;
+                    if quiet >= 4 {
+                        return;
+                    }
+                }
+            }
+        };
+
+        tokio::pin!(up, down, idle);
+        tokio::select! {
+            // The backend is gone or the client cannot be written: done.
+            end = &mut down => end,
+            // The client is done sending: let the backend finish and close.
+            end = &mut up => {
+                down.await;
+                end
+            }
+            () = &mut idle => IDLE_END,
         }
     };
+    if end == IDLE_END {
+        // Both directions are dropped at a command boundary: close the
+        // backend session politely, then the client (as a server closing
+        // an idle connection does).
+        tracing::info!("session idle for too long; closing");
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = backend.write_all(&COM_QUIT_PACKET).await;
+            let _ = backend.shutdown().await;
+            let _ = client.shutdown().await;
+        })
+        .await;
+    }
     RelayStats {
         from_client: from_client.load(Ordering::Relaxed),
         to_client: to_client.load(Ordering::Relaxed),

@@ -12,11 +12,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{Instrument, field, info, info_span, warn};
 
+use super::limits::UserClaim;
 use super::profile::ServerProfile;
-use super::{Shared, codes, relay};
+use super::{Shared, State, codes, relay};
 use crate::auth::{self, Sha1Password};
 use crate::backend::{self, BackendError, BackendSession, LoginRequest};
 use crate::conn::{ConnError, PacketStream};
+use crate::metrics::Outcome;
 use crate::policy::RouteError;
 use crate::pool::{BackendLease, Pool};
 use crate::protocol::{
@@ -34,6 +36,7 @@ enum LoginError {
     Deny {
         err: ErrPacket,
         seq: u8,
+        outcome: Outcome,
         reason: String,
     },
     /// Close without an answer (the client broke the protocol or left).
@@ -41,10 +44,11 @@ enum LoginError {
 }
 
 impl LoginError {
-    fn deny(err: ErrPacket, seq: u8, reason: impl Into<String>) -> Self {
+    fn deny(err: ErrPacket, seq: u8, outcome: Outcome, reason: impl Into<String>) -> Self {
         Self::Deny {
             err,
             seq,
+            outcome,
             reason: reason.into(),
         }
     }
@@ -61,6 +65,7 @@ impl LoginError {
 struct Established {
     backend: BackendSession,
     lease: BackendLease,
+    _user: UserClaim,
 }
 
 /// The client's verified login.
@@ -71,7 +76,7 @@ struct Authenticated {
 }
 
 /// Serves one client connection to its end.
-pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let span = info_span!(
         "session",
         client = %peer,
@@ -81,12 +86,21 @@ pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     );
     async move {
         let started = Instant::now();
-        let deadline = Deadline::now() + shared.config.login_timeout();
+        let state = shared.state();
+        let metrics = &shared.metrics;
+        let deadline = Deadline::now() + state.config.login_timeout();
         let mut client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
-        let outcome = timeout_at(deadline, login(&mut client, peer, &shared, deadline)).await;
+        let outcome =
+            timeout_at(deadline, login(&mut client, peer, shared, &state, deadline)).await;
         let established = match outcome {
             Ok(Ok(e)) => e,
-            Ok(Err(LoginError::Deny { err, seq, reason })) => {
+            Ok(Err(LoginError::Deny {
+                err,
+                seq,
+                outcome,
+                reason,
+            })) => {
+                metrics.login(outcome);
                 warn!(code = err.code, "login refused: {reason}");
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(1),
@@ -96,22 +110,46 @@ pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 return;
             }
             Ok(Err(LoginError::Close(reason))) => {
+                metrics.login(Outcome::Abandoned);
                 warn!("login abandoned: {reason}");
                 return;
             }
             Err(_) => {
+                metrics.login(Outcome::Timeout);
                 warn!("login timed out; closing");
                 return;
             }
         };
-        let Established { backend, lease } = established;
+        metrics.login(Outcome::Ok);
+        metrics.login_latency.observe(started.elapsed());
+        let Established {
+            backend,
+            lease,
+            _user,
+        } = established;
         let (client_tcp, client_rest) = client.into_parts();
         let (backend_tcp, backend_rest) = backend.stream.into_parts();
         // Nothing of the login is kept while the session relays.
         drop((backend.greeting, backend.ok));
-        let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest).await;
-        // The backend counts this session until the relay is over.
-        drop(lease);
+        let options = relay::Options {
+            idle_timeout: match state.config.idle_timeout_ms {
+                0 => None,
+                ms => Some(std::time::Duration::from_millis(ms)),
+            },
+            metrics,
+        };
+        // The session does not hold the state it logged in with: a reload
+        // frees what it replaced.
+        drop(state);
+        let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
+        if stats.end == relay::IDLE_END {
+            metrics
+                .idle_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The backend and the user count this session until the relay is
+        // over.
+        drop((lease, _user));
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_from_client = stats.from_client,
@@ -128,17 +166,30 @@ async fn login(
     client: &mut PacketStream,
     peer: SocketAddr,
     shared: &Shared,
+    state: &State,
     deadline: Deadline,
 ) -> Result<Established, LoginError> {
     let nonce = auth::generate_nonce();
     let profile = shared.profile.get();
     greet(client, &profile, &nonce, shared.connection_id()).await?;
-    let auth = authenticate(client, peer, shared, &nonce).await?;
+    let auth = authenticate(client, peer, shared, state, &nonce).await?;
     let span = tracing::Span::current();
-    span.record("user", auth.response.username.as_str());
-    let pool = route(shared, &auth, peer).await?;
+    let user = auth.response.username.as_str();
+    span.record("user", user);
+    let claim = shared
+        .user_sessions
+        .claim(user, state.config.user_limit(user))
+        .map_err(|limit| {
+            LoginError::deny(
+                codes::user_limit(user, limit),
+                auth.next_seq,
+                Outcome::UserLimit,
+                format!("user '{user}' has {limit} sessions already"),
+            )
+        })?;
+    let pool = route(shared, state, &auth, peer).await?;
     span.record("pool", pool.name.as_str());
-    let (lease, backend) = open_backend(&pool, &auth, &profile, shared, deadline).await?;
+    let (lease, backend) = open_backend(&pool, &auth, &profile, state, deadline).await?;
     span.record("backend", field::display(lease.backend().addr));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
@@ -146,7 +197,11 @@ async fn login(
         .write(auth.next_seq, &backend.ok)
         .await
         .map_err(|e| LoginError::client(e.into()))?;
-    Ok(Established { backend, lease })
+    Ok(Established {
+        backend,
+        lease,
+        _user: claim,
+    })
 }
 
 /// Phase 1: the greeting, with a fresh nonce and the backends' identity.
@@ -178,6 +233,7 @@ async fn authenticate(
     client: &mut PacketStream,
     peer: SocketAddr,
     shared: &Shared,
+    state: &State,
     nonce: &[u8; auth::NONCE_LEN],
 ) -> Result<Authenticated, LoginError> {
     let packet = client.read_seq(1).await.map_err(LoginError::client)?;
@@ -210,7 +266,7 @@ async fn authenticate(
     };
     let host = peer.ip().to_string();
     let user = response.username.as_str();
-    let verified = match shared.users.get(user) {
+    let verified = match state.users.get(user) {
         Some(stored) => auth::verify_native(stored, nonce, &auth_data),
         None => {
             auth::verify_unknown_user(nonce, &auth_data);
@@ -218,51 +274,92 @@ async fn authenticate(
         }
     };
     match verified {
-        Some(password) => Ok(Authenticated {
-            password,
-            next_seq,
-            response,
-        }),
-        None => Err(LoginError::deny(
-            codes::access_denied(user, &host, !auth_data.is_empty()),
-            next_seq,
-            format!("access denied for user '{user}'"),
-        )),
+        Some(password) => {
+            shared.throttle.success(peer.ip());
+            Ok(Authenticated {
+                password,
+                next_seq,
+                response,
+            })
+        }
+        None => {
+            if shared
+                .throttle
+                .failure(peer.ip(), &state.config.throttle, Instant::now())
+            {
+                shared
+                    .metrics
+                    .throttle_blocks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(
+                    client_ip = %peer.ip(),
+                    failures = state.config.throttle.max_failures,
+                    block_ms = state.config.throttle.block_ms,
+                    "client address blocked after repeated failed logins"
+                );
+            }
+            Err(LoginError::deny(
+                codes::access_denied(user, &host, !auth_data.is_empty()),
+                next_seq,
+                Outcome::AccessDenied,
+                format!("access denied for user '{user}'"),
+            ))
+        }
     }
 }
 
 /// Phase 3: the policy chooses the pool.
 async fn route(
     shared: &Shared,
+    state: &State,
     auth: &Authenticated,
     peer: SocketAddr,
 ) -> Result<Arc<Pool>, LoginError> {
     let user = auth.response.username.as_str();
     let db = auth.response.database.as_deref();
     let seq = auth.next_seq;
-    let policy = &shared.policy;
-    match policy.route(user, db, &peer.to_string()).await {
-        Ok(name) => match shared.pools.get(&name) {
+    let policy = &state.policy;
+    let metrics = &shared.metrics;
+    let started = Instant::now();
+    let answer = policy.route(user, db, &peer.to_string()).await;
+    metrics.policy_latency.observe(started.elapsed());
+    let counted = |c: &std::sync::atomic::AtomicU64| {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    match answer {
+        Ok(name) => match state.pools.get(&name) {
             Some(pool) => Ok(Arc::clone(pool)),
-            None => Err(LoginError::deny(
-                codes::policy_failed(
-                    user,
-                    &format!("it chose pool '{name}', which is not configured"),
-                ),
-                seq,
-                format!("policy {} chose unknown pool '{name}'", policy.name()),
-            )),
+            None => {
+                counted(&metrics.policy_errors);
+                Err(LoginError::deny(
+                    codes::policy_failed(
+                        user,
+                        &format!("it chose pool '{name}', which is not configured"),
+                    ),
+                    seq,
+                    Outcome::PolicyFailed,
+                    format!("policy {} chose unknown pool '{name}'", policy.name()),
+                ))
+            }
         },
-        Err(RouteError::Refused(text)) => Err(LoginError::deny(
-            codes::policy_refused(&text),
-            seq,
-            format!("policy {} refused: {text}", policy.name()),
-        )),
-        Err(RouteError::Failed(why)) => Err(LoginError::deny(
-            codes::policy_failed(user, &why),
-            seq,
-            format!("policy {} failed: {why}", policy.name()),
-        )),
+        Err(RouteError::Refused(text)) => {
+            counted(&metrics.policy_refusals);
+            Err(LoginError::deny(
+                codes::policy_refused(&text),
+                seq,
+                Outcome::PolicyRefused,
+                format!("policy {} refused: {text}", policy.name()),
+            ))
+        }
+        Err(RouteError::Failed(why)) => {
+            counted(&metrics.policy_errors);
+            Err(LoginError::deny(
+                codes::policy_failed(user, &why),
+                seq,
+                Outcome::PolicyFailed,
+                format!("policy {} failed: {why}", policy.name()),
+            ))
+        }
     }
 }
 
@@ -272,7 +369,7 @@ async fn open_backend(
     pool: &Pool,
     auth: &Authenticated,
     offered: &ServerProfile,
-    shared: &Shared,
+    state: &State,
     deadline: Deadline,
 ) -> Result<(BackendLease, BackendSession), LoginError> {
     let request = LoginRequest {
@@ -288,38 +385,38 @@ async fn open_backend(
         if now >= deadline {
             break;
         }
+        let Some(lease) = pool.lease(&candidate) else {
+            // It reached its max_connections meanwhile.
+            continue;
+        };
         tried += 1;
-        let lease = pool.lease(&candidate);
-        let attempt_deadline = deadline.min(now + shared.config.connect_timeout());
-        let result = timeout_at(attempt_deadline, backend::open(candidate.addr, &request))
+        let backend = &candidate.backend;
+        let attempt_deadline = deadline.min(now + state.config.connect_timeout());
+        let result = timeout_at(attempt_deadline, backend::open(backend.addr, &request))
             .await
             .unwrap_or(Err(BackendError::Timeout));
         match result {
-            Ok(session) => {
-                if candidate.mark_failing(false) {
-                    info!(backend = %candidate.addr, "backend is reachable again");
-                }
-                return Ok((lease, session));
-            }
+            Ok(session) => return Ok((lease, session)),
             Err(e) if e.is_backend_fault() => {
-                if candidate.mark_failing(true) {
-                    warn!(backend = %candidate.addr, error = %e, "backend failed; trying the next one");
+                if backend.mark_failed(format!("login attempt: {e}")) {
+                    warn!(backend = %backend.addr, error = %e, "backend failed a login; out of service until its checks pass; trying the next one");
                 } else {
-                    info!(backend = %candidate.addr, error = %e, "backend still failing");
+                    info!(backend = %backend.addr, error = %e, "backend still failing; trying the next one");
                 }
             }
             Err(BackendError::Refused(err)) => {
                 let reason = format!(
                     "backend {} refused: {} {}",
-                    candidate.addr, err.code, err.message
+                    backend.addr, err.code, err.message
                 );
-                return Err(LoginError::deny(err, seq, reason));
+                return Err(LoginError::deny(err, seq, Outcome::BackendRefused, reason));
             }
             Err(e) => {
                 return Err(LoginError::deny(
                     codes::backend_unsupported(&e.to_string()),
                     seq,
-                    format!("backend {}: {e}", candidate.addr),
+                    Outcome::BackendUnsupported,
+                    format!("backend {}: {e}", backend.addr),
                 ));
             }
         }
@@ -327,6 +424,7 @@ async fn open_backend(
     Err(LoginError::deny(
         codes::no_backend(&pool.name, tried),
         seq,
+        Outcome::NoBackend,
         format!("no backend of pool '{}' available", pool.name),
     ))
 }

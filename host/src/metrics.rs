@@ -1,0 +1,387 @@
+//! Counters, gauges and histograms for `/metrics`, updated lock-free on the
+//! paths that count them and rendered as Prometheus text on demand.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How a login ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Logged in and relaying.
+    Ok,
+    /// Wrong user or password (1045).
+    AccessDenied,
+    /// The client address is throttled after failed logins (1129).
+    Throttled,
+    /// `max_connections` reached (1040).
+    TooManyConnections,
+    /// The user's session limit reached (1226).
+    UserLimit,
+    /// The policy refused the login (9100).
+    PolicyRefused,
+    /// The policy failed or chose an unknown pool (9101).
+    PolicyFailed,
+    /// No backend of the pool could be used (9102).
+    NoBackend,
+    /// The backend refused the login (its own ERR).
+    BackendRefused,
+    /// The backend needs what Switchyard cannot do (9103).
+    BackendUnsupported,
+    /// The login did not finish within `login_timeout_ms`.
+    Timeout,
+    /// The client left or broke the protocol during login.
+    Abandoned,
+    /// The proxy is shutting down.
+    ShuttingDown,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 13] = [
+        Self::Ok,
+        Self::AccessDenied,
+        Self::Throttled,
+        Self::TooManyConnections,
+        Self::UserLimit,
+        Self::PolicyRefused,
+        Self::PolicyFailed,
+        Self::NoBackend,
+        Self::BackendRefused,
+        Self::BackendUnsupported,
+        Self::Timeout,
+        Self::Abandoned,
+        Self::ShuttingDown,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::AccessDenied => "access_denied",
+            Self::Throttled => "throttled",
+            Self::TooManyConnections => "too_many_connections",
+            Self::UserLimit => "user_limit",
+            Self::PolicyRefused => "policy_refused",
+            Self::PolicyFailed => "policy_failed",
+            Self::NoBackend => "no_backend",
+            Self::BackendRefused => "backend_refused",
+            Self::BackendUnsupported => "backend_unsupported",
+            Self::Timeout => "timeout",
+            Self::Abandoned => "abandoned",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0)
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// A counter updated from many threads: one cache line per shard, so the
+/// relay's per-read updates do not bounce a line between cores.
+#[derive(Debug, Default)]
+pub struct ShardedCounter {
+    shards: [Padded; SHARDS],
+}
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+impl ShardedCounter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        let shard = SHARD.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            s.get()
+        });
+        self.shards[shard].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Every process-wide figure.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Client connections being served (logging in or relaying).
+    pub sessions: AtomicI64,
+    logins: [AtomicU64; Outcome::ALL.len()],
+    /// Time from accept to the client's OK, for successful logins.
+    pub login_latency: Histogram,
+    /// Policy `route` calls.
+    pub policy_latency: Histogram,
+    /// Policy calls that trapped, timed out or answered badly.
+    pub policy_errors: AtomicU64,
+    /// Policy calls that refused the login.
+    pub policy_refusals: AtomicU64,
+    /// Bytes from clients to backends.
+    pub bytes_from_clients: ShardedCounter,
+    /// Bytes from backends to clients.
+    pub bytes_to_clients: ShardedCounter,
+    /// Sessions closed for being idle.
+    pub idle_closed: AtomicU64,
+    /// Configuration reloads that took effect.
+    pub reloads_ok: AtomicU64,
+    /// Configuration reloads that were refused.
+    pub reloads_failed: AtomicU64,
+    /// Policy modules swapped in through the admin endpoint.
+    pub policy_swaps: AtomicU64,
+    /// Policy modules refused by the admin endpoint.
+    pub policy_swaps_failed: AtomicU64,
+    /// Times a client address was blocked after failed logins.
+    pub throttle_blocks: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a login's outcome.
+    pub fn login(&self, outcome: Outcome) {
+        self.logins[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logins so far with `outcome`.
+    pub fn logins(&self, outcome: Outcome) -> u64 {
+        self.logins[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Renders the process-wide figures; `extra` appends the rest (pools,
+    /// backends) in the same format.
+    pub fn render(&self, out: &mut String) {
+        gauge(
+            out,
+            "switchyard_sessions",
+            "Client connections being served (logging in or relaying).",
+            self.sessions.load(Ordering::Relaxed),
+        );
+        header(
+            out,
+            "switchyard_logins_total",
+            "Logins by outcome.",
+            "counter",
+        );
+        for o in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "switchyard_logins_total{{outcome=\"{}\"}} {}",
+                o.label(),
+                self.logins(o)
+            );
+        }
+        self.login_latency.render(
+            out,
+            "switchyard_login_duration_seconds",
+            "Time from accept to the client's OK, for successful logins.",
+        );
+        self.policy_latency.render(
+            out,
+            "switchyard_policy_call_duration_seconds",
+            "Duration of policy route calls, including the wait for a call slot.",
+        );
+        counter(
+            out,
+            "switchyard_policy_errors_total",
+            "Policy calls that trapped, timed out or answered badly.",
+            self.policy_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "switchyard_policy_refusals_total",
+            "Policy calls that refused the login.",
+            self.policy_refusals.load(Ordering::Relaxed),
+        );
+        header(
+            out,
+            "switchyard_bytes_total",
+            "Bytes relayed, by direction.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_bytes_total{{direction=\"from_clients\"}} {}",
+            self.bytes_from_clients.get()
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_bytes_total{{direction=\"to_clients\"}} {}",
+            self.bytes_to_clients.get()
+        );
+        counter(
+            out,
+            "switchyard_idle_sessions_closed_total",
+            "Sessions closed by idle_timeout_ms.",
+            self.idle_closed.load(Ordering::Relaxed),
+        );
+        header(
+            out,
+            "switchyard_reloads_total",
+            "Configuration reloads, by result.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_failed.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "switchyard_policy_swaps_total",
+            "Policy modules posted to the admin endpoint, by result.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_policy_swaps_total{{result=\"ok\"}} {}",
+            self.policy_swaps.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_policy_swaps_total{{result=\"failed\"}} {}",
+            self.policy_swaps_failed.load(Ordering::Relaxed)
+        );
+        counter(
+            out,
+            "switchyard_throttle_blocks_total",
+            "Times a client address was blocked after failed logins.",
+            self.throttle_blocks.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "switchyard_log_lines_suppressed_total",
+            "Log lines dropped by the rate limiter.",
+            crate::logging::SUPPRESSED.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// Writes `# HELP` and `# TYPE`.
+pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes a labelless counter.
+pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Writes a labelless gauge.
+pub fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Escapes a label value.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.login(Outcome::Ok);
+        m.login(Outcome::Ok);
+        m.login(Outcome::AccessDenied);
+        m.login_latency.observe(Duration::from_micros(700));
+        m.login_latency.observe(Duration::from_secs(30));
+        m.bytes_to_clients.add(5);
+        std::thread::scope(|s| {
+            s.spawn(|| m.bytes_to_clients.add(7));
+        });
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("switchyard_logins_total{outcome=\"ok\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("switchyard_logins_total{outcome=\"access_denied\"} 1\n"));
+        assert!(out.contains("switchyard_login_duration_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(out.contains("switchyard_login_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(out.contains("switchyard_login_duration_seconds_bucket{le=\"10\"} 1\n"));
+        assert!(out.contains("switchyard_login_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(out.contains("switchyard_login_duration_seconds_count 2\n"));
+        assert!(out.contains("switchyard_bytes_total{direction=\"to_clients\"} 12\n"));
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+        assert_eq!(label("a\"b\\"), "a\\\"b\\\\");
+    }
+}

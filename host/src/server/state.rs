@@ -1,0 +1,149 @@
+//! The configuration in force and what is built from it: accounts, pools,
+//! the policy, the monitor account, the admin token. A [`State`] is
+//! immutable; a reload builds a new one and swaps it in atomically. Each
+//! login reads the state once, at its start, so it sees one consistent
+//! configuration; established sessions keep the backend they have.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::auth::PasswordHash;
+use crate::config::Config;
+use crate::policy::{Policy, sha256_hex};
+use crate::pool::health::Monitor;
+use crate::pool::{Pools, Registry};
+
+/// Everything built from one configuration.
+#[derive(Debug)]
+pub struct State {
+    /// The configuration.
+    pub config: Config,
+    /// Accounts by name.
+    pub users: Arc<HashMap<String, PasswordHash>>,
+    /// Backend pools.
+    pub pools: Arc<Pools>,
+    /// The routing policy.
+    pub policy: Arc<Policy>,
+    /// The monitor account, if configured.
+    pub monitor: Option<Monitor>,
+    /// SHA-256 of the admin bearer token, if one is configured.
+    pub admin_token: Option<[u8; 32]>,
+}
+
+impl State {
+    /// Builds the state for `config`. Blocking (reads files, may compile
+    /// the policy): call it off the event loops. With `previous`, backends
+    /// are the same objects (session counts and health carry over) and a
+    /// policy module that has not changed is not compiled again.
+    pub fn build(
+        config: Config,
+        registry: &Registry,
+        previous: Option<&State>,
+    ) -> anyhow::Result<Self> {
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
+            .collect();
+        let pools = Arc::new(Pools::from_config(&config, registry));
+        let module = config.policy.module.get_ref();
+        let bytes =
+            std::fs::read(module).with_context(|| format!("policy module {}", module.display()))?;
+        let policy = match previous {
+            Some(p)
+                if p.policy.hash() == sha256_hex(&bytes)
+                    && p.policy.has_limits_of(&config.policy) =>
+            {
+                p.policy.rebind(&config.policy, Arc::clone(&pools))
+            }
+            _ => {
+                let started = std::time::Instant::now();
+                let policy =
+                    Policy::from_bytes(&bytes, module, &config.policy, Arc::clone(&pools))?;
+                tracing::info!(
+                    policy = policy.name(),
+                    sha256 = policy.hash(),
+                    compile_ms = started.elapsed().as_millis() as u64,
+                    "policy loaded"
+                );
+                policy
+            }
+        };
+        let monitor = config
+            .monitor
+            .as_ref()
+            .map(|m| Monitor::from_config(m).context("monitor password_sha1"))
+            .transpose()?;
+        let admin_token = match &config.admin {
+            Some(a) => match (&a.token, &a.token_file) {
+                (Some(t), _) => Some(token_digest(t.trim().as_bytes())),
+                (None, Some(path)) => Some(read_token(path)?),
+                (None, None) => None,
+            },
+            None => None,
+        };
+        Ok(Self {
+            config,
+            users: Arc::new(users),
+            pools,
+            policy: Arc::new(policy),
+            monitor,
+            admin_token,
+        })
+    }
+
+    /// This state with another policy (posted to the admin endpoint).
+    pub fn with_policy(&self, policy: Policy) -> Self {
+        Self {
+            config: self.config.clone(),
+            users: Arc::clone(&self.users),
+            pools: Arc::clone(&self.pools),
+            policy: Arc::new(policy),
+            monitor: self.monitor.clone(),
+            admin_token: self.admin_token,
+        }
+    }
+
+    /// Settings a reload cannot change while running, that differ between
+    /// this state and `next`.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let c = &self.config;
+        if c.listen != next.listen {
+            changed.push("listen");
+        }
+        if c.threads != next.threads {
+            changed.push("threads");
+        }
+        if c.max_connections != next.max_connections {
+            changed.push("max_connections");
+        }
+        let admin = |c: &Config| c.admin.as_ref().map(|a| *a.listen.get_ref());
+        if admin(c) != admin(next) {
+            changed.push("admin.listen");
+        }
+        changed
+    }
+}
+
+/// SHA-256 of a token: tokens are compared as digests, in constant time.
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token).into()
+}
+
+fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let mut text =
+        std::fs::read(path).with_context(|| format!("admin token_file {}", path.display()))?;
+    let digest = token_digest(text.trim_ascii());
+    zeroize::Zeroize::zeroize(&mut text);
+    anyhow::ensure!(
+        digest != token_digest(b""),
+        "admin token_file {} is empty",
+        path.display()
+    );
+    Ok(digest)
+}

@@ -1,0 +1,959 @@
+//! End-to-end tests of what operators rely on: health checks, replication
+//! lag, the writer role following `read_only`, balancing, reloads, the
+//! drain on shutdown, the admin endpoint and its metrics, limits, the
+//! failed-login throttle, systemd notifications and JSON logs.
+//!
+//! One real topology (a MariaDB primary and two GTID replicas) for the
+//! binary; each test starts its own Switchyard with the settings it needs.
+//! Tests run one at a time: several stop replicas or change `read_only`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+
+use switchyard::auth::{PasswordHash, Sha1Password};
+use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
+
+type TestResult = Result<(), Failed>;
+type TestFn = fn(&Env) -> TestResult;
+
+const MONITOR: (&str, &str) = ("monitor", "monitorpass");
+const TOKEN: &str = "test-admin-token";
+const PRIMARY_ID: u32 = 1;
+const REPLICA_IDS: [u32; 2] = [2, 3];
+
+struct Env {
+    topology: Mutex<Topology>,
+}
+
+impl Env {
+    fn topology(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let topology = Topology::start(2, None).expect("start the MariaDB topology");
+    topology.primary.sql(&format!(
+        "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}';
+         GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';",
+        MONITOR.0, MONITOR.1
+    ));
+    topology
+        .sync_replicas()
+        .expect("replicas have the monitor account");
+    let env = Arc::new(Env {
+        topology: Mutex::new(topology),
+    });
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "stopped_replica_leaves_the_pool_and_returns",
+            stopped_replica_leaves_and_returns,
+        ),
+        (
+            "replica_with_stopped_sql_thread_is_excluded_by_max_lag",
+            lagging_replica_is_excluded,
+        ),
+        (
+            "promotion_moves_writer_sessions_without_reload",
+            promotion_moves_writer_sessions,
+        ),
+        (
+            "sighup_adds_a_backend_and_changes_weights_keeping_sessions",
+            sighup_reload_keeps_sessions,
+        ),
+        ("sigterm_drains_sessions", sigterm_drains_sessions),
+        (
+            "metrics_parse_and_match_what_happened",
+            metrics_match_what_happened,
+        ),
+        (
+            "failed_login_throttle_engages_and_expires",
+            throttle_engages_and_expires,
+        ),
+        (
+            "per_user_limit_and_idle_timeout",
+            per_user_limit_and_idle_timeout,
+        ),
+        (
+            "admin_drain_status_and_policy_upload",
+            admin_drain_status_and_policy_upload,
+        ),
+        (
+            "systemd_notifications_and_json_logs",
+            systemd_notifications_and_json_logs,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let env = Arc::clone(&env);
+            Trial::test(name, move || f(&env))
+        })
+        .collect();
+    let mut args = args;
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit();
+}
+
+/// Settings a test's proxy differs in.
+struct Setup {
+    admin_port: u16,
+    /// Extra top-level keys (before any table).
+    top: String,
+    /// The `[pools.*]` tables.
+    pools: String,
+    /// Extra tables at the end.
+    tail: String,
+}
+
+impl Setup {
+    fn new(topology: &Topology) -> Self {
+        Self {
+            admin_port: free_port(),
+            top: String::new(),
+            pools: format!(
+                "[pools.master]\nrole = \"writer\"\nbackends = [\"{p}\", \"{r1}\", \"{r2}\"]\n\
+                 [pools.replicas]\nbackends = [\"{r1}\", \"{r2}\"]\nmax_lag = 5\n",
+                p = topology.primary.addr(),
+                r1 = topology.replicas[0].addr(),
+                r2 = topology.replicas[1].addr(),
+            ),
+            tail: String::new(),
+        }
+    }
+
+    fn config(&self) -> String {
+        let user = |name: &str, password: &str| {
+            format!(
+                "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+                PasswordHash::of_password(password.as_bytes())
+            )
+        };
+        format!(
+            r#"listen = "127.0.0.1:{{port}}"
+login_timeout_ms = 5000
+connect_timeout_ms = 700
+{top}
+{master}{slave}{outsider}
+{pools}
+[health]
+interval_ms = 200
+timeout_ms = 500
+fall = 2
+rise = 2
+[monitor]
+user = "{mon}"
+password_sha1 = "{mon_sha1}"
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
+[policy]
+module = "{{policy}}"
+[policy.settings]
+"user.mysqlmaster" = "master"
+"user.mysqlslave" = "replicas"
+{tail}
+"#,
+            top = self.top,
+            master = user(MASTER_USER.0, MASTER_USER.1),
+            slave = user(SLAVE_USER.0, SLAVE_USER.1),
+            outsider = user("outsider", "outsiderpass"),
+            pools = self.pools,
+            mon = MONITOR.0,
+            mon_sha1 = Sha1Password::of_password(MONITOR.1.as_bytes()).to_hex(),
+            admin = self.admin_port,
+            tail = self.tail,
+        )
+    }
+
+    fn admin(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.admin_port))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+fn opts(port: u16, (user, password): (&str, &str)) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+}
+
+fn fail(e: impl std::fmt::Display) -> Failed {
+    e.to_string().into()
+}
+
+fn check(cond: bool, msg: impl Into<String>) -> TestResult {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+async fn server_id(conn: &mut Conn) -> Result<u32, Failed> {
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.map_err(fail)?;
+    id.ok_or_else(|| "no server id".into())
+}
+
+/// Logs in `n` times one after the other (each session closed before the
+/// next) and returns the server ids the sessions landed on.
+fn login_ids(proxy: &Proxy, user: (&str, &str), n: usize) -> Result<Vec<u32>, Failed> {
+    block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let mut c = Conn::new(opts(proxy.port, user))
+                .await
+                .map_err(|e| fail(format!("login as {}: {e}", user.0)))?;
+            ids.push(server_id(&mut c).await?);
+            c.disconnect().await.map_err(fail)?;
+        }
+        Ok(ids)
+    })
+}
+
+fn login_error(proxy: &Proxy, user: (&str, &str)) -> Result<(u16, String), Failed> {
+    match block_on(Conn::new(opts(proxy.port, user))) {
+        Ok(_) => Err(format!("login as {} succeeded", user.0).into()),
+        Err(mysql_async::Error::Server(s)) => Ok((s.code, s.message)),
+        Err(e) => Err(format!("expected a server error, got {e:?}").into()),
+    }
+}
+
+fn status(setup: &Setup) -> Result<serde_json::Value, Failed> {
+    let (code, body) = http(setup.admin(), "GET", "/status", Some(TOKEN), b"").map_err(fail)?;
+    check(code == 200, format!("GET /status: {code} {body}"))?;
+    serde_json::from_str(&body).map_err(fail)
+}
+
+fn backend_status(setup: &Setup, addr: std::net::SocketAddr) -> Result<serde_json::Value, Failed> {
+    let s = status(setup)?;
+    s["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["addr"] == addr.to_string()).cloned())
+        .ok_or_else(|| format!("{addr} not in /status: {s}").into())
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<bool, Failed>,
+) -> TestResult {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sorted_unique(mut ids: Vec<u32>) -> Vec<u32> {
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn stopped_replica_leaves_and_returns(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let r1 = env.topology().replicas[0].addr();
+    check(
+        sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
+        "both replicas serve at first",
+    )?;
+    env.topology().replicas[0].stop();
+    let stopped = Instant::now();
+    // Sessions keep working while the checker notices: a login that picks
+    // the stopped replica moves on to the other one.
+    wait_until(
+        "the stopped replica is down",
+        Duration::from_secs(10),
+        || {
+            login_ids(&proxy, SLAVE_USER, 1)?;
+            Ok(backend_status(&setup, r1)?["state"] == "down")
+        },
+    )?;
+    let noticed = stopped.elapsed();
+    let ids = login_ids(&proxy, SLAVE_USER, 6)?;
+    check(
+        ids.iter().all(|&id| id == REPLICA_IDS[1]),
+        format!("new sessions avoid the stopped replica: {ids:?}"),
+    )?;
+    proxy.wait_for_log("out of service", Duration::from_secs(1))?;
+    {
+        let mut t = env.topology();
+        t.replicas[0].restart().map_err(fail)?;
+        t.replicas[0].sql("SET GLOBAL read_only = ON");
+    }
+    wait_until("the replica is back", Duration::from_secs(15), || {
+        Ok(backend_status(&setup, r1)?["state"] == "up")
+    })?;
+    proxy.wait_for_log("back in service", Duration::from_secs(1))?;
+    check(
+        sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
+        "both replicas serve again",
+    )?;
+    eprintln!("stopped replica marked down after {noticed:?}");
+    Ok(())
+}
+
+fn lagging_replica_is_excluded(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let (r1, r2) = {
+        let t = env.topology();
+        (t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    let result = (|| {
+        env.topology().replicas[0].sql("STOP SLAVE SQL_THREAD");
+        // The primary moves on; the replica does not.
+        env.topology()
+            .primary
+            .sql("CREATE TABLE IF NOT EXISTS app.lag (id INT); INSERT INTO app.lag VALUES (1)");
+        wait_until(
+            "the replica's stopped replication is seen",
+            Duration::from_secs(10),
+            || Ok(backend_status(&setup, r1)?["replication"] == "stopped"),
+        )?;
+        let ids = login_ids(&proxy, SLAVE_USER, 6)?;
+        check(
+            ids.iter().all(|&id| id == REPLICA_IDS[1]),
+            format!("the lagging replica takes no new sessions: {ids:?}"),
+        )?;
+        let s = status(&setup)?;
+        let pool = &s["pools"].as_array().unwrap()[1];
+        check(
+            pool["name"] == "replicas" && pool["healthy_backends"] == 1,
+            format!("{pool}"),
+        )?;
+        check(
+            backend_status(&setup, r1)?["state"] == "up",
+            "lagging is not down",
+        )?;
+        // Both lagging: never all excluded; the least bad one serves.
+        env.topology().replicas[1].sql("STOP SLAVE SQL_THREAD");
+        wait_until("both replicas lag", Duration::from_secs(10), || {
+            Ok(backend_status(&setup, r2)?["replication"] == "stopped")
+        })?;
+        check(
+            login_ids(&proxy, SLAVE_USER, 2)?.len() == 2,
+            "least-bad still serves",
+        )?;
+        proxy.wait_for_log("no backend of the pool qualifies", Duration::from_secs(2))?;
+        Ok(())
+    })();
+    {
+        let t = env.topology();
+        for r in &t.replicas {
+            r.sql("START SLAVE SQL_THREAD");
+        }
+        t.sync_replicas().map_err(fail)?;
+    }
+    result?;
+    wait_until("replication runs again", Duration::from_secs(10), || {
+        Ok(backend_status(&setup, r1)?["replication"] == "running")
+    })?;
+    check(
+        sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
+        "both replicas serve again",
+    )
+}
+
+fn promotion_moves_writer_sessions(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let ids = login_ids(&proxy, MASTER_USER, 3)?;
+    check(
+        ids.iter().all(|&id| id == PRIMARY_ID),
+        format!("the writer is the primary: {ids:?}"),
+    )?;
+    let promote = |primary_ro: &str, replica_ro: &str| {
+        let t = env.topology();
+        t.primary
+            .sql(&format!("SET GLOBAL read_only = {primary_ro}"));
+        t.replicas[0].sql(&format!("SET GLOBAL read_only = {replica_ro}"));
+    };
+    promote("ON", "OFF");
+    let result = wait_until(
+        "writer sessions follow the promotion",
+        Duration::from_secs(10),
+        || Ok(login_ids(&proxy, MASTER_USER, 1)? == [REPLICA_IDS[0]]),
+    );
+    let after = login_ids(&proxy, MASTER_USER, 3);
+    promote("OFF", "ON");
+    result?;
+    let after = after?;
+    check(
+        after.iter().all(|&id| id == REPLICA_IDS[0]),
+        format!("{after:?}"),
+    )?;
+    proxy.wait_for_log("read_only changed", Duration::from_secs(1))?;
+    wait_until("the writer moves back", Duration::from_secs(10), || {
+        Ok(login_ids(&proxy, MASTER_USER, 1)? == [PRIMARY_ID])
+    })
+}
+
+fn sighup_reload_keeps_sessions(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    let (r1, r2) = {
+        let t = env.topology();
+        (t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{}\"]\n[pools.replicas]\nbalance = \"weighted\"\nbackends = [\"{r1}\"]\n",
+        env.topology().primary.addr()
+    );
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let rt = runtime();
+    let mut open = Vec::new();
+    for user in [MASTER_USER, SLAVE_USER, SLAVE_USER, MASTER_USER] {
+        open.push(
+            rt.block_on(Conn::new(opts(proxy.port, user)))
+                .map_err(fail)?,
+        );
+    }
+    let ids = login_ids(&proxy, SLAVE_USER, 3)?;
+    check(ids.iter().all(|&i| i == REPLICA_IDS[0]), format!("{ids:?}"))?;
+    // Add the second replica with three times the weight.
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{}\"]\n[pools.replicas]\nbalance = \"weighted\"\n\
+         backends = [{{ addr = \"{r1}\", weight = 1 }}, {{ addr = \"{r2}\", weight = 3 }}]\n",
+        env.topology().primary.addr()
+    );
+    proxy.rewrite_config(&setup.config()).map_err(fail)?;
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_log("configuration reloaded", Duration::from_secs(10))?;
+    let ids = login_ids(&proxy, SLAVE_USER, 8)?;
+    let on_r2 = ids.iter().filter(|&&i| i == REPLICA_IDS[1]).count();
+    check(on_r2 == 6, format!("weights 1:3 over 8 logins: {ids:?}"))?;
+    // A bad file changes nothing, by SIGHUP or by the admin endpoint.
+    proxy
+        .rewrite_config(
+            &setup
+                .config()
+                .replace("balance = \"weighted\"", "balance = \"fastest\""),
+        )
+        .map_err(fail)?;
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_log("reload refused", Duration::from_secs(10))?;
+    let (code, body) = http(setup.admin(), "POST", "/reload", Some(TOKEN), b"").map_err(fail)?;
+    check(
+        code == 400 && body.contains("switchyard.toml:") && body.contains("fastest"),
+        format!("{code} {body}"),
+    )?;
+    let ids = login_ids(&proxy, SLAVE_USER, 8)?;
+    let on_r2 = ids.iter().filter(|&&i| i == REPLICA_IDS[1]).count();
+    check(
+        on_r2 == 6,
+        format!("the old configuration still serves: {ids:?}"),
+    )?;
+    // Every session opened before the reloads still works, where it was.
+    rt.block_on(async {
+        for (i, c) in open.iter_mut().enumerate() {
+            let id = server_id(c).await?;
+            let expected = if i == 0 || i == 3 {
+                PRIMARY_ID
+            } else {
+                REPLICA_IDS[0]
+            };
+            check(id == expected, format!("session {i} on {id}"))?;
+        }
+        for c in open {
+            c.disconnect().await.map_err(fail)?;
+        }
+        Ok::<_, Failed>(())
+    })?;
+    let m = metrics(&setup)?;
+    check(
+        m.get("switchyard_reloads_total{result=\"ok\"}") == Some(&1.0)
+            && m.get("switchyard_reloads_total{result=\"failed\"}") == Some(&2.0),
+        format!("reload counters: {m:?}"),
+    )
+}
+
+fn sigterm_drains_sessions(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.top = "shutdown_timeout_ms = 20000".into();
+    let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let rt = runtime();
+    let mut conn = rt
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .map_err(fail)?;
+    let started = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_for_log("draining sessions", Duration::from_secs(5))?;
+    // No new clients...
+    wait_until("the listener is closed", Duration::from_secs(5), || {
+        Ok(std::net::TcpStream::connect(proxy.addr()).is_err())
+    })?;
+    // ...but the open session goes on, also with a query longer than the
+    // time it took to get here.
+    let id: Option<(u32, u32)> = rt
+        .block_on(conn.query_first("SELECT SLEEP(1), @@server_id"))
+        .map_err(fail)?;
+    check(
+        matches!(id, Some((0, sid)) if REPLICA_IDS.contains(&sid)),
+        format!("{id:?}"),
+    )?;
+    check(proxy.is_running(), "still running while a session is open")?;
+    rt.block_on(conn.disconnect()).map_err(fail)?;
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .ok_or("no exit after the last session closed")?;
+    check(status.success(), format!("exit status {status}"))?;
+    check(
+        started.elapsed() < Duration::from_secs(15),
+        "exited when drained, not at the timeout",
+    )?;
+    // A session that never ends is closed at the timeout.
+    setup.top = "shutdown_timeout_ms = 1000".into();
+    let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let mut conn = rt
+        .block_on(Conn::new(opts(proxy.port, MASTER_USER)))
+        .map_err(fail)?;
+    let started = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .ok_or("no exit after the shutdown timeout")?;
+    check(status.success(), format!("exit status {status}"))?;
+    let took = started.elapsed();
+    check(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        format!("exited after {took:?}"),
+    )?;
+    check(
+        rt.block_on(conn.query_drop("SELECT 1")).is_err(),
+        "the session was closed",
+    )
+}
+
+/// `/metrics`, checked against the text format, as name{labels} → value.
+fn metrics(setup: &Setup) -> Result<BTreeMap<String, f64>, Failed> {
+    let (code, body) = http(setup.admin(), "GET", "/metrics", Some(TOKEN), b"").map_err(fail)?;
+    check(code == 200, format!("GET /metrics: {code}"))?;
+    parse_prometheus(&body)
+}
+
+/// A strict reader of the Prometheus text format (0.0.4): HELP and TYPE
+/// before a family's samples, valid names and labels, numeric values,
+/// histogram buckets cumulative and ending in +Inf = count.
+fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, Failed> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            check(name_ok(name), format!("bad name in {line}"))?;
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or("");
+                check(
+                    ["counter", "gauge", "histogram"].contains(&t),
+                    format!("bad type {line}"),
+                )?;
+                check(
+                    types.insert(name.to_owned(), t.to_owned()).is_none(),
+                    format!("family declared twice: {name}"),
+                )?;
+            }
+            continue;
+        }
+        check(!line.is_empty(), "empty line")?;
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| fail(format!("no value: {line}")))?;
+        let value: f64 = if value == "+Inf" {
+            f64::INFINITY
+        } else {
+            value
+                .parse()
+                .map_err(|_| fail(format!("bad value: {line}")))?
+        };
+        let name = series.split('{').next().unwrap_or("");
+        check(name_ok(name), format!("bad metric name: {line}"))?;
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                check(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    format!("bad labels: {line}"),
+                )?;
+                for pair in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .ok_or_else(|| fail(format!("bad label: {line}")))?;
+                    check(name_ok(k), format!("bad label name: {line}"))?;
+                    check(!v.trim_end_matches('"').contains('"'), format!("{line}"))?;
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        check(
+            types.contains_key(family),
+            format!("sample before its TYPE: {line}"),
+        )?;
+        check(
+            samples.insert(series.to_owned(), value).is_none(),
+            format!("duplicate series {series}"),
+        )?;
+    }
+    for (family, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let buckets: Vec<f64> = samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{family}_bucket{{")))
+            .map(|(_, v)| *v)
+            .collect();
+        let inf = samples.get(&format!("{family}_bucket{{le=\"+Inf\"}}"));
+        let count = samples.get(&format!("{family}_count"));
+        check(
+            inf.is_some() && inf == count,
+            format!("{family}: +Inf bucket {inf:?} vs count {count:?}"),
+        )?;
+        check(
+            buckets.iter().all(|b| b <= inf.unwrap_or(&0.0)),
+            format!("{family}: buckets not cumulative"),
+        )?;
+    }
+    Ok(samples)
+}
+
+fn metrics_match_what_happened(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let (code, _) = http(setup.admin(), "GET", "/metrics", None, b"").map_err(fail)?;
+    check(code == 401, format!("no token: {code}"))?;
+    let (code, _) = http(setup.admin(), "GET", "/metrics", Some("wrong"), b"").map_err(fail)?;
+    check(code == 401, format!("wrong token: {code}"))?;
+    login_ids(&proxy, MASTER_USER, 2)?;
+    login_ids(&proxy, SLAVE_USER, 1)?;
+    for _ in 0..2 {
+        let (code, _) = login_error(&proxy, (MASTER_USER.0, "wrong"))?;
+        check(code == 1045, format!("{code}"))?;
+    }
+    let (code, _) = login_error(&proxy, ("outsider", "outsiderpass"))?;
+    check(code == 9100, format!("{code}"))?;
+    wait_until("sessions are closed", Duration::from_secs(5), || {
+        Ok(metrics(&setup)?.get("switchyard_sessions") == Some(&0.0))
+    })?;
+    let m = metrics(&setup)?;
+    let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let expect = [
+        ("switchyard_logins_total{outcome=\"ok\"}", 3.0),
+        ("switchyard_logins_total{outcome=\"access_denied\"}", 2.0),
+        ("switchyard_logins_total{outcome=\"policy_refused\"}", 1.0),
+        ("switchyard_logins_total{outcome=\"no_backend\"}", 0.0),
+        ("switchyard_login_duration_seconds_count", 3.0),
+        ("switchyard_policy_call_duration_seconds_count", 4.0),
+        ("switchyard_policy_refusals_total", 1.0),
+        ("switchyard_policy_errors_total", 0.0),
+        ("switchyard_throttle_blocks_total", 0.0),
+    ];
+    for (k, v) in expect {
+        check(get(k) == v, format!("{k} = {} (expected {v})", get(k)))?;
+    }
+    check(
+        get("switchyard_bytes_total{direction=\"from_clients\"}") > 0.0
+            && get("switchyard_bytes_total{direction=\"to_clients\"}") > 0.0,
+        "bytes counted",
+    )?;
+    let t = env.topology();
+    for b in std::iter::once(&t.primary).chain(&t.replicas) {
+        let k = format!("switchyard_backend_up{{backend=\"{}\"}}", b.addr());
+        check(get(&k) == 1.0, format!("{k} = {}", get(&k)))?;
+    }
+    Ok(())
+}
+
+fn throttle_engages_and_expires(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = "[throttle]\nmax_failures = 3\nwindow_ms = 10000\nblock_ms = 1500\n".into();
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    for _ in 0..3 {
+        let (code, _) = login_error(&proxy, (SLAVE_USER.0, "guess"))?;
+        check(code == 1045, format!("{code}"))?;
+    }
+    let blocked_at = Instant::now();
+    // Even the right password is refused now, before any greeting.
+    let (code, msg) = login_error(&proxy, SLAVE_USER)?;
+    check(code == 1129, format!("{code} {msg}"))?;
+    proxy.wait_for_log(
+        "blocked after repeated failed logins",
+        Duration::from_secs(1),
+    )?;
+    let m = metrics(&setup)?;
+    check(
+        m.get("switchyard_throttle_blocks_total") == Some(&1.0)
+            && m.get("switchyard_logins_total{outcome=\"throttled\"}") == Some(&1.0)
+            && m.get("switchyard_throttled_addresses") == Some(&1.0),
+        format!("{m:?}"),
+    )?;
+    std::thread::sleep(Duration::from_millis(1600).saturating_sub(blocked_at.elapsed()));
+    check(
+        login_ids(&proxy, SLAVE_USER, 1)?.len() == 1,
+        "the block expires",
+    )?;
+    proxy.wait_for_log("no longer blocked", Duration::from_secs(1))
+}
+
+fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.top = "max_connections_per_user = 2\nidle_timeout_ms = 800".into();
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let rt = runtime();
+    let mut a = rt
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .map_err(fail)?;
+    let b = rt
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .map_err(fail)?;
+    let (code, msg) = login_error(&proxy, SLAVE_USER)?;
+    check(
+        code == 1226 && msg.contains("max_user_connections"),
+        format!("{code} {msg}"),
+    )?;
+    // Another user is not affected.
+    check(login_ids(&proxy, MASTER_USER, 1)?.len() == 1, "other user")?;
+    let s = status(&setup)?;
+    check(
+        s["users"].as_array().is_some_and(|u| {
+            u.iter()
+                .any(|u| u["user"] == SLAVE_USER.0 && u["sessions"] == 2)
+        }),
+        format!("{s}"),
+    )?;
+    // A query longer than the idle timeout is not cut...
+    let slept: Option<u32> = rt
+        .block_on(a.query_first("SELECT SLEEP(1.5)"))
+        .map_err(fail)?;
+    check(slept == Some(0), "long query survives")?;
+    // ...but a session left alone is closed.
+    std::thread::sleep(Duration::from_millis(1500));
+    check(
+        rt.block_on(b.query_drop("SELECT 1")).is_err(),
+        "idle session closed",
+    )?;
+    check(
+        rt.block_on(a.query_drop("SELECT 1")).is_err(),
+        "idle session closed",
+    )?;
+    proxy.wait_for_log("session idle for too long", Duration::from_secs(1))?;
+    let m = metrics(&setup)?;
+    check(
+        m.get("switchyard_idle_sessions_closed_total") == Some(&2.0),
+        format!("{m:?}"),
+    )?;
+    // The user's count went back down.
+    check(
+        login_ids(&proxy, SLAVE_USER, 2)?.len() == 2,
+        "limit released",
+    )
+}
+
+fn admin_drain_status_and_policy_upload(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let r1 = env.topology().replicas[0].addr();
+    let (code, body) = http(
+        setup.admin(),
+        "POST",
+        &format!("/backends/{r1}/drain"),
+        Some(TOKEN),
+        b"",
+    )
+    .map_err(fail)?;
+    check(code == 200, format!("{code} {body}"))?;
+    let ids = login_ids(&proxy, SLAVE_USER, 4)?;
+    check(
+        ids.iter().all(|&i| i == REPLICA_IDS[1]),
+        format!("drained backend takes no sessions: {ids:?}"),
+    )?;
+    check(
+        backend_status(&setup, r1)?["draining"] == true,
+        "status shows the drain",
+    )?;
+    let (code, _) = http(
+        setup.admin(),
+        "POST",
+        &format!("/backends/{r1}/undrain"),
+        Some(TOKEN),
+        b"",
+    )
+    .map_err(fail)?;
+    check(code == 200, "undrain")?;
+    check(
+        sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
+        "back in rotation",
+    )?;
+    let (code, _) = http(
+        setup.admin(),
+        "POST",
+        "/backends/127.0.0.1:1/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .map_err(fail)?;
+    check(code == 404, format!("unknown backend: {code}"))?;
+    let (code, page) = http(setup.admin(), "GET", "/", Some(TOKEN), b"").map_err(fail)?;
+    check(
+        code == 200 && page.contains("<table") && page.contains(&r1.to_string()),
+        "status page",
+    )?;
+    // A posted policy: garbage is refused and the old one stays; a real
+    // component is swapped in for new logins.
+    let before = status(&setup)?["policy"]["sha256"].clone();
+    let (code, body) =
+        http(setup.admin(), "POST", "/policy", Some(TOKEN), b"not wasm").map_err(fail)?;
+    check(code == 400, format!("{code} {body}"))?;
+    check(
+        status(&setup)?["policy"]["sha256"] == before,
+        "old policy stays",
+    )?;
+    let misbehave = std::fs::read(&switchyard_e2e::artifacts().misbehave_policy).map_err(fail)?;
+    let (code, body) =
+        http(setup.admin(), "POST", "/policy", Some(TOKEN), &misbehave).map_err(fail)?;
+    check(code == 200, format!("{code} {body}"))?;
+    check(
+        status(&setup)?["policy"]["sha256"] != before,
+        "new policy in use",
+    )?;
+    // The misbehave policy refuses users it has no mode for.
+    let (code, _) = login_error(&proxy, SLAVE_USER)?;
+    check(code == 9100 || code == 9101, format!("{code}"))?;
+    Ok(())
+}
+
+fn systemd_notifications_and_json_logs(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).map_err(fail)?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    let mut proxy = Proxy::start_env(
+        &setup.config(),
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .map_err(fail)?;
+    let mut seen = Vec::new();
+    let mut recv_until = |needle: &str| -> TestResult {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = socket
+                .recv(&mut buf)
+                .map_err(|e| fail(format!("waiting for {needle}: {e}; got {seen:?}")))?;
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.contains(needle);
+            seen.push(msg);
+            if hit {
+                return Ok(());
+            }
+        }
+    };
+    recv_until("READY=1")?;
+    recv_until("WATCHDOG=1")?;
+    proxy.signal(libc::SIGHUP);
+    recv_until("RELOADING=1")?;
+    recv_until("READY=1")?;
+    proxy.signal(libc::SIGTERM);
+    recv_until("STOPPING=1")?;
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .ok_or("did not exit")?;
+    check(status.success(), format!("{status}"))?;
+
+    // JSON logs: every line is one JSON object.
+    let config = dir.path().join("switchyard.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        setup
+            .config()
+            .replace("{port}", &port.to_string())
+            .replace(
+                "{policy}",
+                &switchyard_e2e::artifacts()
+                    .default_policy
+                    .display()
+                    .to_string(),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", setup.admin_port),
+                &format!("127.0.0.1:{}", free_port()),
+            ),
+    )
+    .map_err(fail)?;
+    let log = dir.path().join("json.log");
+    let mut child = switchyard_e2e::spawn({
+        let mut cmd = std::process::Command::new(&switchyard_e2e::artifacts().switchyard);
+        cmd.args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).map_err(fail)?);
+        cmd
+    })
+    .map_err(fail)?;
+    let text = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("switchyard is serving") || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    check(
+        text.contains("switchyard is serving"),
+        format!("no start line: {text}"),
+    )?;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| fail(format!("{e}: {line}")))?;
+        check(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            format!("{line}"),
+        )?;
+    }
+    Ok(())
+}
