@@ -56,6 +56,10 @@ fn main() {
             stopped_replica_leaves_and_returns,
         ),
         (
+            "failed_login_marks_a_backend_until_its_checks_pass",
+            failed_login_marks_a_backend_until_its_checks_pass,
+        ),
+        (
             "replica_with_stopped_sql_thread_is_excluded_by_max_lag",
             lagging_replica_is_excluded,
         ),
@@ -284,23 +288,24 @@ fn stopped_replica_leaves_and_returns(env: &Env) -> TestResult {
     )?;
     env.topology().replicas[0].stop();
     let stopped = Instant::now();
-    // Sessions keep working while the checker notices: a login that picks
-    // the stopped replica moves on to the other one.
+    // The checker alone notices (no login touches the replica meanwhile):
+    // two failed checks 200 ms apart.
     wait_until(
         "the stopped replica is down",
         Duration::from_secs(10),
-        || {
-            login_ids(&proxy, SLAVE_USER, 1)?;
-            Ok(backend_status(&setup, r1)?["state"] == "down")
-        },
+        || Ok(backend_status(&setup, r1)?["state"] == "down"),
     )?;
     let noticed = stopped.elapsed();
+    proxy.wait_for_log("failed its checks; out of service", Duration::from_secs(1))?;
     let ids = login_ids(&proxy, SLAVE_USER, 6)?;
     check(
         ids.iter().all(|&id| id == REPLICA_IDS[1]),
         format!("new sessions avoid the stopped replica: {ids:?}"),
     )?;
-    proxy.wait_for_log("out of service", Duration::from_secs(1))?;
+    check(
+        !proxy.log().contains("backend failed a login"),
+        "no login was sent to the stopped replica",
+    )?;
     {
         let mut t = env.topology();
         t.replicas[0].restart().map_err(fail)?;
@@ -318,6 +323,47 @@ fn stopped_replica_leaves_and_returns(env: &Env) -> TestResult {
     Ok(())
 }
 
+fn failed_login_marks_a_backend_until_its_checks_pass(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    // Checks that would take a minute to notice by themselves.
+    setup.tail = String::new();
+    let config = setup.config().replace("fall = 2", "fall = 300");
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let r1 = env.topology().replicas[0].addr();
+    env.topology().replicas[0].stop();
+    // Least connections with round-robin ties: within a few logins one
+    // picks the stopped replica, fails over to the other, and marks it.
+    let ids = login_ids(&proxy, SLAVE_USER, 4)?;
+    let result: TestResult = (|| {
+        check(
+            ids.iter().all(|&id| id == REPLICA_IDS[1]),
+            format!("{ids:?}"),
+        )?;
+        proxy
+            .wait_for_log("backend failed a login", Duration::from_secs(1))
+            .map_err(fail)?;
+        check(
+            backend_status(&setup, r1)?["state"] == "down",
+            "marked down by the failed login",
+        )?;
+        Ok(())
+    })();
+    {
+        let mut t = env.topology();
+        t.replicas[0].restart().map_err(fail)?;
+        t.replicas[0].sql("SET GLOBAL read_only = ON");
+    }
+    result?;
+    // Back through the checker (rise = 2).
+    wait_until("the replica is back", Duration::from_secs(10), || {
+        Ok(backend_status(&setup, r1)?["state"] == "up")
+    })?;
+    check(
+        sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
+        "both replicas serve again",
+    )
+}
+
 fn lagging_replica_is_excluded(env: &Env) -> TestResult {
     let setup = Setup::new(&env.topology());
     let proxy = Proxy::start(&setup.config()).map_err(fail)?;
@@ -325,7 +371,7 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
         let t = env.topology();
         (t.replicas[0].addr(), t.replicas[1].addr())
     };
-    let result = (|| {
+    let result: TestResult = (|| {
         env.topology().replicas[0].sql("STOP SLAVE SQL_THREAD");
         // The primary moves on; the replica does not.
         env.topology()
@@ -468,6 +514,25 @@ fn sighup_reload_keeps_sessions(env: &Env) -> TestResult {
         on_r2 == 6,
         format!("the old configuration still serves: {ids:?}"),
     )?;
+    // Remove the first replica: it drains (its sessions go on, it takes no
+    // new ones and is no longer checked).
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{}\"]\n[pools.replicas]\nbackends = [\"{r2}\"]\n",
+        env.topology().primary.addr()
+    );
+    proxy.rewrite_config(&setup.config()).map_err(fail)?;
+    let (code, body) = http(setup.admin(), "POST", "/reload", Some(TOKEN), b"").map_err(fail)?;
+    check(code == 200, format!("{code} {body}"))?;
+    let ids = login_ids(&proxy, SLAVE_USER, 4)?;
+    check(
+        ids.iter().all(|&i| i == REPLICA_IDS[1]),
+        format!("removed backend takes no new sessions: {ids:?}"),
+    )?;
+    let removed = backend_status(&setup, r1)?;
+    check(
+        removed["configured"] == false && removed["sessions"] == 2,
+        format!("removed backend still serves its sessions: {removed}"),
+    )?;
     // Every session opened before the reloads still works, where it was.
     rt.block_on(async {
         for (i, c) in open.iter_mut().enumerate() {
@@ -486,7 +551,7 @@ fn sighup_reload_keeps_sessions(env: &Env) -> TestResult {
     })?;
     let m = metrics(&setup)?;
     check(
-        m.get("switchyard_reloads_total{result=\"ok\"}") == Some(&1.0)
+        m.get("switchyard_reloads_total{result=\"ok\"}") == Some(&2.0)
             && m.get("switchyard_reloads_total{result=\"failed\"}") == Some(&2.0),
         format!("reload counters: {m:?}"),
     )
@@ -599,19 +664,19 @@ fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, Failed> {
         };
         let name = series.split('{').next().unwrap_or("");
         check(name_ok(name), format!("bad metric name: {line}"))?;
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                check(
-                    labels.starts_with('{') && labels.ends_with('}'),
-                    format!("bad labels: {line}"),
-                )?;
-                for pair in labels[1..labels.len() - 1].split("\",") {
-                    let (k, v) = pair
-                        .split_once("=\"")
-                        .ok_or_else(|| fail(format!("bad label: {line}")))?;
-                    check(name_ok(k), format!("bad label name: {line}"))?;
-                    check(!v.trim_end_matches('"').contains('"'), format!("{line}"))?;
-                }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            check(
+                labels.starts_with('{') && labels.ends_with('}'),
+                format!("bad labels: {line}"),
+            )?;
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .ok_or_else(|| fail(format!("bad label: {line}")))?;
+                check(name_ok(k), format!("bad label name: {line}"))?;
+                check(!v.trim_end_matches('"').contains('"'), line.to_string())?;
             }
         }
         let family = ["_bucket", "_sum", "_count"]
@@ -728,7 +793,9 @@ fn throttle_engages_and_expires(env: &Env) -> TestResult {
         login_ids(&proxy, SLAVE_USER, 1)?.len() == 1,
         "the block expires",
     )?;
-    proxy.wait_for_log("no longer blocked", Duration::from_secs(1))
+    proxy
+        .wait_for_log("no longer blocked", Duration::from_secs(1))
+        .map_err(fail)
 }
 
 fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
@@ -739,7 +806,7 @@ fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
     let mut a = rt
         .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
         .map_err(fail)?;
-    let b = rt
+    let mut b = rt
         .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
         .map_err(fail)?;
     let (code, msg) = login_error(&proxy, SLAVE_USER)?;
@@ -786,7 +853,10 @@ fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
 }
 
 fn admin_drain_status_and_policy_upload(env: &Env) -> TestResult {
-    let setup = Setup::new(&env.topology());
+    let mut setup = Setup::new(&env.topology());
+    // Read by the misbehave policy once it is posted (still in
+    // [policy.settings]).
+    setup.tail = "\"mode.outsider\" = \"inspect\"\n".into();
     let proxy = Proxy::start(&setup.config()).map_err(fail)?;
     let r1 = env.topology().replicas[0].addr();
     let (code, body) = http(
@@ -836,6 +906,11 @@ fn admin_drain_status_and_policy_upload(env: &Env) -> TestResult {
     )?;
     // A posted policy: garbage is refused and the old one stays; a real
     // component is swapped in for new logins.
+    let (code, msg) = login_error(&proxy, ("outsider", "outsiderpass"))?;
+    check(
+        code == 9100 && !msg.contains("user=outsider"),
+        format!("{code} {msg}"),
+    )?;
     let before = status(&setup)?["policy"]["sha256"].clone();
     let (code, body) =
         http(setup.admin(), "POST", "/policy", Some(TOKEN), b"not wasm").map_err(fail)?;
@@ -852,10 +927,17 @@ fn admin_drain_status_and_policy_upload(env: &Env) -> TestResult {
         status(&setup)?["policy"]["sha256"] != before,
         "new policy in use",
     )?;
-    // The misbehave policy refuses users it has no mode for.
-    let (code, _) = login_error(&proxy, SLAVE_USER)?;
-    check(code == 9100 || code == 9101, format!("{code}"))?;
-    Ok(())
+    // The posted policy answers for new logins: it echoes what it sees,
+    // including the pools' live figures.
+    let (code, msg) = login_error(&proxy, ("outsider", "outsiderpass"))?;
+    check(
+        code == 9100 && msg.contains("user=outsider") && msg.contains("replicas:healthy=2,total=2"),
+        format!("{code} {msg}"),
+    )?;
+    check(
+        login_ids(&proxy, SLAVE_USER, 1)?.len() == 1,
+        "other users still routed",
+    )
 }
 
 fn systemd_notifications_and_json_logs(env: &Env) -> TestResult {
@@ -952,7 +1034,7 @@ fn systemd_notifications_and_json_logs(env: &Env) -> TestResult {
             serde_json::from_str(line).map_err(|e| fail(format!("{e}: {line}")))?;
         check(
             v["level"].is_string() && v["timestamp"].is_string(),
-            format!("{line}"),
+            line.to_string(),
         )?;
     }
     Ok(())
