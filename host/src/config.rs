@@ -655,4 +655,75 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
             "{e}"
         );
     }
+
+    #[test]
+    fn operating_keys_parse_and_validate() {
+        let text = format!(
+            "{EXAMPLE}\n[monitor]\nuser = \"monitor\"\npassword_sha1 = \"{}\"\n[admin]\n[throttle]\nmax_failures = 3\n",
+            "AB".repeat(20)
+        )
+        .replace(
+            r#"backends = ["127.0.0.1:13307", "127.0.0.1:13308"]"#,
+            r#"backends = ["127.0.0.1:13307", { addr = "127.0.0.1:13308", weight = 3, max_connections = 10 }]
+role = "reader"
+max_lag = 10
+when_all_down = "refuse""#,
+        );
+        let c = parse(&text).unwrap();
+        let r = &c.pools["replicas"];
+        assert_eq!(r.role, Role::Reader);
+        assert_eq!(r.max_lag, Some(10));
+        assert_eq!(r.when_all_down, WhenAllDown::Refuse);
+        let b = &r.backends.get_ref()[1];
+        assert_eq!((b.weight(), b.max_connections()), (3, 10));
+        assert_eq!(r.backends.get_ref()[0].weight(), 1);
+        assert_eq!(c.admin.unwrap().listen.get_ref().port(), 9033);
+        assert_eq!(c.throttle.max_failures, 3);
+        assert_eq!(c.throttle.window_ms, 60_000);
+        assert_eq!(c.health.fall, 3);
+
+        // A role without a monitor account is refused, at the pool.
+        let e = parse(&EXAMPLE.replace(r#"balance = "least-connections""#, "role = \"writer\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("sy.toml:9:") && e.contains("[monitor]"),
+            "{e}"
+        );
+        let e = parse(&text.replace(&"AB".repeat(20), "xyz"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("40 hex digits"), "{e}");
+        let e = parse(&text.replace("[admin]\n", "[admin]\nlisten = \"0.0.0.0:9033\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `token`"), "{e}");
+        let e = parse(&EXAMPLE.replace("\"127.0.0.1:13308\"", "\"127.0.0.1:13307\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn user_limits_fall_back_to_the_global_one() {
+        let text = EXAMPLE.replace(
+            "listen = \"127.0.0.1:6033\"",
+            "listen = \"127.0.0.1:6033\"\nmax_connections_per_user = 5",
+        );
+        let text = format!(
+            "{text}\n[[users]]\nname = \"capped\"\npassword_hash = \"\"\nmax_connections = 1\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.user_limit("mysqlmaster"), Some(5));
+        assert_eq!(c.user_limit("capped"), Some(1));
+        assert_eq!(parse(EXAMPLE).unwrap().user_limit("mysqlmaster"), None);
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../examples/switchyard.toml");
+        let c = parse(text).unwrap();
+        assert!(c.admin.is_some());
+        assert_eq!(c.pools.len(), 2);
+    }
 }

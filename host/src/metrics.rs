@@ -255,21 +255,15 @@ impl Metrics {
             "Policy calls that refused the login.",
             self.policy_refusals.load(Ordering::Relaxed),
         );
-        header(
+        labeled(
             out,
             "switchyard_bytes_total",
             "Bytes relayed, by direction.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_bytes_total{{direction=\"from_clients\"}} {}",
-            self.bytes_from_clients.get()
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_bytes_total{{direction=\"to_clients\"}} {}",
-            self.bytes_to_clients.get()
+            "direction",
+            &[
+                ("from_clients", self.bytes_from_clients.get()),
+                ("to_clients", self.bytes_to_clients.get()),
+            ],
         );
         counter(
             out,
@@ -277,37 +271,25 @@ impl Metrics {
             "Sessions closed by idle_timeout_ms.",
             self.idle_closed.load(Ordering::Relaxed),
         );
-        header(
+        labeled(
             out,
             "switchyard_reloads_total",
             "Configuration reloads, by result.",
-            "counter",
+            "result",
+            &[
+                ("ok", self.reloads_ok.load(Ordering::Relaxed)),
+                ("failed", self.reloads_failed.load(Ordering::Relaxed)),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "switchyard_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_failed.load(Ordering::Relaxed)
-        );
-        header(
+        labeled(
             out,
             "switchyard_policy_swaps_total",
             "Policy modules posted to the admin endpoint, by result.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_policy_swaps_total{{result=\"ok\"}} {}",
-            self.policy_swaps.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "switchyard_policy_swaps_total{{result=\"failed\"}} {}",
-            self.policy_swaps_failed.load(Ordering::Relaxed)
+            "result",
+            &[
+                ("ok", self.policy_swaps.load(Ordering::Relaxed)),
+                ("failed", self.policy_swaps_failed.load(Ordering::Relaxed)),
+            ],
         );
         counter(
             out,
@@ -334,6 +316,14 @@ pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     header(out, name, help, "counter");
     let _ = writeln!(out, "{name} {v}");
+}
+
+/// Writes a counter family with one label.
+pub fn labeled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    header(out, name, help, "counter");
+    for (value, v) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {v}");
+    }
 }
 
 /// Writes a labelless gauge.

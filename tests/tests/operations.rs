@@ -12,13 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use mysql_async::Conn;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder};
 
 use switchyard::auth::{PasswordHash, Sha1Password};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
 
-type TestResult = Result<(), Failed>;
+mod common;
+use common::*;
+
 type TestFn = fn(&Env) -> TestResult;
 
 const MONITOR: (&str, &str) = ("monitor", "monitorpass");
@@ -183,46 +185,13 @@ module = "{{policy}}"
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    runtime().block_on(f)
-}
-
-fn opts(port: u16, (user, password): (&str, &str)) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(port)
-        .user(Some(user))
-        .pass(Some(password))
-        .prefer_socket(false)
-}
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    e.to_string().into()
-}
-
-fn check(cond: bool, msg: impl Into<String>) -> TestResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
-}
-
-async fn server_id(conn: &mut Conn) -> Result<u32, Failed> {
-    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.map_err(fail)?;
-    id.ok_or_else(|| "no server id".into())
-}
-
 /// Logs in `n` times one after the other (each session closed before the
 /// next) and returns the server ids the sessions landed on.
 fn login_ids(proxy: &Proxy, user: (&str, &str), n: usize) -> Result<Vec<u32>, Failed> {
     block_on(async {
         let mut ids = Vec::new();
         for _ in 0..n {
-            let mut c = Conn::new(opts(proxy.port, user))
+            let mut c = Conn::new(opts(proxy.port, user, None))
                 .await
                 .map_err(|e| fail(format!("login as {}: {e}", user.0)))?;
             ids.push(server_id(&mut c).await?);
@@ -233,10 +202,9 @@ fn login_ids(proxy: &Proxy, user: (&str, &str), n: usize) -> Result<Vec<u32>, Fa
 }
 
 fn login_error(proxy: &Proxy, user: (&str, &str)) -> Result<(u16, String), Failed> {
-    match block_on(Conn::new(opts(proxy.port, user))) {
+    match block_on(Conn::new(opts(proxy.port, user, None))) {
         Ok(_) => Err(format!("login as {} succeeded", user.0).into()),
-        Err(mysql_async::Error::Server(s)) => Ok((s.code, s.message)),
-        Err(e) => Err(format!("expected a server error, got {e:?}").into()),
+        Err(e) => server_error(e).map(|(code, _, message)| (code, message)),
     }
 }
 
@@ -475,7 +443,7 @@ fn sighup_reload_keeps_sessions(env: &Env) -> TestResult {
     let mut open = Vec::new();
     for user in [MASTER_USER, SLAVE_USER, SLAVE_USER, MASTER_USER] {
         open.push(
-            rt.block_on(Conn::new(opts(proxy.port, user)))
+            rt.block_on(Conn::new(opts(proxy.port, user, None)))
                 .map_err(fail)?,
         );
     }
@@ -563,7 +531,7 @@ fn sigterm_drains_sessions(env: &Env) -> TestResult {
     let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
     let rt = runtime();
     let mut conn = rt
-        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER, None)))
         .map_err(fail)?;
     let started = Instant::now();
     proxy.signal(libc::SIGTERM);
@@ -595,7 +563,7 @@ fn sigterm_drains_sessions(env: &Env) -> TestResult {
     setup.top = "shutdown_timeout_ms = 1000".into();
     let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
     let mut conn = rt
-        .block_on(Conn::new(opts(proxy.port, MASTER_USER)))
+        .block_on(Conn::new(opts(proxy.port, MASTER_USER, None)))
         .map_err(fail)?;
     let started = Instant::now();
     proxy.signal(libc::SIGTERM);
@@ -611,6 +579,24 @@ fn sigterm_drains_sessions(env: &Env) -> TestResult {
     check(
         rt.block_on(conn.query_drop("SELECT 1")).is_err(),
         "the session was closed",
+    )?;
+    // A second signal does not wait for the drain.
+    setup.top = "shutdown_timeout_ms = 60000".into();
+    let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let _conn = rt
+        .block_on(Conn::new(opts(proxy.port, MASTER_USER, None)))
+        .map_err(fail)?;
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_for_log("draining sessions", Duration::from_secs(5))?;
+    let started = Instant::now();
+    proxy.signal(libc::SIGINT);
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .ok_or("no exit after the second signal")?;
+    check(status.success(), format!("exit status {status}"))?;
+    check(
+        started.elapsed() < Duration::from_secs(3),
+        format!("second signal took {:?}", started.elapsed()),
     )
 }
 
@@ -804,10 +790,10 @@ fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
     let proxy = Proxy::start(&setup.config()).map_err(fail)?;
     let rt = runtime();
     let mut a = rt
-        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER, None)))
         .map_err(fail)?;
     let mut b = rt
-        .block_on(Conn::new(opts(proxy.port, SLAVE_USER)))
+        .block_on(Conn::new(opts(proxy.port, SLAVE_USER, None)))
         .map_err(fail)?;
     let (code, msg) = login_error(&proxy, SLAVE_USER)?;
     check(

@@ -11,15 +11,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use mysql_async::Conn;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder};
 
 use switchyard::auth::PasswordHash;
 use switchyard::protocol::{CapabilityFlags, ErrPacket};
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, mariadb_cli};
 
-type TestResult = Result<(), Failed>;
+mod common;
+use common::*;
+
 type TestFn = fn(&Env) -> TestResult;
 
 /// What every test shares.
@@ -177,49 +179,10 @@ fn main() {
     conclusion.exit();
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    runtime().block_on(f)
-}
-
-fn opts(port: u16, (user, password): (&str, &str), db: Option<&str>) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(port)
-        .user(Some(user))
-        .pass(Some(password))
-        .db_name(db)
-        // Otherwise mysql_async looks up the server's socket and bypasses
-        // the proxy.
-        .prefer_socket(false)
-}
-
 async fn connect(env: &Env, user: (&str, &str), db: Option<&str>) -> Result<Conn, Failed> {
     Conn::new(opts(env.proxy.port, user, db))
         .await
         .map_err(|e| format!("login as {} failed: {e}", user.0).into())
-}
-
-async fn server_id(conn: &mut Conn) -> Result<u32, Failed> {
-    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.map_err(fail)?;
-    id.ok_or_else(|| "no server id".into())
-}
-
-fn fail(e: impl std::fmt::Display) -> Failed {
-    e.to_string().into()
-}
-
-fn server_error(e: mysql_async::Error) -> Result<(u16, String, String), Failed> {
-    match e {
-        mysql_async::Error::Server(s) => Ok((s.code, s.state, s.message)),
-        other => Err(format!("expected a server error, got {other:?}").into()),
-    }
 }
 
 async fn login_error(
@@ -231,10 +194,6 @@ async fn login_error(
         Ok(_) => Err(format!("login as {} succeeded", user.0).into()),
         Err(e) => server_error(e),
     }
-}
-
-fn check(cond: bool, msg: impl Into<String>) -> TestResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 fn greeting_presents_the_backends_identity(env: &Env) -> TestResult {

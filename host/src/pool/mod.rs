@@ -543,8 +543,15 @@ mod tests {
         let backends: Vec<String> = (0..n)
             .map(|i| format!("\"127.0.0.1:{}\"", 3000 + i))
             .collect();
-        let text = format!("backends = [{}]\n{toml_extra}", backends.join(","));
-        let config: PoolConfig = toml::from_str(&text).unwrap();
+        pool_from(&format!(
+            "backends = [{}]\n{toml_extra}",
+            backends.join(",")
+        ))
+    }
+
+    /// A pool from its TOML table.
+    fn pool_from(text: &str) -> Pool {
+        let config: PoolConfig = toml::from_str(text).unwrap();
         let registry = Registry::default();
         let members = config
             .backends
@@ -678,19 +685,7 @@ mod tests {
 
         let text = r#"balance = "weighted""#;
         let backends = r#"backends = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", weight = 3 }]"#;
-        let config: PoolConfig = toml::from_str(&format!("{backends}\n{text}")).unwrap();
-        let registry = Registry::default();
-        let members = config
-            .backends
-            .get_ref()
-            .iter()
-            .map(|b| Member {
-                backend: registry.get(b.addr()),
-                weight: b.weight(),
-                max_connections: b.max_connections(),
-            })
-            .collect();
-        let w = Pool::new("w".into(), members, &config);
+        let w = pool_from(&format!("{backends}\n{text}"));
         let firsts: Vec<u16> = (0..8).map(|_| first_port(&w)).collect();
         assert_eq!(
             firsts.iter().filter(|&&p| p == 3001).count(),
@@ -714,15 +709,7 @@ mod tests {
         p.members[0].backend.set_drain(true);
         assert!(p.candidates().iter().all(|m| m.backend.addr.port() == 3001));
         p.members[0].backend.set_drain(false);
-        let text = r#"backends = [{ addr = "127.0.0.1:4000", max_connections = 1 }]"#;
-        let config: PoolConfig = toml::from_str(text).unwrap();
-        let registry = Registry::default();
-        let m = Member {
-            backend: registry.get(config.backends.get_ref()[0].addr()),
-            weight: 1,
-            max_connections: 1,
-        };
-        let p = Pool::new("m".into(), vec![m], &config);
+        let p = pool_from(r#"backends = [{ addr = "127.0.0.1:4000", max_connections = 1 }]"#);
         let first = p.candidates().remove(0);
         let lease = p.lease(&first).unwrap();
         assert!(p.lease(&first).is_none());

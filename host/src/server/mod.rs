@@ -57,6 +57,7 @@ pub struct Shared {
     health_wake: Arc<Notify>,
     reload_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
+    force_stop: AtomicBool,
     started: Instant,
     /// Per worker thread: milliseconds since start at its last heartbeat.
     heartbeats: Vec<AtomicU64>,
@@ -82,6 +83,7 @@ impl Shared {
             health_wake: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            force_stop: AtomicBool::new(false),
             started: Instant::now(),
             heartbeats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -308,8 +310,21 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             "shutting down: no longer accepting clients; draining sessions"
         );
         background.abort_all();
+        let _ = stop_tx.send(true);
+        // Wait for the workers to drain; a second SIGTERM/SIGINT closes
+        // what is still open at once.
+        tokio::select! {
+            _ = async {
+                while !workers.iter().all(|w| w.is_finished()) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } => {}
+            _ = second_signal() => {
+                warn!("second stop signal: closing open sessions now");
+                shared.force_stop.store(true, Ordering::Relaxed);
+            }
+        }
     });
-    let _ = stop_tx.send(true);
     for worker in workers {
         match worker.join() {
             Ok(r) => r?,
@@ -328,6 +343,7 @@ async fn drain(shared: &Shared) {
     let deadline = tokio::time::Instant::now() + timeout;
     while shared.metrics.sessions.load(Ordering::Relaxed) > 0
         && tokio::time::Instant::now() < deadline
+        && !shared.force_stop.load(Ordering::Relaxed)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -359,6 +375,21 @@ async fn watchdog(shared: Arc<Shared>) {
         } else {
             notify::watchdog();
         }
+    }
+}
+
+/// Completes on the next SIGINT or SIGTERM.
+async fn second_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

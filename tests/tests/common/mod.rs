@@ -1,0 +1,56 @@
+//! Helpers the end-to-end test binaries share: a runtime per blocking call,
+//! client options that go through the proxy, and test-result plumbing.
+
+#![allow(dead_code)]
+
+use libtest_mimic::Failed;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+
+pub type TestResult = Result<(), Failed>;
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// `mysql_async` options for `user` through the proxy on `port`.
+pub fn opts(port: u16, (user, password): (&str, &str), db: Option<&str>) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        // Otherwise mysql_async looks up the server's socket and bypasses
+        // the proxy.
+        .prefer_socket(false)
+}
+
+pub fn fail(e: impl std::fmt::Display) -> Failed {
+    e.to_string().into()
+}
+
+pub fn check(cond: bool, msg: impl Into<String>) -> TestResult {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+/// The `@@server_id` of the backend `conn` is relayed to.
+pub async fn server_id(conn: &mut Conn) -> Result<u32, Failed> {
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.map_err(fail)?;
+    id.ok_or_else(|| "no server id".into())
+}
+
+/// Expects a server error; its code, SQLSTATE and message.
+pub fn server_error(e: mysql_async::Error) -> Result<(u16, String, String), Failed> {
+    match e {
+        mysql_async::Error::Server(s) => Ok((s.code, s.state, s.message)),
+        other => Err(format!("expected a server error, got {other:?}").into()),
+    }
+}
