@@ -255,7 +255,7 @@ async fn handle(req: Request, shared: &Arc<Shared>) -> Response {
             if req.body.is_empty() {
                 return Response::error(400, "post the policy component's bytes");
             }
-            match shared.swap_policy(req.body).await {
+            match shared.swap_policy(req.body, None).await {
                 Ok(hash) => Response::json(200, &json!({ "ok": true, "sha256": hash })),
                 Err(e) => Response::error(400, &e),
             }

@@ -332,6 +332,60 @@ pub struct PolicyConfig {
     /// Free-form settings the policy reads with `setting(key)`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// What a trap, timeout or bad answer of the policy does to that login:
+    /// `"refuse"` (ERR 9101) or `"pool:<name>"` (route it there). Default
+    /// `"refuse"`.
+    #[serde(default = "default_on_error")]
+    pub on_error: Spanned<String>,
+    /// Watch `module` and swap in a new version when the file changes.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Where compiled policies are cached (keyed by the module's SHA-256
+    /// and the engine's compatibility hash); `""` turns the cache off.
+    /// Default `$XDG_CACHE_HOME/switchyard`, or `~/.cache/switchyard`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Cases a new policy must pass before it is used (at start, reload or
+    /// swap).
+    #[serde(default)]
+    pub selftest: Vec<SelfTest>,
+}
+
+/// One self-test case of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// The user logging in.
+    pub user: String,
+    /// The database given at login, if any.
+    #[serde(default)]
+    pub db: Option<String>,
+    /// The client's address. Default `127.0.0.1:40000`.
+    #[serde(default = "default_selftest_client")]
+    pub client: String,
+    /// `"pool:<name>"` or `"refuse"`.
+    pub expect: String,
+}
+
+impl PolicyConfig {
+    /// The compile cache directory, if the cache is on.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d.clone()),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("switchyard")),
+        }
+    }
+
+    /// The pool a failed policy call routes to, if `on_error` names one.
+    pub fn on_error_pool(&self) -> Option<&str> {
+        self.on_error.get_ref().strip_prefix("pool:")
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -381,6 +435,15 @@ fn default_throttle_block_ms() -> u64 {
 }
 fn default_admin_listen() -> Spanned<SocketAddr> {
     Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9033)))
+}
+fn default_on_error() -> Spanned<String> {
+    Spanned::new(0..0, "refuse".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_selftest_client() -> String {
+    "127.0.0.1:40000".into()
 }
 fn default_weight() -> u32 {
     1
@@ -491,6 +554,34 @@ impl Config {
                     span,
                     format!(
                         "pool '{name}' uses `role` or `max_lag`, which need a [monitor] account"
+                    ),
+                ));
+            }
+        }
+        let on_error = &self.policy.on_error;
+        match self.policy.on_error_pool() {
+            Some(pool) if !self.pools.contains_key(pool) => {
+                return Err((
+                    Some(on_error.span()),
+                    format!("on_error names pool '{pool}', which is not configured"),
+                ));
+            }
+            Some(_) => {}
+            None if on_error.get_ref() == "refuse" => {}
+            None => {
+                return Err((
+                    Some(on_error.span()),
+                    "on_error must be \"refuse\" or \"pool:<name>\"".into(),
+                ));
+            }
+        }
+        for case in &self.policy.selftest {
+            if case.expect != "refuse" && !case.expect.starts_with("pool:") {
+                return Err((
+                    Some(self.policy.module.span()),
+                    format!(
+                        "selftest for user '{}': expect must be \"refuse\" or \"pool:<name>\"",
+                        case.user
                     ),
                 ));
             }

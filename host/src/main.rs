@@ -40,6 +40,49 @@ enum Command {
         #[arg(long)]
         sha1: bool,
     },
+    /// Tools for policy authors.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Loads a policy component: checks its world and imports, prints what
+    /// it imports and exports, and runs the self-test of `--config`.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// A Switchyard config whose `[policy]` limits, settings and
+        /// self-test to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Makes one `route` call offline and prints the answer, the time it
+    /// took and the memory it used.
+    Route {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The user logging in.
+        #[arg(long)]
+        user: String,
+        /// The database given at login.
+        #[arg(long)]
+        db: Option<String>,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1:40000")]
+        client: String,
+        /// A setting `key=value` (repeatable; added to those of `--config`).
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// A JSON array of pools as `pools()` reports them: `[{"name":
+        /// "replicas", "healthy_backends": 2, "total_backends": 2,
+        /// "active_sessions": 0, "max_lag_ms": null}]`.
+        #[arg(long)]
+        pools_json: Option<PathBuf>,
+        /// A Switchyard config whose `[policy]` limits and settings to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +98,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { config, log_format } => run(config, log_format),
         Command::HashPassword { sha1 } => hash_password(sha1),
+        Command::Policy(command) => policy_tool(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -94,6 +138,135 @@ fn run(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(config, Some(config_path))?);
     server::run(shared, shutdown_signal()).with_context(|| format!("serving on {listen}"))?;
     Ok(())
+}
+
+/// The `[policy]` section of `config`, or the defaults, for `file`.
+fn policy_config(
+    file: &std::path::Path,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<(switchyard::config::PolicyConfig, Option<Config>)> {
+    let config = config.map(|p| Config::load(p)).transpose()?;
+    let mut policy = match &config {
+        Some(c) => c.policy.clone(),
+        None => toml::from_str(&format!("module = {:?}", file.display().to_string()))
+            .context("default policy settings")?,
+    };
+    policy.module = toml::Spanned::new(0..0, file.to_owned());
+    Ok((policy, config))
+}
+
+fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
+    use switchyard::policy::{Policy, PoolSource};
+    match command {
+        PolicyCommand::Check { file, config } => {
+            let (policy_config, _) = policy_config(&file, config.as_ref())?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let started = std::time::Instant::now();
+            let policy =
+                Policy::with_pools(&bytes, &file, &policy_config, PoolSource::Fixed(Vec::new()))?;
+            println!("policy:   {}", policy.name());
+            println!("sha256:   {}", policy.hash());
+            println!("size:     {} bytes", bytes.len());
+            println!(
+                "load:     {} ms ({})",
+                started.elapsed().as_millis(),
+                policy.origin().as_str()
+            );
+            println!("exports:  route (switchyard:policy/router)");
+            for import in policy.imports() {
+                println!("imports:  {import}");
+            }
+            let cases = &policy_config.selftest;
+            policy.self_test(cases).map_err(anyhow::Error::msg)?;
+            println!("selftest: {} case(s) passed", cases.len());
+            Ok(())
+        }
+        PolicyCommand::Route {
+            file,
+            user,
+            db,
+            client,
+            settings,
+            pools_json,
+            config,
+        } => {
+            let (mut policy_config, config) = policy_config(&file, config.as_ref())?;
+            for kv in settings {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--setting {kv}: expected KEY=VALUE"))?;
+                policy_config.settings.insert(k.to_owned(), v.to_owned());
+            }
+            let pools = match pools_json {
+                Some(path) => read_pools_json(&path)?,
+                // The configured pools, all healthy and idle.
+                None => config
+                    .iter()
+                    .flat_map(|c| c.pools.iter())
+                    .map(|(name, p)| {
+                        let n = p.backends.get_ref().len() as u32;
+                        switchyard::pool::PoolStatus {
+                            name: name.clone(),
+                            healthy_backends: n,
+                            total_backends: n,
+                            active_sessions: 0,
+                            max_lag_ms: None,
+                        }
+                    })
+                    .collect(),
+            };
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let policy =
+                Policy::with_pools(&bytes, &file, &policy_config, PoolSource::Fixed(pools))?;
+            let (answer, cost) = policy.route_measured(&user, db.as_deref(), &client);
+            match &answer {
+                Ok(pool) => println!("pool:    {pool}"),
+                Err(switchyard::policy::RouteError::Refused(text)) => {
+                    println!("refused: {text}")
+                }
+                Err(switchyard::policy::RouteError::Failed(why)) => println!("failed:  {why}"),
+            }
+            println!("time:    {} µs", cost.duration.as_micros());
+            println!("memory:  {} KiB", cost.peak_memory / 1024);
+            match answer {
+                Err(switchyard::policy::RouteError::Failed(_)) => {
+                    anyhow::bail!("the policy failed")
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+fn read_pools_json(path: &std::path::Path) -> anyhow::Result<Vec<switchyard::pool::PoolStatus>> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        name: String,
+        #[serde(default)]
+        healthy_backends: u32,
+        #[serde(default)]
+        total_backends: u32,
+        #[serde(default)]
+        active_sessions: u32,
+        #[serde(default)]
+        max_lag_ms: Option<u64>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let entries: Vec<Entry> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(entries
+        .into_iter()
+        .map(|e| switchyard::pool::PoolStatus {
+            name: e.name,
+            healthy_backends: e.healthy_backends,
+            total_backends: e.total_backends,
+            active_sessions: e.active_sessions,
+            max_lag_ms: e.max_lag_ms,
+        })
+        .collect())
 }
 
 /// Completes on SIGINT or SIGTERM.

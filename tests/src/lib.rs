@@ -408,6 +408,12 @@ pub struct Artifacts {
     pub default_policy: PathBuf,
     /// The hostile test policy component.
     pub misbehave_policy: PathBuf,
+    /// The route-by-client-address policy.
+    pub by_client_policy: PathBuf,
+    /// The replica-fallback policy.
+    pub fallback_policy: PathBuf,
+    /// A component with a forbidden import.
+    pub forbidden_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -427,6 +433,12 @@ pub fn artifacts() -> &'static Artifacts {
                 "default-policy",
                 "-p",
                 "misbehave-policy",
+                "-p",
+                "by-client-policy",
+                "-p",
+                "replica-fallback-policy",
+                "-p",
+                "forbidden-policy",
                 "--target",
                 "wasm32-wasip2",
             ][..],
@@ -445,6 +457,9 @@ pub fn artifacts() -> &'static Artifacts {
             switchyard: target.join("debug/switchyard"),
             default_policy: target.join("wasm32-wasip2/release/default_policy.wasm"),
             misbehave_policy: target.join("wasm32-wasip2/release/misbehave_policy.wasm"),
+            by_client_policy: target.join("wasm32-wasip2/release/by_client_policy.wasm"),
+            fallback_policy: target.join("wasm32-wasip2/release/replica_fallback_policy.wasm"),
+            forbidden_policy: target.join("wasm32-wasip2/release/forbidden_policy.wasm"),
         }
     })
 }
@@ -627,6 +642,14 @@ fn fill_config(config: &str, port: u16) -> String {
         .replace(
             "{misbehave}",
             &artifacts().misbehave_policy.display().to_string(),
+        )
+        .replace(
+            "{by_client}",
+            &artifacts().by_client_policy.display().to_string(),
+        )
+        .replace(
+            "{fallback}",
+            &artifacts().fallback_policy.display().to_string(),
         )
 }
 

@@ -94,6 +94,22 @@ fn main() {
             "systemd_notifications_and_json_logs",
             systemd_notifications_and_json_logs,
         ),
+        (
+            "policy_swaps_ten_times_under_continuous_logins",
+            policy_swaps_under_load,
+        ),
+        (
+            "broken_policies_are_refused_and_the_old_one_serves",
+            broken_policies_are_refused,
+        ),
+        (
+            "hostile_policies_reroute_per_on_error",
+            hostile_policies_reroute_per_on_error,
+        ),
+        (
+            "compiled_policies_are_cached_on_disk",
+            compile_cache_on_disk,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -1024,4 +1040,292 @@ fn systemd_notifications_and_json_logs(env: &Env) -> TestResult {
         )?;
     }
     Ok(())
+}
+
+/// A proxy whose policy module is a file in its own directory, with
+/// settings under which the default policy sends `mysqlslave` to the
+/// replicas and the by-client policy sends every loopback client to the
+/// primary.
+struct SwapSetup {
+    setup: Setup,
+    dir: tempfile::TempDir,
+}
+
+impl SwapSetup {
+    fn new(env: &Env, extra_settings: &str) -> Result<Self, Failed> {
+        let mut setup = Setup::new(&env.topology());
+        let dir = tempfile::tempdir().map_err(fail)?;
+        std::fs::copy(
+            &switchyard_e2e::artifacts().default_policy,
+            dir.path().join("a.wasm"),
+        )
+        .map_err(fail)?;
+        setup.tail = format!(
+            "\"client.127.0.0.0/8\" = \"master\"\n\"user.selfcheck\" = \"replicas\"\n{extra_settings}\n\
+             [[policy.selftest]]\nuser = \"selfcheck\"\nclient = \"192.0.2.1:1\"\nexpect = \"pool:replicas\"\n"
+        );
+        Ok(Self { setup, dir })
+    }
+
+    fn config(&self, module: &str) -> String {
+        self.setup.config().replace(
+            "module = \"{policy}\"",
+            &format!(
+                "module = \"{}\"\ncache_dir = \"{}\"",
+                self.dir.path().join(module).display(),
+                self.dir.path().join("cache").display()
+            ),
+        )
+    }
+
+    /// Replaces `module` atomically with `bytes`.
+    fn write_module(&self, module: &str, bytes: &[u8]) -> TestResult {
+        let tmp = self.dir.path().join(".new.wasm");
+        std::fs::write(&tmp, bytes).map_err(fail)?;
+        std::fs::rename(tmp, self.dir.path().join(module)).map_err(fail)
+    }
+}
+
+fn policy_swaps_under_load(env: &Env) -> TestResult {
+    let swap = SwapSetup::new(env, "")?;
+    let proxy = Proxy::start(&swap.config("a.wasm")).map_err(fail)?;
+    let default = std::fs::read(&switchyard_e2e::artifacts().default_policy).map_err(fail)?;
+    let by_client = std::fs::read(&switchyard_e2e::artifacts().by_client_policy).map_err(fail)?;
+    // As an operator would before a swap: check the new module with the
+    // proxy's configuration, which also compiles it into the cache.
+    let check_config = swap.dir.path().join("check.toml");
+    std::fs::write(&check_config, swap.config("a.wasm").replace("{port}", "0")).map_err(fail)?;
+    let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .args(["policy", "check"])
+        .arg(&switchyard_e2e::artifacts().by_client_policy)
+        .arg("--config")
+        .arg(&check_config)
+        .output()
+        .map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success()
+            && stdout.contains("imports:  switchyard:policy/host@0.1.0")
+            && stdout.contains("selftest: 1 case(s) passed"),
+        format!(
+            "policy check: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    // Two clients log in continuously, one session after the other.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = proxy.port;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let rt = runtime();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = rt.block_on(async {
+                        let mut c = Conn::new(opts(port, SLAVE_USER, None)).await?;
+                        let id: Option<u32> = c.query_first("SELECT @@server_id").await?;
+                        c.disconnect().await?;
+                        Ok::<_, mysql_async::Error>(id)
+                    });
+                    match r {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut module = "a.wasm";
+    let result: TestResult = (|| {
+        for i in 0..10 {
+            // Odd swaps bring in the by-client policy (mysqlslave → the
+            // primary), even ones the default policy back (→ a replica).
+            let (bytes, to_primary) = if i % 2 == 0 {
+                (&by_client, true)
+            } else {
+                (&default, false)
+            };
+            let started = Instant::now();
+            match i % 3 {
+                0 => swap.write_module(module, bytes)?,
+                1 => {
+                    module = if module == "a.wasm" {
+                        "b.wasm"
+                    } else {
+                        "a.wasm"
+                    };
+                    swap.write_module(module, bytes)?;
+                    proxy.rewrite_config(&swap.config(module)).map_err(fail)?;
+                    proxy.signal(libc::SIGHUP);
+                }
+                _ => {
+                    let (code, body) =
+                        http(swap.setup.admin(), "POST", "/policy", Some(TOKEN), bytes)
+                            .map_err(fail)?;
+                    check(code == 200, format!("{code} {body}"))?;
+                }
+            }
+            let how = ["file change", "SIGHUP", "admin endpoint"][i % 3];
+            loop {
+                let id = login_ids(&proxy, SLAVE_USER, 1)?[0];
+                if (id == PRIMARY_ID) == to_primary {
+                    break;
+                }
+                check(
+                    started.elapsed() < Duration::from_secs(1),
+                    format!("swap {i} by {how}: new logins still on the old policy after 1 s"),
+                )?;
+            }
+            eprintln!("swap {i} by {how}: followed after {:?}", started.elapsed());
+            // Let the clients log in under this policy for a moment.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        Ok(())
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.join().map_err(|_| "client thread panicked")?;
+        check(
+            failed.is_empty(),
+            format!("failed logins during swaps: {failed:?}"),
+        )?;
+        total += ok;
+    }
+    result?;
+    check(total > 20, format!("only {total} logins during the swaps"))?;
+    eprintln!("{total} logins during ten swaps, none failed");
+    Ok(())
+}
+
+fn broken_policies_are_refused(env: &Env) -> TestResult {
+    let swap = SwapSetup::new(env, "\"mode.selfcheck\" = \"panic\"")?;
+    let proxy = Proxy::start(&swap.config("a.wasm")).map_err(fail)?;
+    let artifacts = switchyard_e2e::artifacts();
+    let post = |bytes: &[u8]| http(swap.setup.admin(), "POST", "/policy", Some(TOKEN), bytes);
+    let serving = || -> TestResult {
+        let ids = login_ids(&proxy, SLAVE_USER, 2)?;
+        check(
+            ids.iter().all(|id| REPLICA_IDS.contains(id)),
+            format!("the default policy still serves: {ids:?}"),
+        )
+    };
+    let forbidden = std::fs::read(&artifacts.forbidden_policy).map_err(fail)?;
+    // A component that exports nothing: the wrong world.
+    let empty_component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    // The misbehave policy panics for the self-test's user.
+    let failing_selftest = std::fs::read(&artifacts.misbehave_policy).map_err(fail)?;
+    for (bytes, why) in [
+        (b"not wasm at all".to_vec(), "not a WebAssembly module"),
+        (empty_component, "does not export `route`"),
+        (forbidden.clone(), "imports `evil:net/socket`"),
+        (failing_selftest, "self-test 1"),
+    ] {
+        let (code, body) = post(&bytes).map_err(fail)?;
+        check(
+            code == 400 && body.contains(why),
+            format!("expected 400 naming '{why}': {code} {body}"),
+        )?;
+        proxy
+            .wait_for_log(why, Duration::from_secs(1))
+            .map_err(fail)?;
+        serving()?;
+    }
+    // The same through the watched file.
+    swap.write_module("a.wasm", &forbidden)?;
+    wait_until(
+        "the changed file is refused",
+        Duration::from_secs(5),
+        || Ok(proxy.log().matches("imports `evil:net/socket`").count() >= 2),
+    )?;
+    serving()?;
+    let m = metrics(&swap.setup)?;
+    check(
+        m.get("switchyard_policy_swaps_total{result=\"failed\"}") == Some(&5.0)
+            && m.get("switchyard_policy_swaps_total{result=\"ok\"}") == Some(&0.0),
+        format!("{m:?}"),
+    )
+}
+
+fn hostile_policies_reroute_per_on_error(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = "\"mode.loop\" = \"loop\"\n\"mode.bomb\" = \"memory\"\n\"mode.panic\" = \"panic\"\n\"mode.huge\" = \"huge\"\n".into();
+    let user = |name: &str| {
+        format!(
+            "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+            PasswordHash::of_password(MASTER_USER.1.as_bytes())
+        )
+    };
+    // Accounts that exist on the backends under these names: log in as
+    // mysqlmaster's password, but the backend login is as the same user, so
+    // create them there.
+    let names = ["loop", "bomb", "panic", "huge"];
+    {
+        let t = env.topology();
+        for n in names {
+            t.primary.sql(&format!(
+                "CREATE USER IF NOT EXISTS '{n}'@'%' IDENTIFIED BY '{}'",
+                MASTER_USER.1
+            ));
+        }
+        t.sync_replicas().map_err(fail)?;
+    }
+    setup.top = names.iter().map(|n| user(n)).collect::<String>();
+    let config = setup.config().replace(
+        "module = \"{policy}\"",
+        "module = \"{misbehave}\"\non_error = \"pool:master\"\ntimeout_ms = 200",
+    );
+    // [[users]] tables must come after the top-level keys: move them.
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    for n in names {
+        let ids = login_ids(&proxy, (n, MASTER_USER.1), 1)?;
+        check(
+            ids == [PRIMARY_ID],
+            format!("{n}: rerouted to the primary: {ids:?}"),
+        )?;
+    }
+    proxy
+        .wait_for_log("per on_error", Duration::from_secs(1))
+        .map_err(fail)?;
+    // Others are served as usual meanwhile.
+    check(
+        login_ids(&proxy, SLAVE_USER, 2)?
+            .iter()
+            .all(|id| REPLICA_IDS.contains(id)),
+        "other users unaffected",
+    )?;
+    let m = metrics(&setup)?;
+    check(
+        m.get("switchyard_policy_errors_total") == Some(&4.0),
+        format!("{m:?}"),
+    )
+}
+
+fn compile_cache_on_disk(env: &Env) -> TestResult {
+    let swap = SwapSetup::new(env, "")?;
+    let cache = swap.dir.path().join("cache");
+    let mut first = Proxy::start(&swap.config("a.wasm")).map_err(fail)?;
+    first
+        .wait_for_log("code=\"compiled\"", Duration::from_secs(1))
+        .map_err(fail)?;
+    first.terminate();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .map_err(fail)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    check(entries.len() == 1, format!("cache entries: {entries:?}"))?;
+    let second = Proxy::start(&swap.config("a.wasm")).map_err(fail)?;
+    second
+        .wait_for_log("code=\"disk cache\"", Duration::from_secs(1))
+        .map_err(fail)?;
+    check(
+        login_ids(&second, SLAVE_USER, 2)?
+            .iter()
+            .all(|id| REPLICA_IDS.contains(id)),
+        "the cached policy routes",
+    )
 }

@@ -2,26 +2,33 @@
 //! `router` world) and calls its `route` export for each login.
 //!
 //! One wasmtime `Engine` (component model, epoch interruption, pooling
-//! allocator), the component compiled and pre-instantiated once, and a fresh
-//! `Store` per call with an epoch deadline and a memory limit. The guest gets
-//! WASI only from an empty context: no files, sockets, environment or args.
-//! Calls run on tokio's blocking threads, at most `max_concurrent_calls` at
-//! once.
+//! allocator) per set of call limits, shared by every policy loaded with
+//! them, so that a swapped-in policy shares instance slots, call slots and
+//! the epoch ticker with the one it replaces. Each component is compiled once
+//! (cached in memory by its SHA-256, and on disk under `cache_dir` keyed by
+//! its SHA-256 and the engine's compatibility hash), checked (it must export
+//! `route` and import nothing but WASI and the `host` interface), and
+//! pre-instantiated; each call gets a fresh `Store` with an epoch deadline
+//! and a memory limit. The guest gets WASI only from an empty context: no
+//! files, sockets, environment or args. Calls run on tokio's blocking
+//! threads, at most `max_concurrent_calls` at once.
 
 mod bindings;
 mod ticker;
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use wasmtime::PoolingAllocationConfig;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, Store};
-use wasmtime::{PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::PolicyConfig;
+use crate::config::{PolicyConfig, SelfTest};
 use crate::pool::Pools;
 use bindings::{Level, PoolStatus, Router, RouterPre};
 use ticker::EpochTicker;
@@ -74,16 +81,66 @@ pub enum RouteError {
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     shared: Arc<Shared>,
     log_lines: u32,
+}
+
+/// The memory cap of one call, and the most memory the call used.
+struct Limits {
+    memory: usize,
+    peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            // A trap, not a failed grow: a guest that ignores a failed
+            // grow must not go on.
+            wasmtime::bail!("policy exceeded its memory limit of {} bytes", self.memory);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Where `pools()` gets its figures.
+#[derive(Debug, Clone)]
+pub enum PoolSource {
+    /// The proxy's live pools.
+    Live(Arc<Pools>),
+    /// Fixed figures (offline tools, self-tests).
+    Fixed(Vec<crate::pool::PoolStatus>),
+}
+
+impl PoolSource {
+    fn status(&self) -> Vec<crate::pool::PoolStatus> {
+        match self {
+            Self::Live(p) => p.status(),
+            Self::Fixed(v) => v.clone(),
+        }
+    }
 }
 
 /// What every call of one policy shares.
 struct Shared {
     name: String,
     settings: BTreeMap<String, String>,
-    pools: Arc<Pools>,
+    pools: PoolSource,
 }
 
 impl WasiView for CallState {
@@ -132,17 +189,199 @@ impl bindings::switchyard::policy::host::Host for CallState {
     }
 }
 
+/// An engine and what the policies that use it share: instance slots, call
+/// slots, the epoch ticker and compiled components.
+struct PolicyEngine {
+    engine: Engine,
+    ticker: Arc<EpochTicker>,
+    permits: Arc<Semaphore>,
+    memory_limit: usize,
+    slots: u32,
+    /// Compiled components by module SHA-256 (a few, most recent).
+    compiled: Mutex<Vec<(String, Component)>>,
+    /// Hex of the engine's compatibility hash, for the disk cache.
+    compat: String,
+}
+
+/// Compiled components kept in memory per engine.
+const KEEP_COMPILED: usize = 4;
+
+/// Engines by (memory limit, call slots); an engine lives while a policy
+/// uses it.
+static ENGINES: Mutex<Vec<(EngineKey, Weak<PolicyEngine>)>> = Mutex::new(Vec::new());
+
+/// What an engine is built for: (memory limit in bytes, call slots).
+type EngineKey = (usize, u32);
+
+impl PolicyEngine {
+    fn get(config: &PolicyConfig) -> wasmtime::Result<Arc<Self>> {
+        let memory_limit =
+            usize::try_from(config.memory_limit_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let key = (memory_limit, config.max_concurrent_calls);
+        let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
+        engines.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(e) = engines
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(e);
+        }
+        let engine = build_engine(config, memory_limit)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let this = Arc::new(Self {
+            ticker: EpochTicker::start(engine.clone()),
+            compat: format!("{:016x}", hasher.finish()),
+            engine,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+            memory_limit,
+            slots: config.max_concurrent_calls,
+            compiled: Mutex::new(Vec::new()),
+        });
+        engines.push((key, Arc::downgrade(&this)));
+        Ok(this)
+    }
+
+    /// The component for `bytes` (SHA-256 `hash`): from memory, from the
+    /// disk cache, or compiled (and then cached).
+    fn component(
+        &self,
+        bytes: &[u8],
+        hash: &str,
+        cache_dir: Option<&Path>,
+    ) -> wasmtime::Result<(Component, Origin)> {
+        if let Some((_, c)) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(h, _)| h == hash)
+        {
+            return Ok((c.clone(), Origin::Memory));
+        }
+        let cached = cache_dir.map(|d| d.join(format!("{hash}-{}.cwasm", self.compat)));
+        let mut origin = Origin::Compiled;
+        let mut component = None;
+        if let Some(path) = cached.as_deref()
+            && trusted_cache_file(path)
+        {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (it is in the name),
+            // into a directory only this user can write (checked above).
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => {
+                    component = Some(c);
+                    origin = Origin::Disk;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e:#}")
+                }
+            }
+        }
+        let component = match component {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes)?;
+                if let Some(path) = cached.as_deref() {
+                    store_cache_file(path, &c);
+                }
+                c
+            }
+        };
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        compiled.retain(|(h, _)| h != hash);
+        compiled.insert(0, (hash.to_owned(), component.clone()));
+        compiled.truncate(KEEP_COMPILED);
+        Ok((component, origin))
+    }
+}
+
+/// Where a policy's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now.
+    Compiled,
+    /// Read from the disk cache.
+    Disk,
+    /// Already compiled in this process.
+    Memory,
+}
+
+impl Origin {
+    /// For logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::Disk => "disk cache",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Whether `path` may be loaded as compiled code: a regular file owned by
+/// this user in a directory owned by this user, neither writable by others.
+fn trusted_cache_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let private = |m: &std::fs::Metadata| m.uid() == uid && m.mode() & 0o022 == 0;
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    match (
+        std::fs::symlink_metadata(dir),
+        std::fs::symlink_metadata(path),
+    ) {
+        (Ok(d), Ok(f)) => d.is_dir() && private(&d) && f.is_file() && private(&f),
+        _ => false,
+    }
+}
+
+/// Writes a compiled component to the cache (atomically: temp file, then
+/// rename). Failures only cost a recompile later, so they are logged.
+fn store_cache_file(path: &Path, component: &Component) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let result = (|| -> anyhow::Result<()> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("no directory"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), "could not write the compile cache: {e:#}");
+    }
+}
+
 /// A loaded routing policy, ready to be called.
 pub struct Policy {
-    engine: Engine,
+    engine: Arc<PolicyEngine>,
     pre: RouterPre<CallState>,
     shared: Arc<Shared>,
-    ticker: Arc<EpochTicker>,
     timeout_ticks: u64,
-    memory_limit: usize,
-    permits: Arc<Semaphore>,
-    permits_total: usize,
     hash: String,
+    origin: Origin,
+    imports: Vec<String>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -166,32 +405,48 @@ impl Policy {
         Self::from_bytes(&bytes, path, config, pools)
     }
 
-    /// Compiles `bytes` as a policy named after `path`.
+    /// Compiles `bytes` as a policy named after `path`: checks its exports
+    /// and imports, then pre-instantiates it.
     pub fn from_bytes(
         bytes: &[u8],
         path: &Path,
         config: &PolicyConfig,
         pools: Arc<Pools>,
     ) -> Result<Self, PolicyLoadError> {
-        let invalid = |e: wasmtime::Error| PolicyLoadError::Invalid {
+        Self::with_pools(bytes, path, config, PoolSource::Live(pools))
+    }
+
+    /// [`Policy::from_bytes`] with any source of pool figures.
+    pub fn with_pools(
+        bytes: &[u8],
+        path: &Path,
+        config: &PolicyConfig,
+        pools: PoolSource,
+    ) -> Result<Self, PolicyLoadError> {
+        let invalid = |message: String| PolicyLoadError::Invalid {
             path: path.display().to_string(),
-            message: format!("{e:#}"),
+            message,
         };
-        let memory_limit =
-            usize::try_from(config.memory_limit_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let engine = build_engine(config, memory_limit).map_err(invalid)?;
-        let component = Component::new(&engine, bytes).map_err(invalid)?;
-        let mut linker: Linker<CallState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(invalid)?;
-        Router::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(invalid)?;
-        let pre = linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = RouterPre::new(pre).map_err(invalid)?;
+        let wasm_err = |e: wasmtime::Error| invalid(format!("{e:#}"));
+        if !bytes.starts_with(b"\0asm") {
+            return Err(invalid("not a WebAssembly module or component".into()));
+        }
+        let engine = PolicyEngine::get(config).map_err(wasm_err)?;
+        let hash = sha256_hex(bytes);
+        let (component, origin) = engine
+            .component(bytes, &hash, config.cache_dir().as_deref())
+            .map_err(wasm_err)?;
+        let imports = check_component(&engine.engine, &component).map_err(invalid)?;
+        let mut linker: Linker<CallState> = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err)?;
+        Router::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wasm_err)?;
+        let pre = linker.instantiate_pre(&component).map_err(wasm_err)?;
+        let pre = RouterPre::new(pre).map_err(wasm_err)?;
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
         Ok(Self {
-            ticker: EpochTicker::start(engine.clone()),
             engine,
             pre,
             shared: Arc::new(Shared {
@@ -200,10 +455,9 @@ impl Policy {
                 pools,
             }),
             timeout_ticks: config.timeout_ms,
-            memory_limit,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
-            permits_total: config.max_concurrent_calls as usize,
-            hash: sha256_hex(bytes),
+            hash,
+            origin,
+            imports,
         })
     }
 
@@ -212,19 +466,17 @@ impl Policy {
     /// limits stay those it was loaded with.
     pub fn rebind(&self, config: &PolicyConfig, pools: Arc<Pools>) -> Self {
         Self {
-            engine: self.engine.clone(),
+            engine: Arc::clone(&self.engine),
             pre: self.pre.clone(),
             shared: Arc::new(Shared {
                 name: self.shared.name.clone(),
                 settings: config.settings.clone(),
-                pools,
+                pools: PoolSource::Live(pools),
             }),
-            ticker: Arc::clone(&self.ticker),
             timeout_ticks: self.timeout_ticks,
-            memory_limit: self.memory_limit,
-            permits: Arc::clone(&self.permits),
-            permits_total: self.permits_total,
             hash: self.hash.clone(),
+            origin: Origin::Memory,
+            imports: self.imports.clone(),
         }
     }
 
@@ -234,8 +486,41 @@ impl Policy {
         let memory_limit =
             usize::try_from(config.memory_limit_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         self.timeout_ticks == config.timeout_ms
-            && self.memory_limit == memory_limit
-            && self.permits_total == config.max_concurrent_calls as usize
+            && self.engine.memory_limit == memory_limit
+            && self.engine.slots == config.max_concurrent_calls
+    }
+
+    /// Where its compiled code came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The interfaces it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Runs `cases` against this policy; the first that fails, described.
+    pub fn self_test(&self, cases: &[SelfTest]) -> Result<(), String> {
+        for (i, case) in cases.iter().enumerate() {
+            let answer = self.route_blocking(&case.user, case.db.as_deref(), &case.client);
+            let ok = match (&answer, case.expect.strip_prefix("pool:")) {
+                (Ok(pool), Some(want)) => pool == want,
+                (Err(RouteError::Refused(_)), None) => case.expect == "refuse",
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "self-test {} (user '{}', db {:?}, client {}) expected {}, got {answer:?}",
+                    i + 1,
+                    case.user,
+                    case.db,
+                    case.client,
+                    case.expect
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The policy's name (its file name).
@@ -255,7 +540,7 @@ impl Policy {
         db: Option<&str>,
         client_addr: &str,
     ) -> Result<String, RouteError> {
-        let permit = Arc::clone(&self.permits)
+        let permit = Arc::clone(&self.engine.permits)
             .acquire_owned()
             .await
             .map_err(|_| RouteError::Failed("policy engine is shutting down".into()))?;
@@ -281,20 +566,49 @@ impl Policy {
         db: Option<&str>,
         client_addr: &str,
     ) -> Result<String, RouteError> {
+        self.route_measured(user, db, client_addr).0
+    }
+
+    /// [`Policy::route_blocking`], also returning what the call cost: its
+    /// wall-clock time and the most linear memory it had.
+    pub fn route_measured(
+        &self,
+        user: &str,
+        db: Option<&str>,
+        client_addr: &str,
+    ) -> (Result<String, RouteError>, CallCost) {
+        let started = Instant::now();
         let state = CallState {
             wasi: empty_wasi(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_limit)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                memory: self.engine.memory_limit,
+                peak: 0,
+            },
             shared: Arc::clone(&self.shared),
             log_lines: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.timeout_ticks);
-        let _ticking = self.ticker.running();
+        let result = {
+            let _ticking = self.engine.ticker.running();
+            self.call(&mut store, user, db, client_addr)
+        };
+        let cost = CallCost {
+            duration: started.elapsed(),
+            peak_memory: store.data().limits.peak,
+        };
+        (result, cost)
+    }
+
+    fn call(
+        &self,
+        store: &mut Store<CallState>,
+        user: &str,
+        db: Option<&str>,
+        client_addr: &str,
+    ) -> Result<String, RouteError> {
         let failed = |e: wasmtime::Error| {
             let msg = match e.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => "did not answer in time".to_owned(),
@@ -302,9 +616,9 @@ impl Policy {
             };
             RouteError::Failed(truncate(&msg, MAX_ANSWER_LEN).into_owned())
         };
-        let router = self.pre.instantiate(&mut store).map_err(failed)?;
+        let router = self.pre.instantiate(&mut *store).map_err(failed)?;
         let answer = router
-            .call_route(&mut store, user, db, client_addr)
+            .call_route(&mut *store, user, db, client_addr)
             .map_err(failed)?;
         match answer {
             Ok(pool) if pool.len() > MAX_ANSWER_LEN => Err(RouteError::Failed(format!(
@@ -317,6 +631,42 @@ impl Policy {
             )),
         }
     }
+}
+
+/// What one call cost.
+#[derive(Debug, Clone, Copy)]
+pub struct CallCost {
+    /// Wall-clock time, instantiation included.
+    pub duration: Duration,
+    /// The most linear memory the instance had, in bytes.
+    pub peak_memory: usize,
+}
+
+/// The interface prefix a policy may import besides WASI.
+const HOST_INTERFACE: &str = "switchyard:policy/host@0.1.";
+
+/// Checks that `component` exports `route` and imports only WASI and the
+/// `host` interface; returns its imports.
+fn check_component(engine: &Engine, component: &Component) -> Result<Vec<String>, String> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    for name in &imports {
+        if !(name.starts_with("wasi:") || name.starts_with(HOST_INTERFACE)) {
+            return Err(format!(
+                "it imports `{name}`, which a policy may not import (only WASI and `{HOST_INTERFACE}x`)"
+            ));
+        }
+    }
+    if !ty.exports(engine).any(|(name, _)| name == "route") {
+        return Err(
+            "it does not export `route`: not a component of the `switchyard:policy/router` world"
+                .into(),
+        );
+    }
+    Ok(imports)
 }
 
 fn build_engine(config: &PolicyConfig, memory_limit: usize) -> wasmtime::Result<Engine> {

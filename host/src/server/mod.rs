@@ -33,7 +33,6 @@ pub use state::State;
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::notify;
-use crate::policy::Policy;
 use crate::pool::Registry;
 use crate::protocol::encode_packet;
 
@@ -146,21 +145,29 @@ impl Shared {
         Ok(())
     }
 
-    /// Compiles `bytes` as the routing policy and swaps it in for new
-    /// logins; returns its SHA-256. On error the running policy stays.
-    pub async fn swap_policy(self: &Arc<Self>, bytes: Vec<u8>) -> Result<String, String> {
+    /// Compiles `bytes` as the routing policy (named `name`), runs the
+    /// configured self-test, and swaps it in for new logins; returns its
+    /// SHA-256. On any error the running policy stays.
+    pub async fn swap_policy(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        name: Option<PathBuf>,
+    ) -> Result<String, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let this = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let current = this.state();
-            let name = format!("posted-{}.wasm", &crate::policy::sha256_hex(&bytes)[..12]);
-            let policy = Policy::from_bytes(
-                &bytes,
-                std::path::Path::new(&name),
-                &current.config.policy,
-                Arc::clone(&current.pools),
-            )
-            .map_err(|e| e.to_string())?;
+            let name = name.unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "posted-{}.wasm",
+                    &crate::policy::sha256_hex(&bytes)[..12]
+                ))
+            });
+            let policy = state::load_policy(&bytes, &name, &current.config, &current.pools)
+                .map_err(|e| format!("{e:#}"))?;
+            policy
+                .self_test(&current.config.policy.selftest)
+                .map_err(|e| format!("policy {}: {e}", policy.name()))?;
             let hash = policy.hash().to_owned();
             this.state.store(Arc::new(current.with_policy(policy)));
             Ok(hash)
@@ -170,13 +177,13 @@ impl Shared {
         match &result {
             Ok(hash) => {
                 self.metrics.policy_swaps.fetch_add(1, Ordering::Relaxed);
-                info!(sha256 = %hash, "policy swapped in from the admin endpoint");
+                info!(sha256 = %hash, "new policy in use for new logins");
             }
             Err(e) => {
                 self.metrics
                     .policy_swaps_failed
                     .fetch_add(1, Ordering::Relaxed);
-                warn!("posted policy refused, the running policy stays: {e}");
+                warn!("new policy refused, the running policy stays: {e}");
             }
         }
         result
@@ -282,6 +289,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             Arc::clone(&shared.health_wake),
         ));
         background.spawn(reload_on_sighup(Arc::clone(&shared)));
+        background.spawn(watch_policy_file(Arc::clone(&shared)));
         background.spawn(watchdog(Arc::clone(&shared)));
         background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
         if let Some(listener) = admin_listener {
@@ -375,6 +383,51 @@ async fn watchdog(shared: Arc<Shared>) {
         } else {
             notify::watchdog();
         }
+    }
+}
+
+/// Swaps in the policy module again whenever its file changes (checked
+/// every 250 ms by size, modification time and, on a change, content), if
+/// `[policy] watch` is on.
+async fn watch_policy_file(shared: Arc<Shared>) {
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen = {
+        let state = shared.state();
+        let path = state.config.policy.module.get_ref().clone();
+        (path.clone(), stamp(&path))
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let state = shared.state();
+        if !state.config.policy.watch {
+            continue;
+        }
+        let path = state.config.policy.module.get_ref().clone();
+        let now = (path.clone(), stamp(&path));
+        if now == seen || now.1.is_none() {
+            continue;
+        }
+        seen = now;
+        // A writer may still be writing: read once it has settled. (Write a
+        // new file and rename it over the old one to swap atomically.)
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen.1 = stamp(&path);
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(path)).await
+        };
+        let Ok(Ok(bytes)) = read else {
+            continue;
+        };
+        if crate::policy::sha256_hex(&bytes) == state.policy.hash() {
+            continue;
+        }
+        info!(module = %path.display(), "policy module changed on disk; swapping it in");
+        let _ = shared.swap_policy(bytes, Some(path)).await;
     }
 }
 

@@ -326,21 +326,35 @@ async fn route(
     let counted = |c: &std::sync::atomic::AtomicU64| {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };
+    // A failure is routed per `on_error`, when it names a pool.
+    let on_error = |why: String| {
+        counted(&metrics.policy_errors);
+        match state
+            .config
+            .policy
+            .on_error_pool()
+            .and_then(|p| state.pools.get(p))
+        {
+            Some(pool) => {
+                warn!(
+                    "policy {} failed: {why}; routed to pool '{}' per on_error",
+                    policy.name(),
+                    pool.name
+                );
+                Ok(Arc::clone(pool))
+            }
+            None => Err(LoginError::deny(
+                codes::policy_failed(user, &why),
+                seq,
+                Outcome::PolicyFailed,
+                format!("policy {} failed: {why}", policy.name()),
+            )),
+        }
+    };
     match answer {
         Ok(name) => match state.pools.get(&name) {
             Some(pool) => Ok(Arc::clone(pool)),
-            None => {
-                counted(&metrics.policy_errors);
-                Err(LoginError::deny(
-                    codes::policy_failed(
-                        user,
-                        &format!("it chose pool '{name}', which is not configured"),
-                    ),
-                    seq,
-                    Outcome::PolicyFailed,
-                    format!("policy {} chose unknown pool '{name}'", policy.name()),
-                ))
-            }
+            None => on_error(format!("it chose pool '{name}', which is not configured")),
         },
         Err(RouteError::Refused(text)) => {
             counted(&metrics.policy_refusals);
@@ -351,15 +365,7 @@ async fn route(
                 format!("policy {} refused: {text}", policy.name()),
             ))
         }
-        Err(RouteError::Failed(why)) => {
-            counted(&metrics.policy_errors);
-            Err(LoginError::deny(
-                codes::policy_failed(user, &why),
-                seq,
-                Outcome::PolicyFailed,
-                format!("policy {} failed: {why}", policy.name()),
-            ))
-        }
+        Err(RouteError::Failed(why)) => on_error(why),
     }
 }
 

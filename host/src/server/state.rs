@@ -59,19 +59,11 @@ impl State {
             {
                 p.policy.rebind(&config.policy, Arc::clone(&pools))
             }
-            _ => {
-                let started = std::time::Instant::now();
-                let policy =
-                    Policy::from_bytes(&bytes, module, &config.policy, Arc::clone(&pools))?;
-                tracing::info!(
-                    policy = policy.name(),
-                    sha256 = policy.hash(),
-                    compile_ms = started.elapsed().as_millis() as u64,
-                    "policy loaded"
-                );
-                policy
-            }
+            _ => load_policy(&bytes, module, &config, &pools)?,
         };
+        policy
+            .self_test(&config.policy.selftest)
+            .map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.name()))?;
         let monitor = config
             .monitor
             .as_ref()
@@ -127,6 +119,26 @@ impl State {
         }
         changed
     }
+}
+
+/// Compiles (or finds compiled) the policy `bytes` for `config`, and logs
+/// where it came from and what it took.
+pub fn load_policy(
+    bytes: &[u8],
+    name: &Path,
+    config: &Config,
+    pools: &Arc<Pools>,
+) -> anyhow::Result<Policy> {
+    let started = std::time::Instant::now();
+    let policy = Policy::from_bytes(bytes, name, &config.policy, Arc::clone(pools))?;
+    tracing::info!(
+        policy = policy.name(),
+        sha256 = policy.hash(),
+        code = policy.origin().as_str(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "policy loaded"
+    );
+    Ok(policy)
 }
 
 /// SHA-256 of a token: tokens are compared as digests, in constant time.
