@@ -343,7 +343,8 @@ pub struct PolicyConfig {
     pub watch: bool,
     /// Where compiled policies are cached (keyed by the module's SHA-256
     /// and the engine's compatibility hash); `""` turns the cache off.
-    /// Default `$XDG_CACHE_HOME/switchyard`, or `~/.cache/switchyard`.
+    /// Default: systemd's `$CACHE_DIRECTORY`, else
+    /// `$XDG_CACHE_HOME/switchyard`, else `~/.cache/switchyard`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Cases a new policy must pass before it is used (at start, reload or
@@ -374,11 +375,23 @@ impl PolicyConfig {
         match &self.cache_dir {
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d.clone()),
-            None => std::env::var_os("XDG_CACHE_HOME")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("switchyard")),
+            None => std::env::var("CACHE_DIRECTORY")
+                .ok()
+                .and_then(|v| {
+                    v.split(':')
+                        .next()
+                        .filter(|d| !d.is_empty())
+                        .map(PathBuf::from)
+                })
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))
+                        })
+                        .map(|d| d.join("switchyard"))
+                }),
         }
     }
 

@@ -381,7 +381,7 @@ fn unknown_pool_is_a_policy_failure(env: &Env) -> TestResult {
         msg,
     )?;
     env.proxy
-        .wait_for_log("chose unknown pool 'nowhere'", Duration::from_secs(5))
+        .wait_for_log("it chose pool 'nowhere'", Duration::from_secs(5))
         .map_err(fail)
 }
 
