@@ -341,6 +341,7 @@ fn status(shared: &Shared) -> Value {
         "pools": pools,
         "backends": backends,
         "users": users,
+        "accounts_loaded_from_primary": shared.loaded_users.len(),
         "throttled_addresses": shared.throttle.blocked(std::time::Instant::now()),
         "logins": logins,
     })
@@ -431,6 +432,12 @@ fn render_metrics(shared: &Shared) -> String {
             label(&user)
         );
     }
+    metrics::gauge(
+        &mut out,
+        "switchyard_accounts_loaded",
+        "Accounts loaded from the primary (users.source = \"backend\").",
+        shared.loaded_users.len() as i64,
+    );
     metrics::gauge(
         &mut out,
         "switchyard_throttled_addresses",

@@ -67,9 +67,12 @@ pub struct Config {
     /// closed (milliseconds). Default 30000.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
-    /// Accounts clients log in with (`mysql_native_password`).
+    /// Accounts clients log in with (`mysql_native_password`): an array of
+    /// `[[users]]` tables, or a `[users]` table that also loads accounts
+    /// from the primary (`source = "backend"`) and lists its own as
+    /// `[[users.accounts]]`.
     #[serde(default)]
-    pub users: Vec<UserConfig>,
+    pub users: Users,
     /// Backend pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// The routing policy.
@@ -87,6 +90,100 @@ pub struct Config {
     /// The admin HTTP endpoint; off unless this table is present.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+}
+
+/// The accounts, in either of the two shapes the file may give them.
+#[derive(Debug, Clone)]
+pub enum Users {
+    /// `[[users]]`: accounts from the file only.
+    List(Vec<UserConfig>),
+    /// `[users]`: accounts from the file and, optionally, from a backend.
+    Table(UsersTable),
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+impl<'de> Deserialize<'de> for Users {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = Users;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of [[users]] tables or a [users] table")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Users, A::Error> {
+                Vec::<UserConfig>::deserialize(SeqAccessDeserializer::new(seq)).map(Users::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Users, A::Error> {
+                UsersTable::deserialize(MapAccessDeserializer::new(map)).map(Users::Table)
+            }
+        }
+        d.deserialize_any(Shape)
+    }
+}
+
+impl Users {
+    /// The accounts the file lists.
+    pub fn accounts(&self) -> &[UserConfig] {
+        match self {
+            Self::List(v) => v,
+            Self::Table(t) => &t.accounts,
+        }
+    }
+
+    /// How accounts are loaded from a backend, if they are.
+    pub fn from_backend(&self) -> Option<&UsersTable> {
+        match self {
+            Self::Table(t) if t.source == UserSource::Backend => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Where accounts come from besides the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserSource {
+    /// The file only.
+    #[default]
+    Config,
+    /// Also `mysql.user` on the primary (the file's accounts win).
+    Backend,
+}
+
+/// The `[users]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersTable {
+    /// `"config"` (default) or `"backend"`.
+    #[serde(default)]
+    pub source: UserSource,
+    /// The pool whose backend holds the accounts (the primary). Default:
+    /// the pool with `role = "writer"`.
+    #[serde(default)]
+    pub pool: Option<Spanned<String>>,
+    /// How often to read the accounts again, in milliseconds. Default 60000.
+    #[serde(default = "default_users_refresh_ms")]
+    pub refresh_ms: u64,
+    /// A login by an unknown user reads the accounts again at once, but not
+    /// more often than this, in milliseconds. Default 5000.
+    #[serde(default = "default_users_min_refresh_ms")]
+    pub min_refresh_ms: u64,
+    /// The service account that reads them (needs `SELECT` on
+    /// `mysql.user`). Default: the `[monitor]` account.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its `SHA1(password)`, 40 hex digits.
+    #[serde(default)]
+    pub password_sha1: Option<Spanned<String>>,
+    /// Accounts from the file; they win over loaded ones.
+    #[serde(default)]
+    pub accounts: Vec<UserConfig>,
 }
 
 /// Background health checks.
@@ -449,6 +546,12 @@ fn default_throttle_block_ms() -> u64 {
 fn default_admin_listen() -> Spanned<SocketAddr> {
     Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9033)))
 }
+fn default_users_refresh_ms() -> u64 {
+    60_000
+}
+fn default_users_min_refresh_ms() -> u64 {
+    5_000
+}
 fn default_on_error() -> Spanned<String> {
     Spanned::new(0..0, "refuse".into())
 }
@@ -528,7 +631,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         let mut names = HashSet::new();
-        for user in &self.users {
+        for user in self.users.accounts() {
             if user.name.get_ref().is_empty() {
                 return Err((Some(user.name.span()), "user name is empty".into()));
             }
@@ -569,6 +672,49 @@ impl Config {
                         "pool '{name}' uses `role` or `max_lag`, which need a [monitor] account"
                     ),
                 ));
+            }
+        }
+        if let Some(t) = self.users.from_backend() {
+            let pool = t.pool.as_ref().map(|p| p.get_ref().as_str()).or_else(|| {
+                self.pools
+                    .iter()
+                    .find(|(_, p)| p.role == Role::Writer)
+                    .map(|(n, _)| n.as_str())
+            });
+            match pool {
+                Some(p) if self.pools.contains_key(p) => {}
+                Some(p) => {
+                    return Err((
+                        t.pool.as_ref().map(|s| s.span()),
+                        format!("users.pool '{p}' is not configured"),
+                    ));
+                }
+                None => {
+                    return Err((
+                        None,
+                        "users.source = \"backend\" needs users.pool (or a pool with role = \"writer\")"
+                            .into(),
+                    ));
+                }
+            }
+            match (&t.user, &t.password_sha1, &self.monitor) {
+                (Some(_), Some(hex), _) => {
+                    let h = hex.get_ref();
+                    if h.len() != 40 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err((
+                            Some(hex.span()),
+                            "users.password_sha1 must be 40 hex digits".into(),
+                        ));
+                    }
+                }
+                (None, None, Some(_)) => {}
+                _ => {
+                    return Err((
+                        None,
+                        "users.source = \"backend\" needs users.user and users.password_sha1, or a [monitor] account"
+                            .into(),
+                    ));
+                }
             }
         }
         let on_error = &self.policy.on_error;
@@ -662,6 +808,7 @@ impl Config {
     pub fn user_limit(&self, user: &str) -> Option<u32> {
         let own = self
             .users
+            .accounts()
             .iter()
             .find(|u| u.name.get_ref() == user)
             .and_then(|u| u.max_connections);
@@ -713,7 +860,7 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
     fn parses_the_issue_example_with_defaults() {
         let c = parse(EXAMPLE).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:6033");
-        assert_eq!(c.users.len(), 1);
+        assert_eq!(c.users.accounts().len(), 1);
         assert_eq!(c.pools["replicas"].backends.get_ref().len(), 2);
         assert_eq!(c.policy.settings["user.mysqlslave"], "replicas");
         assert_eq!(c.max_connections, 4096);

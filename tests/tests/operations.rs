@@ -110,6 +110,10 @@ fn main() {
             "compiled_policies_are_cached_on_disk",
             compile_cache_on_disk,
         ),
+        (
+            "users_loaded_from_the_primary",
+            users_loaded_from_the_primary,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -1328,4 +1332,70 @@ fn compile_cache_on_disk(env: &Env) -> TestResult {
             .all(|id| REPLICA_IDS.contains(id)),
         "the cached policy routes",
     )
+}
+
+fn users_loaded_from_the_primary(env: &Env) -> TestResult {
+    let setup = Setup::new(&env.topology());
+    env.topology().primary.sql(
+        "CREATE USER IF NOT EXISTS 'svc'@'%' IDENTIFIED BY 'svcpass';
+         GRANT SELECT ON mysql.user TO 'svc'@'%';",
+    );
+    // The file lists only mysqlmaster, with another password than the
+    // servers have: the file's account wins over the loaded one.
+    let accounts = format!(
+        "[users]\nsource = \"backend\"\npool = \"master\"\nrefresh_ms = 60000\nmin_refresh_ms = 200\n\
+         user = \"svc\"\npassword_sha1 = \"{}\"\n[[users.accounts]]\nname = \"mysqlmaster\"\npassword_hash = \"{}\"\n",
+        Sha1Password::of_password(b"svcpass").to_hex(),
+        PasswordHash::of_password(b"filepass"),
+    );
+    let config = setup.config();
+    let start = config.find("[[users]]").ok_or("no users in the config")?;
+    let end = config.find("[pools.").ok_or("no pools")?;
+    let config = format!("{}{accounts}{}", &config[..start], &config[end..]);
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    // Loaded at start: mysqlslave is not in the file.
+    let ids = login_ids(&proxy, SLAVE_USER, 2)?;
+    check(
+        ids.iter().all(|id| REPLICA_IDS.contains(id)),
+        format!("{ids:?}"),
+    )?;
+    // The file wins: the servers' password is refused by the proxy itself,
+    // before any backend connection.
+    let (code, _) = login_error(&proxy, MASTER_USER)?;
+    check(code == 1045, format!("file account wins: {code}"))?;
+    let (code, _) = login_error(&proxy, (SLAVE_USER.0, "wrong"))?;
+    check(
+        code == 1045,
+        format!("wrong password of a loaded account: {code}"),
+    )?;
+    // A user created on the primary now logs in on the next refresh, which
+    // an unknown user's login triggers.
+    env.topology().primary.sql(
+        "CREATE USER 'newcomer'@'%' IDENTIFIED BY 'newpass';
+         GRANT SELECT ON app.* TO 'newcomer'@'%';",
+    );
+    env.topology().sync_replicas().map_err(fail)?;
+    // Unknown-user refreshes are rate-limited (min_refresh_ms = 200).
+    std::thread::sleep(Duration::from_millis(250));
+    let result: TestResult = (|| {
+        // It has no pool in the settings: the policy refuses it by name,
+        // which shows the proxy verified its password.
+        let (code, msg) = login_error(&proxy, ("newcomer", "newpass"))?;
+        check(
+            code == 9100 && msg.contains("newcomer"),
+            format!("{code} {msg}\n{}", proxy.log()),
+        )?;
+        let (code, _) = login_error(&proxy, ("newcomer", "wrongpass"))?;
+        check(code == 1045, format!("{code}"))?;
+        let s = status(&setup)?;
+        check(
+            s["accounts_loaded_from_primary"].as_u64() >= Some(4),
+            format!("{s}"),
+        )?;
+        Ok(())
+    })();
+    env.topology()
+        .primary
+        .sql("DROP USER 'newcomer'@'%'; DROP USER 'svc'@'%';");
+    result
 }

@@ -12,6 +12,7 @@ mod profile;
 mod relay;
 mod session;
 pub mod state;
+pub mod users;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub throttle: limits::Throttle,
     /// Sessions per user.
     pub user_sessions: Arc<limits::UserSessions>,
+    /// Accounts loaded from the primary.
+    pub loaded_users: users::LoadedUsers,
     /// What clients are greeted with.
     pub profile: profile::ProfileCell,
     config_path: Option<PathBuf>,
@@ -76,6 +79,7 @@ impl Shared {
             metrics: Metrics::default(),
             throttle: limits::Throttle::default(),
             user_sessions: Arc::default(),
+            loaded_users: users::LoadedUsers::default(),
             profile,
             config_path,
             next_connection_id: AtomicU32::new(1),
@@ -246,6 +250,12 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             checker.round(&state.pools, &state.config.health, state.monitor.as_ref()),
         )
         .await;
+        if state.config.users.from_backend().is_some() {
+            shared
+                .loaded_users
+                .refresh_if_due(&state, Duration::ZERO)
+                .await;
+        }
     });
     let mut workers = Vec::with_capacity(threads);
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -290,6 +300,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
         ));
         background.spawn(reload_on_sighup(Arc::clone(&shared)));
         background.spawn(watch_policy_file(Arc::clone(&shared)));
+        background.spawn(users::refresh_loop(Arc::clone(&shared)));
         background.spawn(watchdog(Arc::clone(&shared)));
         background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
         if let Some(listener) = admin_listener {

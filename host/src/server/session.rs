@@ -266,7 +266,23 @@ async fn authenticate(
     };
     let host = peer.ip().to_string();
     let user = response.username.as_str();
-    let verified = match state.users.get(user) {
+    let stored = match state.users.get(user) {
+        Some(h) => Some(h.clone()),
+        None => match state.config.users.from_backend() {
+            Some(t) => match shared.loaded_users.get(user) {
+                Some(h) => Some(h),
+                // Perhaps created since the last refresh: read the accounts
+                // again (at most every `min_refresh_ms`) and look again.
+                None => {
+                    let min = std::time::Duration::from_millis(t.min_refresh_ms);
+                    shared.loaded_users.refresh_if_due(state, min).await;
+                    shared.loaded_users.get(user)
+                }
+            },
+            None => None,
+        },
+    };
+    let verified = match &stored {
         Some(stored) => auth::verify_native(stored, nonce, &auth_data),
         None => {
             auth::verify_unknown_user(nonce, &auth_data);

@@ -45,6 +45,7 @@ impl State {
     ) -> anyhow::Result<Self> {
         let users = config
             .users
+            .accounts()
             .iter()
             .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
             .collect();
