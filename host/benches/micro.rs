@@ -113,6 +113,20 @@ fn policy(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let mut reuse = config.policy.clone();
+    reuse.instances = switchyard::config::Instances::Reuse;
+    let pools = Arc::new(Pools::from_config(
+        &config,
+        &switchyard::pool::Registry::default(),
+    ));
+    let reused = Policy::load(&reuse, pools).unwrap();
+    c.bench_function("policy route (reused instance, default policy)", |b| {
+        b.iter(|| {
+            reused
+                .route_blocking("mysqlslave", Some("app"), &client)
+                .unwrap()
+        })
+    });
 }
 
 criterion_group!(benches, codec, auth, policy);

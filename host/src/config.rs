@@ -448,6 +448,29 @@ pub struct PolicyConfig {
     /// swap).
     #[serde(default)]
     pub selftest: Vec<SelfTest>,
+    /// `"fresh"`: a new instance per call (full isolation between logins);
+    /// `"reuse"`: a small pool of instances, each used for up to
+    /// `reuse_calls` calls and dropped after any trap (for guests whose
+    /// runtime is slow to start: Python, JavaScript, Go); `"auto"`: reuse
+    /// when one instantiation takes over 250 µs. Default `"auto"`.
+    #[serde(default)]
+    pub instances: Instances,
+    /// Calls one reused instance serves before it is replaced. Default 1000.
+    #[serde(default = "default_reuse_calls")]
+    pub reuse_calls: u32,
+}
+
+/// How policy instances are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// Decide by the cost of an instantiation.
+    #[default]
+    Auto,
+    /// A fresh instance per call.
+    Fresh,
+    /// Reused instances.
+    Reuse,
 }
 
 /// One self-test case of a policy.
@@ -551,6 +574,9 @@ fn default_users_refresh_ms() -> u64 {
 }
 fn default_users_min_refresh_ms() -> u64 {
     5_000
+}
+fn default_reuse_calls() -> u32 {
+    1000
 }
 fn default_on_error() -> Spanned<String> {
     Spanned::new(0..0, "refuse".into())

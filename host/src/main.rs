@@ -173,6 +173,15 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
                 started.elapsed().as_millis(),
                 policy.origin().as_str()
             );
+            println!(
+                "instance: {} µs to instantiate; {} per call",
+                policy.instantiation_time().as_micros(),
+                if policy.reuses_instances() {
+                    "instances reused"
+                } else {
+                    "a fresh instance"
+                }
+            );
             println!("exports:  route (switchyard:policy/router)");
             for import in policy.imports() {
                 println!("imports:  {import}");

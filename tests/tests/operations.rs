@@ -1279,7 +1279,8 @@ fn hostile_policies_reroute_per_on_error(env: &Env) -> TestResult {
     setup.top = names.iter().map(|n| user(n)).collect::<String>();
     let config = setup.config().replace(
         "module = \"{policy}\"",
-        "module = \"{misbehave}\"\non_error = \"pool:master\"\ntimeout_ms = 200",
+        "module = \"{misbehave}\"\non_error = \"pool:master\"\ntimeout_ms = 200\n\
+             instances = \"reuse\"\nreuse_calls = 3",
     );
     // [[users]] tables must come after the top-level keys: move them.
     let proxy = Proxy::start(&config).map_err(fail)?;
@@ -1293,6 +1294,15 @@ fn hostile_policies_reroute_per_on_error(env: &Env) -> TestResult {
     proxy
         .wait_for_log("per on_error", Duration::from_secs(1))
         .map_err(fail)?;
+    proxy
+        .wait_for_log("instances=\"reuse\"", Duration::from_secs(1))
+        .map_err(fail)?;
+    // Instances that trapped are never reused: each hostile login traps
+    // again, on a fresh instance, and is rerouted again.
+    for n in names {
+        let ids = login_ids(&proxy, (n, MASTER_USER.1), 1)?;
+        check(ids == [PRIMARY_ID], format!("{n} again: {ids:?}"))?;
+    }
     // Others are served as usual meanwhile.
     check(
         login_ids(&proxy, SLAVE_USER, 2)?
@@ -1302,7 +1312,7 @@ fn hostile_policies_reroute_per_on_error(env: &Env) -> TestResult {
     )?;
     let m = metrics(&setup)?;
     check(
-        m.get("switchyard_policy_errors_total") == Some(&4.0),
+        m.get("switchyard_policy_errors_total") == Some(&8.0),
         format!("{m:?}"),
     )
 }

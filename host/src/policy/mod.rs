@@ -28,7 +28,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::{PolicyConfig, SelfTest};
+use crate::config::{Instances, PolicyConfig, SelfTest};
 use crate::pool::Pools;
 use bindings::{Level, PoolStatus, Router, RouterPre};
 use ticker::EpochTicker;
@@ -373,6 +373,17 @@ fn store_cache_file(path: &Path, component: &Component) {
     }
 }
 
+/// An instantiation slower than this makes `instances = "auto"` reuse
+/// instances.
+const REUSE_ABOVE: Duration = Duration::from_micros(250);
+
+/// An instance kept for further calls.
+struct Reusable {
+    store: Store<CallState>,
+    router: Router,
+    calls: u32,
+}
+
 /// A loaded routing policy, ready to be called.
 pub struct Policy {
     engine: Arc<PolicyEngine>,
@@ -382,6 +393,10 @@ pub struct Policy {
     hash: String,
     origin: Origin,
     imports: Vec<String>,
+    /// `Some(max calls per instance)` when instances are reused.
+    reuse: Option<u32>,
+    idle: Mutex<Vec<Reusable>>,
+    instantiation: Duration,
 }
 
 impl std::fmt::Debug for Policy {
@@ -446,7 +461,7 @@ impl Policy {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        Ok(Self {
+        let mut policy = Self {
             engine,
             pre,
             shared: Arc::new(Shared {
@@ -458,7 +473,59 @@ impl Policy {
             hash,
             origin,
             imports,
-        })
+            reuse: None,
+            idle: Mutex::new(Vec::new()),
+            instantiation: Duration::ZERO,
+        };
+        policy.instantiation = policy.time_instantiation();
+        policy.reuse = match config.instances {
+            Instances::Fresh => None,
+            Instances::Reuse => Some(config.reuse_calls.max(1)),
+            Instances::Auto => {
+                (policy.instantiation > REUSE_ABOVE).then_some(config.reuse_calls.max(1))
+            }
+        };
+        Ok(policy)
+    }
+
+    /// The fastest of three instantiations (each in a new store, as a
+    /// fresh-instance call does it).
+    fn time_instantiation(&self) -> Duration {
+        (0..3)
+            .filter_map(|_| {
+                let started = Instant::now();
+                let mut store = self.new_store();
+                self.pre.instantiate(&mut store).ok()?;
+                Some(started.elapsed())
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// How long one instantiation takes (measured at load).
+    pub fn instantiation_time(&self) -> Duration {
+        self.instantiation
+    }
+
+    /// Whether instances are reused between calls.
+    pub fn reuses_instances(&self) -> bool {
+        self.reuse.is_some()
+    }
+
+    fn new_store(&self) -> Store<CallState> {
+        let state = CallState {
+            wasi: empty_wasi(),
+            table: ResourceTable::new(),
+            limits: Limits {
+                memory: self.engine.memory_limit,
+                peak: 0,
+            },
+            shared: Arc::clone(&self.shared),
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
     }
 
     /// The same compiled policy with `config`'s settings and new `pools`
@@ -477,6 +544,9 @@ impl Policy {
             hash: self.hash.clone(),
             origin: Origin::Memory,
             imports: self.imports.clone(),
+            reuse: self.reuse,
+            idle: Mutex::new(Vec::new()),
+            instantiation: self.instantiation,
         }
     }
 
@@ -578,45 +648,79 @@ impl Policy {
         client_addr: &str,
     ) -> (Result<String, RouteError>, CallCost) {
         let started = Instant::now();
-        let state = CallState {
-            wasi: empty_wasi(),
-            table: ResourceTable::new(),
-            limits: Limits {
-                memory: self.engine.memory_limit,
-                peak: 0,
-            },
-            shared: Arc::clone(&self.shared),
-            log_lines: 0,
-        };
-        let mut store = Store::new(&self.engine.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.timeout_ticks);
-        let result = {
-            let _ticking = self.engine.ticker.running();
-            self.call(&mut store, user, db, client_addr)
+        let (result, peak_memory) = match self.reuse {
+            None => {
+                let mut store = self.new_store();
+                store.set_epoch_deadline(self.timeout_ticks);
+                let result = {
+                    let _ticking = self.engine.ticker.running();
+                    self.pre
+                        .instantiate(&mut store)
+                        .map_err(failed)
+                        .and_then(|router| self.call(&router, &mut store, user, db, client_addr))
+                };
+                (result, store.data().limits.peak)
+            }
+            Some(max_calls) => self.call_reused(max_calls, user, db, client_addr),
         };
         let cost = CallCost {
             duration: started.elapsed(),
-            peak_memory: store.data().limits.peak,
+            peak_memory,
         };
         (result, cost)
     }
 
+    /// A call on a kept instance (or a new one, kept afterwards unless it
+    /// trapped or reached `max_calls`).
+    fn call_reused(
+        &self,
+        max_calls: u32,
+        user: &str,
+        db: Option<&str>,
+        client_addr: &str,
+    ) -> (Result<String, RouteError>, usize) {
+        let _ticking = self.engine.ticker.running();
+        let kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match kept {
+            Some(i) => i,
+            None => {
+                let mut store = self.new_store();
+                store.set_epoch_deadline(self.timeout_ticks);
+                match self.pre.instantiate(&mut store) {
+                    Ok(router) => Reusable {
+                        store,
+                        router,
+                        calls: 0,
+                    },
+                    Err(e) => return (Err(failed(e)), store.data().limits.peak),
+                }
+            }
+        };
+        let data = instance.store.data_mut();
+        data.log_lines = 0;
+        instance.store.set_epoch_deadline(self.timeout_ticks);
+        let result = self.call(&instance.router, &mut instance.store, user, db, client_addr);
+        let peak = instance.store.data().limits.peak;
+        instance.calls += 1;
+        // A trap may leave the instance in any state: never reuse it.
+        let trapped = matches!(&result, Err(RouteError::Failed(_)));
+        if !trapped && instance.calls < max_calls {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(instance);
+        }
+        (result, peak)
+    }
+
     fn call(
         &self,
+        router: &Router,
         store: &mut Store<CallState>,
         user: &str,
         db: Option<&str>,
         client_addr: &str,
     ) -> Result<String, RouteError> {
-        let failed = |e: wasmtime::Error| {
-            let msg = match e.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => "did not answer in time".to_owned(),
-                _ => format!("{e:#}"),
-            };
-            RouteError::Failed(truncate(&msg, MAX_ANSWER_LEN).into_owned())
-        };
-        let router = self.pre.instantiate(&mut *store).map_err(failed)?;
         let answer = router
             .call_route(&mut *store, user, db, client_addr)
             .map_err(failed)?;
@@ -631,6 +735,15 @@ impl Policy {
             )),
         }
     }
+}
+
+/// A wasmtime error as a policy failure.
+fn failed(e: wasmtime::Error) -> RouteError {
+    let msg = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "did not answer in time".to_owned(),
+        _ => format!("{e:#}"),
+    };
+    RouteError::Failed(truncate(&msg, MAX_ANSWER_LEN).into_owned())
 }
 
 /// What one call cost.
@@ -670,7 +783,11 @@ fn check_component(engine: &Engine, component: &Component) -> Result<Vec<String>
 }
 
 fn build_engine(config: &PolicyConfig, memory_limit: usize) -> wasmtime::Result<Engine> {
-    let slots = config.max_concurrent_calls.saturating_add(4);
+    // Room for two policies' kept instances (a swap) and calls in flight.
+    let slots = config
+        .max_concurrent_calls
+        .saturating_mul(2)
+        .saturating_add(4);
     let mut pooling = PoolingAllocationConfig::default();
     pooling
         .total_component_instances(slots)

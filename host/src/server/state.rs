@@ -137,6 +137,12 @@ pub fn load_policy(
         sha256 = policy.hash(),
         code = policy.origin().as_str(),
         load_ms = started.elapsed().as_millis() as u64,
+        instantiate_us = policy.instantiation_time().as_micros() as u64,
+        instances = if policy.reuses_instances() {
+            "reuse"
+        } else {
+            "fresh"
+        },
         "policy loaded"
     );
     Ok(policy)
