@@ -255,12 +255,27 @@ async fn handle(req: Request, shared: &Arc<Shared>) -> Response {
             if req.body.is_empty() {
                 return Response::error(400, "post the policy component's bytes");
             }
-            match shared.swap_policy(req.body, None).await {
+            match shared.swap_policy(req.body, None, None).await {
                 Ok(hash) => Response::json(200, &json!({ "ok": true, "sha256": hash })),
                 Err(e) => Response::error(400, &e),
             }
         }
-        (_, [""] | ["status"] | ["metrics"] | ["reload"] | ["policy"])
+        ("POST", ["policies", name]) => {
+            if req.body.is_empty() {
+                return Response::error(400, "post the policy component's bytes");
+            }
+            if !shared.state().named.contains_key(*name) {
+                return Response::error(404, "no such policy");
+            }
+            match shared
+                .swap_policy(req.body, None, Some((*name).to_owned()))
+                .await
+            {
+                Ok(hash) => Response::json(200, &json!({ "ok": true, "sha256": hash })),
+                Err(e) => Response::error(400, &e),
+            }
+        }
+        (_, [""] | ["status"] | ["metrics"] | ["reload"] | ["policy"] | ["policies", _])
         | (_, ["backends", _, "drain" | "undrain"]) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such endpoint"),
     }
@@ -338,6 +353,7 @@ fn status(shared: &Shared) -> Value {
         "shutting_down": shared.is_shutting_down(),
         "sessions": shared.metrics.sessions.load(std::sync::atomic::Ordering::Relaxed),
         "policy": { "name": state.policy.name(), "sha256": state.policy.hash() },
+        "policies": state.named.iter().map(|(n, p)| (n.clone(), json!({ "name": p.name(), "sha256": p.hash() }))).collect::<serde_json::Map<_, _>>(),
         "pools": pools,
         "backends": backends,
         "users": users,
@@ -450,12 +466,17 @@ fn render_metrics(shared: &Shared) -> String {
         "The routing policy in use.",
         "gauge",
     );
-    let _ = writeln!(
-        out,
-        "switchyard_policy_info{{name=\"{}\",sha256=\"{}\"}} 1",
-        label(state.policy.name()),
-        state.policy.hash()
-    );
+    let policies = std::iter::once(("", &state.policy))
+        .chain(state.named.iter().map(|(n, p)| (n.as_str(), p)));
+    for (which, p) in policies {
+        let _ = writeln!(
+            out,
+            "switchyard_policy_info{{policy=\"{}\",name=\"{}\",sha256=\"{}\"}} 1",
+            label(which),
+            label(p.name()),
+            p.hash()
+        );
+    }
     metrics::gauge(
         &mut out,
         "switchyard_uptime_seconds",

@@ -75,8 +75,15 @@ pub struct Config {
     pub users: Users,
     /// Backend pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
-    /// The routing policy.
+    /// The routing policy (of `listen`).
     pub policy: PolicyConfig,
+    /// More routing policies by name, for `[[listeners]]`; the same keys as
+    /// `[policy]`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// More addresses to listen on, each with its own policy.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
     /// Background health checks of the backends.
     #[serde(default)]
     pub health: HealthConfig,
@@ -184,6 +191,17 @@ pub struct UsersTable {
     /// Accounts from the file; they win over loaded ones.
     #[serde(default)]
     pub accounts: Vec<UserConfig>,
+}
+
+/// One more listening address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address.
+    pub listen: Spanned<SocketAddr>,
+    /// The `[policies.<name>]` its logins are routed by. Default: `[policy]`.
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
 }
 
 /// Background health checks.
@@ -743,30 +761,25 @@ impl Config {
                 }
             }
         }
-        let on_error = &self.policy.on_error;
-        match self.policy.on_error_pool() {
-            Some(pool) if !self.pools.contains_key(pool) => {
-                return Err((
-                    Some(on_error.span()),
-                    format!("on_error names pool '{pool}', which is not configured"),
-                ));
-            }
-            Some(_) => {}
-            None if on_error.get_ref() == "refuse" => {}
-            None => {
-                return Err((
-                    Some(on_error.span()),
-                    "on_error must be \"refuse\" or \"pool:<name>\"".into(),
-                ));
-            }
+        for policy in std::iter::once(&self.policy).chain(self.policies.values()) {
+            self.validate_policy(policy)?;
         }
-        for case in &self.policy.selftest {
-            if case.expect != "refuse" && !case.expect.starts_with("pool:") {
+        let mut addrs = HashSet::from([self.listen]);
+        for l in &self.listeners {
+            if !addrs.insert(*l.listen.get_ref()) {
                 return Err((
-                    Some(self.policy.module.span()),
+                    Some(l.listen.span()),
+                    format!("{} is listened on twice", l.listen.get_ref()),
+                ));
+            }
+            if let Some(name) = &l.policy
+                && !self.policies.contains_key(name.get_ref())
+            {
+                return Err((
+                    Some(name.span()),
                     format!(
-                        "selftest for user '{}': expect must be \"refuse\" or \"pool:<name>\"",
-                        case.user
+                        "listener policy '{}' is not a [policies.<name>] table",
+                        name.get_ref()
                     ),
                 ));
             }
@@ -809,12 +822,6 @@ impl Config {
         if self.max_connections == 0 {
             return Err((None, "max_connections must be at least 1".into()));
         }
-        if self.policy.timeout_ms == 0 || self.policy.max_concurrent_calls == 0 {
-            return Err((
-                Some(self.policy.module.span()),
-                "policy timeout_ms and max_concurrent_calls must be at least 1".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -828,6 +835,65 @@ impl Config {
     /// [`Config::login_timeout_ms`] as a duration.
     pub fn login_timeout(&self) -> Duration {
         Duration::from_millis(self.login_timeout_ms)
+    }
+
+    fn validate_policy(
+        &self,
+        policy: &PolicyConfig,
+    ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let on_error = &policy.on_error;
+        match policy.on_error_pool() {
+            Some(pool) if !self.pools.contains_key(pool) => {
+                return Err((
+                    Some(on_error.span()),
+                    format!("on_error names pool '{pool}', which is not configured"),
+                ));
+            }
+            Some(_) => {}
+            None if on_error.get_ref() == "refuse" => {}
+            None => {
+                return Err((
+                    Some(on_error.span()),
+                    "on_error must be \"refuse\" or \"pool:<name>\"".into(),
+                ));
+            }
+        }
+        for case in &policy.selftest {
+            if case.expect != "refuse" && !case.expect.starts_with("pool:") {
+                return Err((
+                    Some(policy.module.span()),
+                    format!(
+                        "selftest for user '{}': expect must be \"refuse\" or \"pool:<name>\"",
+                        case.user
+                    ),
+                ));
+            }
+        }
+        if policy.timeout_ms == 0 || policy.max_concurrent_calls == 0 {
+            return Err((
+                Some(policy.module.span()),
+                "policy timeout_ms and max_concurrent_calls must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration of the policy called `name` (`None`: `[policy]`).
+    pub fn policy_config(&self, name: Option<&str>) -> &PolicyConfig {
+        name.and_then(|n| self.policies.get(n))
+            .unwrap_or(&self.policy)
+    }
+
+    /// Every address to listen on, with the name of its policy.
+    pub fn listen_addrs(&self) -> Vec<(SocketAddr, Option<String>)> {
+        std::iter::once((self.listen, None))
+            .chain(self.listeners.iter().map(|l| {
+                (
+                    *l.listen.get_ref(),
+                    l.policy.as_ref().map(|p| p.get_ref().clone()),
+                )
+            }))
+            .collect()
     }
 
     /// The session limit of `user`, if any.

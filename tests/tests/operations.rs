@@ -114,6 +114,10 @@ fn main() {
             "users_loaded_from_the_primary",
             users_loaded_from_the_primary,
         ),
+        (
+            "a_second_listener_routes_by_its_own_policy",
+            second_listener_own_policy,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -1408,4 +1412,66 @@ fn users_loaded_from_the_primary(env: &Env) -> TestResult {
         .primary
         .sql("DROP USER 'newcomer'@'%'; DROP USER 'svc'@'%';");
     result
+}
+
+fn second_listener_own_policy(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    let second = free_port();
+    setup.tail = format!(
+        "[policies.by-client]\nmodule = \"{{by_client}}\"\n\
+         [policies.by-client.settings]\n\"client.127.0.0.0/8\" = \"master\"\n\
+         [[listeners]]\nlisten = \"127.0.0.1:{second}\"\npolicy = \"by-client\"\n"
+    );
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    let on = |port: u16| -> Result<Vec<u32>, Failed> {
+        block_on(async {
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let mut c = Conn::new(opts(port, SLAVE_USER, None))
+                    .await
+                    .map_err(fail)?;
+                ids.push(server_id(&mut c).await?);
+                c.disconnect().await.map_err(fail)?;
+            }
+            Ok(ids)
+        })
+    };
+    let main = on(proxy.port)?;
+    check(
+        main.iter().all(|id| REPLICA_IDS.contains(id)),
+        format!("main listener, default policy: {main:?}"),
+    )?;
+    check(
+        on(second)? == [PRIMARY_ID, PRIMARY_ID],
+        "second listener routes by client address",
+    )?;
+    // Swap the second listener's policy only.
+    let default = std::fs::read(&switchyard_e2e::artifacts().default_policy).map_err(fail)?;
+    let (code, body) = http(
+        setup.admin(),
+        "POST",
+        "/policies/by-client",
+        Some(TOKEN),
+        &default,
+    )
+    .map_err(fail)?;
+    check(code == 200, format!("{code} {body}"))?;
+    // The by-client table has no user settings: the default policy now
+    // refuses mysqlslave there, while the main listener is unchanged.
+    let err = block_on(Conn::new(opts(second, SLAVE_USER, None)))
+        .err()
+        .ok_or("login on the second listener should be refused")?;
+    let (code, _, _) = server_error(err)?;
+    check(code == 9100, format!("{code}"))?;
+    check(
+        on(proxy.port)?.iter().all(|id| REPLICA_IDS.contains(id)),
+        "main listener unchanged",
+    )?;
+    let s = status(&setup)?;
+    check(
+        s["policies"]["by-client"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("posted-")),
+        format!("{s}"),
+    )
 }

@@ -156,24 +156,32 @@ impl Shared {
         self: &Arc<Self>,
         bytes: Vec<u8>,
         name: Option<PathBuf>,
+        which: Option<String>,
     ) -> Result<String, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let this = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || {
             let current = this.state();
+            if let Some(w) = &which
+                && !current.named.contains_key(w)
+            {
+                return Err(format!("no policy is called '{w}'"));
+            }
+            let config = current.config.policy_config(which.as_deref());
             let name = name.unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "posted-{}.wasm",
                     &crate::policy::sha256_hex(&bytes)[..12]
                 ))
             });
-            let policy = state::load_policy(&bytes, &name, &current.config, &current.pools)
+            let policy = state::load_policy(&bytes, &name, config, &current.pools)
                 .map_err(|e| format!("{e:#}"))?;
             policy
-                .self_test(&current.config.policy.selftest)
+                .self_test(&config.selftest)
                 .map_err(|e| format!("policy {}: {e}", policy.name()))?;
             let hash = policy.hash().to_owned();
-            this.state.store(Arc::new(current.with_policy(policy)));
+            this.state
+                .store(Arc::new(current.with_policy(which.as_deref(), policy)));
             Ok(hash)
         })
         .await
@@ -228,9 +236,16 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
     let initial = shared.state();
     let limit = Arc::new(Semaphore::new(initial.config.max_connections));
     let threads = shared.heartbeats.len();
-    // Bind every socket here, so that a taken address fails the start.
+    // Bind every socket here, so that a taken address fails the start: per
+    // worker, one socket per listening address.
+    let addrs = initial.config.listen_addrs();
     let sockets = (0..threads)
-        .map(|_| bind(initial.config.listen))
+        .map(|_| {
+            addrs
+                .iter()
+                .map(|(addr, policy)| Ok((bind(*addr)?, policy.clone())))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
         .collect::<std::io::Result<Vec<_>>>()?;
     let admin_listener = match &initial.config.admin {
         Some(a) => Some(std::net::TcpListener::bind(*a.listen.get_ref())?),
@@ -267,13 +282,22 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
-                    let listener = socket.listen(1024)?;
-                    tokio::spawn(heartbeat(Arc::clone(&shared), i));
-                    tokio::select! {
-                        _ = accept_loop(&listener, &shared, &limit) => {}
-                        _ = stop.wait_for(|stop| *stop) => {}
+                    let mut accepting = tokio::task::JoinSet::new();
+                    for (socket, policy) in socket {
+                        let listener = socket.listen(1024)?;
+                        let policy: Option<Arc<str>> = policy.map(Into::into);
+                        accepting.spawn(accept_loop(
+                            listener,
+                            Arc::clone(&shared),
+                            Arc::clone(&limit),
+                            policy,
+                        ));
                     }
-                    drop(listener);
+                    tokio::spawn(heartbeat(Arc::clone(&shared), i));
+                    let _ = stop.wait_for(|stop| *stop).await;
+                    // Closes the listeners.
+                    accepting.abort_all();
+                    while accepting.join_next().await.is_some() {}
                     drain(&shared).await;
                     std::io::Result::Ok(())
                 })?;
@@ -299,7 +323,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             Arc::clone(&shared.health_wake),
         ));
         background.spawn(reload_on_sighup(Arc::clone(&shared)));
-        background.spawn(watch_policy_file(Arc::clone(&shared)));
+        background.spawn(watch_policy_files(Arc::clone(&shared)));
         background.spawn(users::refresh_loop(Arc::clone(&shared)));
         background.spawn(watchdog(Arc::clone(&shared)));
         background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
@@ -312,7 +336,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
             }
         }
         info!(
-            listen = %state.config.listen,
+            listen = ?state.config.listen_addrs().iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
             admin = ?state.config.admin.as_ref().map(|a| *a.listen.get_ref()),
             policy = state.policy.name(),
             threads,
@@ -397,48 +421,56 @@ async fn watchdog(shared: Arc<Shared>) {
     }
 }
 
-/// Swaps in the policy module again whenever its file changes (checked
-/// every 250 ms by size, modification time and, on a change, content), if
-/// `[policy] watch` is on.
-async fn watch_policy_file(shared: Arc<Shared>) {
-    let stamp = |path: &std::path::Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
+/// Swaps in a policy module again whenever its file changes (checked every
+/// 250 ms by size, modification time and, on a change, content), for every
+/// policy whose `watch` is on.
+async fn watch_policy_files(shared: Arc<Shared>) {
+    type Stamp = (PathBuf, Option<(u64, Option<std::time::SystemTime>)>);
+    let stamp = |path: &std::path::Path| -> Stamp {
+        (
+            path.to_owned(),
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok())),
+        )
     };
-    let mut seen = {
+    let mut seen: std::collections::HashMap<Option<String>, Stamp> = Default::default();
+    {
         let state = shared.state();
-        let path = state.config.policy.module.get_ref().clone();
-        (path.clone(), stamp(&path))
-    };
+        for name in std::iter::once(None).chain(state.named.keys().cloned().map(Some)) {
+            let path = state.config.policy_config(name.as_deref()).module.get_ref();
+            seen.insert(name, stamp(path));
+        }
+    }
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let state = shared.state();
-        if !state.config.policy.watch {
-            continue;
+        for name in std::iter::once(None).chain(state.named.keys().cloned().map(Some)) {
+            let config = state.config.policy_config(name.as_deref());
+            let path = config.module.get_ref().clone();
+            let now = stamp(&path);
+            if !config.watch || seen.get(&name) == Some(&now) || now.1.is_none() {
+                seen.insert(name, now);
+                continue;
+            }
+            // A writer may still be writing: read once it has settled.
+            // (Write a new file and rename it over the old one to swap
+            // atomically.)
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen.insert(name.clone(), stamp(&path));
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(path)).await
+            };
+            let Ok(Ok(bytes)) = read else {
+                continue;
+            };
+            if crate::policy::sha256_hex(&bytes) == state.policy_named(name.as_deref()).hash() {
+                continue;
+            }
+            info!(module = %path.display(), "policy module changed on disk; swapping it in");
+            let _ = shared.swap_policy(bytes, Some(path), name).await;
         }
-        let path = state.config.policy.module.get_ref().clone();
-        let now = (path.clone(), stamp(&path));
-        if now == seen || now.1.is_none() {
-            continue;
-        }
-        seen = now;
-        // A writer may still be writing: read once it has settled. (Write a
-        // new file and rename it over the old one to swap atomically.)
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen.1 = stamp(&path);
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(path)).await
-        };
-        let Ok(Ok(bytes)) = read else {
-            continue;
-        };
-        if crate::policy::sha256_hex(&bytes) == state.policy.hash() {
-            continue;
-        }
-        info!(module = %path.display(), "policy module changed on disk; swapping it in");
-        let _ = shared.swap_policy(bytes, Some(path)).await;
     }
 }
 
@@ -483,7 +515,14 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<Semaphore>) {
+/// Accepts clients on `listener`, whose logins use the policy `policy`
+/// (`None`: the one of `listen`).
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    policy: Option<Arc<str>>,
+) {
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -501,12 +540,13 @@ async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, limit: &Arc<S
             tokio::spawn(refuse(socket, host_blocked(&peer.ip().to_string(), left)));
             continue;
         }
-        match Arc::clone(limit).try_acquire_owned() {
+        match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => {
-                let shared = Arc::clone(shared);
+                let shared = Arc::clone(&shared);
+                let policy = policy.clone();
                 tokio::spawn(async move {
                     let _gauge = SessionGauge::new(&shared.metrics);
-                    session::serve(socket, peer, &shared).await;
+                    session::serve(socket, peer, &shared, policy.as_deref()).await;
                     drop(permit);
                 });
             }

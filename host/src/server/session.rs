@@ -76,7 +76,12 @@ struct Authenticated {
 }
 
 /// Serves one client connection to its end.
-pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+pub(super) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    policy: Option<&str>,
+) {
     let span = info_span!(
         "session",
         client = %peer,
@@ -90,8 +95,11 @@ pub(super) async fn serve(socket: TcpStream, peer: SocketAddr, shared: &Arc<Shar
         let metrics = &shared.metrics;
         let deadline = Deadline::now() + state.config.login_timeout();
         let mut client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
-        let outcome =
-            timeout_at(deadline, login(&mut client, peer, shared, &state, deadline)).await;
+        let outcome = timeout_at(
+            deadline,
+            login(&mut client, peer, shared, &state, policy, deadline),
+        )
+        .await;
         let established = match outcome {
             Ok(Ok(e)) => e,
             Ok(Err(LoginError::Deny {
@@ -167,6 +175,7 @@ async fn login(
     peer: SocketAddr,
     shared: &Shared,
     state: &State,
+    policy: Option<&str>,
     deadline: Deadline,
 ) -> Result<Established, LoginError> {
     let nonce = auth::generate_nonce();
@@ -187,7 +196,7 @@ async fn login(
                 format!("user '{user}' has {limit} sessions already"),
             )
         })?;
-    let pool = route(shared, state, &auth, peer).await?;
+    let pool = route(shared, state, policy, &auth, peer).await?;
     span.record("pool", pool.name.as_str());
     let (lease, backend) = open_backend(&pool, &auth, &profile, state, deadline).await?;
     span.record("backend", field::display(lease.backend().addr));
@@ -328,13 +337,14 @@ async fn authenticate(
 async fn route(
     shared: &Shared,
     state: &State,
+    policy_name: Option<&str>,
     auth: &Authenticated,
     peer: SocketAddr,
 ) -> Result<Arc<Pool>, LoginError> {
     let user = auth.response.username.as_str();
     let db = auth.response.database.as_deref();
     let seq = auth.next_seq;
-    let policy = &state.policy;
+    let policy = state.policy_named(policy_name);
     let metrics = &shared.metrics;
     let started = Instant::now();
     let answer = policy.route(user, db, &peer.to_string()).await;
@@ -347,7 +357,7 @@ async fn route(
         counted(&metrics.policy_errors);
         match state
             .config
-            .policy
+            .policy_config(policy_name)
             .on_error_pool()
             .and_then(|p| state.pools.get(p))
         {

@@ -4,14 +4,14 @@
 //! login reads the state once, at its start, so it sees one consistent
 //! configuration; established sessions keep the backend they have.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::auth::PasswordHash;
-use crate::config::Config;
+use crate::config::{Config, PolicyConfig};
 use crate::policy::{Policy, sha256_hex};
 use crate::pool::health::Monitor;
 use crate::pool::{Pools, Registry};
@@ -25,8 +25,10 @@ pub struct State {
     pub users: Arc<HashMap<String, PasswordHash>>,
     /// Backend pools.
     pub pools: Arc<Pools>,
-    /// The routing policy.
+    /// The routing policy of `listen`.
     pub policy: Arc<Policy>,
+    /// The `[policies.<name>]` of other listeners.
+    pub named: BTreeMap<String, Arc<Policy>>,
     /// The monitor account, if configured.
     pub monitor: Option<Monitor>,
     /// SHA-256 of the admin bearer token, if one is configured.
@@ -50,21 +52,12 @@ impl State {
             .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
             .collect();
         let pools = Arc::new(Pools::from_config(&config, registry));
-        let module = config.policy.module.get_ref();
-        let bytes =
-            std::fs::read(module).with_context(|| format!("policy module {}", module.display()))?;
-        let policy = match previous {
-            Some(p)
-                if p.policy.hash() == sha256_hex(&bytes)
-                    && p.policy.has_limits_of(&config.policy) =>
-            {
-                p.policy.rebind(&config.policy, Arc::clone(&pools))
-            }
-            _ => load_policy(&bytes, module, &config, &pools)?,
-        };
-        policy
-            .self_test(&config.policy.selftest)
-            .map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.name()))?;
+        let policy = build_policy(&config.policy, &pools, previous.map(|p| &p.policy))?;
+        let mut named = BTreeMap::new();
+        for (name, pc) in &config.policies {
+            let before = previous.and_then(|p| p.named.get(name));
+            named.insert(name.clone(), Arc::new(build_policy(pc, &pools, before)?));
+        }
         let monitor = config
             .monitor
             .as_ref()
@@ -83,18 +76,34 @@ impl State {
             users: Arc::new(users),
             pools,
             policy: Arc::new(policy),
+            named,
             monitor,
             admin_token,
         })
     }
 
-    /// This state with another policy (posted to the admin endpoint).
-    pub fn with_policy(&self, policy: Policy) -> Self {
+    /// The policy called `name` (`None`: the one of `listen`).
+    pub fn policy_named(&self, name: Option<&str>) -> &Arc<Policy> {
+        name.and_then(|n| self.named.get(n)).unwrap_or(&self.policy)
+    }
+
+    /// This state with policy `name` (`None`: the one of `listen`)
+    /// replaced (a swap).
+    pub fn with_policy(&self, name: Option<&str>, policy: Policy) -> Self {
+        let mut named = self.named.clone();
+        let mut main = Arc::clone(&self.policy);
+        match name {
+            Some(n) => {
+                named.insert(n.to_owned(), Arc::new(policy));
+            }
+            None => main = Arc::new(policy),
+        }
         Self {
             config: self.config.clone(),
             users: Arc::clone(&self.users),
             pools: Arc::clone(&self.pools),
-            policy: Arc::new(policy),
+            policy: main,
+            named,
             monitor: self.monitor.clone(),
             admin_token: self.admin_token,
         }
@@ -105,8 +114,8 @@ impl State {
     pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let c = &self.config;
-        if c.listen != next.listen {
-            changed.push("listen");
+        if c.listen_addrs() != next.listen_addrs() {
+            changed.push("listen / listeners");
         }
         if c.threads != next.threads {
             changed.push("threads");
@@ -122,16 +131,39 @@ impl State {
     }
 }
 
+/// The policy `config` describes: the previous one rebound to the new
+/// settings and pools when its module has not changed (and its limits
+/// neither), else loaded, and in both cases self-tested.
+fn build_policy(
+    config: &PolicyConfig,
+    pools: &Arc<Pools>,
+    previous: Option<&Arc<Policy>>,
+) -> anyhow::Result<Policy> {
+    let module = config.module.get_ref();
+    let bytes =
+        std::fs::read(module).with_context(|| format!("policy module {}", module.display()))?;
+    let policy = match previous {
+        Some(p) if p.hash() == sha256_hex(&bytes) && p.has_limits_of(config) => {
+            p.rebind(config, Arc::clone(pools))
+        }
+        _ => load_policy(&bytes, module, config, pools)?,
+    };
+    policy
+        .self_test(&config.selftest)
+        .map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.name()))?;
+    Ok(policy)
+}
+
 /// Compiles (or finds compiled) the policy `bytes` for `config`, and logs
 /// where it came from and what it took.
 pub fn load_policy(
     bytes: &[u8],
     name: &Path,
-    config: &Config,
+    config: &PolicyConfig,
     pools: &Arc<Pools>,
 ) -> anyhow::Result<Policy> {
     let started = std::time::Instant::now();
-    let policy = Policy::from_bytes(bytes, name, &config.policy, Arc::clone(pools))?;
+    let policy = Policy::from_bytes(bytes, name, config, Arc::clone(pools))?;
     tracing::info!(
         policy = policy.name(),
         sha256 = policy.hash(),
