@@ -44,16 +44,15 @@ pub fn route(
     setting: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
     let ip = parse_ip(client_addr);
-    if let (Some(ip), Some(deny)) = (ip, setting("deny")) {
-        if deny
+    if let (Some(ip), Some(deny)) = (ip, setting("deny"))
+        && deny
             .split(',')
             .filter_map(|c| parse_cidr(c.trim()))
             .any(|(net, len)| in_net(ip, net, len))
-        {
-            return Err(format!(
-                "Switchyard: clients from {client_addr} are not allowed"
-            ));
-        }
+    {
+        return Err(format!(
+            "Switchyard: clients from {client_addr} are not allowed"
+        ));
     }
     if let Some(ip) = ip {
         for len in (0..=32u32).rev() {
@@ -122,6 +121,6 @@ mod tests {
         assert!(route("u", "10.1.2.3:4", &s).is_err());
         assert!(route("u", "192.168.1.7:4", &s).is_err());
         assert_eq!(route("u", "192.168.1.8:4", &s), Ok("users".into()));
-        assert!(route("x", "1.2.3.4:5", &settings(&[])).is_err());
+        assert!(route("x", "1.2.3.4:5", settings(&[])).is_err());
     }
 }
