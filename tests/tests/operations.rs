@@ -118,6 +118,10 @@ fn main() {
             "a_second_listener_routes_by_its_own_policy",
             second_listener_own_policy,
         ),
+        (
+            "replica_fallback_policy_reads_pools",
+            replica_fallback_policy,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -1473,5 +1477,54 @@ fn second_listener_own_policy(env: &Env) -> TestResult {
             .as_str()
             .is_some_and(|n| n.starts_with("posted-")),
         format!("{s}"),
+    )
+}
+
+fn replica_fallback_policy(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = "\"fallback.replicas\" = \"master\"\n".into();
+    let config = setup
+        .config()
+        .replace("module = \"{policy}\"", "module = \"{fallback}\"");
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let (r1, r2) = {
+        let t = env.topology();
+        (t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    check(
+        login_ids(&proxy, SLAVE_USER, 2)?
+            .iter()
+            .all(|id| REPLICA_IDS.contains(id)),
+        "replicas while they are healthy",
+    )?;
+    // Drain both replicas: pools() reports no healthy backend in
+    // "replicas", and the policy sends reads to the primary.
+    let drain = |addr: std::net::SocketAddr, action: &str| {
+        http(
+            setup.admin(),
+            "POST",
+            &format!("/backends/{addr}/{action}"),
+            Some(TOKEN),
+            b"",
+        )
+        .map_err(fail)
+    };
+    drain(r1, "drain")?;
+    drain(r2, "drain")?;
+    let ids = login_ids(&proxy, SLAVE_USER, 2)?;
+    drain(r1, "undrain")?;
+    drain(r2, "undrain")?;
+    check(
+        ids == [PRIMARY_ID, PRIMARY_ID],
+        format!("fallback to the primary: {ids:?}"),
+    )?;
+    proxy
+        .wait_for_log("goes to 'master'", Duration::from_secs(1))
+        .map_err(fail)?;
+    check(
+        login_ids(&proxy, SLAVE_USER, 2)?
+            .iter()
+            .all(|id| REPLICA_IDS.contains(id)),
+        "back to the replicas",
     )
 }

@@ -147,26 +147,10 @@ pub async fn relay(
         };
 
         let idle = async {
-            let Some(timeout) = options.idle_timeout else {
-                return std::future::pending().await;
-            };
-            // Four looks per timeout: a session is closed between 1 and 1.25
-            // timeouts after its last traffic.
-            let tick = timeout / 4;
-            let mut quiet = 0;
-            let mut seen = moves.load(Ordering::Relaxed);
-            loop {
-                tokio::time::sleep(tick).await;
-                let now = moves.load(Ordering::Relaxed);
-                if now != seen || awaiting_answer.load(Ordering::Relaxed) {
-                    seen = now;
-                    quiet = 0;
-                } else {
-                    quiet += 1;
-                    if quiet >= 4 {
-                        return;
-                    }
-                }
+            match options.idle_timeout {
+                // Boxed: only sessions with an idle timeout pay for its timer.
+                Some(timeout) => Box::pin(idle_watch(timeout, &moves, &awaiting_answer)).await,
+                None => std::future::pending().await,
             }
         };
 
@@ -198,6 +182,28 @@ pub async fn relay(
         from_client: from_client.load(Ordering::Relaxed),
         to_client: to_client.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// Completes once a session has had no traffic for `timeout` while no
+/// command waited for its answer. It looks four times per timeout, so a
+/// session is closed between 1 and 1.25 timeouts after its last traffic.
+async fn idle_watch(timeout: Duration, moves: &AtomicU64, awaiting_answer: &AtomicBool) {
+    let tick = timeout / 4;
+    let mut quiet = 0;
+    let mut seen = moves.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = moves.load(Ordering::Relaxed);
+        if now != seen || awaiting_answer.load(Ordering::Relaxed) {
+            seen = now;
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet >= 4 {
+                return;
+            }
+        }
     }
 }
 

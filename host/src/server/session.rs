@@ -91,64 +91,25 @@ pub(super) async fn serve(
     );
     async move {
         let started = Instant::now();
-        let state = shared.state();
-        let metrics = &shared.metrics;
-        let deadline = Deadline::now() + state.config.login_timeout();
-        let mut client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
-        let outcome = timeout_at(
-            deadline,
-            login(&mut client, peer, shared, &state, policy, deadline),
-        )
-        .await;
-        let established = match outcome {
-            Ok(Ok(e)) => e,
-            Ok(Err(LoginError::Deny {
-                err,
-                seq,
-                outcome,
-                reason,
-            })) => {
-                metrics.login(outcome);
-                warn!(code = err.code, "login refused: {reason}");
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    client.write(seq, &err.encode()),
-                )
-                .await;
-                return;
-            }
-            Ok(Err(LoginError::Close(reason))) => {
-                metrics.login(Outcome::Abandoned);
-                warn!("login abandoned: {reason}");
-                return;
-            }
-            Err(_) => {
-                metrics.login(Outcome::Timeout);
-                warn!("login timed out; closing");
-                return;
-            }
+        // Boxed: the login's state is freed once it is over, so that an
+        // idle session's task holds only the relay's.
+        let Some(ready) = Box::pin(log_in(socket, peer, shared, policy, started)).await else {
+            return;
         };
-        metrics.login(Outcome::Ok);
-        metrics.login_latency.observe(started.elapsed());
-        let Established {
-            backend,
+        let Ready {
+            client_tcp,
+            client_rest,
+            backend_tcp,
+            backend_rest,
             lease,
-            _user,
-        } = established;
-        let (client_tcp, client_rest) = client.into_parts();
-        let (backend_tcp, backend_rest) = backend.stream.into_parts();
-        // Nothing of the login is kept while the session relays.
-        drop((backend.greeting, backend.ok));
+            user,
+            idle_timeout,
+        } = ready;
+        let metrics = &shared.metrics;
         let options = relay::Options {
-            idle_timeout: match state.config.idle_timeout_ms {
-                0 => None,
-                ms => Some(std::time::Duration::from_millis(ms)),
-            },
+            idle_timeout,
             metrics,
         };
-        // The session does not hold the state it logged in with: a reload
-        // frees what it replaced.
-        drop(state);
         let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
         if stats.end == relay::IDLE_END {
             metrics
@@ -157,7 +118,7 @@ pub(super) async fn serve(
         }
         // The backend and the user count this session until the relay is
         // over.
-        drop((lease, _user));
+        drop((lease, user));
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_from_client = stats.from_client,
@@ -168,6 +129,88 @@ pub(super) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// A logged-in session, ready to relay.
+struct Ready {
+    client_tcp: TcpStream,
+    client_rest: bytes::BytesMut,
+    backend_tcp: TcpStream,
+    backend_rest: bytes::BytesMut,
+    lease: BackendLease,
+    user: UserClaim,
+    idle_timeout: Option<std::time::Duration>,
+}
+
+/// Runs the login under its deadline and answers a refusal; `None` when the
+/// session is over.
+async fn log_in(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    policy: Option<&str>,
+    started: Instant,
+) -> Option<Ready> {
+    let state = shared.state();
+    let metrics = &shared.metrics;
+    let deadline = Deadline::now() + state.config.login_timeout();
+    let mut client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
+    let outcome = timeout_at(
+        deadline,
+        login(&mut client, peer, shared, &state, policy, deadline),
+    )
+    .await;
+    let established = match outcome {
+        Ok(Ok(e)) => e,
+        Ok(Err(LoginError::Deny {
+            err,
+            seq,
+            outcome,
+            reason,
+        })) => {
+            metrics.login(outcome);
+            warn!(code = err.code, "login refused: {reason}");
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                client.write(seq, &err.encode()),
+            )
+            .await;
+            return None;
+        }
+        Ok(Err(LoginError::Close(reason))) => {
+            metrics.login(Outcome::Abandoned);
+            warn!("login abandoned: {reason}");
+            return None;
+        }
+        Err(_) => {
+            metrics.login(Outcome::Timeout);
+            warn!("login timed out; closing");
+            return None;
+        }
+    };
+    metrics.login(Outcome::Ok);
+    metrics.login_latency.observe(started.elapsed());
+    let Established {
+        backend,
+        lease,
+        _user,
+    } = established;
+    let (client_tcp, client_rest) = client.into_parts();
+    let (backend_tcp, backend_rest) = backend.stream.into_parts();
+    // Nothing of the login is kept while the session relays, not even the
+    // state it logged in with (a reload frees what it replaced).
+    Some(Ready {
+        client_tcp,
+        client_rest,
+        backend_tcp,
+        backend_rest,
+        lease,
+        user: _user,
+        idle_timeout: match state.config.idle_timeout_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        },
+    })
 }
 
 async fn login(
@@ -284,7 +327,9 @@ async fn authenticate(
                 // again (at most every `min_refresh_ms`) and look again.
                 None => {
                     let min = std::time::Duration::from_millis(t.min_refresh_ms);
-                    shared.loaded_users.refresh_if_due(state, min).await;
+                    // Boxed: a rare path whose large future would otherwise
+                    // size every session's task.
+                    Box::pin(shared.loaded_users.refresh_if_due(state, min)).await;
                     shared.loaded_users.get(user)
                 }
             },
