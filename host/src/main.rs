@@ -82,6 +82,10 @@ enum PolicyCommand {
         /// A Switchyard config whose `[policy]` limits and settings to use.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Make this many calls and report the median time too (with
+        /// reused instances, the cost of a call after the first).
+        #[arg(long, default_value_t = 1)]
+        calls: u32,
     },
 }
 
@@ -174,12 +178,12 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
                 policy.origin().as_str()
             );
             println!(
-                "instance: {} µs to instantiate; {} per call",
+                "instance: {} µs to instantiate; {}",
                 policy.instantiation_time().as_micros(),
                 if policy.reuses_instances() {
-                    "instances reused"
+                    "instances are reused"
                 } else {
-                    "a fresh instance"
+                    "a fresh instance per call"
                 }
             );
             println!("exports:  route (switchyard:policy/router)");
@@ -199,6 +203,7 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
             settings,
             pools_json,
             config,
+            calls,
         } => {
             let (mut policy_config, config) = policy_config(&file, config.as_ref())?;
             for kv in settings {
@@ -239,6 +244,28 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
             }
             println!("time:    {} µs", cost.duration.as_micros());
             println!("memory:  {} KiB", cost.peak_memory / 1024);
+            if calls > 1 {
+                let mut times: Vec<u128> = (1..calls)
+                    .map(|_| {
+                        policy
+                            .route_measured(&user, db.as_deref(), &client)
+                            .1
+                            .duration
+                            .as_micros()
+                    })
+                    .collect();
+                times.sort_unstable();
+                println!(
+                    "median:  {} µs over {} more calls ({})",
+                    times[times.len() / 2],
+                    times.len(),
+                    if policy.reuses_instances() {
+                        "reused instances"
+                    } else {
+                        "fresh instances"
+                    }
+                );
+            }
             match answer {
                 Err(switchyard::policy::RouteError::Failed(_)) => {
                     anyhow::bail!("the policy failed")

@@ -414,6 +414,8 @@ pub struct Artifacts {
     pub fallback_policy: PathBuf,
     /// A component with a forbidden import.
     pub forbidden_policy: PathBuf,
+    /// The Python example policy (built by `scripts/test.sh`).
+    pub python_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -460,6 +462,7 @@ pub fn artifacts() -> &'static Artifacts {
             by_client_policy: target.join("wasm32-wasip2/release/by_client_policy.wasm"),
             fallback_policy: target.join("wasm32-wasip2/release/replica_fallback_policy.wasm"),
             forbidden_policy: target.join("wasm32-wasip2/release/forbidden_policy.wasm"),
+            python_policy: target.join("examples/python_policy.wasm"),
         }
     })
 }
@@ -651,6 +654,7 @@ fn fill_config(config: &str, port: u16) -> String {
             "{fallback}",
             &artifacts().fallback_policy.display().to_string(),
         )
+        .replace("{python}", &artifacts().python_policy.display().to_string())
 }
 
 /// One HTTP/1.1 request over loopback (for the admin endpoint): the status

@@ -122,6 +122,7 @@ fn main() {
             "replica_fallback_policy_reads_pools",
             replica_fallback_policy,
         ),
+        ("python_policy_routes_real_logins", python_policy),
     ];
     let trials = tests
         .into_iter()
@@ -1527,4 +1528,52 @@ fn replica_fallback_policy(env: &Env) -> TestResult {
             .all(|id| REPLICA_IDS.contains(id)),
         "back to the replicas",
     )
+}
+
+fn python_policy(env: &Env) -> TestResult {
+    let module = &switchyard_e2e::artifacts().python_policy;
+    check(
+        module.exists(),
+        format!("{} is missing: run scripts/test.sh", module.display()),
+    )?;
+    let mut setup = Setup::new(&env.topology());
+    let second = free_port();
+    // The same module twice: for `listen`, and with loopback denied for a
+    // second listener (one compile: the engine caches it by hash).
+    setup.tail = format!(
+        "[policies.strict]\nmodule = \"{{python}}\"\nmemory_limit_mib = 64\n\
+         [policies.strict.settings]\ndeny = \"10.0.0.0/8, 127.0.0.0/8\"\n\"user.mysqlslave\" = \"replicas\"\n\
+         [[listeners]]\nlisten = \"127.0.0.1:{second}\"\npolicy = \"strict\"\n"
+    );
+    let config = setup.config().replace(
+        "module = \"{policy}\"",
+        "module = \"{python}\"\nmemory_limit_mib = 64\ntimeout_ms = 500",
+    );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let ids = login_ids(&proxy, SLAVE_USER, 4)?;
+    check(
+        ids.iter().all(|id| REPLICA_IDS.contains(id)),
+        format!("{ids:?}"),
+    )?;
+    check(
+        login_ids(&proxy, MASTER_USER, 1)? == [PRIMARY_ID],
+        "master routed by the Python policy",
+    )?;
+    let (code, msg) = login_error(&proxy, ("outsider", "outsiderpass"))?;
+    check(
+        code == 9100 && msg.contains("no pool is configured for user 'outsider'"),
+        format!("{code} {msg}"),
+    )?;
+    let err = block_on(Conn::new(opts(second, SLAVE_USER, None)))
+        .err()
+        .ok_or("the strict listener should refuse loopback clients")?;
+    let (code, _, msg) = server_error(err)?;
+    check(
+        code == 9100 && msg.contains("are not allowed"),
+        format!("{code} {msg}"),
+    )?;
+    // Its runtime is slow to start: instances are reused.
+    proxy
+        .wait_for_log("instances=\"reuse\"", Duration::from_secs(1))
+        .map_err(fail)
 }

@@ -491,12 +491,21 @@ impl Policy {
     /// The fastest of three instantiations (each in a new store, as a
     /// fresh-instance call does it).
     fn time_instantiation(&self) -> Duration {
+        let _ticking = self.engine.ticker.running();
         (0..3)
             .filter_map(|_| {
                 let started = Instant::now();
                 let mut store = self.new_store();
-                self.pre.instantiate(&mut store).ok()?;
-                Some(started.elapsed())
+                // Instantiation runs the guest's initialisers (a Python or
+                // JavaScript runtime starts here): give it the call's time.
+                store.set_epoch_deadline(self.timeout_ticks);
+                match self.pre.instantiate(&mut store) {
+                    Ok(_) => Some(started.elapsed()),
+                    Err(e) => {
+                        tracing::warn!(policy = %self.shared.name, "instantiating the policy failed: {e:#}");
+                        None
+                    }
+                }
             })
             .min()
             .unwrap_or(Duration::ZERO)
