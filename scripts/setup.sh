@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Switchyard's demo and tests need and is missing: MariaDB
-# server and client, python3 and python3-venv (Debian packages) and the
-# wasm32-wasip2 Rust target.
+# server and client, python3, python3-venv, nodejs and npm (Debian
+# packages) and the wasm32-wasip2 Rust target.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
 
@@ -21,6 +21,9 @@ command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 # The Python example policy is built with componentize-py in a virtualenv.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The JavaScript example policy is built with componentize-js from npm.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]} from Debian's packages"
     as_root apt-get update -qq

@@ -7,11 +7,15 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 PATH="$PATH:/usr/sbin"
 cargo build -q --release --target wasm32-wasip2 -p default-policy -p misbehave-policy -p by-client-policy -p replica-fallback-policy -p forbidden-policy
-# The Python example policy (componentize-py from PyPI), rebuilt when its
-# source changes.
-python_policy=target/examples/python_policy.wasm
-if [ ! -f "$python_policy" ] || [ examples/policies/python/app.py -nt "$python_policy" ]; then
-    mkdir -p target/examples
-    examples/policies/python/build.sh "$PWD/$python_policy"
-fi
+# The example policies in other languages (componentize-py from PyPI,
+# componentize-js from npm), rebuilt when their source changes.
+mkdir -p target/examples
+build_example() { # <lang> <source> <out>
+    if [ ! -f "$3" ] || [ "examples/policies/$1/$2" -nt "$3" ] \
+        || [ "examples/policies/$1/build.sh" -nt "$3" ]; then
+        "examples/policies/$1/build.sh" "$PWD/$3"
+    fi
+}
+build_example python app.py target/examples/python_policy.wasm
+build_example javascript policy.js target/examples/js_policy.wasm
 cargo test --workspace "$@"

@@ -470,7 +470,8 @@ pub struct PolicyConfig {
     /// `"reuse"`: a small pool of instances, each used for up to
     /// `reuse_calls` calls and dropped after any trap (for guests whose
     /// runtime is slow to start: Python, JavaScript, Go); `"auto"`: reuse
-    /// when one instantiation takes over 250 µs. Default `"auto"`.
+    /// when one instantiation takes over 250 µs or an instance starts with
+    /// over 1 MiB of linear memory. Default `"auto"`.
     #[serde(default)]
     pub instances: Instances,
     /// Calls one reused instance serves before it is replaced. Default 1000.

@@ -416,6 +416,8 @@ pub struct Artifacts {
     pub forbidden_policy: PathBuf,
     /// The Python example policy (built by `scripts/test.sh`).
     pub python_policy: PathBuf,
+    /// The JavaScript example policy (built by `scripts/test.sh`).
+    pub js_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -463,6 +465,7 @@ pub fn artifacts() -> &'static Artifacts {
             fallback_policy: target.join("wasm32-wasip2/release/replica_fallback_policy.wasm"),
             forbidden_policy: target.join("wasm32-wasip2/release/forbidden_policy.wasm"),
             python_policy: target.join("examples/python_policy.wasm"),
+            js_policy: target.join("examples/js_policy.wasm"),
         }
     })
 }
@@ -655,6 +658,7 @@ fn fill_config(config: &str, port: u16) -> String {
             &artifacts().fallback_policy.display().to_string(),
         )
         .replace("{python}", &artifacts().python_policy.display().to_string())
+        .replace("{javascript}", &artifacts().js_policy.display().to_string())
 }
 
 /// One HTTP/1.1 request over loopback (for the admin endpoint): the status

@@ -123,6 +123,7 @@ fn main() {
             replica_fallback_policy,
         ),
         ("python_policy_routes_real_logins", python_policy),
+        ("javascript_policy_routes_real_logins", javascript_policy),
     ];
     let trials = tests
         .into_iter()
@@ -1531,7 +1532,16 @@ fn replica_fallback_policy(env: &Env) -> TestResult {
 }
 
 fn python_policy(env: &Env) -> TestResult {
-    let module = &switchyard_e2e::artifacts().python_policy;
+    example_policy(env, &switchyard_e2e::artifacts().python_policy, "{python}")
+}
+
+fn javascript_policy(env: &Env) -> TestResult {
+    example_policy(env, &switchyard_e2e::artifacts().js_policy, "{javascript}")
+}
+
+/// Routes real logins through an example policy of another language
+/// (`placeholder` names its module in configs).
+fn example_policy(env: &Env, module: &std::path::Path, placeholder: &str) -> TestResult {
     check(
         module.exists(),
         format!("{} is missing: run scripts/test.sh", module.display()),
@@ -1541,13 +1551,13 @@ fn python_policy(env: &Env) -> TestResult {
     // The same module twice: for `listen`, and with loopback denied for a
     // second listener (one compile: the engine caches it by hash).
     setup.tail = format!(
-        "[policies.strict]\nmodule = \"{{python}}\"\nmemory_limit_mib = 64\n\
+        "[policies.strict]\nmodule = \"{placeholder}\"\nmemory_limit_mib = 64\n\
          [policies.strict.settings]\ndeny = \"10.0.0.0/8, 127.0.0.0/8\"\n\"user.mysqlslave\" = \"replicas\"\n\
          [[listeners]]\nlisten = \"127.0.0.1:{second}\"\npolicy = \"strict\"\n"
     );
     let config = setup.config().replace(
         "module = \"{policy}\"",
-        "module = \"{python}\"\nmemory_limit_mib = 64\ntimeout_ms = 500",
+        &format!("module = \"{placeholder}\"\nmemory_limit_mib = 64\ntimeout_ms = 500"),
     );
     let proxy = Proxy::start(&config).map_err(fail)?;
     let ids = login_ids(&proxy, SLAVE_USER, 4)?;
@@ -1557,7 +1567,7 @@ fn python_policy(env: &Env) -> TestResult {
     )?;
     check(
         login_ids(&proxy, MASTER_USER, 1)? == [PRIMARY_ID],
-        "master routed by the Python policy",
+        "master routed by the example policy",
     )?;
     let (code, msg) = login_error(&proxy, ("outsider", "outsiderpass"))?;
     check(
@@ -1572,7 +1582,7 @@ fn python_policy(env: &Env) -> TestResult {
         code == 9100 && msg.contains("are not allowed"),
         format!("{code} {msg}"),
     )?;
-    // Its runtime is slow to start: instances are reused.
+    // Its runtime is costly to start afresh: instances are reused.
     proxy
         .wait_for_log("instances=\"reuse\"", Duration::from_secs(1))
         .map_err(fail)

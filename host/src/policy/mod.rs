@@ -376,6 +376,8 @@ fn store_cache_file(path: &Path, component: &Component) {
 /// An instantiation slower than this makes `instances = "auto"` reuse
 /// instances.
 const REUSE_ABOVE: Duration = Duration::from_micros(250);
+/// So does an initial linear memory larger than this.
+const REUSE_MEMORY_ABOVE: usize = 1 << 20;
 
 /// An instance kept for further calls.
 struct Reusable {
@@ -477,21 +479,27 @@ impl Policy {
             idle: Mutex::new(Vec::new()),
             instantiation: Duration::ZERO,
         };
-        policy.instantiation = policy.time_instantiation();
+        let initial_memory;
+        (policy.instantiation, initial_memory) = policy.time_instantiation();
         policy.reuse = match config.instances {
             Instances::Fresh => None,
             Instances::Reuse => Some(config.reuse_calls.max(1)),
-            Instances::Auto => {
-                (policy.instantiation > REUSE_ABOVE).then_some(config.reuse_calls.max(1))
-            }
+            // A runtime that starts slowly, or a large initial memory (a
+            // snapshot of one, which every fresh instance faults in again),
+            // costs more per fresh instance than isolation is worth.
+            Instances::Auto => (policy.instantiation > REUSE_ABOVE
+                || initial_memory > REUSE_MEMORY_ABOVE)
+                .then_some(config.reuse_calls.max(1)),
         };
         Ok(policy)
     }
 
     /// The fastest of three instantiations (each in a new store, as a
-    /// fresh-instance call does it).
-    fn time_instantiation(&self) -> Duration {
+    /// fresh-instance call does it), and the linear memory an instance
+    /// starts with.
+    fn time_instantiation(&self) -> (Duration, usize) {
         let _ticking = self.engine.ticker.running();
+        let mut memory = 0;
         (0..3)
             .filter_map(|_| {
                 let started = Instant::now();
@@ -500,7 +508,11 @@ impl Policy {
                 // JavaScript runtime starts here): give it the call's time.
                 store.set_epoch_deadline(self.timeout_ticks);
                 match self.pre.instantiate(&mut store) {
-                    Ok(_) => Some(started.elapsed()),
+                    Ok(_) => {
+                        let took = started.elapsed();
+                        memory = store.data().limits.peak;
+                        Some(took)
+                    }
                     Err(e) => {
                         tracing::warn!(policy = %self.shared.name, "instantiating the policy failed: {e:#}");
                         None
@@ -508,7 +520,7 @@ impl Policy {
                 }
             })
             .min()
-            .unwrap_or(Duration::ZERO)
+            .map_or((Duration::ZERO, memory), |d| (d, memory))
     }
 
     /// How long one instantiation takes (measured at load).
