@@ -418,6 +418,8 @@ pub struct Artifacts {
     pub python_policy: PathBuf,
     /// The JavaScript example policy (built by `scripts/test.sh`).
     pub js_policy: PathBuf,
+    /// The Zig example policy (built by `scripts/test.sh`).
+    pub zig_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -466,6 +468,7 @@ pub fn artifacts() -> &'static Artifacts {
             forbidden_policy: target.join("wasm32-wasip2/release/forbidden_policy.wasm"),
             python_policy: target.join("examples/python_policy.wasm"),
             js_policy: target.join("examples/js_policy.wasm"),
+            zig_policy: target.join("examples/zig_policy.wasm"),
         }
     })
 }
@@ -659,6 +662,7 @@ fn fill_config(config: &str, port: u16) -> String {
         )
         .replace("{python}", &artifacts().python_policy.display().to_string())
         .replace("{javascript}", &artifacts().js_policy.display().to_string())
+        .replace("{zig}", &artifacts().zig_policy.display().to_string())
 }
 
 /// One HTTP/1.1 request over loopback (for the admin endpoint): the status

@@ -124,6 +124,7 @@ fn main() {
         ),
         ("python_policy_routes_real_logins", python_policy),
         ("javascript_policy_routes_real_logins", javascript_policy),
+        ("zig_policy_routes_real_logins", zig_policy),
     ];
     let trials = tests
         .into_iter()
@@ -1537,6 +1538,10 @@ fn python_policy(env: &Env) -> TestResult {
 
 fn javascript_policy(env: &Env) -> TestResult {
     example_policy(env, &switchyard_e2e::artifacts().js_policy, "{javascript}")
+}
+
+fn zig_policy(env: &Env) -> TestResult {
+    example_policy(env, &switchyard_e2e::artifacts().zig_policy, "{zig}")
 }
 
 /// Routes real logins through an example policy of another language
