@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Switchyard's demo and tests need and is missing: MariaDB
-# server and client, python3, python3-venv, nodejs and npm (Debian
-# packages) and the wasm32-wasip2 Rust target.
+# server and client, python3, python3-venv, nodejs, npm, clang and lld
+# (Debian packages) and the wasm32-wasip2 Rust target.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
 
@@ -24,6 +24,9 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The JavaScript example policy is built with componentize-js from npm.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The C example policy is built with clang and lld (wasm-ld).
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]} from Debian's packages"
     as_root apt-get update -qq

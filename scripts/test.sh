@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PATH="$PATH:/usr/sbin"
 cargo build -q --release --target wasm32-wasip2 -p default-policy -p misbehave-policy -p by-client-policy -p replica-fallback-policy -p forbidden-policy
 # The example policies in other languages (componentize-py and Zig from
-# PyPI, componentize-js from npm), rebuilt when their source changes.
+# PyPI, componentize-js from npm, clang from Debian), rebuilt when their
+# source changes.
 mkdir -p target/examples
 build_example() { # <lang> <source> <out>
     if [ ! -f "$3" ] || [ "examples/policies/$1/$2" -nt "$3" ] \
@@ -19,4 +20,5 @@ build_example() { # <lang> <source> <out>
 build_example python app.py target/examples/python_policy.wasm
 build_example javascript policy.js target/examples/js_policy.wasm
 build_example zig policy.zig target/examples/zig_policy.wasm
+build_example c policy.c target/examples/c_policy.wasm
 cargo test --workspace "$@"

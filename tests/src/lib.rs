@@ -420,6 +420,8 @@ pub struct Artifacts {
     pub js_policy: PathBuf,
     /// The Zig example policy (built by `scripts/test.sh`).
     pub zig_policy: PathBuf,
+    /// The C example policy (built by `scripts/test.sh`).
+    pub c_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -469,6 +471,7 @@ pub fn artifacts() -> &'static Artifacts {
             python_policy: target.join("examples/python_policy.wasm"),
             js_policy: target.join("examples/js_policy.wasm"),
             zig_policy: target.join("examples/zig_policy.wasm"),
+            c_policy: target.join("examples/c_policy.wasm"),
         }
     })
 }
@@ -663,6 +666,7 @@ fn fill_config(config: &str, port: u16) -> String {
         .replace("{python}", &artifacts().python_policy.display().to_string())
         .replace("{javascript}", &artifacts().js_policy.display().to_string())
         .replace("{zig}", &artifacts().zig_policy.display().to_string())
+        .replace("{c}", &artifacts().c_policy.display().to_string())
 }
 
 /// One HTTP/1.1 request over loopback (for the admin endpoint): the status
