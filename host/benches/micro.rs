@@ -127,6 +127,40 @@ fn policy(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The example policies in other languages, when `scripts/test.sh` has
+    // built them: one `route` per login, as `instances = "auto"` runs them.
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/examples");
+    for lang in ["c", "zig", "python", "js"] {
+        let module = examples.join(format!("{lang}_policy.wasm"));
+        if !module.exists() {
+            eprintln!(
+                "skipping the {lang} policy: {} is not built",
+                module.display()
+            );
+            continue;
+        }
+        let mut config = config.policy.clone();
+        config.module = toml::Spanned::new(0..0, module);
+        config.memory_limit_mib = 64;
+        config.timeout_ms = 1000;
+        let pools = Arc::new(Pools::from_config(
+            &Config::parse(&text, "bench.toml".as_ref()).unwrap(),
+            &switchyard::pool::Registry::default(),
+        ));
+        let policy = Policy::load(&config, pools).unwrap();
+        let how = if policy.reuses_instances() {
+            "reused instances"
+        } else {
+            "fresh instances"
+        };
+        c.bench_function(&format!("policy route ({lang} example, {how})"), |b| {
+            b.iter(|| {
+                policy
+                    .route_blocking("mysqlslave", Some("app"), &client)
+                    .unwrap()
+            })
+        });
+    }
 }
 
 criterion_group!(benches, codec, auth, policy);
