@@ -27,6 +27,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The C example policy is built with clang and lld (wasm-ld).
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+# The TLS tests make certificates and read them back with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]} from Debian's packages"
     as_root apt-get update -qq

@@ -153,11 +153,14 @@ pub fn backend_response(req: &LoginRequest<'_>, greeting: &Greeting) -> Handshak
 /// not get.
 pub fn lost_flags(req: &LoginRequest<'_>, response: &HandshakeResponse) -> CapabilityFlags {
     let negotiated = req.client.capabilities & req.offered;
+    // TLS is per hop: the client's TLS with Switchyard says nothing about
+    // the backend session.
     negotiated
         - response.capabilities
         - CapabilityFlags::client_only()
         - CapabilityFlags::CLIENT_CONNECT_WITH_DB
         - CapabilityFlags::CLIENT_CONNECT_ATTRS
+        - CapabilityFlags::CLIENT_SSL
 }
 
 /// Connects to `addr` and logs in for `req`.

@@ -97,6 +97,23 @@ pub struct Config {
     /// The admin HTTP endpoint; off unless this table is present.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// TLS for clients; off unless this table is present.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS towards clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM). Read again on reload.
+    pub cert: Spanned<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Spanned<PathBuf>,
+    /// Refuse plaintext logins of every user (ERR 1045). Per user:
+    /// `require_tls` in `[[users]]`. Default false.
+    #[serde(default)]
+    pub require: bool,
 }
 
 /// The accounts, in either of the two shapes the file may give them.
@@ -306,6 +323,9 @@ pub struct UserConfig {
     /// `max_connections_per_user`. 0: no limit.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Refuse this user's plaintext logins (ERR 1045). Default false.
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 /// How a pool chooses a backend for a new session.
@@ -676,6 +696,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         let mut names = HashSet::new();
+        if self.tls.is_none()
+            && let Some(u) = self.users.accounts().iter().find(|u| u.require_tls)
+        {
+            return Err((
+                Some(u.name.span()),
+                format!(
+                    "user '{}' requires TLS, but no [tls] is configured",
+                    u.name.get_ref()
+                ),
+            ));
+        }
         for user in self.users.accounts() {
             if user.name.get_ref().is_empty() {
                 return Err((Some(user.name.span()), "user name is empty".into()));
@@ -895,6 +926,16 @@ impl Config {
                 )
             }))
             .collect()
+    }
+
+    /// Whether `user` must log in over TLS.
+    pub fn requires_tls(&self, user: &str) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.require)
+            || self
+                .users
+                .accounts()
+                .iter()
+                .any(|u| u.name.get_ref() == user && u.require_tls)
     }
 
     /// The session limit of `user`, if any.

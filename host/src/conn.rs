@@ -1,10 +1,83 @@
-//! A TCP stream read and written as MySQL packets, for the login exchanges.
-//! After login the stream and any bytes already read are handed to the
-//! relay, which treats both directions as byte streams.
+//! A connection read and written as MySQL packets, for the login exchanges:
+//! plain TCP, or TLS after the client's SSLRequest. After login the stream
+//! and any bytes already read are handed to the relay, which treats both
+//! directions as byte streams.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A client connection: plain, or TLS.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP (boxed: it is large, and most sessions are plain).
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the TLS handshake runs.
+    Upgrading,
+}
+
+impl Stream {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+fn upgrading<T>() -> Poll<std::io::Result<T>> {
+    Poll::Ready(Err(std::io::Error::other(
+        "stream is being upgraded to TLS",
+    )))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Upgrading => upgrading(),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Upgrading => upgrading(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Upgrading => upgrading(),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Upgrading => upgrading(),
+        }
+    }
+}
 
 use crate::protocol::{Packet, PacketCodec, ProtocolError, encode_packet};
 
@@ -25,7 +98,7 @@ pub enum ConnError {
 /// A stream of packets over TCP.
 #[derive(Debug)]
 pub struct PacketStream {
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
     codec: PacketCodec,
@@ -35,7 +108,7 @@ impl PacketStream {
     /// Wraps `stream`; packets over `max_payload` bytes are refused.
     pub fn new(stream: TcpStream, max_payload: usize) -> Self {
         Self {
-            stream,
+            stream: Stream::Tcp(stream),
             read_buf: BytesMut::with_capacity(1024),
             write_buf: BytesMut::with_capacity(256),
             codec: PacketCodec::new(max_payload),
@@ -74,13 +147,40 @@ impl PacketStream {
         self.stream.write_all(&self.write_buf).await
     }
 
-    /// The socket's peer address, for logs.
-    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.stream.peer_addr().ok()
+    /// Runs the server side of a TLS handshake (after the client's
+    /// SSLRequest). The client must not have sent anything past the
+    /// SSLRequest.
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> Result<(), ConnError> {
+        if !self.read_buf.is_empty() {
+            return Err(ProtocolError::Malformed("bytes after the SSLRequest").into());
+        }
+        let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return Err(ProtocolError::Malformed("a second SSLRequest").into());
+        };
+        let tls = acceptor.accept(tcp).await?;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// The stream and the bytes read past the last packet.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.read_buf)
+    }
+
+    /// The TCP stream of a plain connection and the bytes read past the
+    /// last packet (backend sessions are plain).
+    pub fn into_tcp(self) -> Option<(TcpStream, BytesMut)> {
+        match self.stream {
+            Stream::Tcp(t) => Some((t, self.read_buf)),
+            _ => None,
+        }
     }
 }

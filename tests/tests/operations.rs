@@ -126,6 +126,10 @@ fn main() {
         ("javascript_policy_routes_real_logins", javascript_policy),
         ("zig_policy_routes_real_logins", zig_policy),
         ("c_policy_routes_real_logins", c_policy),
+        (
+            "tls_for_clients_require_tls_and_cert_reload",
+            tls_for_clients,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -1597,4 +1601,128 @@ fn example_policy(env: &Env, module: &std::path::Path, placeholder: &str) -> Tes
     proxy
         .wait_for_log("instances=", Duration::from_secs(1))
         .map_err(fail)
+}
+
+/// A self-signed certificate for `cn` (openssl CLI) in `dir`.
+fn certificate(
+    dir: &std::path::Path,
+    cn: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), Failed> {
+    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(fail)?;
+    check(
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )?;
+    Ok((cert, key))
+}
+
+/// The subject of the certificate a MySQL server at `port` presents
+/// (`openssl s_client -starttls mysql`).
+fn presented_subject(port: u16) -> Result<String, Failed> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-starttls", "mysql", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(fail)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .map(str::to_owned)
+        .ok_or_else(|| fail(format!("no certificate from s_client: {text}")))
+}
+
+fn tls_for_clients(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let (cert, key) = certificate(dir.path(), "switchyard-one")?;
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    // mysqlmaster must use TLS; mysqlslave may.
+    let config = setup.config().replacen(
+        &format!("name = \"{}\"\n", MASTER_USER.0),
+        &format!("name = \"{}\"\nrequire_tls = true\n", MASTER_USER.0),
+        1,
+    );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let port = proxy.port.to_string();
+    let cli = |user: (&str, &str), tls: bool| {
+        let password = format!("-p{}", user.1);
+        let mut args = vec!["-h", "127.0.0.1", "-P", &port, "-u", user.0, &password];
+        args.push(if tls { "--ssl" } else { "--skip-ssl" });
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        switchyard_e2e::mariadb_cli(&refs, "status\nSELECT CONCAT('id=', @@server_id);\n")
+    };
+    let out = cli(SLAVE_USER, true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success()
+            && text.contains("Cipher in use")
+            && (text.contains("id=2") || text.contains("id=3")),
+        format!(
+            "TLS session: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    let out = cli(SLAVE_USER, false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && text.contains("Not in use"),
+        format!(
+            "plaintext session: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    // A user that must use TLS: refused in plaintext as a wrong password
+    // would be, served over TLS.
+    let out = cli(MASTER_USER, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        !out.status.success() && err.contains("1045"),
+        format!("plaintext login of a TLS-only user: {err}"),
+    )?;
+    proxy
+        .wait_for_log("must log in over TLS", Duration::from_secs(1))
+        .map_err(fail)?;
+    let out = cli(MASTER_USER, true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && text.contains("id=1"),
+        format!(
+            "TLS login of a TLS-only user: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    // A new certificate takes effect on SIGHUP.
+    check(
+        presented_subject(proxy.port)?.contains("switchyard-one"),
+        "first certificate",
+    )?;
+    let (cert2, key2) = certificate(dir.path(), "switchyard-two")?;
+    std::fs::rename(cert2, &cert).map_err(fail)?;
+    std::fs::rename(key2, &key).map_err(fail)?;
+    proxy.signal(libc::SIGHUP);
+    proxy
+        .wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .map_err(fail)?;
+    check(
+        presented_subject(proxy.port)?.contains("switchyard-two"),
+        "the reloaded certificate",
+    )
 }

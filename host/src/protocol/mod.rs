@@ -20,7 +20,7 @@ pub use flags::{CapabilityFlags, MariaDbCapabilities, StatusFlags};
 pub use greeting::Greeting;
 pub use packet::{MAX_PAYLOAD_CHUNK, Packet, PacketCodec, encode_packet};
 pub use reader::Reader;
-pub use response::{AuthSwitchRequest, HandshakeResponse};
+pub use response::{AuthSwitchRequest, HandshakeResponse, SSL_REQUEST_LEN};
 pub use result::{ErrPacket, OkPacket};
 pub use resultset::{QueryReply, ResultSetDecoder, TextResult};
 

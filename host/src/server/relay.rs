@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
+
+use crate::conn::Stream;
 
 use super::codes;
 use crate::metrics::Metrics;
@@ -55,12 +57,58 @@ pub struct RelayStats {
 /// Relays until either side is done. `client_rest` and `backend_rest` are
 /// bytes already read from each side during login.
 pub async fn relay(
-    mut client: TcpStream,
+    client: Stream,
     client_rest: BytesMut,
     mut backend: TcpStream,
     backend_rest: BytesMut,
     options: Options<'_>,
 ) -> RelayStats {
+    let (backend_r, mut backend_w) = backend.split();
+    let mut backend_r = backend_r;
+    match client {
+        Stream::Tcp(mut tcp) => {
+            let (mut client_r, mut client_w) = tcp.split();
+            relay_halves(
+                (&mut client_r, &mut client_w),
+                client_rest,
+                (&mut backend_r, &mut backend_w),
+                backend_rest,
+                options,
+            )
+            .await
+        }
+        Stream::Tls(tls) => {
+            let (mut client_r, mut client_w) = tokio::io::split(*tls);
+            relay_halves(
+                (&mut client_r, &mut client_w),
+                client_rest,
+                (&mut backend_r, &mut backend_w),
+                backend_rest,
+                options,
+            )
+            .await
+        }
+        Stream::Upgrading => RelayStats {
+            end: "client stream unusable",
+            ..RelayStats::default()
+        },
+    }
+}
+
+/// The relay over the two halves of each side.
+async fn relay_halves<CR, CW, BR, BW>(
+    (client_r, client_w): (&mut CR, &mut CW),
+    client_rest: BytesMut,
+    (backend_r, backend_w): (&mut BR, &mut BW),
+    backend_rest: BytesMut,
+    options: Options<'_>,
+) -> RelayStats
+where
+    CR: ReadSome,
+    CW: AsyncWrite + Unpin,
+    BR: ReadSome,
+    BW: AsyncWrite + Unpin,
+{
     let change_user = AtomicBool::new(false);
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
@@ -71,9 +119,6 @@ pub async fn relay(
     let awaiting_answer = AtomicBool::new(false);
     let metrics = options.metrics;
     let end = {
-        let (client_r, mut client_w) = client.split();
-        let (backend_r, mut backend_w) = backend.split();
-
         let up = async {
             let mut buf = client_rest;
             let mut up_read = MIN_READ;
@@ -96,7 +141,7 @@ pub async fn relay(
                     }
                     None => {}
                 }
-                match read_some(&client_r, &mut buf, &mut up_read).await {
+                match client_r.read_some(&mut buf, &mut up_read).await {
                     Ok(0) => break "client closed",
                     Ok(_) => {
                         moves.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +169,7 @@ pub async fn relay(
                     metrics.bytes_to_clients.add(buf.len() as u64);
                     buf.clear();
                 }
-                match read_some(&backend_r, &mut buf, &mut down_read).await {
+                match backend_r.read_some(&mut buf, &mut down_read).await {
                     Ok(0) => break "backend closed",
                     Ok(_) => {
                         moves.fetch_add(1, Ordering::Relaxed);
@@ -172,9 +217,9 @@ pub async fn relay(
         // an idle connection does).
         tracing::info!("session idle for too long; closing");
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = backend.write_all(&COM_QUIT_PACKET).await;
-            let _ = backend.shutdown().await;
-            let _ = client.shutdown().await;
+            let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
+            let _ = backend_w.shutdown().await;
+            let _ = client_w.shutdown().await;
         })
         .await;
     }
@@ -207,38 +252,68 @@ async fn idle_watch(timeout: Duration, moves: &AtomicU64, awaiting_answer: &Atom
     }
 }
 
-/// Waits until `stream` has bytes, then reads them into `buf`. Memory for
-/// the read is taken only once bytes are there, and given back when `buf`
-/// has been drained: an idle session holds no relay buffer. The read size
-/// adapts: it doubles while reads come back full and halves when they come
-/// back small, between [`MIN_READ`] and [`MAX_READ`].
-async fn read_some(
-    stream: &ReadHalf<'_>,
-    buf: &mut BytesMut,
-    size: &mut usize,
-) -> std::io::Result<usize> {
-    if buf.is_empty() && buf.capacity() > 0 {
-        give_back(std::mem::take(buf));
+/// Reads what a stream has into a buffer taken only once bytes are there
+/// (and given back when drained: an idle session holds no relay buffer).
+/// The read size adapts: it doubles while reads come back full and halves
+/// when they come back small, between [`MIN_READ`] and [`MAX_READ`].
+pub trait ReadSome {
+    /// Reads into `buf`; 0 at end of stream.
+    fn read_some(
+        &mut self,
+        buf: &mut BytesMut,
+        size: &mut usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>>;
+}
+
+/// Plain TCP: wait for readiness first, so that no buffer is held while
+/// waiting.
+impl ReadSome for ReadHalf<'_> {
+    async fn read_some(&mut self, buf: &mut BytesMut, size: &mut usize) -> std::io::Result<usize> {
+        if buf.is_empty() && buf.capacity() > 0 {
+            give_back(std::mem::take(buf));
+        }
+        loop {
+            self.readable().await?;
+            if buf.capacity() == 0 {
+                *buf = take_buffer(*size);
+            } else {
+                buf.reserve(*size);
+            }
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(n) => {
+                    adapt(size, n);
+                    return Ok(n);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
-    loop {
-        stream.readable().await?;
+}
+
+/// TLS: a TLS stream has no readiness of its own; the buffer is taken for
+/// the read (from the free list) and given back once drained.
+impl<T: AsyncRead + Unpin> ReadSome for tokio::io::ReadHalf<T> {
+    async fn read_some(&mut self, buf: &mut BytesMut, size: &mut usize) -> std::io::Result<usize> {
+        if buf.is_empty() && buf.capacity() > 0 {
+            give_back(std::mem::take(buf));
+        }
         if buf.capacity() == 0 {
             *buf = take_buffer(*size);
         } else {
             buf.reserve(*size);
         }
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Ok(n) => {
-                if n >= *size {
-                    *size = (*size * 2).min(MAX_READ);
-                } else if n < *size / 4 {
-                    *size = (*size / 2).max(MIN_READ);
-                }
-                return Ok(n);
-            }
-            Err(e) => return Err(e),
-        }
+        let n = self.read_buf(buf).await?;
+        adapt(size, n);
+        Ok(n)
+    }
+}
+
+fn adapt(size: &mut usize, n: usize) {
+    if n >= *size {
+        *size = (*size * 2).min(MAX_READ);
+    } else if n < *size / 4 {
+        *size = (*size / 2).max(MIN_READ);
     }
 }
 

@@ -23,7 +23,7 @@ use crate::policy::RouteError;
 use crate::pool::{BackendLease, Pool};
 use crate::protocol::{
     AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
-    NATIVE_PASSWORD_PLUGIN,
+    NATIVE_PASSWORD_PLUGIN, SSL_REQUEST_LEN,
 };
 
 /// Largest packet a client may send before it is logged in.
@@ -133,7 +133,7 @@ pub(super) async fn serve(
 
 /// A logged-in session, ready to relay.
 struct Ready {
-    client_tcp: TcpStream,
+    client_tcp: crate::conn::Stream,
     client_rest: bytes::BytesMut,
     backend_tcp: TcpStream,
     backend_rest: bytes::BytesMut,
@@ -196,7 +196,10 @@ async fn log_in(
         _user,
     } = established;
     let (client_tcp, client_rest) = client.into_parts();
-    let (backend_tcp, backend_rest) = backend.stream.into_parts();
+    let Some((backend_tcp, backend_rest)) = backend.stream.into_tcp() else {
+        warn!("backend stream is not plain TCP");
+        return None;
+    };
     // Nothing of the login is kept while the session relays, not even the
     // state it logged in with (a reload frees what it replaced).
     Some(Ready {
@@ -223,7 +226,14 @@ async fn login(
 ) -> Result<Established, LoginError> {
     let nonce = auth::generate_nonce();
     let profile = shared.profile.get();
-    greet(client, &profile, &nonce, shared.connection_id()).await?;
+    greet(
+        client,
+        &profile,
+        &nonce,
+        shared.connection_id(),
+        state.tls.is_some(),
+    )
+    .await?;
     let auth = authenticate(client, peer, shared, state, &nonce).await?;
     let span = tracing::Span::current();
     let user = auth.response.username.as_str();
@@ -262,12 +272,15 @@ async fn greet(
     profile: &ServerProfile,
     nonce: &[u8; auth::NONCE_LEN],
     connection_id: u32,
+    tls: bool,
 ) -> Result<(), LoginError> {
+    let mut capabilities = profile.capabilities;
+    capabilities.set(CapabilityFlags::CLIENT_SSL, tls);
     let greeting = Greeting {
         server_version: profile.version.clone(),
         connection_id,
         auth_data: nonce.to_vec(),
-        capabilities: profile.capabilities,
+        capabilities,
         charset: profile.charset,
         status: profile.status,
         mariadb_capabilities: profile.mariadb_capabilities,
@@ -288,7 +301,31 @@ async fn authenticate(
     state: &State,
     nonce: &[u8; auth::NONCE_LEN],
 ) -> Result<Authenticated, LoginError> {
-    let packet = client.read_seq(1).await.map_err(LoginError::client)?;
+    let mut packet = client.read_seq(1).await.map_err(LoginError::client)?;
+    // An SSLRequest: the TLS handshake, then the real response at seq 2.
+    let mut seq = 1u8;
+    if packet.payload.len() == SSL_REQUEST_LEN
+        && packet.payload.len() >= 4
+        && CapabilityFlags::from_bits_retain(u32::from_le_bytes([
+            packet.payload[0],
+            packet.payload[1],
+            packet.payload[2],
+            packet.payload[3],
+        ]))
+        .contains(CapabilityFlags::CLIENT_SSL)
+    {
+        let Some(tls) = &state.tls else {
+            return Err(LoginError::Close(
+                "client asked for TLS, which is not configured".into(),
+            ));
+        };
+        client
+            .start_tls(&tls.0)
+            .await
+            .map_err(|e| LoginError::Close(format!("TLS handshake failed: {e}")))?;
+        seq = 2;
+        packet = client.read_seq(seq).await.map_err(LoginError::client)?;
+    }
     let response = HandshakeResponse::decode(&packet.payload)
         .map_err(|e| LoginError::Close(format!("bad handshake response: {e}")))?;
     let plugin = response
@@ -296,7 +333,7 @@ async fn authenticate(
         .as_deref()
         .unwrap_or(NATIVE_PASSWORD_PLUGIN);
     let (auth_data, next_seq) = if plugin == NATIVE_PASSWORD_PLUGIN {
-        (response.auth_response.clone(), 2)
+        (response.auth_response.clone(), seq + 1)
     } else if response
         .capabilities
         .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH)
@@ -306,11 +343,11 @@ async fn authenticate(
             data: nonce.to_vec(),
         };
         client
-            .write(2, &switch.encode())
+            .write(seq + 1, &switch.encode())
             .await
             .map_err(|e| LoginError::client(e.into()))?;
-        let p = client.read_seq(3).await.map_err(LoginError::client)?;
-        (p.payload.to_vec(), 4)
+        let p = client.read_seq(seq + 2).await.map_err(LoginError::client)?;
+        (p.payload.to_vec(), seq + 3)
     } else {
         return Err(LoginError::Close(format!(
             "client uses auth plugin '{plugin}' and cannot switch"
@@ -344,6 +381,16 @@ async fn authenticate(
         }
     };
     match verified {
+        Some(_) if state.config.requires_tls(user) && !client.is_tls() => {
+            // As a wrong password would be answered: nothing tells the
+            // client more than that the login failed.
+            Err(LoginError::deny(
+                codes::access_denied(user, &host, !auth_data.is_empty()),
+                next_seq,
+                Outcome::AccessDenied,
+                format!("user '{user}' must log in over TLS"),
+            ))
+        }
         Some(password) => {
             shared.throttle.success(peer.ip());
             Ok(Authenticated {

@@ -33,6 +33,18 @@ pub struct State {
     pub monitor: Option<Monitor>,
     /// SHA-256 of the admin bearer token, if one is configured.
     pub admin_token: Option<[u8; 32]>,
+    /// The TLS acceptor for clients, if `[tls]` is configured.
+    pub tls: Option<Tls>,
+}
+
+/// A TLS acceptor (its configuration holds the private key: not printed).
+#[derive(Clone)]
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
 }
 
 impl State {
@@ -71,7 +83,9 @@ impl State {
             },
             None => None,
         };
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?.map(Tls);
         Ok(Self {
+            tls,
             config,
             users: Arc::new(users),
             pools,
@@ -106,6 +120,7 @@ impl State {
             named,
             monitor: self.monitor.clone(),
             admin_token: self.admin_token,
+            tls: self.tls.clone(),
         }
     }
 
@@ -178,6 +193,32 @@ pub fn load_policy(
         "policy loaded"
     );
     Ok(policy)
+}
+
+/// A TLS acceptor from the configured certificate chain and key.
+fn tls_acceptor(config: &crate::config::TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = config.cert.get_ref();
+    let key_path = config.key.get_ref();
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("tls cert {}: {e}", cert_path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "tls cert {}: no certificate",
+        cert_path.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| anyhow::anyhow!("tls key {}: {e}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls cert and key")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 /// SHA-256 of a token: tokens are compared as digests, in constant time.
