@@ -36,6 +36,117 @@ pub enum BackendError {
     /// The backend answered with an ERR packet.
     #[error("backend error {}: {}", .0.code, .0.message)]
     Refused(ErrPacket),
+    /// The pool requires TLS and the backend does not offer it.
+    #[error("backend does not offer TLS, which its pool requires")]
+    TlsUnavailable,
+}
+
+/// TLS towards a pool's backends.
+#[derive(Clone)]
+pub struct BackendTls {
+    /// The rustls client.
+    pub connector: tokio_rustls::TlsConnector,
+    /// Whether a backend without TLS may not be used.
+    pub required: bool,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+impl BackendTls {
+    /// The TLS settings of a pool, if it uses TLS.
+    pub fn from_config(pool: &crate::config::PoolConfig) -> anyhow::Result<Option<Self>> {
+        use crate::config::BackendTlsMode;
+        use anyhow::Context;
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let required = match pool.tls {
+            BackendTlsMode::Off => return Ok(None),
+            BackendTlsMode::Preferred => false,
+            BackendTlsMode::Required => true,
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let config = if pool.tls_verify {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(ca) = &pool.tls_ca {
+                for cert in CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("tls_ca {}", ca.display()))?
+                {
+                    roots
+                        .add(cert.with_context(|| format!("tls_ca {}", ca.display()))?)
+                        .with_context(|| format!("tls_ca {}", ca.display()))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        };
+        Ok(Some(Self {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            required,
+        }))
+    }
+}
+
+/// `tls_verify = false`: any certificate is accepted (the handshake's
+/// signatures are still checked). For backends on a trusted network only.
+#[derive(Debug)]
+struct NoVerification(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl BackendError {
@@ -47,7 +158,7 @@ impl BackendError {
         match self {
             Self::Refused(e) => matches!(e.code, 1040 | 1129 | 1203),
             Self::UnsupportedPlugin(_) => false,
-            Self::Connect(_) | Self::Timeout | Self::Conn(_) => true,
+            Self::Connect(_) | Self::Timeout | Self::Conn(_) | Self::TlsUnavailable => true,
         }
     }
 }
@@ -167,9 +278,32 @@ pub fn lost_flags(req: &LoginRequest<'_>, response: &HandshakeResponse) -> Capab
 pub async fn open(
     addr: SocketAddr,
     req: &LoginRequest<'_>,
+    tls: Option<&BackendTls>,
 ) -> Result<BackendSession, BackendError> {
     let (mut stream, greeting) = connect(addr).await?;
-    let response = backend_response(req, &greeting);
+    let mut response = backend_response(req, &greeting);
+    let mut first_seq = 1;
+    if let Some(tls) = tls {
+        if greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL) {
+            // The SSLRequest is the response's first 32 bytes; the whole
+            // response follows over TLS.
+            response.capabilities |= CapabilityFlags::CLIENT_SSL;
+            let encoded = response.encode();
+            stream
+                .write(1, &encoded[..crate::protocol::SSL_REQUEST_LEN])
+                .await
+                .map_err(ConnError::from)?;
+            stream
+                .connect_tls(
+                    &tls.connector,
+                    rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+                )
+                .await?;
+            first_seq = 2;
+        } else if tls.required {
+            return Err(BackendError::TlsUnavailable);
+        }
+    }
     let lost = lost_flags(req, &response);
     if !lost.is_empty() {
         // The client's session has flags this backend does not: relayed
@@ -177,7 +311,7 @@ pub async fn open(
         // backend answered the probes only after clients had connected.
         tracing::warn!(backend = %addr, flags = ?lost, "backend lacks capabilities the client negotiated");
     }
-    let ok = login(&mut stream, &response, req.password).await?;
+    let ok = login(&mut stream, &response, req.password, first_seq).await?;
     Ok(BackendSession {
         stream,
         greeting,
@@ -191,12 +325,13 @@ async fn login(
     stream: &mut PacketStream,
     response: &HandshakeResponse,
     password: &Sha1Password,
+    first_seq: u8,
 ) -> Result<Bytes, BackendError> {
     stream
-        .write(1, &response.encode())
+        .write(first_seq, &response.encode())
         .await
         .map_err(ConnError::from)?;
-    let mut seq = 2;
+    let mut seq = first_seq + 1;
     let mut switched = false;
     loop {
         let p = stream.read_seq(seq).await?;
@@ -268,7 +403,7 @@ impl MonitorSession {
             auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
             connect_attrs: None,
         };
-        login(&mut stream, &response, password).await?;
+        login(&mut stream, &response, password, 1).await?;
         Ok(Self { stream, greeting })
     }
 

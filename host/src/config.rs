@@ -391,6 +391,32 @@ pub struct PoolConfig {
     /// When no backend qualifies. Default `least-bad`.
     #[serde(default)]
     pub when_all_down: WhenAllDown,
+    /// TLS towards this pool's backends: `off`, `preferred` (when the
+    /// backend offers it) or `required`. Independent of the client's TLS.
+    /// Default `off`.
+    #[serde(default)]
+    pub tls: BackendTlsMode,
+    /// CA certificates (PEM) that sign the backends' certificates. Default:
+    /// none (then `tls_verify` must be false).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Verify the backend's certificate against `tls_ca` and its IP
+    /// address. Default true.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+}
+
+/// TLS towards a pool's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plain TCP.
+    #[default]
+    Off,
+    /// TLS when the backend offers it.
+    Preferred,
+    /// TLS, or the backend is not used.
+    Required,
 }
 
 /// One backend of a pool.
@@ -740,6 +766,12 @@ impl Config {
                         format!("pool '{name}': backend {} has weight 0", b.addr()),
                     ));
                 }
+            }
+            if pool.tls != BackendTlsMode::Off && pool.tls_verify && pool.tls_ca.is_none() {
+                return Err((
+                    span,
+                    format!("pool '{name}': tls_verify needs tls_ca (or set tls_verify = false)"),
+                ));
             }
             if self.monitor.is_none() && (pool.role != Role::Any || pool.max_lag.is_some()) {
                 return Err((

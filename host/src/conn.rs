@@ -18,6 +18,8 @@ pub enum Stream {
     Tcp(TcpStream),
     /// TLS over TCP (boxed: it is large, and most sessions are plain).
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP, Switchyard being the client (towards a backend).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Only while the TLS handshake runs.
     Upgrading,
 }
@@ -25,7 +27,7 @@ pub enum Stream {
 impl Stream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Self::Tls(_))
+        matches!(self, Self::Tls(_) | Self::TlsClient(_))
     }
 }
 
@@ -44,6 +46,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Upgrading => upgrading(),
         }
     }
@@ -58,6 +61,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Upgrading => upgrading(),
         }
     }
@@ -66,6 +70,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Upgrading => upgrading(),
         }
     }
@@ -74,6 +79,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Upgrading => upgrading(),
         }
     }
@@ -165,6 +171,24 @@ impl PacketStream {
         Ok(())
     }
 
+    /// Runs the client side of a TLS handshake (after sending an
+    /// SSLRequest to a backend).
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        server: rustls_pki_types::ServerName<'static>,
+    ) -> Result<(), ConnError> {
+        if !self.read_buf.is_empty() {
+            return Err(ProtocolError::Malformed("bytes before the TLS handshake").into());
+        }
+        let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return Err(ProtocolError::Malformed("TLS started twice").into());
+        };
+        let tls = connector.connect(server, tcp).await?;
+        self.stream = Stream::TlsClient(Box::new(tls));
+        Ok(())
+    }
+
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
@@ -173,14 +197,5 @@ impl PacketStream {
     /// The stream and the bytes read past the last packet.
     pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.read_buf)
-    }
-
-    /// The TCP stream of a plain connection and the bytes read past the
-    /// last packet (backend sessions are plain).
-    pub fn into_tcp(self) -> Option<(TcpStream, BytesMut)> {
-        match self.stream {
-            Stream::Tcp(t) => Some((t, self.read_buf)),
-            _ => None,
-        }
     }
 }

@@ -130,6 +130,7 @@ fn main() {
             "tls_for_clients_require_tls_and_cert_reload",
             tls_for_clients,
         ),
+        ("tls_towards_backends", tls_towards_backends),
     ];
     let trials = tests
         .into_iter()
@@ -1725,4 +1726,75 @@ fn tls_for_clients(env: &Env) -> TestResult {
         presented_subject(proxy.port)?.contains("switchyard-two"),
         "the reloaded certificate",
     )
+}
+
+fn tls_towards_backends(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let (cert, key) = certificate(dir.path(), "backend")?;
+    // A server with TLS, and an account that must use it.
+    let port = free_port();
+    let server = switchyard_e2e::MariaDb::standalone(
+        &dir.path().join("secure"),
+        port,
+        &[
+            &format!("--ssl-cert={}", cert.display()),
+            &format!("--ssl-key={}", key.display()),
+        ],
+    )
+    .map_err(fail)?;
+    server.sql("CREATE USER 'tlsuser'@'%' IDENTIFIED BY 'tlspass' REQUIRE SSL");
+    let mut setup = Setup::new(&env.topology());
+    let addrs = {
+        let t = env.topology();
+        (t.primary.addr(), t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    setup.top = format!(
+        "[[users]]\nname = \"tlsuser\"\npassword_hash = \"{}\"\n",
+        PasswordHash::of_password(b"tlspass")
+    );
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{p}\"]\n\
+         [pools.replicas]\nbackends = [\"{r1}\", \"{r2}\"]\ntls = \"preferred\"\ntls_verify = false\n\
+         [pools.secure]\nbackends = [\"127.0.0.1:{port}\"]\ntls = \"required\"\ntls_verify = false\n",
+        p = addrs.0,
+        r1 = addrs.1,
+        r2 = addrs.2,
+    );
+    setup.tail = "\"user.tlsuser\" = \"secure\"\n".into();
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    // The client speaks plaintext to Switchyard; Switchyard speaks TLS to
+    // the backend, which would refuse it otherwise.
+    let (cipher, backend_port): (String, u16) = block_on(async {
+        let mut c = Conn::new(opts(proxy.port, ("tlsuser", "tlspass"), None))
+            .await
+            .map_err(fail)?;
+        let row: Option<(String, String)> = c
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            .await
+            .map_err(fail)?;
+        let port: Option<u16> = c.query_first("SELECT @@port").await.map_err(fail)?;
+        c.disconnect().await.map_err(fail)?;
+        Ok::<_, Failed>((row.map(|r| r.1).unwrap_or_default(), port.unwrap_or(0)))
+    })?;
+    check(
+        !cipher.is_empty() && backend_port == port,
+        format!("backend session cipher '{cipher}' on port {backend_port}"),
+    )?;
+    // "preferred" towards servers without TLS: plain, and it works.
+    check(
+        login_ids(&proxy, SLAVE_USER, 2)?
+            .iter()
+            .all(|id| REPLICA_IDS.contains(id)),
+        "preferred TLS falls back to plaintext",
+    )?;
+    // Without TLS towards it, the server's own refusal reaches the client.
+    setup.pools = setup
+        .pools
+        .replace("tls = \"required\"\ntls_verify = false\n", "");
+    setup.admin_port = free_port();
+    let plain = Proxy::start(&setup.config()).map_err(fail)?;
+    let (code, msg) = login_error(&plain, ("tlsuser", "tlspass"))?;
+    check(code == 1045, format!("{code} {msg}"))?;
+    drop(server);
+    Ok(())
 }

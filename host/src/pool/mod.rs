@@ -265,6 +265,8 @@ pub struct Pool {
     /// Whether the last choice found no qualifying backend (logged once per
     /// episode).
     all_down: AtomicBool,
+    /// TLS towards the backends, if the pool uses it.
+    pub tls: Option<crate::backend::BackendTls>,
 }
 
 /// Live figures of one pool.
@@ -295,6 +297,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             wrr: Mutex::new(vec![0; n]),
             all_down: AtomicBool::new(false),
+            tls: None,
         }
     }
 
@@ -506,6 +509,22 @@ impl Pools {
             })
             .collect();
         Self { pools, backends }
+    }
+
+    /// Sets up each pool's TLS towards its backends (reads CA files).
+    /// Call before the pools are shared.
+    pub fn attach_tls(&mut self, config: &Config) -> anyhow::Result<()> {
+        for (name, pool) in self.pools.iter_mut() {
+            let Some(pc) = config.pools.get(name) else {
+                continue;
+            };
+            let tls = crate::backend::BackendTls::from_config(pc)
+                .map_err(|e| anyhow::anyhow!("pool '{name}': {e:#}"))?;
+            if let Some(p) = Arc::get_mut(pool) {
+                p.tls = tls;
+            }
+        }
+        Ok(())
     }
 
     /// The pool called `name`.

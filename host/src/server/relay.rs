@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::ReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::conn::Stream;
 
@@ -59,39 +58,86 @@ pub struct RelayStats {
 pub async fn relay(
     client: Stream,
     client_rest: BytesMut,
-    mut backend: TcpStream,
+    backend: Stream,
     backend_rest: BytesMut,
     options: Options<'_>,
 ) -> RelayStats {
-    let (backend_r, mut backend_w) = backend.split();
-    let mut backend_r = backend_r;
-    match client {
-        Stream::Tcp(mut tcp) => {
-            let (mut client_r, mut client_w) = tcp.split();
-            relay_halves(
-                (&mut client_r, &mut client_w),
-                client_rest,
-                (&mut backend_r, &mut backend_w),
-                backend_rest,
-                options,
-            )
-            .await
+    let (mut client_r, mut client_w) = halves(client);
+    let (mut backend_r, mut backend_w) = halves(backend);
+    relay_halves(
+        (&mut client_r, &mut client_w),
+        client_rest,
+        (&mut backend_r, &mut backend_w),
+        backend_rest,
+        options,
+    )
+    .await
+}
+
+/// The reading half of a side: plain TCP (read on readiness) or TLS.
+enum Reader {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<Stream>),
+}
+
+/// The writing half of a side.
+enum Writer {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<Stream>),
+}
+
+fn halves(stream: Stream) -> (Reader, Writer) {
+    match stream {
+        Stream::Tcp(tcp) => {
+            let (r, w) = tcp.into_split();
+            (Reader::Tcp(r), Writer::Tcp(w))
         }
-        Stream::Tls(tls) => {
-            let (mut client_r, mut client_w) = tokio::io::split(*tls);
-            relay_halves(
-                (&mut client_r, &mut client_w),
-                client_rest,
-                (&mut backend_r, &mut backend_w),
-                backend_rest,
-                options,
-            )
-            .await
+        other => {
+            let (r, w) = tokio::io::split(other);
+            (Reader::Tls(r), Writer::Tls(w))
         }
-        Stream::Upgrading => RelayStats {
-            end: "client stream unusable",
-            ..RelayStats::default()
-        },
+    }
+}
+
+impl ReadSome for Reader {
+    async fn read_some(&mut self, buf: &mut BytesMut, size: &mut usize) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(r) => read_ready(r, buf, size).await,
+            Self::Tls(r) => read_into(r, buf, size).await,
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
     }
 }
 
@@ -267,46 +313,50 @@ pub trait ReadSome {
 
 /// Plain TCP: wait for readiness first, so that no buffer is held while
 /// waiting.
-impl ReadSome for ReadHalf<'_> {
-    async fn read_some(&mut self, buf: &mut BytesMut, size: &mut usize) -> std::io::Result<usize> {
-        if buf.is_empty() && buf.capacity() > 0 {
-            give_back(std::mem::take(buf));
+async fn read_ready(
+    r: &OwnedReadHalf,
+    buf: &mut BytesMut,
+    size: &mut usize,
+) -> std::io::Result<usize> {
+    if buf.is_empty() && buf.capacity() > 0 {
+        give_back(std::mem::take(buf));
+    }
+    loop {
+        r.readable().await?;
+        if buf.capacity() == 0 {
+            *buf = take_buffer(*size);
+        } else {
+            buf.reserve(*size);
         }
-        loop {
-            self.readable().await?;
-            if buf.capacity() == 0 {
-                *buf = take_buffer(*size);
-            } else {
-                buf.reserve(*size);
+        match r.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Ok(n) => {
+                adapt(size, n);
+                return Ok(n);
             }
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Ok(n) => {
-                    adapt(size, n);
-                    return Ok(n);
-                }
-                Err(e) => return Err(e),
-            }
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// TLS: a TLS stream has no readiness of its own; the buffer is taken for
 /// the read (from the free list) and given back once drained.
-impl<T: AsyncRead + Unpin> ReadSome for tokio::io::ReadHalf<T> {
-    async fn read_some(&mut self, buf: &mut BytesMut, size: &mut usize) -> std::io::Result<usize> {
-        if buf.is_empty() && buf.capacity() > 0 {
-            give_back(std::mem::take(buf));
-        }
-        if buf.capacity() == 0 {
-            *buf = take_buffer(*size);
-        } else {
-            buf.reserve(*size);
-        }
-        let n = self.read_buf(buf).await?;
-        adapt(size, n);
-        Ok(n)
+async fn read_into<T: AsyncRead + Unpin>(
+    r: &mut T,
+    buf: &mut BytesMut,
+    size: &mut usize,
+) -> std::io::Result<usize> {
+    if buf.is_empty() && buf.capacity() > 0 {
+        give_back(std::mem::take(buf));
     }
+    if buf.capacity() == 0 {
+        *buf = take_buffer(*size);
+    } else {
+        buf.reserve(*size);
+    }
+    let n = r.read_buf(buf).await?;
+    adapt(size, n);
+    Ok(n)
 }
 
 fn adapt(size: &mut usize, n: usize) {

@@ -135,7 +135,7 @@ pub(super) async fn serve(
 struct Ready {
     client_tcp: crate::conn::Stream,
     client_rest: bytes::BytesMut,
-    backend_tcp: TcpStream,
+    backend_tcp: crate::conn::Stream,
     backend_rest: bytes::BytesMut,
     lease: BackendLease,
     user: UserClaim,
@@ -196,10 +196,7 @@ async fn log_in(
         _user,
     } = established;
     let (client_tcp, client_rest) = client.into_parts();
-    let Some((backend_tcp, backend_rest)) = backend.stream.into_tcp() else {
-        warn!("backend stream is not plain TCP");
-        return None;
-    };
+    let (backend_tcp, backend_rest) = backend.stream.into_parts();
     // Nothing of the login is kept while the session relays, not even the
     // state it logged in with (a reload frees what it replaced).
     Some(Ready {
@@ -516,9 +513,12 @@ async fn open_backend(
         tried += 1;
         let backend = &candidate.backend;
         let attempt_deadline = deadline.min(now + state.config.connect_timeout());
-        let result = timeout_at(attempt_deadline, backend::open(backend.addr, &request))
-            .await
-            .unwrap_or(Err(BackendError::Timeout));
+        let result = timeout_at(
+            attempt_deadline,
+            backend::open(backend.addr, &request, pool.tls.as_ref()),
+        )
+        .await
+        .unwrap_or(Err(BackendError::Timeout));
         match result {
             Ok(session) => return Ok((lease, session)),
             Err(e) if e.is_backend_fault() => {

@@ -63,7 +63,9 @@ impl State {
             .iter()
             .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
             .collect();
-        let pools = Arc::new(Pools::from_config(&config, registry));
+        let mut pools = Pools::from_config(&config, registry);
+        pools.attach_tls(&config)?;
+        let pools = Arc::new(pools);
         let policy = build_policy(&config.policy, &pools, previous.map(|p| &p.policy))?;
         let mut named = BTreeMap::new();
         for (name, pc) in &config.policies {
