@@ -17,7 +17,7 @@ pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS over TCP (boxed: it is large, and most sessions are plain).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Rewind>>),
     /// TLS over TCP, Switchyard being the client (towards a backend).
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Only while the TLS handshake runs.
@@ -28,6 +28,49 @@ impl Stream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_) | Self::TlsClient(_))
+    }
+}
+
+/// A TCP stream that first gives back bytes already read from it: a client
+/// may send its TLS ClientHello right behind the SSLRequest, in the same
+/// read.
+#[derive(Debug)]
+pub struct Rewind {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -154,19 +197,20 @@ impl PacketStream {
     }
 
     /// Runs the server side of a TLS handshake (after the client's
-    /// SSLRequest). The client must not have sent anything past the
-    /// SSLRequest.
+    /// SSLRequest); bytes already read past the SSLRequest are the start of
+    /// the handshake.
     pub async fn start_tls(
         &mut self,
         acceptor: &tokio_rustls::TlsAcceptor,
     ) -> Result<(), ConnError> {
-        if !self.read_buf.is_empty() {
-            return Err(ProtocolError::Malformed("bytes after the SSLRequest").into());
-        }
         let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
             return Err(ProtocolError::Malformed("a second SSLRequest").into());
         };
-        let tls = acceptor.accept(tcp).await?;
+        let rewind = Rewind {
+            prefix: std::mem::take(&mut self.read_buf),
+            inner: tcp,
+        };
+        let tls = acceptor.accept(rewind).await?;
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
