@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use mysql_async::Conn;
 use mysql_async::prelude::*;
 
@@ -132,18 +132,7 @@ fn main() {
         ),
         ("tls_towards_backends", tls_towards_backends),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || f(&env))
-        })
-        .collect();
-    let mut args = args;
-    args.test_threads = Some(1);
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit();
+    run_one_at_a_time(args, env, tests);
 }
 
 /// Settings a test's proxy differs in.

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use mysql_async::Conn;
 use mysql_async::prelude::*;
 
@@ -165,18 +165,7 @@ fn main() {
             replica_down_then_all_down,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || f(&env))
-        })
-        .collect();
-    let mut args = args;
-    args.test_threads = Some(1);
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit();
+    run_one_at_a_time(args, env, tests);
 }
 
 async fn connect(env: &Env, user: (&str, &str), db: Option<&str>) -> Result<Conn, Failed> {

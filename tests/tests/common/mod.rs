@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use libtest_mimic::Failed;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 
@@ -53,4 +55,27 @@ pub fn server_error(e: mysql_async::Error) -> Result<(u16, String, String), Fail
         mysql_async::Error::Server(s) => Ok((s.code, s.state, s.message)),
         other => Err(format!("expected a server error, got {other:?}").into()),
     }
+}
+
+/// A test and its name.
+pub type NamedTest<E> = (&'static str, fn(&E) -> TestResult);
+
+/// Runs `tests` one at a time (they share `env`, which some of them change),
+/// drops `env` (stopping its servers) and exits with the result.
+pub fn run_one_at_a_time<E: Send + Sync + 'static>(
+    mut args: Arguments,
+    env: Arc<E>,
+    tests: Vec<NamedTest<E>>,
+) -> ! {
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let env = Arc::clone(&env);
+            Trial::test(name, move || f(&env))
+        })
+        .collect();
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit()
 }
