@@ -163,12 +163,7 @@ impl Setup {
     }
 
     fn config(&self) -> String {
-        let user = |name: &str, password: &str| {
-            format!(
-                "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
-                PasswordHash::of_password(password.as_bytes())
-            )
-        };
+        let user = user_table;
         format!(
             r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 5000

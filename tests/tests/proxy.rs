@@ -42,12 +42,7 @@ const REPLICA_IDS: [u32; 2] = [2, 3];
 /// The shared proxy's config; `{port}`, `{policy}` and the backend ports are
 /// filled in.
 fn proxy_config(topology: &Topology) -> String {
-    let user = |name: &str, password: &str| {
-        format!(
-            "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
-            PasswordHash::of_password(password.as_bytes())
-        )
-    };
+    let user = user_table;
     format!(
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 3000

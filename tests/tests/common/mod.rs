@@ -79,3 +79,11 @@ pub fn run_one_at_a_time<E: Send + Sync + 'static>(
     drop(env);
     conclusion.exit()
 }
+
+/// A `[[users]]` table for `name` with the hash of `password`.
+pub fn user_table(name: &str, password: &str) -> String {
+    format!(
+        "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+        switchyard::auth::PasswordHash::of_password(password.as_bytes())
+    )
+}
