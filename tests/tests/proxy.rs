@@ -133,6 +133,10 @@ fn main() {
             com_change_user_gets_a_clear_error,
         ),
         (
+            "com_reset_connection_passes_through",
+            com_reset_connection_passes_through,
+        ),
+        (
             "garbage_and_truncated_packets_are_contained",
             garbage_and_truncated_packets,
         ),
@@ -1101,4 +1105,24 @@ fn sigterm_stops_the_daemon(env: &Env) -> TestResult {
     check(proxy.log().contains("shutting down"), "logged the shutdown")?;
     drop(conn);
     Ok(())
+}
+
+fn com_reset_connection_passes_through(env: &Env) -> TestResult {
+    block_on(async {
+        let mut c = connect(env, SLAVE_USER, None).await?;
+        let before = server_id(&mut c).await?;
+        c.query_drop("SET @kept = 42").await.map_err(fail)?;
+        let kept: Option<Option<u32>> = c.query_first("SELECT @kept").await.map_err(fail)?;
+        check(kept == Some(Some(42)), format!("{kept:?}"))?;
+        // COM_RESET_CONNECTION: the backend session forgets its state and
+        // stays the same session, on the same backend.
+        c.reset().await.map_err(fail)?;
+        let gone: Option<Option<u32>> = c.query_first("SELECT @kept").await.map_err(fail)?;
+        check(gone == Some(None), format!("after reset: {gone:?}"))?;
+        check(
+            server_id(&mut c).await? == before,
+            "same backend after reset",
+        )?;
+        c.disconnect().await.map_err(fail)
+    })
 }
