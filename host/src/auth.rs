@@ -1,4 +1,5 @@
-//! Authentication math for `mysql_native_password`, as pure functions.
+//! Authentication math for `mysql_native_password` (here) and
+//! `caching_sha2_password` ([`caching_sha2`]), as pure functions.
 //!
 //! MySQL stores `H2 = SHA1(SHA1(password))` (shown as `*` + 40 hex digits in
 //! `mysql.user`). A client answers the server's 20-byte nonce `s` with
@@ -14,6 +15,8 @@ use rand::Rng;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
+
+pub mod caching_sha2;
 
 /// Length of a nonce (salt) and of a SHA1 digest.
 pub const NONCE_LEN: usize = 20;
@@ -129,6 +132,18 @@ impl Sha1Password {
     /// Whether this stands for the empty password.
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
+    }
+
+    /// Whether this is the password `stored` verifies (constant time).
+    pub fn matches(&self, stored: &PasswordHash) -> bool {
+        match (&self.0, stored) {
+            (None, PasswordHash::Empty) => true,
+            (Some(h1), PasswordHash::Native(h2)) => {
+                let candidate: [u8; 20] = Sha1::digest(h1).into();
+                bool::from(candidate.ct_eq(h2))
+            }
+            _ => false,
+        }
     }
 
     /// The `mysql_native_password` auth response for `nonce`:

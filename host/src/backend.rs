@@ -10,12 +10,12 @@ use tokio::net::TcpStream;
 use crate::auth::Sha1Password;
 use crate::conn::{ConnError, PacketStream};
 use crate::protocol::{
-    AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
+    AuthSwitchRequest, CapabilityFlags, ChangeUser, ErrPacket, Greeting, HandshakeResponse,
     MariaDbCapabilities, NATIVE_PASSWORD_PLUGIN, QueryReply, ResultSetDecoder, TextResult,
 };
 
 /// Largest packet accepted from a backend during login.
-const MAX_LOGIN_PACKET: usize = 64 * 1024;
+pub const MAX_LOGIN_PACKET: usize = 64 * 1024;
 
 /// Why a backend session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +189,8 @@ pub struct BackendSession {
     /// The OK packet's payload that ended the login (status flags, session
     /// state), to be forwarded to the client.
     pub ok: Bytes,
+    /// The capabilities the session was opened with.
+    pub capabilities: CapabilityFlags,
 }
 
 /// Connects to `addr` and reads its greeting.
@@ -316,7 +318,34 @@ pub async fn open(
         stream,
         greeting,
         ok,
+        capabilities: response.capabilities,
     })
+}
+
+/// Re-authenticates a logged-in backend session (opened with `caps`,
+/// greeted with `nonce`) as the user of `request`: COM_CHANGE_USER with
+/// a token for the backend's own nonce, following an auth switch. Returns
+/// the OK's payload.
+pub async fn change_user(
+    stream: &mut PacketStream,
+    nonce: &[u8],
+    caps: CapabilityFlags,
+    request: &ChangeUser,
+    password: &Sha1Password,
+) -> Result<Bytes, BackendError> {
+    let command = ChangeUser {
+        username: request.username.clone(),
+        auth_response: password.scramble(nonce),
+        database: request.database.clone(),
+        charset: request.charset,
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+        connect_attrs: request.connect_attrs.clone(),
+    };
+    stream
+        .write(0, &command.encode(caps))
+        .await
+        .map_err(ConnError::from)?;
+    follow_login(stream, password, 1).await
 }
 
 /// Sends `response` and follows the backend's answers (one auth switch to
@@ -331,7 +360,17 @@ async fn login(
         .write(first_seq, &response.encode())
         .await
         .map_err(ConnError::from)?;
-    let mut seq = first_seq + 1;
+    follow_login(stream, password, first_seq + 1).await
+}
+
+/// Follows a backend's answers from sequence id `seq` on (one auth switch
+/// to `mysql_native_password` at most) to its OK, whose payload is
+/// returned.
+async fn follow_login(
+    stream: &mut PacketStream,
+    password: &Sha1Password,
+    mut seq: u8,
+) -> Result<Bytes, BackendError> {
     let mut switched = false;
     loop {
         let p = stream.read_seq(seq).await?;

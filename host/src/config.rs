@@ -100,6 +100,58 @@ pub struct Config {
     /// TLS for clients; off unless this table is present.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How clients authenticate: the greeting's plugin and the RSA key of
+    /// `caching_sha2_password`.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// A password authentication plugin Switchyard speaks with clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AuthPlugin {
+    /// `mysql_native_password`.
+    #[default]
+    #[serde(rename = "mysql_native_password")]
+    Native,
+    /// `caching_sha2_password` (MySQL 8/9 clients).
+    #[serde(rename = "caching_sha2_password")]
+    CachingSha2,
+}
+
+impl AuthPlugin {
+    /// The plugin's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => crate::protocol::NATIVE_PASSWORD_PLUGIN,
+            Self::CachingSha2 => crate::auth::caching_sha2::PLUGIN,
+        }
+    }
+
+    /// The plugin called `name` on the wire, if Switchyard speaks it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Native, Self::CachingSha2]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The plugin the greeting names and accounts use unless they name
+    /// their own: `"mysql_native_password"` (default) or
+    /// `"caching_sha2_password"`. A client that starts with another plugin
+    /// is switched to its account's. Reloads.
+    #[serde(default)]
+    pub default_plugin: AuthPlugin,
+    /// The RSA private key (PEM, PKCS#8 or PKCS#1) whose public half
+    /// `caching_sha2_password` clients without TLS encrypt their password
+    /// with. Default: a 2048-bit key generated when the process starts
+    /// (clients that pinned the previous public key must fetch it again
+    /// after a restart). Read again on reload.
+    #[serde(default)]
+    pub rsa_private_key: Option<Spanned<PathBuf>>,
 }
 
 /// TLS towards clients.
@@ -326,6 +378,11 @@ pub struct UserConfig {
     /// Refuse this user's plaintext logins (ERR 1045). Default false.
     #[serde(default)]
     pub require_tls: bool,
+    /// The plugin this user authenticates with (`"mysql_native_password"`
+    /// or `"caching_sha2_password"`); a client that starts with another is
+    /// switched to it. Default: `[auth] default_plugin`.
+    #[serde(default)]
+    pub plugin: Option<AuthPlugin>,
 }
 
 /// How a pool chooses a backend for a new session.
@@ -968,6 +1025,25 @@ impl Config {
                 .accounts()
                 .iter()
                 .any(|u| u.name.get_ref() == user && u.require_tls)
+    }
+
+    /// The plugin `user` must authenticate with, if the file says.
+    pub fn user_plugin(&self, user: &str) -> Option<AuthPlugin> {
+        self.users
+            .accounts()
+            .iter()
+            .find(|u| u.name.get_ref() == user)
+            .and_then(|u| u.plugin)
+    }
+
+    /// Whether any client may be asked for `caching_sha2_password`.
+    pub fn uses_caching_sha2(&self) -> bool {
+        self.auth.default_plugin == AuthPlugin::CachingSha2
+            || self
+                .users
+                .accounts()
+                .iter()
+                .any(|u| u.plugin == Some(AuthPlugin::CachingSha2))
     }
 
     /// The session limit of `user`, if any.

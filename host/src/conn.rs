@@ -164,6 +164,17 @@ impl PacketStream {
         }
     }
 
+    /// Takes up a stream again after the relay (`read_buf`: bytes it
+    /// read past).
+    pub fn from_parts(stream: Stream, read_buf: BytesMut, max_payload: usize) -> Self {
+        Self {
+            stream,
+            read_buf,
+            write_buf: BytesMut::new(),
+            codec: PacketCodec::new(max_payload),
+        }
+    }
+
     /// Reads the next packet.
     pub async fn read(&mut self) -> Result<Packet, ConnError> {
         loop {

@@ -19,6 +19,8 @@ pub struct RawClient {
     stream: TcpStream,
     buf: BytesMut,
     codec: PacketCodec,
+    /// The nonce of the greeting read last.
+    pub nonce: Vec<u8>,
 }
 
 /// What a login attempt ended with.
@@ -30,6 +32,17 @@ pub enum LoginOutcome {
     Err(ErrPacket, u8),
 }
 
+/// Which way a `caching_sha2_password` login went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sha2Path {
+    /// No more data: the server answered at once.
+    None,
+    /// "fast auth success".
+    Fast,
+    /// Full authentication with the RSA public key.
+    FullRsa,
+}
+
 impl RawClient {
     /// Connects (10 s read timeout).
     pub fn connect(addr: SocketAddr) -> Result<Self> {
@@ -39,6 +52,7 @@ impl RawClient {
             stream,
             buf: BytesMut::new(),
             codec: PacketCodec::new(1 << 23),
+            nonce: Vec::new(),
         })
     }
 
@@ -85,7 +99,9 @@ impl RawClient {
         if p.seq != 0 {
             bail!("greeting has sequence id {}", p.seq);
         }
-        Ok(Greeting::decode(&p.payload)?)
+        let greeting = Greeting::decode(&p.payload)?;
+        self.nonce = greeting.auth_data.clone();
+        Ok(greeting)
     }
 
     /// Whether the peer closes the connection (after at most one ERR
@@ -152,6 +168,89 @@ impl RawClient {
                 _ => bail!("unexpected login packet {:?}", p.payload),
             }
         }
+    }
+
+    /// Logs in with `caching_sha2_password` from the start, as a MySQL 8/9
+    /// client does: the fast-path scramble, then (if the server asks for
+    /// full authentication) the public key request and the RSA-encrypted
+    /// password. Returns the path the server took and the outcome.
+    pub fn login_caching_sha2(
+        &mut self,
+        user: &str,
+        password: &str,
+        db: Option<&str>,
+    ) -> Result<(Sha2Path, LoginOutcome)> {
+        use switchyard::auth::caching_sha2;
+        let greeting = self.greeting()?;
+        let nonce = greeting.auth_data.clone();
+        let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_TRANSACTIONS
+            | CapabilityFlags::CLIENT_LONG_PASSWORD;
+        caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, db.is_some());
+        let response = HandshakeResponse {
+            capabilities: caps,
+            max_packet_size: 1 << 24,
+            charset: 45,
+            mariadb_capabilities: MariaDbCapabilities::empty(),
+            username: user.into(),
+            auth_response: caching_sha2::scramble(password.as_bytes(), &nonce),
+            database: db.map(str::to_owned),
+            auth_plugin: Some(caching_sha2::PLUGIN.into()),
+            connect_attrs: None,
+        };
+        self.write_packet(1, &response.encode())?;
+        let mut path = Sha2Path::None;
+        loop {
+            let p = self.expect_packet()?;
+            match p.payload.first() {
+                Some(0x00) => return Ok((path, LoginOutcome::Ok(p.seq))),
+                Some(0xff) => {
+                    return Ok((
+                        path,
+                        LoginOutcome::Err(ErrPacket::decode(&p.payload)?, p.seq),
+                    ));
+                }
+                Some(0x01) if p.payload[..] == [0x01, caching_sha2::FAST_AUTH_SUCCESS] => {
+                    path = Sha2Path::Fast;
+                }
+                Some(0x01)
+                    if p.payload[..] == [0x01, caching_sha2::PERFORM_FULL_AUTHENTICATION] =>
+                {
+                    path = Sha2Path::FullRsa;
+                    self.write_packet(p.seq + 1, &[caching_sha2::REQUEST_PUBLIC_KEY])?;
+                    let key = self.expect_packet()?;
+                    let pem = std::str::from_utf8(&key.payload[1..])?;
+                    let block = caching_sha2::encrypt_for_server(pem, password.as_bytes(), &nonce)
+                        .ok_or_else(|| anyhow::anyhow!("not a public key: {pem}"))?;
+                    self.write_packet(key.seq + 1, &block)?;
+                }
+                _ => bail!("unexpected login packet {:?}", p.payload),
+            }
+        }
+    }
+
+    /// A COM_CHANGE_USER packet for a client that logged in with
+    /// [`login`](Self::login) (native token for `nonce`).
+    pub fn change_user_packet(
+        user: &str,
+        password: &str,
+        nonce: &[u8],
+        db: Option<&str>,
+    ) -> Vec<u8> {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let c = switchyard::protocol::ChangeUser {
+            username: user.into(),
+            auth_response: Sha1Password::of_password(password.as_bytes()).scramble(nonce),
+            database: db.map(str::to_owned),
+            charset: Some(45),
+            auth_plugin: Some("mysql_native_password".into()),
+            connect_attrs: None,
+        };
+        Self::command_packet(&c.encode(caps))
     }
 
     /// A command packet (sequence id 0) with `payload`.

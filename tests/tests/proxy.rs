@@ -129,8 +129,16 @@ fn main() {
             auth_switch_from_caching_sha2,
         ),
         (
-            "com_change_user_gets_a_clear_error",
-            com_change_user_gets_a_clear_error,
+            "com_change_user_moves_between_pools",
+            com_change_user_moves_between_pools,
+        ),
+        (
+            "com_change_user_refused_keeps_the_session",
+            com_change_user_refused_keeps_the_session,
+        ),
+        (
+            "caching_sha2_full_authentication_then_fast_path",
+            caching_sha2_full_then_fast,
         ),
         (
             "com_reset_connection_passes_through",
@@ -616,35 +624,229 @@ fn auth_switch_from_caching_sha2(env: &Env) -> TestResult {
     check(saw_id, "the switched session is on the primary")
 }
 
-fn com_change_user_gets_a_clear_error(env: &Env) -> TestResult {
+fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env, MASTER_USER, Some("app")).await?;
+        check(
+            server_id(&mut conn).await? == PRIMARY_ID,
+            "master on the primary",
+        )?;
+        let change = |(user, pass): (&str, &str), db: Option<&str>| {
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some(user.into()))
+                .with_pass(Some(pass.into()))
+                .with_db_name(db.map(str::to_owned))
+        };
+        // master → slave: another pool, so another backend session.
+        conn.change_user(change(SLAVE_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let id = server_id(&mut conn).await?;
+        check(
+            REPLICA_IDS.contains(&id),
+            format!("slave on a replica, got {id}"),
+        )?;
+        let who: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .map_err(fail)?;
+        check(
+            who.as_deref().is_some_and(|w| w.starts_with("mysqlslave@")),
+            format!("{who:?}"),
+        )?;
+        let db: Option<String> = conn.query_first("SELECT DATABASE()").await.map_err(fail)?;
+        check(db.as_deref() == Some("app"), format!("database {db:?}"))?;
+        // slave → master: back to the primary.
+        conn.change_user(change(MASTER_USER, None))
+            .await
+            .map_err(fail)?;
+        check(
+            server_id(&mut conn).await? == PRIMARY_ID,
+            "master on the primary again",
+        )?;
+        // master → master: the same pool, so the backend session is
+        // re-authenticated in place (same backend thread), and reset.
+        conn.query_drop("SET @mark = 42").await.map_err(fail)?;
+        let before: Option<u64> = conn
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        conn.change_user(change(MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let after: Option<u64> = conn
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        check(
+            before == after,
+            format!("backend thread {before:?} → {after:?}"),
+        )?;
+        let mark: Option<Option<i64>> = conn.query_first("SELECT @mark").await.map_err(fail)?;
+        check(mark == Some(None), format!("session state kept: {mark:?}"))?;
+        // Still a working session, which writes on the primary.
+        conn.query_drop("CREATE TABLE IF NOT EXISTS app.cu (id INT PRIMARY KEY)")
+            .await
+            .map_err(fail)?;
+        conn.query_drop("REPLACE INTO app.cu VALUES (1)")
+            .await
+            .map_err(fail)?;
+        conn.disconnect().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
     let mut raw = RawClient::connect(env.proxy.addr())?;
-    match raw.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")? {
+    match raw.login(MASTER_USER.0, MASTER_USER.1, None, "mysql_native_password")? {
         LoginOutcome::Ok(_) => {}
         other => return Err(format!("{other:?}").into()),
     }
-    // A query, then COM_CHANGE_USER pipelined behind it: the query's answer
-    // comes first, then the ERR, then the close.
-    let mut bytes = RawClient::query_packet("SELECT 5");
-    bytes.extend(RawClient::command_packet(b"\x11mysqlmaster\0\x14"));
-    raw.write_raw(&bytes)?;
-    let mut packets = Vec::new();
-    while let Some(p) = raw.read_packet()? {
-        packets.push(p);
+    let nonce = raw.nonce.clone();
+    let before = connections(&env.topology());
+    // A wrong password, and an unknown user: ERR 1045 in the client's
+    // sequence, no backend connection, and the session goes on.
+    for (user, pass) in [(SLAVE_USER.0, "wrong"), ("nobody", "x")] {
+        raw.write_raw(&RawClient::change_user_packet(user, pass, &nonce, None))?;
+        let p = raw.expect_packet()?;
+        check(
+            ErrPacket::is_err(&p.payload) && p.seq == 1,
+            format!("{p:?}"),
+        )?;
+        let err = ErrPacket::decode(&p.payload)?;
+        check(
+            err.code == 1045
+                && err.message
+                    == format!("Access denied for user '{user}'@'127.0.0.1' (using password: YES)"),
+            format!("{err:?}"),
+        )?;
+        raw.write_raw(&RawClient::query_packet("SELECT @@server_id"))?;
+        let mut saw_primary = false;
+        for _ in 0..5 {
+            let p = raw.expect_packet()?;
+            if p.payload[..] == [0x01, b'1'] {
+                saw_primary = true;
+                break;
+            }
+        }
+        check(
+            saw_primary,
+            "the session is still the master's, on the primary",
+        )?;
+        // Drain the rest of the result set (EOF).
+        let _ = raw.expect_packet()?;
     }
+    let after = connections(&env.topology());
+    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     check(
-        packets.iter().any(|p| p.payload[..] == [0x01, b'5']),
-        "the query before it was answered",
+        deltas == [1, 1, 1],
+        format!("servers saw new connections: {deltas:?}"),
     )?;
-    let last = packets.last().ok_or("no answer")?;
+    // The right password then works, on the raw session too.
+    raw.write_raw(&RawClient::change_user_packet(
+        SLAVE_USER.0,
+        SLAVE_USER.1,
+        &nonce,
+        None,
+    ))?;
+    let p = raw.expect_packet()?;
     check(
-        ErrPacket::is_err(&last.payload) && last.seq == 1,
-        format!("last packet {last:?}"),
-    )?;
-    let err = ErrPacket::decode(&last.payload)?;
-    check(
-        err.code == 9104 && err.message.contains("COM_CHANGE_USER"),
-        format!("{err:?}"),
+        p.payload.first() == Some(&0) && p.seq == 1,
+        format!("{p:?}"),
     )
+}
+
+/// A proxy whose accounts use caching_sha2_password, with an RSA key from
+/// a file made by `openssl genpkey`.
+fn sha2_proxy(env: &Env, dir: &std::path::Path) -> Result<Proxy, Failed> {
+    let key = dir.join("rsa.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .map_err(fail)?;
+    check(out.status.success(), String::from_utf8_lossy(&out.stderr))?;
+    let config = proxy_config(&env.topology()).replace(
+        "[pools.master]",
+        &format!(
+            "[auth]\ndefault_plugin = \"caching_sha2_password\"\nrsa_private_key = \"{}\"\n\n[pools.master]",
+            key.display()
+        ),
+    );
+    Proxy::start(&config).map_err(fail)
+}
+
+fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
+    use switchyard_e2e::raw::Sha2Path;
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let proxy = sha2_proxy(env, dir.path())?;
+    let login = |user: &str, pass: &str| -> Result<(Sha2Path, LoginOutcome), Failed> {
+        let mut raw = RawClient::connect(proxy.addr())?;
+        Ok(raw.login_caching_sha2(user, pass, None)?)
+    };
+    let before = connections(&env.topology());
+    // Cold cache: full authentication over RSA; a wrong password, an
+    // unknown user and a wrong password on the fast path all get 1045 in
+    // the client's sequence and open no backend connection.
+    for (user, pass, path, seq) in [
+        (MASTER_USER.0, "wrong", Sha2Path::FullRsa, 6),
+        ("nobody", "x", Sha2Path::FullRsa, 6),
+    ] {
+        match login(user, pass)? {
+            (p, LoginOutcome::Err(e, s)) if p == path && e.code == 1045 && s == seq => {}
+            other => return Err(format!("{user}/{pass}: {other:?}").into()),
+        }
+    }
+    let after = connections(&env.topology());
+    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    check(
+        deltas == [1, 1, 1],
+        format!("servers saw new connections: {deltas:?}"),
+    )?;
+    match login(MASTER_USER.0, MASTER_USER.1)? {
+        (Sha2Path::FullRsa, LoginOutcome::Ok(6)) => {}
+        other => return Err(format!("first login: {other:?}").into()),
+    }
+    // Now cached: the fast path, OK right after "fast auth success".
+    match login(MASTER_USER.0, MASTER_USER.1)? {
+        (Sha2Path::Fast, LoginOutcome::Ok(3)) => {}
+        other => return Err(format!("second login: {other:?}").into()),
+    }
+    // A wrong password after that falls back to full authentication.
+    match login(MASTER_USER.0, "wrong")? {
+        (Sha2Path::FullRsa, LoginOutcome::Err(e, 6)) if e.code == 1045 => {}
+        other => return Err(format!("wrong password, warm: {other:?}").into()),
+    }
+    // A native client is switched to caching_sha2_password; a library
+    // client (mysql_async) does the whole exchange and lands by policy.
+    let mut raw = RawClient::connect(proxy.addr())?;
+    match raw.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password") {
+        Err(e)
+            if e.to_string()
+                .contains("asked to switch to caching_sha2_password") => {}
+        other => return Err(format!("native client: {other:?}").into()),
+    }
+    block_on(async {
+        let mut conn = Conn::new(opts(proxy.addr().port(), SLAVE_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let id = server_id(&mut conn).await?;
+        check(
+            REPLICA_IDS.contains(&id),
+            format!("slave on a replica, got {id}"),
+        )?;
+        conn.disconnect().await.map_err(fail)?;
+        let wrong = Conn::new(opts(proxy.addr().port(), (SLAVE_USER.0, "nope"), None)).await;
+        let (code, _, _) = server_error(wrong.err().ok_or("wrong password accepted")?)?;
+        check(code == 1045, format!("{code}"))
+    })
 }
 
 fn garbage_and_truncated_packets(env: &Env) -> TestResult {

@@ -2,10 +2,12 @@
 //!
 //! This module owns the wire format: packet framing, the server greeting
 //! (HandshakeV10), the client's HandshakeResponse41, auth switch requests,
+//! COM_CHANGE_USER,
 //! OK/ERR packets and the command bytes a proxy must recognise. Everything
 //! here works on byte buffers and never touches a socket; incomplete input is
 //! `Ok(None)`, hostile input is an error value, never a panic.
 
+mod change_user;
 mod command;
 mod flags;
 mod greeting;
@@ -15,6 +17,7 @@ mod response;
 mod result;
 mod resultset;
 
+pub use change_user::ChangeUser;
 pub use command::{Command, CommandScanner, ScanEvent};
 pub use flags::{CapabilityFlags, MariaDbCapabilities, StatusFlags};
 pub use greeting::Greeting;
@@ -101,6 +104,7 @@ mod hostile_input {
             let _ = Greeting::decode(&b);
             let _ = HandshakeResponse::decode(&b);
             let _ = AuthSwitchRequest::decode(&b);
+            let _ = ChangeUser::decode(&b, CapabilityFlags::implemented());
             let _ = ErrPacket::decode(&b);
             let _ = OkPacket::decode(&b);
             let mut buf = BytesMut::from(&b[..]);

@@ -5,6 +5,8 @@ use crate::protocol::ErrPacket;
 
 /// Wrong password or unknown user (MySQL's own code and wording).
 pub const ACCESS_DENIED: u16 = 1045;
+/// The client cannot use the plugin its account requires.
+pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
 /// The proxy serves `max_connections` sessions already.
 pub const TOO_MANY_CONNECTIONS: u16 = 1040;
 /// The client address is blocked after too many failed logins.
@@ -33,6 +35,15 @@ pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrPacket {
             "Access denied for user '{user}'@'{host}' (using password: {})",
             if used_password { "YES" } else { "NO" }
         ),
+    )
+}
+
+/// ERR 1251 / 08004, as MySQL words it.
+pub fn auth_mode_not_supported() -> ErrPacket {
+    ErrPacket::new(
+        NOT_SUPPORTED_AUTH_MODE,
+        "08004",
+        "Client does not support authentication protocol requested by server; consider upgrading MySQL client",
     )
 }
 

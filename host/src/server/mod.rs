@@ -6,6 +6,8 @@
 //! the health checker, configuration reloads (SIGHUP, admin endpoint), the
 //! admin endpoint itself, systemd notifications and the drain on shutdown.
 
+mod authn;
+mod change_user;
 mod codes;
 pub mod limits;
 mod profile;
@@ -54,6 +56,11 @@ pub struct Shared {
     pub loaded_users: users::LoadedUsers,
     /// What clients are greeted with.
     pub profile: profile::ProfileCell,
+    /// `caching_sha2_password` fast-path verifiers.
+    pub sha2_cache: crate::auth::caching_sha2::Cache,
+    /// The RSA key generated for `caching_sha2_password`, when no
+    /// `[auth] rsa_private_key` is configured.
+    generated_rsa: tokio::sync::OnceCell<Arc<crate::auth::caching_sha2::RsaKey>>,
     config_path: Option<PathBuf>,
     next_connection_id: AtomicU32,
     health_wake: Arc<Notify>,
@@ -73,6 +80,15 @@ impl Shared {
         let profile = profile::ProfileCell::new(ServerProfile::fallback(&config));
         let threads = config.threads();
         let state = State::build(config, &registry, None)?;
+        // Generated now, off the event loops, when it will be needed; a
+        // reload that starts needing it generates it at the first use.
+        let generated_rsa = if state.rsa_key.is_none() && state.config.uses_caching_sha2() {
+            let key = crate::auth::caching_sha2::RsaKey::generate()?;
+            info!("generated an RSA key pair for caching_sha2_password");
+            tokio::sync::OnceCell::new_with(Some(Arc::new(key)))
+        } else {
+            tokio::sync::OnceCell::new()
+        };
         Ok(Self {
             state: ArcSwap::from_pointee(state),
             registry,
@@ -81,6 +97,8 @@ impl Shared {
             user_sessions: Arc::default(),
             loaded_users: users::LoadedUsers::default(),
             profile,
+            sha2_cache: Default::default(),
+            generated_rsa,
             config_path,
             next_connection_id: AtomicU32::new(1),
             health_wake: Arc::new(Notify::new()),
@@ -100,6 +118,26 @@ impl Shared {
     /// Time since the process started serving.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The RSA key `caching_sha2_password` clients encrypt with: the
+    /// configured one, else the generated one (generated now if need be).
+    pub async fn rsa_key(
+        &self,
+        state: &State,
+    ) -> anyhow::Result<Arc<crate::auth::caching_sha2::RsaKey>> {
+        if let Some(k) = &state.rsa_key {
+            return Ok(Arc::clone(k));
+        }
+        self.generated_rsa
+            .get_or_try_init(|| async {
+                let key = tokio::task::spawn_blocking(crate::auth::caching_sha2::RsaKey::generate)
+                    .await??;
+                info!("generated an RSA key pair for caching_sha2_password");
+                Ok(Arc::new(key))
+            })
+            .await
+            .cloned()
     }
 
     fn connection_id(&self) -> u32 {

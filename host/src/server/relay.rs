@@ -3,10 +3,11 @@
 //! Both directions are byte streams: one read is not one packet, and
 //! clients pipeline. The client-to-backend direction walks packet headers
 //! (without copying) to find command boundaries, so that COM_QUIT closes the
-//! backend cleanly and COM_CHANGE_USER, which Switchyard cannot relay yet, is
-//! answered with an ERR instead of breaking the session silently. That ERR
-//! is sent only after the backend has answered every earlier command and
-//! closed, so it never lands in the middle of another response.
+//! backend cleanly and COM_CHANGE_USER stops the relay: the
+//! backend-to-client direction stops once it has written what it read
+//! (it is then waiting for the backend, which has answered every earlier
+//! command of a client that waits for its answers, as clients do before
+//! COM_CHANGE_USER), and the session gets both streams back to handle it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,12 +15,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
 
 use crate::conn::Stream;
 
-use super::codes;
 use crate::metrics::Metrics;
-use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
+use crate::protocol::{CommandScanner, ScanEvent};
 
 /// Smallest read, and where a direction's read size starts.
 const MIN_READ: usize = 16 * 1024;
@@ -31,6 +32,25 @@ const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
 
 /// How a session closed by `idle_timeout_ms` ends.
 pub const IDLE_END: &str = "idle timeout";
+/// How a relay stopped by COM_CHANGE_USER ends.
+pub const CHANGE_USER_END: &str = "COM_CHANGE_USER";
+
+/// What the session does once the relay is over.
+#[derive(Debug)]
+pub enum After {
+    /// The session is over.
+    Close,
+    /// The client sent COM_CHANGE_USER: the streams, and the client's
+    /// bytes from that command on.
+    ChangeUser {
+        /// The client's stream.
+        client: Stream,
+        /// What was read from the client, from COM_CHANGE_USER on.
+        client_rest: BytesMut,
+        /// The backend's stream, nothing pending on it.
+        backend: Stream,
+    },
+}
 
 /// How to relay.
 #[derive(Debug, Clone, Copy)]
@@ -61,17 +81,29 @@ pub async fn relay(
     backend: Stream,
     backend_rest: BytesMut,
     options: Options<'_>,
-) -> RelayStats {
+) -> (RelayStats, After) {
     let (mut client_r, mut client_w) = halves(client);
     let (mut backend_r, mut backend_w) = halves(backend);
-    relay_halves(
+    let (stats, rest) = relay_halves(
         (&mut client_r, &mut client_w),
         client_rest,
         (&mut backend_r, &mut backend_w),
         backend_rest,
         options,
     )
-    .await
+    .await;
+    let after = match rest {
+        Some(client_rest) => match (rejoin(client_r, client_w), rejoin(backend_r, backend_w)) {
+            (Some(client), Some(backend)) => After::ChangeUser {
+                client,
+                client_rest,
+                backend,
+            },
+            _ => After::Close,
+        },
+        None => After::Close,
+    };
+    (stats, after)
 }
 
 /// The reading half of a side: plain TCP (read on readiness) or TLS.
@@ -84,6 +116,15 @@ enum Reader {
 enum Writer {
     Tcp(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<Stream>),
+}
+
+/// The stream the halves were split from.
+fn rejoin(r: Reader, w: Writer) -> Option<Stream> {
+    match (r, w) {
+        (Reader::Tcp(r), Writer::Tcp(w)) => r.reunite(w).ok().map(Stream::Tcp),
+        (Reader::Tls(r), Writer::Tls(w)) => Some(r.unsplit(w)),
+        _ => None,
+    }
 }
 
 fn halves(stream: Stream) -> (Reader, Writer) {
@@ -148,14 +189,14 @@ async fn relay_halves<CR, CW, BR, BW>(
     (backend_r, backend_w): (&mut BR, &mut BW),
     backend_rest: BytesMut,
     options: Options<'_>,
-) -> RelayStats
+) -> (RelayStats, Option<BytesMut>)
 where
     CR: ReadSome,
     CW: AsyncWrite + Unpin,
     BR: ReadSome,
     BW: AsyncWrite + Unpin,
 {
-    let change_user = AtomicBool::new(false);
+    let change_user = Notify::new();
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     // Reads in either direction, and whether the last one came from the
@@ -164,7 +205,7 @@ where
     let moves = AtomicU64::new(0);
     let awaiting_answer = AtomicBool::new(false);
     let metrics = options.metrics;
-    let end = {
+    let (end, rest) = {
         let up = async {
             let mut buf = client_rest;
             let mut up_read = MIN_READ;
@@ -182,8 +223,8 @@ where
                 match event {
                     Some(ScanEvent::Quit) => break "client quit",
                     Some(ScanEvent::ChangeUser) => {
-                        change_user.store(true, Ordering::Release);
-                        break "COM_CHANGE_USER (not supported yet)";
+                        change_user.notify_one();
+                        return (CHANGE_USER_END, Some(buf));
                     }
                     None => {}
                 }
@@ -200,7 +241,7 @@ where
             // then closes its side, which ends the other direction.
             let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
             let _ = backend_w.shutdown().await;
-            end
+            (end, None)
         };
 
         let down = async {
@@ -215,7 +256,14 @@ where
                     metrics.bytes_to_clients.add(buf.len() as u64);
                     buf.clear();
                 }
-                match backend_r.read_some(&mut buf, &mut down_read).await {
+                // Everything read has been written: a safe point to stop
+                // at for COM_CHANGE_USER.
+                let read = tokio::select! {
+                    biased;
+                    () = change_user.notified() => return CHANGE_USER_END,
+                    read = backend_r.read_some(&mut buf, &mut down_read) => read,
+                };
+                match read {
                     Ok(0) => break "backend closed",
                     Ok(_) => {
                         moves.fetch_add(1, Ordering::Relaxed);
@@ -224,15 +272,6 @@ where
                     Err(_) => break "backend read failed",
                 }
             };
-            if change_user.load(Ordering::Acquire) {
-                let mut out = BytesMut::new();
-                encode_packet(
-                    1,
-                    &codes::unsupported_command("COM_CHANGE_USER").encode(),
-                    &mut out,
-                );
-                let _ = client_w.write_all(&out).await;
-            }
             let _ = client_w.shutdown().await;
             end
         };
@@ -248,13 +287,26 @@ where
         tokio::pin!(up, down, idle);
         tokio::select! {
             // The backend is gone or the client cannot be written: done.
-            end = &mut down => end,
-            // The client is done sending: let the backend finish and close.
-            end = &mut up => {
-                down.await;
-                end
+            end = &mut down => {
+                if end == CHANGE_USER_END {
+                    // Only after `up` stopped for it (not seen here yet).
+                    up.await
+                } else {
+                    (end, None)
+                }
             }
-            () = &mut idle => IDLE_END,
+            // The client is done sending: let the backend finish and close
+            // (or, for COM_CHANGE_USER, stop at a safe point).
+            (end, rest) = &mut up => {
+                let down_end = down.await;
+                if rest.is_some() && down_end != CHANGE_USER_END {
+                    // The backend went away meanwhile.
+                    (down_end, None)
+                } else {
+                    (end, rest)
+                }
+            }
+            () = &mut idle => (IDLE_END, None),
         }
     };
     if end == IDLE_END {
@@ -269,11 +321,12 @@ where
         })
         .await;
     }
-    RelayStats {
+    let stats = RelayStats {
         from_client: from_client.load(Ordering::Relaxed),
         to_client: to_client.load(Ordering::Relaxed),
         end,
-    }
+    };
+    (stats, rest)
 }
 
 /// Completes once a session has had no traffic for `timeout` while no

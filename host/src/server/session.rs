@@ -14,7 +14,7 @@ use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
 use super::profile::ServerProfile;
-use super::{Shared, State, codes, relay};
+use super::{Shared, State, authn, change_user, codes, relay};
 use crate::auth::{self, Sha1Password};
 use crate::backend::{self, BackendError, BackendSession, LoginRequest};
 use crate::conn::{ConnError, PacketStream};
@@ -22,16 +22,16 @@ use crate::metrics::Outcome;
 use crate::policy::RouteError;
 use crate::pool::{BackendLease, Pool};
 use crate::protocol::{
-    AuthSwitchRequest, CapabilityFlags, ErrPacket, Greeting, HandshakeResponse,
+    CapabilityFlags, ErrPacket, Greeting, HandshakeResponse, MariaDbCapabilities,
     NATIVE_PASSWORD_PLUGIN, SSL_REQUEST_LEN,
 };
 
 /// Largest packet a client may send before it is logged in.
 const MAX_CLIENT_LOGIN_PACKET: usize = 16 * 1024;
 
-/// Why a login did not complete.
+/// Why a login (or a COM_CHANGE_USER) did not complete.
 #[derive(Debug)]
-enum LoginError {
+pub(super) enum LoginError {
     /// Answer the client with `err` at sequence id `seq`, then close.
     Deny {
         err: ErrPacket,
@@ -44,7 +44,12 @@ enum LoginError {
 }
 
 impl LoginError {
-    fn deny(err: ErrPacket, seq: u8, outcome: Outcome, reason: impl Into<String>) -> Self {
+    pub(super) fn deny(
+        err: ErrPacket,
+        seq: u8,
+        outcome: Outcome,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::Deny {
             err,
             seq,
@@ -53,7 +58,7 @@ impl LoginError {
         }
     }
 
-    fn client(e: ConnError) -> Self {
+    pub(super) fn client(e: ConnError) -> Self {
         match e {
             ConnError::Closed => Self::Close("client closed the connection during login".into()),
             e => Self::Close(format!("client: {e}")),
@@ -66,6 +71,33 @@ struct Established {
     backend: BackendSession,
     lease: BackendLease,
     _user: UserClaim,
+    ctx: SessionCtx,
+}
+
+/// What a logged-in session keeps for a COM_CHANGE_USER: little, since
+/// every idle session holds it.
+#[derive(Debug)]
+pub(super) struct SessionCtx {
+    /// The nonce the client's login (and its COM_CHANGE_USER) answers.
+    pub nonce: [u8; auth::NONCE_LEN],
+    /// The client's capabilities, as it logged in.
+    pub capabilities: CapabilityFlags,
+    /// Its MariaDB extended capabilities.
+    pub mariadb_capabilities: MariaDbCapabilities,
+    /// Its max packet size.
+    pub max_packet_size: u32,
+    /// Its character set.
+    pub charset: u8,
+    /// What Switchyard offered it.
+    pub offered: CapabilityFlags,
+    /// The MariaDB extended capabilities offered.
+    pub offered_mariadb: MariaDbCapabilities,
+    /// The pool the session is in.
+    pub pool: Arc<Pool>,
+    /// The backend session's greeting nonce.
+    pub backend_nonce: Box<[u8]>,
+    /// The backend session's capabilities.
+    pub backend_caps: CapabilityFlags,
 }
 
 /// The client's verified login.
@@ -97,33 +129,65 @@ pub(super) async fn serve(
             return;
         };
         let Ready {
-            client_tcp,
-            client_rest,
-            backend_tcp,
-            backend_rest,
-            lease,
-            user,
+            mut client_tcp,
+            mut client_rest,
+            mut backend_tcp,
+            mut backend_rest,
+            mut lease,
+            mut user,
             idle_timeout,
+            mut ctx,
         } = ready;
         let metrics = &shared.metrics;
         let options = relay::Options {
             idle_timeout,
             metrics,
         };
-        let stats = relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
-        if stats.end == relay::IDLE_END {
-            metrics
-                .idle_closed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // The backend and the user count this session until the relay is
-        // over.
-        drop((lease, user));
+        let (mut from_client, mut to_client) = (0, 0);
+        let end = loop {
+            let (stats, after) =
+                relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
+            from_client += stats.from_client;
+            to_client += stats.to_client;
+            if stats.end == relay::IDLE_END {
+                metrics
+                    .idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let relay::After::ChangeUser {
+                client,
+                client_rest: rest,
+                backend,
+            } = after
+            else {
+                break stats.end;
+            };
+            let bound = change_user::Bound {
+                client,
+                client_rest: rest,
+                backend,
+                backend_rest: bytes::BytesMut::new(),
+                lease,
+                user,
+            };
+            // Boxed: rare, and its state is large.
+            let Some(next) =
+                Box::pin(change_user::handle(bound, &mut ctx, shared, peer, policy)).await
+            else {
+                break relay::CHANGE_USER_END;
+            };
+            client_tcp = next.client;
+            client_rest = next.client_rest;
+            backend_tcp = next.backend;
+            backend_rest = next.backend_rest;
+            lease = next.lease;
+            user = next.user;
+        };
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
-            bytes_from_client = stats.from_client,
-            bytes_to_client = stats.to_client,
-            end = stats.end,
+            bytes_from_client = from_client,
+            bytes_to_client = to_client,
+            end,
             "session finished"
         );
     }
@@ -140,6 +204,7 @@ struct Ready {
     lease: BackendLease,
     user: UserClaim,
     idle_timeout: Option<std::time::Duration>,
+    ctx: SessionCtx,
 }
 
 /// Runs the login under its deadline and answers a refusal; `None` when the
@@ -194,6 +259,7 @@ async fn log_in(
         backend,
         lease,
         _user,
+        ctx,
     } = established;
     let (client_tcp, client_rest) = client.into_parts();
     let (backend_tcp, backend_rest) = backend.stream.into_parts();
@@ -206,6 +272,7 @@ async fn log_in(
         backend_rest,
         lease,
         user: _user,
+        ctx,
         idle_timeout: match state.config.idle_timeout_ms {
             0 => None,
             ms => Some(std::time::Duration::from_millis(ms)),
@@ -229,6 +296,7 @@ async fn login(
         &nonce,
         shared.connection_id(),
         state.tls.is_some(),
+        state.config.auth.default_plugin.name(),
     )
     .await?;
     let auth = authenticate(client, peer, shared, state, &nonce).await?;
@@ -246,9 +314,23 @@ async fn login(
                 format!("user '{user}' has {limit} sessions already"),
             )
         })?;
-    let pool = route(shared, state, policy, &auth, peer).await?;
+    let pool = route(
+        shared,
+        state,
+        policy,
+        (user, auth.response.database.as_deref()),
+        peer,
+        auth.next_seq,
+    )
+    .await?;
     span.record("pool", pool.name.as_str());
-    let (lease, backend) = open_backend(&pool, &auth, &profile, state, deadline).await?;
+    let request = LoginRequest {
+        client: &auth.response,
+        password: &auth.password,
+        offered: profile.capabilities,
+        offered_mariadb: profile.mariadb_capabilities,
+    };
+    let (lease, backend) = open_backend(&pool, &request, auth.next_seq, state, deadline).await?;
     span.record("backend", field::display(lease.backend().addr));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
@@ -256,10 +338,23 @@ async fn login(
         .write(auth.next_seq, &backend.ok)
         .await
         .map_err(|e| LoginError::client(e.into()))?;
+    let ctx = SessionCtx {
+        nonce,
+        capabilities: auth.response.capabilities,
+        mariadb_capabilities: auth.response.mariadb_capabilities,
+        max_packet_size: auth.response.max_packet_size,
+        charset: auth.response.charset,
+        offered: profile.capabilities,
+        offered_mariadb: profile.mariadb_capabilities,
+        pool,
+        backend_nonce: backend.greeting.auth_data.clone().into_boxed_slice(),
+        backend_caps: backend.capabilities,
+    };
     Ok(Established {
         backend,
         lease,
         _user: claim,
+        ctx,
     })
 }
 
@@ -270,6 +365,7 @@ async fn greet(
     nonce: &[u8; auth::NONCE_LEN],
     connection_id: u32,
     tls: bool,
+    plugin: &str,
 ) -> Result<(), LoginError> {
     let mut capabilities = profile.capabilities;
     capabilities.set(CapabilityFlags::CLIENT_SSL, tls);
@@ -281,7 +377,7 @@ async fn greet(
         charset: profile.charset,
         status: profile.status,
         mariadb_capabilities: profile.mariadb_capabilities,
-        auth_plugin: NATIVE_PASSWORD_PLUGIN.into(),
+        auth_plugin: plugin.into(),
     };
     client
         .write(0, &greeting.encode())
@@ -325,64 +421,42 @@ async fn authenticate(
     }
     let response = HandshakeResponse::decode(&packet.payload)
         .map_err(|e| LoginError::Close(format!("bad handshake response: {e}")))?;
-    let plugin = response
-        .auth_plugin
-        .as_deref()
-        .unwrap_or(NATIVE_PASSWORD_PLUGIN);
-    let (auth_data, next_seq) = if plugin == NATIVE_PASSWORD_PLUGIN {
-        (response.auth_response.clone(), seq + 1)
-    } else if response
-        .capabilities
-        .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH)
-    {
-        let switch = AuthSwitchRequest {
-            plugin: NATIVE_PASSWORD_PLUGIN.into(),
-            data: nonce.to_vec(),
-        };
-        client
-            .write(seq + 1, &switch.encode())
-            .await
-            .map_err(|e| LoginError::client(e.into()))?;
-        let p = client.read_seq(seq + 2).await.map_err(LoginError::client)?;
-        (p.payload.to_vec(), seq + 3)
-    } else {
-        return Err(LoginError::Close(format!(
-            "client uses auth plugin '{plugin}' and cannot switch"
-        )));
-    };
     let host = peer.ip().to_string();
     let user = response.username.as_str();
-    let stored = match state.users.get(user) {
-        Some(h) => Some(h.clone()),
-        None => match state.config.users.from_backend() {
-            Some(t) => match shared.loaded_users.get(user) {
-                Some(h) => Some(h),
-                // Perhaps created since the last refresh: read the accounts
-                // again (at most every `min_refresh_ms`) and look again.
-                None => {
-                    let min = std::time::Duration::from_millis(t.min_refresh_ms);
-                    // Boxed: a rare path whose large future would otherwise
-                    // size every session's task.
-                    Box::pin(shared.loaded_users.refresh_if_due(state, min)).await;
-                    shared.loaded_users.get(user)
-                }
-            },
-            None => None,
+    let stored = lookup_account(shared, state, user).await;
+    let verdict = authn::exchange(
+        client,
+        shared,
+        state,
+        stored.as_ref(),
+        authn::Attempt {
+            user,
+            client_plugin: response
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH)
+                .then(|| {
+                    response
+                        .auth_plugin
+                        .as_deref()
+                        .unwrap_or(NATIVE_PASSWORD_PLUGIN)
+                }),
+            data: response.auth_response.clone(),
+            can_switch: response
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH),
+            nonce,
+            seq: seq + 1,
         },
-    };
-    let verified = match &stored {
-        Some(stored) => auth::verify_native(stored, nonce, &auth_data),
-        None => {
-            auth::verify_unknown_user(nonce, &auth_data);
-            None
-        }
-    };
-    match verified {
+    )
+    .await?;
+    let next_seq = verdict.seq;
+    let used_password = verdict.used_password;
+    match verdict.password {
         Some(_) if state.config.requires_tls(user) && !client.is_tls() => {
             // As a wrong password would be answered: nothing tells the
             // client more than that the login failed.
             Err(LoginError::deny(
-                codes::access_denied(user, &host, !auth_data.is_empty()),
+                codes::access_denied(user, &host, used_password),
                 next_seq,
                 Outcome::AccessDenied,
                 format!("user '{user}' must log in over TLS"),
@@ -397,23 +471,9 @@ async fn authenticate(
             })
         }
         None => {
-            if shared
-                .throttle
-                .failure(peer.ip(), &state.config.throttle, Instant::now())
-            {
-                shared
-                    .metrics
-                    .throttle_blocks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(
-                    client_ip = %peer.ip(),
-                    failures = state.config.throttle.max_failures,
-                    block_ms = state.config.throttle.block_ms,
-                    "client address blocked after repeated failed logins"
-                );
-            }
+            throttle_failure(shared, state, peer);
             Err(LoginError::deny(
-                codes::access_denied(user, &host, !auth_data.is_empty()),
+                codes::access_denied(user, &host, used_password),
                 next_seq,
                 Outcome::AccessDenied,
                 format!("access denied for user '{user}'"),
@@ -422,17 +482,57 @@ async fn authenticate(
     }
 }
 
+/// The stored verifier of `user`: from the file, else loaded from the
+/// primary (read again at once, rate-limited, for a user not known yet).
+pub(super) async fn lookup_account(
+    shared: &Shared,
+    state: &State,
+    user: &str,
+) -> Option<crate::auth::PasswordHash> {
+    if let Some(h) = state.users.get(user) {
+        return Some(h.clone());
+    }
+    let t = state.config.users.from_backend()?;
+    if let Some(h) = shared.loaded_users.get(user) {
+        return Some(h);
+    }
+    // Perhaps created since the last refresh: read the accounts again (at
+    // most every `min_refresh_ms`) and look again.
+    let min = std::time::Duration::from_millis(t.min_refresh_ms);
+    // Boxed: a rare path whose large future would otherwise size every
+    // session's task.
+    Box::pin(shared.loaded_users.refresh_if_due(state, min)).await;
+    shared.loaded_users.get(user)
+}
+
+/// Counts a failed login of `peer` towards the throttle.
+pub(super) fn throttle_failure(shared: &Shared, state: &State, peer: SocketAddr) {
+    if shared
+        .throttle
+        .failure(peer.ip(), &state.config.throttle, Instant::now())
+    {
+        shared
+            .metrics
+            .throttle_blocks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            client_ip = %peer.ip(),
+            failures = state.config.throttle.max_failures,
+            block_ms = state.config.throttle.block_ms,
+            "client address blocked after repeated failed logins"
+        );
+    }
+}
+
 /// Phase 3: the policy chooses the pool.
-async fn route(
+pub(super) async fn route(
     shared: &Shared,
     state: &State,
     policy_name: Option<&str>,
-    auth: &Authenticated,
+    (user, db): (&str, Option<&str>),
     peer: SocketAddr,
+    seq: u8,
 ) -> Result<Arc<Pool>, LoginError> {
-    let user = auth.response.username.as_str();
-    let db = auth.response.database.as_deref();
-    let seq = auth.next_seq;
     let policy = state.policy_named(policy_name);
     let metrics = &shared.metrics;
     let started = Instant::now();
@@ -486,20 +586,13 @@ async fn route(
 
 /// Phase 4: a backend of the pool, by the pool's balancing order; a backend
 /// that cannot be reached is skipped for the next one.
-async fn open_backend(
+pub(super) async fn open_backend(
     pool: &Pool,
-    auth: &Authenticated,
-    offered: &ServerProfile,
+    request: &LoginRequest<'_>,
+    seq: u8,
     state: &State,
     deadline: Deadline,
 ) -> Result<(BackendLease, BackendSession), LoginError> {
-    let request = LoginRequest {
-        client: &auth.response,
-        password: &auth.password,
-        offered: offered.capabilities,
-        offered_mariadb: offered.mariadb_capabilities,
-    };
-    let seq = auth.next_seq;
     let mut tried = 0;
     for candidate in pool.candidates() {
         let now = Deadline::now();
@@ -515,7 +608,7 @@ async fn open_backend(
         let attempt_deadline = deadline.min(now + state.config.connect_timeout());
         let result = timeout_at(
             attempt_deadline,
-            backend::open(backend.addr, &request, pool.tls.as_ref()),
+            backend::open(backend.addr, request, pool.tls.as_ref()),
         )
         .await
         .unwrap_or(Err(BackendError::Timeout));

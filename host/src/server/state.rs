@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::auth::PasswordHash;
+use crate::auth::caching_sha2::RsaKey;
 use crate::config::{Config, PolicyConfig};
 use crate::policy::{Policy, sha256_hex};
 use crate::pool::health::Monitor;
@@ -35,6 +36,9 @@ pub struct State {
     pub admin_token: Option<[u8; 32]>,
     /// The TLS acceptor for clients, if `[tls]` is configured.
     pub tls: Option<Tls>,
+    /// `[auth] rsa_private_key`, if configured (otherwise a generated key
+    /// is used: [`super::Shared::rsa_key`]).
+    pub rsa_key: Option<Arc<RsaKey>>,
 }
 
 /// A TLS acceptor (its configuration holds the private key: not printed).
@@ -86,8 +90,16 @@ impl State {
             None => None,
         };
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?.map(Tls);
+        let rsa_key = config
+            .auth
+            .rsa_private_key
+            .as_ref()
+            .map(|p| RsaKey::from_pem_file(p.get_ref()).map(Arc::new))
+            .transpose()
+            .context("[auth] rsa_private_key")?;
         Ok(Self {
             tls,
+            rsa_key,
             config,
             users: Arc::new(users),
             pools,
@@ -123,6 +135,7 @@ impl State {
             monitor: self.monitor.clone(),
             admin_token: self.admin_token,
             tls: self.tls.clone(),
+            rsa_key: self.rsa_key.clone(),
         }
     }
 

@@ -1,0 +1,308 @@
+//! COM_CHANGE_USER: a logged-in client becomes another user.
+//!
+//! The relay stops at the command (see [`super::relay`]) and hands both
+//! streams here. Switchyard verifies the new credentials against its own
+//! nonce (the session's), calls the policy again for the new user and
+//! database, and then:
+//! - same pool: re-authenticates the backend session in place
+//!   (COM_CHANGE_USER with a token for the backend's own nonce);
+//! - another pool: opens a backend session in that pool, and only once it
+//!   is logged in closes the old one.
+//!
+//! Either way the client hears the backend's OK in its own sequence. A
+//! refusal before the backend is touched (wrong password, user limit,
+//! policy, no backend in the new pool) is an ERR and the session goes on
+//! as the old user, as MariaDB's own COM_CHANGE_USER leaves it. A backend
+//! that refuses the re-authentication ends the session after the ERR.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::time::{Instant as Deadline, timeout_at};
+use tracing::{field, info, warn};
+
+use super::limits::UserClaim;
+use super::session::{
+    LoginError, SessionCtx, lookup_account, open_backend, route, throttle_failure,
+};
+use super::{Shared, authn, codes};
+use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
+use crate::conn::{PacketStream, Stream};
+use crate::pool::BackendLease;
+use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
+
+/// Largest COM_CHANGE_USER accepted.
+const MAX_CHANGE_USER_PACKET: usize = 16 * 1024;
+
+/// A session bound to its backend: what the relay runs on.
+#[derive(Debug)]
+pub(super) struct Bound {
+    /// The client's stream.
+    pub client: Stream,
+    /// Bytes read from the client and not relayed yet.
+    pub client_rest: BytesMut,
+    /// The backend's stream.
+    pub backend: Stream,
+    /// Bytes read from the backend and not relayed yet.
+    pub backend_rest: BytesMut,
+    /// The backend's count of this session.
+    pub lease: BackendLease,
+    /// The user's count of this session.
+    pub user: UserClaim,
+}
+
+/// What a step of the exchange decided.
+enum Step {
+    /// The session goes on with what it has.
+    Keep,
+    /// The session goes on as the new user, on its backend session.
+    Reauthenticated { user: UserClaim },
+    /// The session goes on as the new user, on a new backend session.
+    Moved {
+        backend: PacketStream,
+        lease: BackendLease,
+        user: UserClaim,
+    },
+}
+
+/// Handles the COM_CHANGE_USER at the start of `bound.client_rest`;
+/// `None` when the session is over.
+pub(super) async fn handle(
+    bound: Bound,
+    ctx: &mut SessionCtx,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    policy: Option<&str>,
+) -> Option<Bound> {
+    let Bound {
+        client,
+        client_rest,
+        backend,
+        backend_rest,
+        lease,
+        user,
+    } = bound;
+    let mut client = PacketStream::from_parts(client, client_rest, MAX_CHANGE_USER_PACKET);
+    let mut backend = PacketStream::from_parts(backend, backend_rest, MAX_LOGIN_PACKET);
+    let state = shared.state();
+    let deadline = Deadline::now() + state.config.login_timeout();
+    let outcome = timeout_at(
+        deadline,
+        exchange(
+            &mut client,
+            &mut backend,
+            ctx,
+            shared,
+            peer,
+            policy,
+            deadline,
+        ),
+    )
+    .await;
+    let step = match outcome {
+        Ok(Ok(step)) => step,
+        Ok(Err(LoginError::Deny {
+            err, seq, reason, ..
+        })) => {
+            warn!(code = err.code, "COM_CHANGE_USER refused: {reason}");
+            if client.write(seq, &err.encode()).await.is_err() {
+                return None;
+            }
+            Step::Keep
+        }
+        Ok(Err(LoginError::Close(reason))) => {
+            warn!("COM_CHANGE_USER failed; closing the session: {reason}");
+            return None;
+        }
+        Err(_) => {
+            warn!("COM_CHANGE_USER timed out; closing the session");
+            return None;
+        }
+    };
+    let (client, client_rest) = client.into_parts();
+    match step {
+        Step::Keep | Step::Reauthenticated { .. } => {
+            let user = match step {
+                Step::Reauthenticated { user: new_user } => new_user,
+                _ => user,
+            };
+            let (backend, backend_rest) = backend.into_parts();
+            Some(Bound {
+                client,
+                client_rest,
+                backend,
+                backend_rest,
+                lease,
+                user,
+            })
+        }
+        Step::Moved {
+            backend: new_backend,
+            lease: new_lease,
+            user: new_user,
+        } => {
+            // The old claims go, and the old backend session (sent
+            // COM_QUIT) closes as it is dropped.
+            drop((lease, user, backend));
+            let (backend, backend_rest) = new_backend.into_parts();
+            Some(Bound {
+                client,
+                client_rest,
+                backend,
+                backend_rest,
+                lease: new_lease,
+                user: new_user,
+            })
+        }
+    }
+}
+
+/// Verify, route, re-authenticate or reconnect.
+async fn exchange(
+    client: &mut PacketStream,
+    backend: &mut PacketStream,
+    ctx: &mut SessionCtx,
+    shared: &Shared,
+    peer: SocketAddr,
+    policy: Option<&str>,
+    deadline: Deadline,
+) -> Result<Step, LoginError> {
+    let packet = client.read_seq(0).await.map_err(LoginError::client)?;
+    let request = ChangeUser::decode(&packet.payload, ctx.capabilities)
+        .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
+    let state = shared.state();
+    let user = request.username.as_str();
+    let stored = lookup_account(shared, &state, user).await;
+    let plugin_auth = ctx
+        .capabilities
+        .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
+    let verdict = authn::exchange(
+        client,
+        shared,
+        &state,
+        stored.as_ref(),
+        authn::Attempt {
+            user,
+            client_plugin: plugin_auth.then(|| {
+                request
+                    .auth_plugin
+                    .as_deref()
+                    .unwrap_or(NATIVE_PASSWORD_PLUGIN)
+            }),
+            data: request.auth_response.clone(),
+            can_switch: plugin_auth,
+            nonce: &ctx.nonce,
+            seq: 1,
+        },
+    )
+    .await?;
+    let seq = verdict.seq;
+    let host = peer.ip().to_string();
+    let password = match verdict.password {
+        Some(p) if !state.config.requires_tls(user) || client.is_tls() => p,
+        _ => {
+            throttle_failure(shared, &state, peer);
+            return Err(LoginError::deny(
+                codes::access_denied(user, &host, verdict.used_password),
+                seq,
+                crate::metrics::Outcome::AccessDenied,
+                format!("access denied for user '{user}'"),
+            ));
+        }
+    };
+    let claim = shared
+        .user_sessions
+        .claim(user, state.config.user_limit(user))
+        .map_err(|limit| {
+            LoginError::deny(
+                codes::user_limit(user, limit),
+                seq,
+                crate::metrics::Outcome::UserLimit,
+                format!("user '{user}' has {limit} sessions already"),
+            )
+        })?;
+    let pool = route(
+        shared,
+        &state,
+        policy,
+        (user, request.database.as_deref()),
+        peer,
+        seq,
+    )
+    .await?;
+    let span = tracing::Span::current();
+    if Arc::ptr_eq(&pool, &ctx.pool) {
+        let ok = backend::change_user(
+            backend,
+            &ctx.backend_nonce,
+            ctx.backend_caps,
+            &request,
+            &password,
+        )
+        .await;
+        return match ok {
+            Ok(ok) => {
+                client
+                    .write(seq, &ok)
+                    .await
+                    .map_err(|e| LoginError::client(e.into()))?;
+                span.record("user", user);
+                info!(pool = %pool.name, "COM_CHANGE_USER: re-authenticated the backend session");
+                Ok(Step::Reauthenticated { user: claim })
+            }
+            Err(BackendError::Refused(err)) => {
+                // The backend's session is in no known state: answer and end.
+                let _ = client.write(seq, &err.encode()).await;
+                Err(LoginError::Close(format!(
+                    "the backend refused COM_CHANGE_USER: {} {}",
+                    err.code, err.message
+                )))
+            }
+            Err(e) => Err(LoginError::Close(format!(
+                "backend COM_CHANGE_USER failed: {e}"
+            ))),
+        };
+    }
+    let response = HandshakeResponse {
+        capabilities: ctx.capabilities,
+        max_packet_size: ctx.max_packet_size,
+        charset: request
+            .charset
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(ctx.charset),
+        mariadb_capabilities: ctx.mariadb_capabilities,
+        username: request.username.clone(),
+        auth_response: Vec::new(),
+        database: request.database.clone(),
+        auth_plugin: None,
+        connect_attrs: request.connect_attrs.clone(),
+    };
+    let login = LoginRequest {
+        client: &response,
+        password: &password,
+        offered: ctx.offered,
+        offered_mariadb: ctx.offered_mariadb,
+    };
+    let (lease, session) = open_backend(&pool, &login, seq, &state, deadline).await?;
+    client
+        .write(seq, &session.ok)
+        .await
+        .map_err(|e| LoginError::client(e.into()))?;
+    // Only now is the old backend session closed.
+    let _ = backend
+        .write(0, &[crate::protocol::Command::Quit as u8])
+        .await;
+    span.record("user", user);
+    span.record("pool", pool.name.as_str());
+    span.record("backend", field::display(lease.backend().addr));
+    info!("COM_CHANGE_USER: moved the session to another pool");
+    ctx.pool = pool;
+    ctx.backend_nonce = session.greeting.auth_data.clone().into_boxed_slice();
+    ctx.backend_caps = session.capabilities;
+    Ok(Step::Moved {
+        backend: session.stream,
+        lease,
+        user: claim,
+    })
+}
