@@ -23,8 +23,6 @@ pub const POLICY_FAILED: u16 = 9101;
 pub const NO_BACKEND: u16 = 9102;
 /// A backend needs something Switchyard cannot provide (e.g. an auth plugin).
 pub const BACKEND_UNSUPPORTED: u16 = 9103;
-/// The client sent a command Switchyard cannot relay yet.
-pub const UNSUPPORTED_COMMAND: u16 = 9104;
 
 /// ERR 1045 / 28000, as MySQL words it.
 pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrPacket {
@@ -106,13 +104,4 @@ pub fn no_backend(pool: &str, tried: usize) -> ErrPacket {
 /// ERR 9103 / HY000.
 pub fn backend_unsupported(why: &str) -> ErrPacket {
     ErrPacket::new(BACKEND_UNSUPPORTED, "HY000", format!("Switchyard: {why}"))
-}
-
-/// ERR 9104 / 0A000 (feature not supported).
-pub fn unsupported_command(name: &str) -> ErrPacket {
-    ErrPacket::new(
-        UNSUPPORTED_COMMAND,
-        "0A000",
-        format!("Switchyard: {name} is not supported yet; reconnect instead"),
-    )
 }
