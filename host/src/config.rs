@@ -1198,6 +1198,30 @@ when_all_down = "refuse""#,
     }
 
     #[test]
+    fn auth_plugins_default_and_per_user() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.auth.default_plugin, AuthPlugin::Native);
+        assert!(!c.uses_caching_sha2());
+        assert_eq!(c.user_plugin("mysqlmaster"), None);
+        let text = format!(
+            "{EXAMPLE}\n[auth]\ndefault_plugin = \"caching_sha2_password\"\n\
+             [[users]]\nname = \"old\"\npassword_hash = \"\"\nplugin = \"mysql_native_password\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.auth.default_plugin, AuthPlugin::CachingSha2);
+        assert!(c.uses_caching_sha2());
+        assert_eq!(c.user_plugin("old"), Some(AuthPlugin::Native));
+        assert_eq!(
+            AuthPlugin::from_name("caching_sha2_password"),
+            Some(AuthPlugin::CachingSha2)
+        );
+        assert_eq!(AuthPlugin::from_name("sha256_password"), None);
+        let bad = format!("{EXAMPLE}\n[auth]\ndefault_plugin = \"sha256_password\"\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("sha256_password"), "{e}");
+    }
+
+    #[test]
     fn user_limits_fall_back_to_the_global_one() {
         let text = EXAMPLE.replace(
             "listen = \"127.0.0.1:6033\"",
