@@ -87,3 +87,89 @@ pub fn user_table(name: &str, password: &str) -> String {
         switchyard::auth::PasswordHash::of_password(password.as_bytes())
     )
 }
+
+/// A CA and a server certificate it signed, for TLS towards clients that
+/// verify what they connect to.
+pub struct TlsFiles {
+    /// The CA certificate (PEM): what clients trust.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate (PEM), for `127.0.0.1` and `localhost`
+    /// (subjectAltName), not itself a CA.
+    pub cert: std::path::PathBuf,
+    /// The server certificate's private key (PEM, PKCS#8).
+    pub key: std::path::PathBuf,
+}
+
+/// Makes a CA and a server certificate for `127.0.0.1` signed by it in
+/// `dir` (openssl CLI). Clients that verify names (and rustls, which refuses
+/// a CA certificate used as a server's) accept it given the CA.
+pub fn ca_signed_certificate(dir: &std::path::Path) -> Result<TlsFiles, Failed> {
+    let openssl = |args: &[&str]| -> TestResult {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(fail)?;
+        check(
+            out.status.success(),
+            format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=switchyard-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\n",
+    )
+    .map_err(fail)?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ])?;
+    Ok(TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    })
+}
