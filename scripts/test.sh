@@ -5,10 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-./scripts/compat-deps.sh
 PATH="$PATH:/usr/sbin"
 cargo build -q --release --target wasm32-wasip2 -p default-policy -p misbehave-policy -p by-client-policy -p replica-fallback-policy -p forbidden-policy
-# The example policies in other languages (componentize-py and Zig from
+# The example policies in other languages (componentize-py, Zig and Go from
 # PyPI, componentize-js from npm, clang from Debian), rebuilt when their
 # source changes.
 mkdir -p target/examples
@@ -22,4 +21,5 @@ build_example python app.py target/examples/python_policy.wasm
 build_example javascript policy.js target/examples/js_policy.wasm
 build_example zig policy.zig target/examples/zig_policy.wasm
 build_example c policy.c target/examples/c_policy.wasm
+build_example go policy.go target/examples/go_policy.wasm
 cargo test --workspace "$@"

@@ -130,7 +130,7 @@ fn policy(c: &mut Criterion) {
     // The example policies in other languages, when `scripts/test.sh` has
     // built them: one `route` per login, as `instances = "auto"` runs them.
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/examples");
-    for lang in ["c", "zig", "python", "js"] {
+    for lang in ["c", "zig", "go", "python", "js"] {
         let module = examples.join(format!("{lang}_policy.wasm"));
         if !module.exists() {
             eprintln!(

@@ -422,6 +422,8 @@ pub struct Artifacts {
     pub zig_policy: PathBuf,
     /// The C example policy (built by `scripts/test.sh`).
     pub c_policy: PathBuf,
+    /// The Go example policy (built by `scripts/test.sh`).
+    pub go_policy: PathBuf,
 }
 
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
@@ -472,6 +474,7 @@ pub fn artifacts() -> &'static Artifacts {
             js_policy: target.join("examples/js_policy.wasm"),
             zig_policy: target.join("examples/zig_policy.wasm"),
             c_policy: target.join("examples/c_policy.wasm"),
+            go_policy: target.join("examples/go_policy.wasm"),
         }
     })
 }
@@ -667,6 +670,7 @@ fn fill_config(config: &str, port: u16) -> String {
         .replace("{javascript}", &artifacts().js_policy.display().to_string())
         .replace("{zig}", &artifacts().zig_policy.display().to_string())
         .replace("{c}", &artifacts().c_policy.display().to_string())
+        .replace("{go}", &artifacts().go_policy.display().to_string())
 }
 
 /// One HTTP/1.1 request over loopback (for the admin endpoint): the status

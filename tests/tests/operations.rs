@@ -126,6 +126,7 @@ fn main() {
         ("javascript_policy_routes_real_logins", javascript_policy),
         ("zig_policy_routes_real_logins", zig_policy),
         ("c_policy_routes_real_logins", c_policy),
+        ("go_policy_routes_real_logins", go_policy),
         (
             "tls_for_clients_require_tls_and_cert_reload",
             tls_for_clients,
@@ -1536,6 +1537,10 @@ fn zig_policy(env: &Env) -> TestResult {
 
 fn c_policy(env: &Env) -> TestResult {
     example_policy(env, &switchyard_e2e::artifacts().c_policy, "{c}")
+}
+
+fn go_policy(env: &Env) -> TestResult {
+    example_policy(env, &switchyard_e2e::artifacts().go_policy, "{go}")
 }
 
 /// Routes real logins through an example policy of another language
