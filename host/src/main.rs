@@ -99,6 +99,16 @@ enum LogFormat {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The tools print to stdout: behave like other command-line tools
+        // when the reader goes away (`... | head`), instead of panicking.
+        // The daemon keeps SIGPIPE ignored (a write to a closed socket is
+        // an error there, not a reason to die).
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run { config, log_format } => run(config, log_format),
         Command::HashPassword { sha1 } => hash_password(sha1),
