@@ -145,6 +145,9 @@ struct Setup {
     pools: String,
     /// Extra tables at the end.
     tail: String,
+    /// `[policy] timeout_ms`: generous, so that a loaded test machine does
+    /// not time out policies whose tests are not about timeouts.
+    policy_timeout_ms: u64,
 }
 
 impl Setup {
@@ -152,6 +155,7 @@ impl Setup {
         Self {
             admin_port: free_port(),
             top: String::new(),
+            policy_timeout_ms: 3000,
             pools: format!(
                 "[pools.master]\nrole = \"writer\"\nbackends = [\"{p}\", \"{r1}\", \"{r2}\"]\n\
                  [pools.replicas]\nbackends = [\"{r1}\", \"{r2}\"]\nmax_lag = 5\n",
@@ -184,12 +188,14 @@ password_sha1 = "{mon_sha1}"
 listen = "127.0.0.1:{admin}"
 token = "{TOKEN}"
 [policy]
+timeout_ms = {policy_timeout}
 module = "{{policy}}"
 [policy.settings]
 "user.mysqlmaster" = "master"
 "user.mysqlslave" = "replicas"
 {tail}
 "#,
+            policy_timeout = self.policy_timeout_ms,
             top = self.top,
             master = user(MASTER_USER.0, MASTER_USER.1),
             slave = user(SLAVE_USER.0, SLAVE_USER.1),
@@ -1279,9 +1285,10 @@ fn hostile_policies_reroute_per_on_error(env: &Env) -> TestResult {
         t.sync_replicas().map_err(fail)?;
     }
     setup.top = names.iter().map(|n| user(n)).collect::<String>();
+    setup.policy_timeout_ms = 200;
     let config = setup.config().replace(
         "module = \"{policy}\"",
-        "module = \"{misbehave}\"\non_error = \"pool:master\"\ntimeout_ms = 200\n\
+        "module = \"{misbehave}\"\non_error = \"pool:master\"\n\
              instances = \"reuse\"\nreuse_calls = 3",
     );
     // [[users]] tables must come after the top-level keys: move them.
@@ -1555,13 +1562,13 @@ fn example_policy(env: &Env, module: &std::path::Path, placeholder: &str) -> Tes
     // The same module twice: for `listen`, and with loopback denied for a
     // second listener (one compile: the engine caches it by hash).
     setup.tail = format!(
-        "[policies.strict]\nmodule = \"{placeholder}\"\nmemory_limit_mib = 64\n\
+        "[policies.strict]\nmodule = \"{placeholder}\"\nmemory_limit_mib = 64\ntimeout_ms = 3000\n\
          [policies.strict.settings]\ndeny = \"10.0.0.0/8, 127.0.0.0/8\"\n\"user.mysqlslave\" = \"replicas\"\n\
          [[listeners]]\nlisten = \"127.0.0.1:{second}\"\npolicy = \"strict\"\n"
     );
     let config = setup.config().replace(
         "module = \"{policy}\"",
-        &format!("module = \"{placeholder}\"\nmemory_limit_mib = 64\ntimeout_ms = 500"),
+        &format!("module = \"{placeholder}\"\nmemory_limit_mib = 64"),
     );
     let proxy = Proxy::start(&config).map_err(fail)?;
     let ids = login_ids(&proxy, SLAVE_USER, 4)?;
