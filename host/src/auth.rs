@@ -180,14 +180,20 @@ pub fn verify_native(stored: &PasswordHash, nonce: &[u8], response: &[u8]) -> Op
             for (i, b) in h1.iter_mut().enumerate() {
                 *b = response[i] ^ mask[i];
             }
-            let candidate: [u8; 20] = Sha1::digest(h1).into();
-            if bool::from(candidate.ct_eq(h2)) {
-                Some(Sha1Password(Some(h1)))
-            } else {
-                h1.zeroize();
-                None
-            }
+            check_sha1(h1, h2)
         }
+    }
+}
+
+/// `h1` as the session's `SHA1(password)` if `SHA1(h1)` is the stored
+/// `h2` (constant time); zeroed otherwise.
+fn check_sha1(mut h1: [u8; 20], h2: &[u8; 20]) -> Option<Sha1Password> {
+    let candidate: [u8; 20] = Sha1::digest(h1).into();
+    if bool::from(candidate.ct_eq(h2)) {
+        Some(Sha1Password(Some(h1)))
+    } else {
+        h1.zeroize();
+        None
     }
 }
 

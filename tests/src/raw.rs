@@ -32,6 +32,32 @@ pub enum LoginOutcome {
     Err(ErrPacket, u8),
 }
 
+/// The handshake response of a plain MySQL 4.1+ client with plugin auth.
+fn handshake_response(
+    user: &str,
+    db: Option<&str>,
+    auth_response: Vec<u8>,
+    plugin: &str,
+) -> HandshakeResponse {
+    let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH
+        | CapabilityFlags::CLIENT_TRANSACTIONS
+        | CapabilityFlags::CLIENT_LONG_PASSWORD;
+    caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, db.is_some());
+    HandshakeResponse {
+        capabilities: caps,
+        max_packet_size: 1 << 24,
+        charset: 45,
+        mariadb_capabilities: MariaDbCapabilities::empty(),
+        username: user.into(),
+        auth_response,
+        database: db.map(str::to_owned),
+        auth_plugin: Some(plugin.into()),
+        connect_attrs: None,
+    }
+}
+
 /// Which way a `caching_sha2_password` login went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sha2Path {
@@ -130,29 +156,12 @@ impl RawClient {
     ) -> Result<LoginOutcome> {
         let greeting = self.greeting()?;
         let secret = Sha1Password::of_password(password.as_bytes());
-        let native = plugin == "mysql_native_password";
-        let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
-            | CapabilityFlags::CLIENT_SECURE_CONNECTION
-            | CapabilityFlags::CLIENT_PLUGIN_AUTH
-            | CapabilityFlags::CLIENT_TRANSACTIONS
-            | CapabilityFlags::CLIENT_LONG_PASSWORD;
-        caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, db.is_some());
-        let response = HandshakeResponse {
-            capabilities: caps,
-            max_packet_size: 1 << 24,
-            charset: 45,
-            mariadb_capabilities: MariaDbCapabilities::empty(),
-            username: user.into(),
-            auth_response: if native {
-                secret.scramble(&greeting.auth_data)
-            } else {
-                vec![0x42; 32]
-            },
-            database: db.map(str::to_owned),
-            auth_plugin: Some(plugin.into()),
-            connect_attrs: None,
+        let auth = if plugin == "mysql_native_password" {
+            secret.scramble(&greeting.auth_data)
+        } else {
+            vec![0x42; 32]
         };
-        self.write_packet(1, &response.encode())?;
+        self.write_packet(1, &handshake_response(user, db, auth, plugin).encode())?;
         loop {
             let p = self.expect_packet()?;
             match p.payload.first() {
@@ -183,23 +192,8 @@ impl RawClient {
         use switchyard::auth::caching_sha2;
         let greeting = self.greeting()?;
         let nonce = greeting.auth_data.clone();
-        let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
-            | CapabilityFlags::CLIENT_SECURE_CONNECTION
-            | CapabilityFlags::CLIENT_PLUGIN_AUTH
-            | CapabilityFlags::CLIENT_TRANSACTIONS
-            | CapabilityFlags::CLIENT_LONG_PASSWORD;
-        caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, db.is_some());
-        let response = HandshakeResponse {
-            capabilities: caps,
-            max_packet_size: 1 << 24,
-            charset: 45,
-            mariadb_capabilities: MariaDbCapabilities::empty(),
-            username: user.into(),
-            auth_response: caching_sha2::scramble(password.as_bytes(), &nonce),
-            database: db.map(str::to_owned),
-            auth_plugin: Some(caching_sha2::PLUGIN.into()),
-            connect_attrs: None,
-        };
+        let auth = caching_sha2::scramble(password.as_bytes(), &nonce);
+        let response = handshake_response(user, db, auth, caching_sha2::PLUGIN);
         self.write_packet(1, &response.encode())?;
         let mut path = Sha2Path::None;
         loop {

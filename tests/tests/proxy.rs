@@ -320,6 +320,17 @@ fn connections(topology: &Topology) -> Vec<u64> {
         .collect()
 }
 
+/// Fails if any server saw a connection since `before` was counted (each
+/// count includes only the query that read it).
+fn no_connections_since(env: &Env, before: &[u64]) -> TestResult {
+    let after = connections(&env.topology());
+    let deltas: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    check(
+        deltas == [1, 1, 1],
+        format!("servers saw new connections: {deltas:?}"),
+    )
+}
+
 fn bad_credentials_get_1045(env: &Env) -> TestResult {
     let before = connections(&env.topology());
     block_on(async {
@@ -351,13 +362,7 @@ fn bad_credentials_get_1045(env: &Env) -> TestResult {
         LoginOutcome::Err(e, seq) => check(e.code == 1045 && seq == 4, format!("{e:?} at {seq}"))?,
         other => return Err(format!("{other:?}").into()),
     }
-    let after = connections(&env.topology());
-    // Each count includes only the query that read it.
-    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    check(
-        deltas == [1, 1, 1],
-        format!("servers saw new connections: {deltas:?}"),
-    )
+    no_connections_since(env, &before)
 }
 
 fn policy_refusal_reaches_the_client(env: &Env) -> TestResult {
@@ -736,12 +741,7 @@ fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
         // Drain the rest of the result set (EOF).
         let _ = raw.expect_packet()?;
     }
-    let after = connections(&env.topology());
-    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    check(
-        deltas == [1, 1, 1],
-        format!("servers saw new connections: {deltas:?}"),
-    )?;
+    no_connections_since(env, &before)?;
     // The right password then works, on the raw session too.
     raw.write_raw(&RawClient::change_user_packet(
         SLAVE_USER.0,
@@ -804,12 +804,7 @@ fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
             other => return Err(format!("{user}/{pass}: {other:?}").into()),
         }
     }
-    let after = connections(&env.topology());
-    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    check(
-        deltas == [1, 1, 1],
-        format!("servers saw new connections: {deltas:?}"),
-    )?;
+    no_connections_since(env, &before)?;
     match login(MASTER_USER.0, MASTER_USER.1)? {
         (Sha2Path::FullRsa, LoginOutcome::Ok(6)) => {}
         other => return Err(format!("first login: {other:?}").into()),

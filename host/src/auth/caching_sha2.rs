@@ -79,14 +79,7 @@ pub fn verify_cleartext(stored: &PasswordHash, password: &[u8]) -> Option<Sha1Pa
             if password.is_empty() {
                 return None;
             }
-            let mut h1: [u8; 20] = Sha1::digest(password).into();
-            let candidate: [u8; 20] = Sha1::digest(h1).into();
-            if bool::from(candidate.ct_eq(h2)) {
-                Some(Sha1Password(Some(h1)))
-            } else {
-                h1.zeroize();
-                None
-            }
+            super::check_sha1(Sha1::digest(password).into(), h2)
         }
     }
 }
