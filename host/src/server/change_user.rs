@@ -120,42 +120,27 @@ pub(super) async fn handle(
             return None;
         }
     };
-    let (client, client_rest) = client.into_parts();
-    match step {
-        Step::Keep | Step::Reauthenticated { .. } => {
-            let user = match step {
-                Step::Reauthenticated { user: new_user } => new_user,
-                _ => user,
-            };
-            let (backend, backend_rest) = backend.into_parts();
-            Some(Bound {
-                client,
-                client_rest,
-                backend,
-                backend_rest,
-                lease,
-                user,
-            })
-        }
+    // The old claims go when replaced; a replaced backend session (sent
+    // COM_QUIT) closes as it is dropped.
+    let (backend, lease, user) = match step {
+        Step::Keep => (backend, lease, user),
+        Step::Reauthenticated { user: new_user } => (backend, lease, new_user),
         Step::Moved {
             backend: new_backend,
             lease: new_lease,
             user: new_user,
-        } => {
-            // The old claims go, and the old backend session (sent
-            // COM_QUIT) closes as it is dropped.
-            drop((lease, user, backend));
-            let (backend, backend_rest) = new_backend.into_parts();
-            Some(Bound {
-                client,
-                client_rest,
-                backend,
-                backend_rest,
-                lease: new_lease,
-                user: new_user,
-            })
-        }
-    }
+        } => (new_backend, new_lease, new_user),
+    };
+    let (client, client_rest) = client.into_parts();
+    let (backend, backend_rest) = backend.into_parts();
+    Some(Bound {
+        client,
+        client_rest,
+        backend,
+        backend_rest,
+        lease,
+        user,
+    })
 }
 
 /// Verify, route, re-authenticate or reconnect.
