@@ -402,6 +402,12 @@ fn main() {
         let env = Arc::clone(&env);
         trials.push(Trial::test("caching_sha2", move || caching_sha2(&env)));
     }
+    {
+        let env = Arc::clone(&env);
+        trials.push(Trial::test("change_user_over_tls", move || {
+            change_user_over_tls(&env)
+        }));
+    }
     let mut args = args;
     // One at a time: each run's sessions are told apart in the proxy's log
     // by when they happened, and the machine is small.
@@ -1060,6 +1066,58 @@ fn async_opts(env: &Env, port: u16, tls: bool, password: &str) -> mysql_async::O
     } else {
         o
     }
+}
+
+/// COM_CHANGE_USER on a TLS session: the relay stops on the TLS halves,
+/// Switchyard verifies over TLS, and the session moves between pools (and
+/// stays in place for the same pool) without leaving TLS.
+fn change_user_over_tls(env: &Env) -> Result<(), Failed> {
+    const PRIMARY: u32 = 1;
+    let port = env.listener(Mode::Tls).proxy.port;
+    block_on(async {
+        let mut c = Conn::new(async_opts(env, port, true, MASTER_USER.1))
+            .await
+            .map_err(fail)?;
+        let change = |(user, pass): (&str, &str)| {
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some(user.into()))
+                .with_pass(Some(pass.into()))
+                .with_db_name(Some("app".into()))
+        };
+        let first = server_id(&mut c).await?;
+        check(first == PRIMARY, format!("master on {first}"))?;
+        c.change_user(change(SLAVE_USER)).await.map_err(fail)?;
+        let second = server_id(&mut c).await?;
+        check(second != PRIMARY, format!("slave on {second}"))?;
+        let wrong = c.change_user(change((MASTER_USER.0, "wrong"))).await;
+        check(
+            matches!(&wrong, Err(mysql_async::Error::Server(e)) if e.code == 1045),
+            format!("wrong password: {wrong:?}"),
+        )?;
+        drop(c);
+        // A fresh TLS session for the in-place case (mysql_async does not
+        // reuse a connection after a failed COM_CHANGE_USER).
+        let mut c = Conn::new(async_opts(env, port, true, MASTER_USER.1))
+            .await
+            .map_err(fail)?;
+        let before: Option<u64> = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        c.change_user(change(MASTER_USER)).await.map_err(fail)?;
+        let after: Option<u64> = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        check(
+            before == after,
+            format!("backend thread {before:?} -> {after:?}"),
+        )?;
+        let third = server_id(&mut c).await?;
+        check(third == PRIMARY, format!("master again on {third}"))?;
+        c.disconnect().await.map_err(fail)?;
+        Ok(())
+    })
 }
 
 async fn async_expect_1045(opts: mysql_async::OptsBuilder) -> Cell {
