@@ -204,7 +204,9 @@ impl PacketStream {
     pub async fn write(&mut self, seq: u8, payload: &[u8]) -> std::io::Result<()> {
         self.write_buf.clear();
         encode_packet(seq, payload, &mut self.write_buf);
-        self.stream.write_all(&self.write_buf).await
+        self.stream.write_all(&self.write_buf).await?;
+        // TLS may hold records back until flushed.
+        self.stream.flush().await
     }
 
     /// Runs the server side of a TLS handshake (after the client's

@@ -656,7 +656,18 @@ fn run_client(env: &Env, client: Client, mode: Mode) -> Result<(), Failed> {
     let mut excluded = Vec::new();
     let mut cells = match client {
         Client::MariadbCli => cli_suite(env, mode, &table, &mut excluded)?,
-        Client::MysqlAsync => block_on(mysql_async_suite(env, mode, &table)),
+        // In-process: under the same time limit as the programs, so that a
+        // hang is a failure, not a stuck test run.
+        Client::MysqlAsync => block_on(tokio::time::timeout(
+            PROGRAM_TIMEOUT,
+            mysql_async_suite(env, mode, &table),
+        ))
+        .unwrap_or_else(|_| {
+            Cells::from([(
+                "connect",
+                Cell::fail(format!("the suite did not finish in {PROGRAM_TIMEOUT:?}")),
+            )])
+        }),
         _ => {
             let cmd = program_command(
                 env,
@@ -1074,7 +1085,7 @@ fn async_opts(env: &Env, port: u16, tls: bool, password: &str) -> mysql_async::O
 fn change_user_over_tls(env: &Env) -> Result<(), Failed> {
     const PRIMARY: u32 = 1;
     let port = env.listener(Mode::Tls).proxy.port;
-    block_on(async {
+    let run = tokio::time::timeout(PROGRAM_TIMEOUT, async {
         let mut c = Conn::new(async_opts(env, port, true, MASTER_USER.1))
             .await
             .map_err(fail)?;
@@ -1117,7 +1128,8 @@ fn change_user_over_tls(env: &Env) -> Result<(), Failed> {
         check(third == PRIMARY, format!("master again on {third}"))?;
         c.disconnect().await.map_err(fail)?;
         Ok(())
-    })
+    });
+    block_on(run).map_err(|_| fail(format!("did not finish in {PROGRAM_TIMEOUT:?}")))?
 }
 
 async fn async_expect_1045(opts: mysql_async::OptsBuilder) -> Cell {

@@ -213,7 +213,9 @@ where
             let end = loop {
                 let (n, event) = scanner.scan(&buf);
                 if n > 0 {
-                    if backend_w.write_all(&buf[..n]).await.is_err() {
+                    // Flushed: a TLS writer may keep records back when the
+                    // socket would block (a no-op for plain TCP).
+                    if write_flushed(backend_w, &buf[..n]).await.is_err() {
                         break "backend write failed";
                     }
                     from_client.fetch_add(n as u64, Ordering::Relaxed);
@@ -249,7 +251,7 @@ where
             let mut down_read = MIN_READ;
             let end = loop {
                 if !buf.is_empty() {
-                    if client_w.write_all(&buf).await.is_err() {
+                    if write_flushed(client_w, &buf).await.is_err() {
                         break "client write failed";
                     }
                     to_client.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -327,6 +329,15 @@ where
         end,
     };
     (stats, rest)
+}
+
+/// Writes all of `bytes` and flushes: tokio-rustls accepts plaintext and
+/// reports it written even when the socket would block, keeping the TLS
+/// records back until the next write or flush, which on the last answer
+/// of a burst would never come. For plain TCP the flush costs nothing.
+async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 /// Completes once a session has had no traffic for `timeout` while no
