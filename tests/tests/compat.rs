@@ -658,10 +658,9 @@ fn run_client(env: &Env, client: Client, mode: Mode) -> Result<(), Failed> {
         Client::MariadbCli => cli_suite(env, mode, &table, &mut excluded)?,
         // In-process: under the same time limit as the programs, so that a
         // hang is a failure, not a stuck test run.
-        Client::MysqlAsync => block_on(tokio::time::timeout(
-            PROGRAM_TIMEOUT,
-            mysql_async_suite(env, mode, &table),
-        ))
+        Client::MysqlAsync => block_on(async {
+            tokio::time::timeout(PROGRAM_TIMEOUT, mysql_async_suite(env, mode, &table)).await
+        })
         .unwrap_or_else(|_| {
             Cells::from([(
                 "connect",
@@ -1085,7 +1084,7 @@ fn async_opts(env: &Env, port: u16, tls: bool, password: &str) -> mysql_async::O
 fn change_user_over_tls(env: &Env) -> Result<(), Failed> {
     const PRIMARY: u32 = 1;
     let port = env.listener(Mode::Tls).proxy.port;
-    let run = tokio::time::timeout(PROGRAM_TIMEOUT, async {
+    let run = async {
         let mut c = Conn::new(async_opts(env, port, true, MASTER_USER.1))
             .await
             .map_err(fail)?;
@@ -1128,8 +1127,9 @@ fn change_user_over_tls(env: &Env) -> Result<(), Failed> {
         check(third == PRIMARY, format!("master again on {third}"))?;
         c.disconnect().await.map_err(fail)?;
         Ok(())
-    });
-    block_on(run).map_err(|_| fail(format!("did not finish in {PROGRAM_TIMEOUT:?}")))?
+    };
+    block_on(async { tokio::time::timeout(PROGRAM_TIMEOUT, run).await })
+        .map_err(|_| fail(format!("did not finish in {PROGRAM_TIMEOUT:?}")))?
 }
 
 async fn async_expect_1045(opts: mysql_async::OptsBuilder) -> Cell {
