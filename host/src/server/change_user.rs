@@ -24,7 +24,7 @@ use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
 use super::session::{
-    LoginError, SessionCtx, lookup_account, open_backend, route, throttle_failure,
+    LoginError, SessionCtx, claim_user, lookup_account, open_backend, route, throttle_failure,
 };
 use super::{Shared, authn, codes};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
@@ -196,17 +196,7 @@ async fn exchange(
             ));
         }
     };
-    let claim = shared
-        .user_sessions
-        .claim(user, state.config.user_limit(user))
-        .map_err(|limit| {
-            LoginError::deny(
-                codes::user_limit(user, limit),
-                seq,
-                crate::metrics::Outcome::UserLimit,
-                format!("user '{user}' has {limit} sessions already"),
-            )
-        })?;
+    let claim = claim_user(shared, &state, user, seq)?;
     let pool = route(
         shared,
         &state,

@@ -303,17 +303,7 @@ async fn login(
     let span = tracing::Span::current();
     let user = auth.response.username.as_str();
     span.record("user", user);
-    let claim = shared
-        .user_sessions
-        .claim(user, state.config.user_limit(user))
-        .map_err(|limit| {
-            LoginError::deny(
-                codes::user_limit(user, limit),
-                auth.next_seq,
-                Outcome::UserLimit,
-                format!("user '{user}' has {limit} sessions already"),
-            )
-        })?;
+    let claim = claim_user(shared, state, user, auth.next_seq)?;
     let pool = route(
         shared,
         state,
@@ -503,6 +493,27 @@ pub(super) async fn lookup_account(
     // session's task.
     Box::pin(shared.loaded_users.refresh_if_due(state, min)).await;
     shared.loaded_users.get(user)
+}
+
+/// Counts a session of `user`, or the ERR 1226 (at `seq`) if it has as
+/// many as it may.
+pub(super) fn claim_user(
+    shared: &Shared,
+    state: &State,
+    user: &str,
+    seq: u8,
+) -> Result<UserClaim, LoginError> {
+    shared
+        .user_sessions
+        .claim(user, state.config.user_limit(user))
+        .map_err(|limit| {
+            LoginError::deny(
+                codes::user_limit(user, limit),
+                seq,
+                Outcome::UserLimit,
+                format!("user '{user}' has {limit} sessions already"),
+            )
+        })
 }
 
 /// Counts a failed login of `peer` towards the throttle.
