@@ -1,31 +1,19 @@
 """mysql-connector-python in pure-Python mode (a MySQL 8/9 style client)
 through Switchyard, for tests/tests/compat.rs.
 
-Reads its settings from COMPAT_* environment variables (see
-tests/tests/compat.rs) and prints one JSON line per scenario:
-{"scenario": ..., "status": "ok" | "fail" | "na", "detail": ...}.
+Its settings (COMPAT_* variables) and the JSON line it prints per scenario
+are those of compat_common.py.
 """
 
-import json
-import os
-import sys
-import traceback
 
 import mysql.connector
 
-E = os.environ
-HOST, PORT = E["COMPAT_HOST"], int(E["COMPAT_PORT"])
-USER, PASSWORD, DB = E["COMPAT_USER"], E["COMPAT_PASSWORD"], E["COMPAT_DB"]
-# off: the client's defaults; required: TLS with the server's certificate
-# verified against COMPAT_CA; disabled: TLS explicitly off.
-TLS_MODE = E.get("COMPAT_TLS", "off")
-TLS = TLS_MODE == "required"
-CA = E.get("COMPAT_CA")
+from compat_common import (
+    CA, DB, E, HOST, PASSWORD, PORT, TLS, TLS_MODE, USER, big_value_query, main, report,
+    report_big_value, run_scenarios,
+)
+
 AUTH_PLUGIN = E.get("COMPAT_AUTH_PLUGIN")
-
-
-def report(scenario, status, detail="", **extra):
-    print(json.dumps({"scenario": scenario, "status": status, "detail": detail, **extra}), flush=True)
 
 
 def connect(password=PASSWORD, tls=TLS_MODE, port=PORT):
@@ -104,16 +92,6 @@ def suite():
     table = f"`{DB}`.`{E['COMPAT_TABLE']}`"
     conn = None
 
-    def step(name, fn):
-        if conn is None and name != "connect":
-            report(name, "fail", "no connection")
-            return
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - every failure is reported
-            report(name, "fail", f"{type(e).__name__}: {e}")
-            traceback.print_exc()
-
     def do_connect():
         nonlocal conn
         conn = connect()
@@ -174,14 +152,12 @@ def suite():
         report("transaction", "ok" if ok else "fail", f"after rollback {gone} rows; after commit {kept}")
 
     def do_big_value():
-        size = int(E["COMPAT_BIG_UNITS"])
+        sql, want = big_value_query()
         cur = conn.cursor()
-        cur.execute(f"SELECT CONCAT(REPEAT('0123456789abcdef', {size}), 'END')")
+        cur.execute(sql)
         value = text(cur.fetchone()[0])
         cur.close()
-        want = "0123456789abcdef" * size + "END"
-        ok = value == want
-        report("big_value", "ok" if ok else "fail", f"{len(value)} bytes read" + ("" if ok else ", content differs"))
+        report_big_value(value, want)
 
     def do_disconnect():
         nonlocal conn
@@ -189,7 +165,7 @@ def suite():
         conn = None
         report("disconnect", "ok", "close() sent COM_QUIT")
 
-    for name, fn in [
+    run_scenarios([
         ("connect", do_connect),
         ("tls", do_tls),
         ("query", do_query),
@@ -197,18 +173,8 @@ def suite():
         ("transaction", do_transaction),
         ("big_value", do_big_value),
         ("disconnect", do_disconnect),
-    ]:
-        step(name, fn)
-    expect_denied("bad_password", password=PASSWORD + "-wrong")
-    if TLS:
-        expect_denied("plaintext_refused", tls="disabled")
-    else:
-        report("plaintext_refused", "na", "plaintext run")
+    ], lambda: conn is not None, expect_denied)
 
 
 if __name__ == "__main__":
-    if E.get("COMPAT_ACTION", "suite") == "login":
-        login()
-    else:
-        suite()
-    sys.exit(0)
+    main(suite, login)
