@@ -3,7 +3,7 @@
 # drives, where missing: PHP with mysqlnd (mysqli, PDO) and MariaDB
 # Connector/J with a JDK from Debian's packages; PyMySQL,
 # mysql-connector-python and cryptography from PyPI into target/pyvenv;
-# mysql2 from npm into target/npm. The mariadb CLI and mysql_async come with
+# mysql2 from npm into target/npm-clients. The mariadb CLI and mysql_async come with
 # scripts/setup.sh and Cargo. Safe to run again: it only installs what is
 # not there.
 set -euo pipefail
@@ -53,8 +53,10 @@ then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_wanted[@]}"
 fi
 
-# node mysql2, pinned, beside componentize-js.
-prefix="$root/target/npm"
+# node mysql2, pinned, in a prefix of its own: installing into
+# componentize-js's prefix (target/npm) makes npm rearrange that tree, and
+# componentize-js then no longer finds preview2-shim.
+prefix="$root/target/npm-clients"
 mysql2_version=3.24.6
 if [ "$(node -p "try{require('$prefix/node_modules/mysql2/package.json').version}catch(e){''}" 2>/dev/null)" != "$mysql2_version" ]; then
     echo "compat-deps: installing mysql2@$mysql2_version from npm"

@@ -2,7 +2,7 @@
 // tests/tests/compat.rs. Reads its settings from COMPAT_* environment
 // variables (see tests/tests/compat.rs) and prints one JSON line per
 // scenario: {"scenario": ..., "status": "ok" | "fail" | "na", "detail": ...}.
-// mysql2 is found through NODE_PATH (target/npm/node_modules).
+// mysql2 is found through NODE_PATH (target/npm-clients/node_modules).
 'use strict';
 
 const fs = require('fs');

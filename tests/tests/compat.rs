@@ -17,7 +17,7 @@
 //! RSA, the fast path from the cache, wrong passwords).
 //!
 //! The clients are installed by `scripts/compat-deps.sh` (Debian packages,
-//! PyPI into target/pyvenv, npm into target/npm).
+//! PyPI into target/pyvenv, npm into target/npm-clients).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -176,9 +176,9 @@ impl Client {
             Self::PyMySql => python("pymysql_client.py", "pymysql"),
             Self::ConnectorPython => python("connector_python_client.py", "mysql.connector"),
             Self::Mysql2 => {
-                let modules = root.join("target/npm/node_modules");
+                let modules = root.join("target/npm-clients/node_modules");
                 if !modules.join("mysql2").is_dir() || !has_command("node") {
-                    missing("node mysql2 in target/npm")
+                    missing("node mysql2 in target/npm-clients")
                 } else {
                     let mut cmd = Command::new("node");
                     cmd.arg(compat.join("mysql2_client.js"))
