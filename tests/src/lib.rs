@@ -426,13 +426,36 @@ pub struct Artifacts {
     pub go_policy: PathBuf,
 }
 
+/// A `cargo` command without the variables Cargo sets for the crate it
+/// runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): build scripts that watch
+/// one of them (ring watches `CARGO_MANIFEST_DIR`) would otherwise rebuild
+/// here, and again in the next build from a shell.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_for_crate = name == "OUT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+            );
+        if set_for_crate {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Builds (if needed) the `switchyard` binary (debug profile) and the
 /// policies (release, wasm32-wasip2), once per process.
 pub fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
         let root = workspace_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         for args in [
             &["build", "-q", "-p", "switchyard", "--bin", "switchyard"][..],
             &[
@@ -453,7 +476,7 @@ pub fn artifacts() -> &'static Artifacts {
                 "wasm32-wasip2",
             ][..],
         ] {
-            let status = Command::new(&cargo)
+            let status = cargo_command()
                 .args(args)
                 .current_dir(&root)
                 .status()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use switchyard::auth::PasswordHash;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
-use switchyard_e2e::{MariaDb, Proxy, free_port, spawn, workspace_root};
+use switchyard_e2e::{MariaDb, Proxy, cargo_command, free_port, spawn, workspace_root};
 
 const USER: (&str, &str) = ("bench", "benchpass");
 const IDLE_SESSIONS: usize = 1000;
@@ -138,7 +138,6 @@ fn switchyard_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
 
 fn build_release() -> Result<(PathBuf, PathBuf)> {
     let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for args in [
         &[
             "build",
@@ -159,7 +158,7 @@ fn build_release() -> Result<(PathBuf, PathBuf)> {
             "wasm32-wasip2",
         ][..],
     ] {
-        let ok = Command::new(&cargo)
+        let ok = cargo_command()
             .args(args)
             .current_dir(&root)
             .status()?
