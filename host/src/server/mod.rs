@@ -13,6 +13,7 @@ pub mod limits;
 mod profile;
 mod relay;
 mod session;
+mod splice;
 pub mod state;
 pub mod users;
 

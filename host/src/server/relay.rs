@@ -8,6 +8,11 @@
 //! (it is then waiting for the backend, which has answered every earlier
 //! command of a client that waits for its answers, as clients do before
 //! COM_CHANGE_USER), and the session gets both streams back to handle it.
+//!
+//! The backend-to-client direction is opaque. Once an answer fills a read
+//! and both sides are plain TCP, it switches to `splice(2)` through a pipe
+//! of its own (see [`super::splice`]): large results then pass from socket
+//! to socket without being copied through the proxy.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::conn::Stream;
 
+use super::splice::Pipe;
 use crate::metrics::Metrics;
 use crate::protocol::{CommandScanner, ScanEvent};
 
@@ -183,19 +189,13 @@ impl AsyncWrite for Writer {
 }
 
 /// The relay over the two halves of each side.
-async fn relay_halves<CR, CW, BR, BW>(
-    (client_r, client_w): (&mut CR, &mut CW),
+async fn relay_halves(
+    (client_r, client_w): (&mut Reader, &mut Writer),
     client_rest: BytesMut,
-    (backend_r, backend_w): (&mut BR, &mut BW),
+    (backend_r, backend_w): (&mut Reader, &mut Writer),
     backend_rest: BytesMut,
     options: Options<'_>,
-) -> (RelayStats, Option<BytesMut>)
-where
-    CR: ReadSome,
-    CW: AsyncWrite + Unpin,
-    BR: ReadSome,
-    BW: AsyncWrite + Unpin,
-{
+) -> (RelayStats, Option<BytesMut>) {
     let change_user = Notify::new();
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
@@ -249,6 +249,8 @@ where
         let down = async {
             let mut buf = backend_rest;
             let mut down_read = MIN_READ;
+            // Set once a large answer shows up, if both sides are plain TCP.
+            let mut pipe: Option<Pipe> = None;
             let end = loop {
                 if !buf.is_empty() {
                     if write_flushed(client_w, &buf).await.is_err() {
@@ -258,8 +260,34 @@ where
                     metrics.bytes_to_clients.add(buf.len() as u64);
                     buf.clear();
                 }
-                // Everything read has been written: a safe point to stop
-                // at for COM_CHANGE_USER.
+                if let (Some(pipe), Reader::Tcp(from), Writer::Tcp(to)) =
+                    (&mut pipe, &*backend_r, &*client_w)
+                {
+                    if buf.capacity() > 0 {
+                        give_back(std::mem::take(&mut buf));
+                    }
+                    // Everything read has been written: a safe point to
+                    // stop at for COM_CHANGE_USER.
+                    let filled = tokio::select! {
+                        biased;
+                        () = change_user.notified() => return CHANGE_USER_END,
+                        filled = pipe.fill(from.as_ref()) => filled,
+                    };
+                    let n = match filled {
+                        Ok(0) => break "backend closed",
+                        Ok(n) => n,
+                        Err(_) => break "backend read failed",
+                    };
+                    moves.fetch_add(1, Ordering::Relaxed);
+                    awaiting_answer.store(false, Ordering::Relaxed);
+                    if pipe.drain(to.as_ref()).await.is_err() {
+                        break "client write failed";
+                    }
+                    to_client.fetch_add(n as u64, Ordering::Relaxed);
+                    metrics.bytes_to_clients.add(n as u64);
+                    continue;
+                }
+                // As above, a safe point for COM_CHANGE_USER.
                 let read = tokio::select! {
                     biased;
                     () = change_user.notified() => return CHANGE_USER_END,
@@ -267,9 +295,17 @@ where
                 };
                 match read {
                     Ok(0) => break "backend closed",
-                    Ok(_) => {
+                    Ok(n) => {
                         moves.fetch_add(1, Ordering::Relaxed);
                         awaiting_answer.store(false, Ordering::Relaxed);
+                        if n >= MIN_READ && pipe.is_none() && splices(backend_r, client_w) {
+                            // A large answer: the rest of it (and of later
+                            // ones) moves by splice(2), kernel to kernel.
+                            // Without a pipe, reads go on as before.
+                            pipe = Pipe::new()
+                                .inspect_err(|e| tracing::debug!(error = %e, "no pipe for splice"))
+                                .ok();
+                        }
                     }
                     Err(_) => break "backend read failed",
                 }
@@ -329,6 +365,12 @@ where
         end,
     };
     (stats, rest)
+}
+
+/// Whether the backend-to-client direction can splice: plain TCP at both
+/// ends.
+fn splices(from: &Reader, to: &Writer) -> bool {
+    matches!((from, to), (Reader::Tcp(_), Writer::Tcp(_)))
 }
 
 /// Writes all of `bytes` and flushes: tokio-rustls accepts plaintext and
