@@ -125,6 +125,10 @@ fn main() {
         ("twenty_mib_value_round_trip", twenty_mib_value_round_trip),
         ("pipelined_commands_from_a_raw_client", pipelined_commands),
         (
+            "large_results_around_com_change_user",
+            large_results_around_change_user,
+        ),
+        (
             "auth_switch_from_caching_sha2_password",
             auth_switch_from_caching_sha2,
         ),
@@ -698,6 +702,61 @@ fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
             .map_err(fail)?;
         conn.disconnect().await.map_err(fail)?;
         Ok(())
+    })
+}
+
+/// Reads the large answer `big` three times, each followed by a small one.
+async fn read_big(conn: &mut Conn, big: &str, expected: &str) -> TestResult {
+    conn.query_drop("SET SESSION group_concat_max_len = 67108864")
+        .await
+        .map_err(fail)?;
+    for round in 0..3 {
+        let got: Option<String> = conn.query_first(big).await.map_err(fail)?;
+        check(
+            got.as_deref() == Some(expected),
+            format!(
+                "round {round}: {} bytes back, {} expected",
+                got.map_or(0, |g| g.len()),
+                expected.len()
+            ),
+        )?;
+        let one: Option<u32> = conn.query_first("SELECT 1").await.map_err(fail)?;
+        check(one == Some(1), format!("SELECT 1 gave {one:?}"))?;
+    }
+    Ok(())
+}
+
+/// Large answers (which the relay moves with splice(2) on plain TCP), then
+/// COM_CHANGE_USER to another pool and in place, then large answers again:
+/// every byte arrives, in order, on every backend session.
+fn large_results_around_change_user(env: &Env) -> TestResult {
+    const N: u32 = 400_000;
+    let expected = (1..=N).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let big = format!("SELECT GROUP_CONCAT(seq ORDER BY seq SEPARATOR ',') FROM app.seq_1_to_{N}");
+    block_on(async {
+        let change = |(user, pass): (&str, &str)| {
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some(user.into()))
+                .with_pass(Some(pass.into()))
+        };
+        let mut conn = connect(env, MASTER_USER, None).await?;
+        read_big(&mut conn, &big, &expected).await?;
+        // To another pool: the session moves to a replica.
+        conn.change_user(change(SLAVE_USER)).await.map_err(fail)?;
+        let id = server_id(&mut conn).await?;
+        check(
+            REPLICA_IDS.contains(&id),
+            format!("slave on a replica, got {id}"),
+        )?;
+        read_big(&mut conn, &big, &expected).await?;
+        // The same pool: re-authenticated in place.
+        conn.change_user(change(SLAVE_USER)).await.map_err(fail)?;
+        check(
+            server_id(&mut conn).await? == id,
+            "still on the same replica",
+        )?;
+        read_big(&mut conn, &big, &expected).await?;
+        conn.disconnect().await.map_err(fail)
     })
 }
 
