@@ -4,7 +4,10 @@
 //! along (for loopback and most NICs), so a large result set costs the
 //! proxy syscalls and no memory bandwidth.
 //!
-//! Only for plain TCP on both sides; TLS needs the bytes.
+//! Only for plain TCP on both sides; TLS needs the bytes. splice(2) has
+//! no `MSG_NOSIGNAL`: writing into a connection the peer has reset raises
+//! SIGPIPE, so the process must ignore it (Rust programs do by default, and
+//! so does the daemon) to get `EPIPE` instead.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
