@@ -125,6 +125,10 @@ fn main() {
         ("twenty_mib_value_round_trip", twenty_mib_value_round_trip),
         ("pipelined_commands_from_a_raw_client", pipelined_commands),
         (
+            "kill_names_backend_threads_only",
+            kill_names_backend_threads_only,
+        ),
+        (
             "large_results_around_com_change_user",
             large_results_around_change_user,
         ),
@@ -706,6 +710,72 @@ fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
             .map_err(fail)?;
         conn.disconnect().await.map_err(fail)?;
         Ok(())
+    })
+}
+
+/// `KILL QUERY` through Switchyard: the greeting's connection id (from
+/// 2^30 up) names no backend thread, so the backend refuses it with 1094
+/// instead of killing an unrelated query; the backend's own id
+/// (`CONNECTION_ID()`) interrupts the query it names.
+fn kill_names_backend_threads_only(env: &Env) -> TestResult {
+    block_on(async {
+        let mut victim = connect(env, MASTER_USER, Some("app")).await?;
+        let mut killer = connect(env, MASTER_USER, Some("app")).await?;
+        let greeting_id = victim.id();
+        check(
+            greeting_id >= switchyard::server::FIRST_CONNECTION_ID,
+            format!("greeting connection id {greeting_id}"),
+        )?;
+        match killer.query_drop(format!("KILL QUERY {greeting_id}")).await {
+            Err(mysql_async::Error::Server(e)) if e.code == 1094 => {}
+            other => return Err(format!("KILL QUERY <greeting id>: {other:?}").into()),
+        }
+        let thread: Option<u64> = victim
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        let thread = thread.ok_or("no CONNECTION_ID()")?;
+        let started = Instant::now();
+        let sleeping = tokio::spawn(async move {
+            let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
+            (r, victim)
+        });
+        // Until the query runs, KILL QUERY finds nothing to interrupt.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let running: Option<u64> = killer
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                     WHERE ID = {thread} AND INFO LIKE 'SELECT SLEEP%'"
+                ))
+                .await
+                .map_err(fail)?;
+            if running == Some(1) {
+                break;
+            }
+            check(Instant::now() < deadline, "the SLEEP never started")?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        killer
+            .query_drop(format!("KILL QUERY {thread}"))
+            .await
+            .map_err(fail)?;
+        let (result, mut victim) = sleeping.await.map_err(fail)?;
+        match result {
+            // MariaDB interrupts SLEEP with 1317, or SLEEP returns 1.
+            Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
+            Ok(Some(1)) => {}
+            other => return Err(format!("interrupted SLEEP: {other:?}").into()),
+        }
+        check(
+            started.elapsed() < Duration::from_secs(20),
+            format!("KILL QUERY took {:?}", started.elapsed()),
+        )?;
+        // Both sessions go on.
+        let one: Option<u32> = victim.query_first("SELECT 1").await.map_err(fail)?;
+        check(one == Some(1), "the victim's session still works")?;
+        victim.disconnect().await.map_err(fail)?;
+        killer.disconnect().await.map_err(fail)
     })
 }
 

@@ -40,6 +40,20 @@ use crate::notify;
 use crate::pool::Registry;
 use crate::protocol::encode_packet;
 
+/// The first connection id Switchyard gives out. A client's `KILL <id>`
+/// and `KILL QUERY <id>` go to its backend, which knows only its own thread
+/// ids; those count up from 1 with every connection since the server
+/// started. Switchyard's ids start at 2^30 so that a greeting's id does not
+/// name an unrelated backend thread: the backend answers 1094 (unknown
+/// thread id) instead of killing someone else's query. The id that kills
+/// through Switchyard is the backend's own, `CONNECTION_ID()`.
+pub const FIRST_CONNECTION_ID: u32 = 1 << 30;
+
+/// The `n`th connection id, within `FIRST_CONNECTION_ID..=u32::MAX`.
+fn connection_id_at(n: u32) -> u32 {
+    FIRST_CONNECTION_ID + n % (u32::MAX - FIRST_CONNECTION_ID + 1)
+}
+
 /// Everything sessions share: the state in force (swapped on reload) and
 /// what outlives reloads.
 #[derive(Debug)]
@@ -101,7 +115,7 @@ impl Shared {
             sha2_cache: Default::default(),
             generated_rsa,
             config_path,
-            next_connection_id: AtomicU32::new(1),
+            next_connection_id: AtomicU32::new(0),
             health_wake: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -141,8 +155,10 @@ impl Shared {
             .cloned()
     }
 
+    /// The connection id for the next greeting: from
+    /// [`FIRST_CONNECTION_ID`] up, wrapping back to it.
     fn connection_id(&self) -> u32 {
-        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+        connection_id_at(self.next_connection_id.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Reads the configuration file again and swaps in what it describes:
@@ -608,4 +624,26 @@ async fn refuse(mut socket: TcpStream, err: crate::protocol::ErrPacket) {
         let _ = socket.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_stay_above_backend_thread_ids() {
+        assert_eq!(connection_id_at(0), FIRST_CONNECTION_ID);
+        assert_eq!(connection_id_at(1), FIRST_CONNECTION_ID + 1);
+        assert_eq!(connection_id_at(u32::MAX - FIRST_CONNECTION_ID), u32::MAX);
+        // Past the top, back to the first id, never below it.
+        assert_eq!(
+            connection_id_at(u32::MAX - FIRST_CONNECTION_ID + 1),
+            FIRST_CONNECTION_ID
+        );
+        assert!(
+            (0..=u32::MAX)
+                .step_by(65_537)
+                .all(|n| connection_id_at(n) >= FIRST_CONNECTION_ID)
+        );
+    }
 }
