@@ -125,8 +125,8 @@ fn main() {
         ("twenty_mib_value_round_trip", twenty_mib_value_round_trip),
         ("pipelined_commands_from_a_raw_client", pipelined_commands),
         (
-            "kill_names_backend_threads_only",
-            kill_names_backend_threads_only,
+            "kill_by_greeting_id_and_backend_id",
+            kill_by_greeting_id_and_backend_id,
         ),
         (
             "large_results_around_com_change_user",
@@ -713,11 +713,59 @@ fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
     })
 }
 
-/// `KILL QUERY` through Switchyard: the greeting's connection id (from
-/// 2^30 up) names no backend thread, so the backend refuses it with 1094
-/// instead of killing an unrelated query; the backend's own id
-/// (`CONNECTION_ID()`) interrupts the query it names.
-fn kill_names_backend_threads_only(env: &Env) -> TestResult {
+/// Runs `SELECT SLEEP(30)` on `victim` (whose backend thread is `thread`),
+/// has `killer` send `kill` once the query runs, and checks the query was
+/// interrupted; gives the victim back.
+async fn interrupted_by(
+    mut victim: Conn,
+    thread: u64,
+    killer: &mut Conn,
+    kill: String,
+) -> Result<Conn, Failed> {
+    let started = Instant::now();
+    let sleeping = tokio::spawn(async move {
+        let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
+        (r, victim)
+    });
+    // Until the query runs, KILL QUERY finds nothing to interrupt. The
+    // process list is read on the primary, where the victims are.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: Option<u64> = killer
+            .query_first(format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE ID = {thread} AND INFO LIKE 'SELECT SLEEP%'"
+            ))
+            .await
+            .map_err(fail)?;
+        if running == Some(1) {
+            break;
+        }
+        check(Instant::now() < deadline, "the SLEEP never started")?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    killer.query_drop(&kill).await.map_err(fail)?;
+    let (result, victim) = sleeping.await.map_err(fail)?;
+    match result {
+        // MariaDB interrupts SLEEP with 1317, or SLEEP returns 1.
+        Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
+        Ok(Some(1)) => {}
+        other => return Err(format!("{kill}: the SLEEP gave {other:?}").into()),
+    }
+    check(
+        started.elapsed() < Duration::from_secs(20),
+        format!("{kill} took {:?}", started.elapsed()),
+    )?;
+    Ok(victim)
+}
+
+/// `KILL [QUERY] <id>` through Switchyard. The greeting's connection id
+/// (from 2^30 up; what Connector/J's cancel and `mysql_kill()` use) is
+/// translated to the backend thread when the killing session is on the
+/// same server, and refused with 1094 otherwise (never passed on, where it
+/// could name an unrelated thread); the backend's own id
+/// (`CONNECTION_ID()`) passes unchanged.
+fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
     block_on(async {
         let mut victim = connect(env, MASTER_USER, Some("app")).await?;
         let mut killer = connect(env, MASTER_USER, Some("app")).await?;
@@ -726,56 +774,54 @@ fn kill_names_backend_threads_only(env: &Env) -> TestResult {
             greeting_id >= switchyard::server::FIRST_CONNECTION_ID,
             format!("greeting connection id {greeting_id}"),
         )?;
-        match killer.query_drop(format!("KILL QUERY {greeting_id}")).await {
-            Err(mysql_async::Error::Server(e)) if e.code == 1094 => {}
-            other => return Err(format!("KILL QUERY <greeting id>: {other:?}").into()),
-        }
         let thread: Option<u64> = victim
             .query_first("SELECT CONNECTION_ID()")
             .await
             .map_err(fail)?;
         let thread = thread.ok_or("no CONNECTION_ID()")?;
-        let started = Instant::now();
-        let sleeping = tokio::spawn(async move {
-            let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
-            (r, victim)
-        });
-        // Until the query runs, KILL QUERY finds nothing to interrupt.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let running: Option<u64> = killer
-                .query_first(format!(
-                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                     WHERE ID = {thread} AND INFO LIKE 'SELECT SLEEP%'"
-                ))
-                .await
-                .map_err(fail)?;
-            if running == Some(1) {
-                break;
+        check(
+            thread != u64::from(greeting_id),
+            "the backend thread id is not the greeting's",
+        )?;
+        // Both sessions are on the primary: the greeting id works.
+        let victim = interrupted_by(
+            victim,
+            thread,
+            &mut killer,
+            format!("KILL QUERY {greeting_id}"),
+        )
+        .await?;
+        // So does the backend's own id.
+        let mut victim =
+            interrupted_by(victim, thread, &mut killer, format!("kill query {thread};")).await?;
+        // From a session on a replica, the victim's server is elsewhere.
+        let mut elsewhere = connect(env, SLAVE_USER, Some("app")).await?;
+        for kill in [
+            format!("KILL QUERY {greeting_id}"),
+            format!("KILL {}", u32::MAX),
+        ] {
+            match elsewhere.query_drop(&kill).await {
+                Err(mysql_async::Error::Server(e))
+                    if e.code == 1094 && e.state == "HY000" && e.message.contains("thread id") => {}
+                other => return Err(format!("{kill}: {other:?}").into()),
             }
-            check(Instant::now() < deadline, "the SLEEP never started")?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // KILL (CONNECTION) by greeting id ends the victim's session.
         killer
-            .query_drop(format!("KILL QUERY {thread}"))
+            .query_drop(format!("KILL {greeting_id}"))
             .await
             .map_err(fail)?;
-        let (result, mut victim) = sleeping.await.map_err(fail)?;
-        match result {
-            // MariaDB interrupts SLEEP with 1317, or SLEEP returns 1.
-            Err(mysql_async::Error::Server(e)) if e.code == 1317 => {}
-            Ok(Some(1)) => {}
-            other => return Err(format!("interrupted SLEEP: {other:?}").into()),
-        }
         check(
-            started.elapsed() < Duration::from_secs(20),
-            format!("KILL QUERY took {:?}", started.elapsed()),
+            victim.query_drop("SELECT 1").await.is_err(),
+            "the killed session still answers",
         )?;
-        // Both sessions go on.
-        let one: Option<u32> = victim.query_first("SELECT 1").await.map_err(fail)?;
-        check(one == Some(1), "the victim's session still works")?;
-        victim.disconnect().await.map_err(fail)?;
-        killer.disconnect().await.map_err(fail)
+        // The killer's and the other session go on.
+        let one: Option<u32> = killer.query_first("SELECT 1").await.map_err(fail)?;
+        check(one == Some(1), "the killer's session works")?;
+        let one: Option<u32> = elsewhere.query_first("SELECT 1").await.map_err(fail)?;
+        check(one == Some(1), "the replica session works")?;
+        killer.disconnect().await.map_err(fail)?;
+        elsewhere.disconnect().await.map_err(fail)
     })
 }
 

@@ -26,6 +26,26 @@ pub enum ScanEvent {
     Quit,
     /// COM_CHANGE_USER.
     ChangeUser,
+    /// A COM_QUERY of at most [`MAX_KILL_PAYLOAD`] bytes whose text starts
+    /// with `KILL` and a space: its connection id may need translating. The
+    /// relay takes the whole packet (and the scanner stays at the boundary
+    /// after it).
+    Kill,
+}
+
+/// The longest COM_QUERY payload reported as [`ScanEvent::Kill`].
+pub const MAX_KILL_PAYLOAD: usize = 256;
+
+/// Whether a COM_QUERY payload (command byte first) of `len` bytes, of
+/// which `seen` are at hand, starts a KILL statement; `None` when more
+/// bytes are needed to tell.
+fn kill_statement(len: usize, seen: &[u8]) -> Option<bool> {
+    const KILL: &[u8] = b"KILL ";
+    if len > MAX_KILL_PAYLOAD || len < 1 + KILL.len() {
+        return Some(false);
+    }
+    let text = seen.get(1..=KILL.len())?;
+    Some(text[..4].eq_ignore_ascii_case(&KILL[..4]) && text[4].is_ascii_whitespace())
 }
 
 /// Walks packet headers of the client-to-server stream.
@@ -81,6 +101,15 @@ impl CommandScanner {
                 let event = match cmd {
                     c if c == Command::Quit as u8 => Some(ScanEvent::Quit),
                     c if c == Command::ChangeUser as u8 => Some(ScanEvent::ChangeUser),
+                    c if c == Command::Query as u8 => {
+                        let seen = &buf[pos + 4..buf.len().min(pos + 4 + len)];
+                        match kill_statement(len, seen) {
+                            Some(true) => Some(ScanEvent::Kill),
+                            Some(false) => None,
+                            // Cut before the statement's first word.
+                            None => return (pos, None),
+                        }
+                    }
                     _ => None,
                 };
                 if event.is_some() {
@@ -140,6 +169,41 @@ mod tests {
             assert_eq!(ev, Some(ScanEvent::ChangeUser), "cut at {cut}");
             assert_eq!(n + m, 13, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn reports_kill_statements_whole_or_waits_for_their_first_word() {
+        let kill = packets(&[(0, b"\x03SELECT 1"), (0, b"\x03kill QUERY 1073741825")]);
+        for cut in 0..=kill.len() {
+            let mut s = CommandScanner::new();
+            let (n, ev) = s.scan(&kill[..cut]);
+            if cut >= 13 + 4 + 6 {
+                // "KILL " is in: reported at the packet's start.
+                assert_eq!((n, ev), (13, Some(ScanEvent::Kill)), "cut at {cut}");
+            } else {
+                assert_eq!(ev, None, "cut at {cut}");
+                assert!(n <= 13, "cut at {cut}");
+            }
+        }
+        // Not KILL statements: other words, long queries, other commands.
+        let mut long = b"\x03KILL ".to_vec();
+        long.resize(MAX_KILL_PAYLOAD + 1, b' ');
+        for payload in [
+            &b"\x03KILLS 5"[..],
+            b"\x03SELECT 'KILL 5'",
+            b"\x03KIL",
+            &long,
+            b"\x16KILL 5",
+        ] {
+            let bytes = packets(&[(0, payload)]);
+            let mut s = CommandScanner::new();
+            assert_eq!(s.scan(&bytes), (bytes.len(), None), "{payload:?}");
+        }
+        // After the relay takes a KILL packet, scanning goes on from there.
+        let bytes = packets(&[(0, b"\x03KILL 7"), (0, b"\x01")]);
+        let mut s = CommandScanner::new();
+        assert_eq!(s.scan(&bytes), (0, Some(ScanEvent::Kill)));
+        assert_eq!(s.scan(&bytes[11..]), (0, Some(ScanEvent::Quit)));
     }
 
     #[test]

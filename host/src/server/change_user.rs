@@ -274,6 +274,7 @@ async fn exchange(
     info!("COM_CHANGE_USER: moved the session to another pool");
     ctx.pool = pool;
     ctx.backend_nonce = session.greeting.auth_data.clone().into_boxed_slice();
+    ctx.backend_thread = session.greeting.connection_id;
     ctx.backend_caps = session.capabilities;
     Ok(Step::Moved {
         backend: session.stream,

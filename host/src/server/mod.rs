@@ -9,6 +9,7 @@
 mod authn;
 mod change_user;
 mod codes;
+mod kill;
 pub mod limits;
 mod profile;
 mod relay;
@@ -78,6 +79,8 @@ pub struct Shared {
     generated_rsa: tokio::sync::OnceCell<Arc<crate::auth::caching_sha2::RsaKey>>,
     config_path: Option<PathBuf>,
     next_connection_id: AtomicU32,
+    /// Logged-in sessions by greeting connection id, for KILL.
+    sessions: Arc<kill::Registry>,
     health_wake: Arc<Notify>,
     reload_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
@@ -116,6 +119,7 @@ impl Shared {
             generated_rsa,
             config_path,
             next_connection_id: AtomicU32::new(0),
+            sessions: Arc::default(),
             health_wake: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),

@@ -14,6 +14,7 @@
 //! of its own (see [`super::splice`]): large results then pass from socket
 //! to socket without being copied through the proxy.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,9 +25,10 @@ use tokio::sync::Notify;
 
 use crate::conn::Stream;
 
+use super::kill::{self, Registry};
 use super::splice::Pipe;
 use crate::metrics::Metrics;
-use crate::protocol::{CommandScanner, ScanEvent};
+use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
 
 /// Smallest read, and where a direction's read size starts.
 const MIN_READ: usize = 16 * 1024;
@@ -69,6 +71,9 @@ pub struct Options<'a> {
     pub idle_timeout: Option<Duration>,
     /// Where relayed bytes are counted.
     pub metrics: &'a Metrics,
+    /// Where sessions are, for `KILL <greeting id>`, and this session's
+    /// backend server.
+    pub kills: (&'a Registry, SocketAddr),
 }
 
 /// What a relay did.
@@ -229,6 +234,28 @@ async fn relay_halves(
                     buf.advance(n);
                 }
                 match event {
+                    Some(ScanEvent::Kill) => {
+                        let len = 4 + packet_len(&buf);
+                        if buf.len() >= len {
+                            // The whole statement is here (it is short).
+                            let (registry, backend) = options.kills;
+                            let sent = match kill::translate(&buf[4..len], backend, registry) {
+                                Some(payload) => {
+                                    let mut packet = BytesMut::with_capacity(4 + payload.len());
+                                    encode_packet(0, &payload, &mut packet);
+                                    write_flushed(backend_w, &packet).await
+                                }
+                                None => write_flushed(backend_w, &buf[..len]).await,
+                            };
+                            if sent.is_err() {
+                                break "backend write failed";
+                            }
+                            from_client.fetch_add(len as u64, Ordering::Relaxed);
+                            metrics.bytes_from_clients.add(len as u64);
+                            buf.advance(len);
+                            continue;
+                        }
+                    }
                     Some(ScanEvent::Quit) => break "client quit",
                     Some(ScanEvent::ChangeUser) => {
                         change_user.notify_one();
@@ -388,6 +415,12 @@ async fn relay_halves(
         end,
     };
     (stats, rest)
+}
+
+/// The payload length in a packet header at the start of `buf` (which has
+/// at least the 4 header bytes).
+fn packet_len(buf: &[u8]) -> usize {
+    usize::from(buf[0]) | usize::from(buf[1]) << 8 | usize::from(buf[2]) << 16
 }
 
 /// Whether the backend-to-client direction can splice: plain TCP at both

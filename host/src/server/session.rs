@@ -14,7 +14,7 @@ use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
 use super::profile::ServerProfile;
-use super::{Shared, State, authn, change_user, codes, relay};
+use super::{Shared, State, authn, change_user, codes, kill, relay};
 use crate::auth::{self, Sha1Password};
 use crate::backend::{self, BackendError, BackendSession, LoginRequest};
 use crate::conn::{ConnError, PacketStream};
@@ -78,6 +78,10 @@ struct Established {
 /// every idle session holds it.
 #[derive(Debug)]
 pub(super) struct SessionCtx {
+    /// The connection id the client was greeted with.
+    pub id: u32,
+    /// The backend session's thread id.
+    pub backend_thread: u32,
     /// The nonce the client's login (and its COM_CHANGE_USER) answers.
     pub nonce: [u8; auth::NONCE_LEN],
     /// The client's capabilities, as it logged in.
@@ -139,12 +143,18 @@ pub(super) async fn serve(
             mut ctx,
         } = ready;
         let metrics = &shared.metrics;
-        let options = relay::Options {
-            idle_timeout,
-            metrics,
+        let place = |lease: &BackendLease, ctx: &SessionCtx| kill::Place {
+            backend: lease.backend().addr,
+            thread: ctx.backend_thread,
         };
+        let registration = shared.sessions.register(ctx.id, place(&lease, &ctx));
         let (mut from_client, mut to_client) = (0, 0);
         let end = loop {
+            let options = relay::Options {
+                idle_timeout,
+                metrics,
+                kills: (&shared.sessions, lease.backend().addr),
+            };
             let (stats, after) =
                 relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
             from_client += stats.from_client;
@@ -182,6 +192,7 @@ pub(super) async fn serve(
             backend_rest = next.backend_rest;
             lease = next.lease;
             user = next.user;
+            registration.moved(place(&lease, &ctx));
         };
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
@@ -290,11 +301,12 @@ async fn login(
 ) -> Result<Established, LoginError> {
     let nonce = auth::generate_nonce();
     let profile = shared.profile.get();
+    let id = shared.connection_id();
     greet(
         client,
         &profile,
         &nonce,
-        shared.connection_id(),
+        id,
         state.tls.is_some(),
         state.config.auth.default_plugin.name(),
     )
@@ -329,6 +341,8 @@ async fn login(
         .await
         .map_err(|e| LoginError::client(e.into()))?;
     let ctx = SessionCtx {
+        id,
+        backend_thread: backend.greeting.connection_id,
         nonce,
         capabilities: auth.response.capabilities,
         mariadb_capabilities: auth.response.mariadb_capabilities,
