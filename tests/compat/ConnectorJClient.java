@@ -124,6 +124,37 @@ public class ConnectorJClient {
 
     static Connection conn;
 
+    /// Runs SELECT SLEEP(20) and cancels it from another thread once it
+    /// runs; null if it was interrupted within 10 s, else what happened.
+    static String cancelSleep() throws Exception {
+        try (Statement st = conn.createStatement()) {
+            long started = System.nanoTime();
+            Thread canceller = new Thread(() -> {
+                try {
+                    Thread.sleep(1000);
+                    st.cancel();
+                } catch (Exception e) {
+                    e.printStackTrace();
+                }
+            });
+            canceller.start();
+            String outcome;
+            try (ResultSet rs = st.executeQuery("SELECT SLEEP(20)")) {
+                rs.next();
+                // MariaDB may end an interrupted SLEEP with 1 instead.
+                outcome = rs.getInt(1) == 1 ? null : "SLEEP ran to its end";
+            } catch (SQLException e) {
+                outcome = e.getErrorCode() == 1317 ? null : "SLEEP failed: " + e;
+            }
+            canceller.join();
+            double secs = (System.nanoTime() - started) / 1e9;
+            if (outcome == null && secs > 10) {
+                outcome = "cancel took " + secs + " s";
+            }
+            return outcome;
+        }
+    }
+
     static void suite() {
         String table = "`" + DB + "`.`" + E.get("COMPAT_TABLE") + "`";
         List<Map.Entry<String, Step>> steps = new ArrayList<>();
@@ -149,7 +180,16 @@ public class ConnectorJClient {
         steps.add(Map.entry("query", () -> {
             List<String> r = row(conn, "SELECT @@server_id, 1+1, DATABASE()");
             boolean ok = r.equals(List.of(E.get("COMPAT_SERVER_ID"), "2", DB));
-            report("query", ok ? "ok" : "fail", r.toString());
+            if (!ok) {
+                report("query", "fail", r.toString());
+                return;
+            }
+            // Statement.cancel() sends KILL QUERY <the greeting's connection
+            // id> on a connection of its own: Switchyard translates the id.
+            String cancelled = cancelSleep();
+            report("query", cancelled == null ? "ok" : "fail",
+                r + (cancelled == null ? "; Statement.cancel() interrupted a running SLEEP" : "; " + cancelled),
+                null, "also Statement.cancel() (KILL QUERY with the greeting's connection id)");
         }));
         steps.add(Map.entry("prepared", () -> {
             List<String> want = List.of("42 <héllo>", "100 <wörld>");
