@@ -35,9 +35,6 @@ const MIN_READ: usize = 16 * 1024;
 /// Largest read: a direction that keeps filling its reads (a large result
 /// set, a bulk insert) grows to this, so that it moves in few syscalls.
 const MAX_READ: usize = 1024 * 1024;
-/// How long the backend has to close after COM_QUIT before Switchyard
-/// closes its side.
-const QUIT_GRACE: Duration = Duration::from_secs(5);
 /// COM_QUIT, as a whole packet.
 const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
 
@@ -205,9 +202,6 @@ async fn relay_halves(
     options: Options<'_>,
 ) -> (RelayStats, Option<BytesMut>) {
     let change_user = Notify::new();
-    // Set once `up` has sent COM_QUIT; `down` signals the backend's end.
-    let quitting = AtomicBool::new(false);
-    let backend_done = Notify::new();
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     // Reads in either direction, and whether the last one came from the
@@ -272,24 +266,10 @@ async fn relay_halves(
                     Err(_) => break "client read failed",
                 }
             };
-            // Close the backend session politely: it answers what came
-            // before, then closes its side, which ends the other direction.
-            // Waiting for that instead of closing ours first leaves the
-            // connection's TIME_WAIT with the server rather than on one of
-            // Switchyard's ephemeral ports (which a busy proxy runs out of,
-            // and which makes every later connect search longer). A
-            // backend still open after QUIT_GRACE (one that took the bytes
-            // as LOAD DATA content, say) gets our FIN.
-            quitting.store(true, Ordering::Relaxed);
-            let closed = tokio::time::timeout(QUIT_GRACE, async {
-                write_flushed(backend_w, &COM_QUIT_PACKET).await.ok()?;
-                backend_done.notified().await;
-                Some(())
-            })
-            .await;
-            if !matches!(closed, Ok(Some(()))) {
-                let _ = tokio::time::timeout(QUIT_GRACE, backend_w.shutdown()).await;
-            }
+            // Close the backend session politely; it answers what came before,
+            // then closes its side, which ends the other direction.
+            let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
+            let _ = backend_w.shutdown().await;
             (end, None)
         };
 
@@ -357,7 +337,6 @@ async fn relay_halves(
                     Err(_) => break "backend read failed",
                 }
             };
-            backend_done.notify_one();
             let _ = client_w.shutdown().await;
             end
         };
@@ -374,10 +353,8 @@ async fn relay_halves(
         tokio::select! {
             // The backend is gone or the client cannot be written: done.
             end = &mut down => {
-                if end == CHANGE_USER_END || quitting.load(Ordering::Relaxed) {
-                    // Only after `up` stopped for it (not seen here yet),
-                    // or `up` sent COM_QUIT and waits for this end (which
-                    // it now has); its end is the session's.
+                if end == CHANGE_USER_END {
+                    // Only after `up` stopped for it (not seen here yet).
                     up.await
                 } else {
                     (end, None)
