@@ -197,6 +197,66 @@ pub struct Metrics {
     pub policy_swaps_failed: AtomicU64,
     /// Times a client address was blocked after failed logins.
     pub throttle_blocks: AtomicU64,
+    /// COM_CHANGE_USER outcomes, by [`ChangeUserOutcome`].
+    change_users: [AtomicU64; ChangeUserOutcome::ALL.len()],
+    /// caching_sha2_password exchanges, by [`Sha2Path`].
+    sha2_paths: [AtomicU64; Sha2Path::ALL.len()],
+    /// `KILL <greeting id>` statements: translated to a backend thread, or
+    /// answered 1094 (the session is elsewhere or gone).
+    pub kills_translated: AtomicU64,
+    /// See `kills_translated`.
+    pub kills_unknown: AtomicU64,
+}
+
+/// How a COM_CHANGE_USER ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeUserOutcome {
+    /// Same pool: the backend session re-authenticated in place.
+    InPlace,
+    /// Another pool: a new backend session.
+    Moved,
+    /// Refused before the backend was touched; the session goes on.
+    Refused,
+    /// The session ended (a backend refusal, a broken exchange, a timeout).
+    Failed,
+}
+
+impl ChangeUserOutcome {
+    /// Every outcome, in metric order.
+    pub const ALL: [Self; 4] = [Self::InPlace, Self::Moved, Self::Refused, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::InPlace => "in_place",
+            Self::Moved => "moved",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The path a caching_sha2_password exchange took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sha2Path {
+    /// The cached verifier answered the scramble.
+    Fast,
+    /// Full authentication, the password inside TLS.
+    FullTls,
+    /// Full authentication, the password RSA-encrypted.
+    FullRsa,
+}
+
+impl Sha2Path {
+    /// Every path, in metric order.
+    pub const ALL: [Self; 3] = [Self::Fast, Self::FullTls, Self::FullRsa];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::FullTls => "full_tls",
+            Self::FullRsa => "full_rsa",
+        }
+    }
 }
 
 impl Metrics {
@@ -208,6 +268,16 @@ impl Metrics {
     /// Logins so far with `outcome`.
     pub fn logins(&self, outcome: Outcome) -> u64 {
         self.logins[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts a COM_CHANGE_USER's outcome.
+    pub fn change_user(&self, outcome: ChangeUserOutcome) {
+        self.change_users[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a caching_sha2_password exchange's path.
+    pub fn sha2_path(&self, path: Sha2Path) {
+        self.sha2_paths[path as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders the process-wide figures; `extra` appends the rest (pools,
@@ -297,6 +367,48 @@ impl Metrics {
             "Times a client address was blocked after failed logins.",
             self.throttle_blocks.load(Ordering::Relaxed),
         );
+        let change_users: Vec<_> = ChangeUserOutcome::ALL
+            .iter()
+            .map(|o| {
+                (
+                    o.label(),
+                    self.change_users[*o as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        labeled(
+            out,
+            "switchyard_change_user_total",
+            "COM_CHANGE_USER commands, by outcome.",
+            "outcome",
+            &change_users,
+        );
+        let sha2_paths: Vec<_> = Sha2Path::ALL
+            .iter()
+            .map(|p| {
+                (
+                    p.label(),
+                    self.sha2_paths[*p as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        labeled(
+            out,
+            "switchyard_caching_sha2_exchanges_total",
+            "caching_sha2_password exchanges (logins and COM_CHANGE_USER), by path.",
+            "path",
+            &sha2_paths,
+        );
+        labeled(
+            out,
+            "switchyard_kills_total",
+            "KILL statements naming a greeting connection id, by what was sent on.",
+            "result",
+            &[
+                ("translated", self.kills_translated.load(Ordering::Relaxed)),
+                ("unknown", self.kills_unknown.load(Ordering::Relaxed)),
+            ],
+        );
         counter(
             out,
             "switchyard_log_lines_suppressed_total",
@@ -355,8 +467,25 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| m.bytes_to_clients.add(7));
         });
+        m.change_user(ChangeUserOutcome::Moved);
+        m.change_user(ChangeUserOutcome::Refused);
+        m.change_user(ChangeUserOutcome::Refused);
+        m.sha2_path(Sha2Path::FullRsa);
+        m.kills_unknown.fetch_add(3, Ordering::Relaxed);
         let mut out = String::new();
         m.render(&mut out);
+        for line in [
+            "switchyard_change_user_total{outcome=\"in_place\"} 0",
+            "switchyard_change_user_total{outcome=\"moved\"} 1",
+            "switchyard_change_user_total{outcome=\"refused\"} 2",
+            "switchyard_change_user_total{outcome=\"failed\"} 0",
+            "switchyard_caching_sha2_exchanges_total{path=\"fast\"} 0",
+            "switchyard_caching_sha2_exchanges_total{path=\"full_rsa\"} 1",
+            "switchyard_kills_total{result=\"translated\"} 0",
+            "switchyard_kills_total{result=\"unknown\"} 3",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in {out}");
+        }
         assert!(
             out.contains("switchyard_logins_total{outcome=\"ok\"} 2\n"),
             "{out}"

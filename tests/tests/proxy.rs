@@ -7,6 +7,7 @@
 //! also when a test fails. Tests run one at a time: some stop replicas, and
 //! one counts the connections the servers see.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use mysql_async::prelude::*;
 use switchyard::auth::PasswordHash;
 use switchyard::protocol::{CapabilityFlags, ErrPacket};
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
-use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, mariadb_cli};
+use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, mariadb_cli};
 
 mod common;
 use common::*;
@@ -28,6 +29,29 @@ type TestFn = fn(&Env) -> TestResult;
 struct Env {
     topology: Mutex<Topology>,
     proxy: Proxy,
+    /// The shared proxy's admin endpoint.
+    admin: SocketAddr,
+}
+
+const ADMIN_TOKEN: &str = "proxy-tests";
+
+/// `config` with an admin endpoint on a free port, and that port's address.
+fn with_admin(config: String) -> (String, SocketAddr) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    (
+        format!("{config}\n[admin]\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n"),
+        admin,
+    )
+}
+
+/// A counter from the admin endpoint's `/metrics`, by its full name with
+/// labels.
+fn metric(admin: SocketAddr, name: &str) -> Result<u64, Failed> {
+    let (code, body) = http(admin, "GET", "/metrics", Some(ADMIN_TOKEN), b"").map_err(fail)?;
+    check(code == 200, format!("GET /metrics: {code}"))?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| format!("no {name} in /metrics").into())
 }
 
 impl Env {
@@ -79,10 +103,12 @@ module = "{{policy}}"
 fn main() {
     let args = Arguments::from_args();
     let topology = Topology::start(2, None).expect("start the MariaDB topology");
-    let proxy = Proxy::start(&proxy_config(&topology)).expect("start switchyard");
+    let (config, admin) = with_admin(proxy_config(&topology));
+    let proxy = Proxy::start(&config).expect("start switchyard");
     let env = Arc::new(Env {
         topology: Mutex::new(topology),
         proxy,
+        admin,
     });
     let tests: Vec<(&str, TestFn)> = vec![
         (
@@ -642,6 +668,13 @@ fn auth_switch_from_caching_sha2(env: &Env) -> TestResult {
 }
 
 fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
+    let outcome = |o: &str| {
+        metric(
+            env.admin,
+            &format!("switchyard_change_user_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    let (moved, in_place) = (outcome("moved")?, outcome("in_place")?);
     block_on(async {
         let mut conn = connect(env, MASTER_USER, Some("app")).await?;
         check(
@@ -709,8 +742,18 @@ fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
             .await
             .map_err(fail)?;
         conn.disconnect().await.map_err(fail)?;
-        Ok(())
-    })
+        Ok::<(), Failed>(())
+    })?;
+    // Two moves between pools, one change in place, as the metrics say.
+    let (moved_now, in_place_now) = (outcome("moved")?, outcome("in_place")?);
+    check(
+        (moved_now - moved, in_place_now - in_place) == (2, 1),
+        format!(
+            "moved +{}, in place +{}",
+            moved_now - moved,
+            in_place_now - in_place
+        ),
+    )
 }
 
 /// Runs `SELECT SLEEP(30)` on `victim` (whose backend thread is `thread`),
@@ -766,6 +809,13 @@ async fn interrupted_by(
 /// could name an unrelated thread); the backend's own id
 /// (`CONNECTION_ID()`) passes unchanged.
 fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
+    let kills = |r: &str| {
+        metric(
+            env.admin,
+            &format!("switchyard_kills_total{{result=\"{r}\"}}"),
+        )
+    };
+    let (translated, unknown) = (kills("translated")?, kills("unknown")?);
     block_on(async {
         let mut victim = connect(env, MASTER_USER, Some("app")).await?;
         let mut killer = connect(env, MASTER_USER, Some("app")).await?;
@@ -822,7 +872,17 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
         check(one == Some(1), "the replica session works")?;
         killer.disconnect().await.map_err(fail)?;
         elsewhere.disconnect().await.map_err(fail)
-    })
+    })?;
+    // Two KILLs by greeting id on the same server; two answered 1094.
+    let (translated_now, unknown_now) = (kills("translated")?, kills("unknown")?);
+    check(
+        (translated_now - translated, unknown_now - unknown) == (2, 2),
+        format!(
+            "translated +{}, unknown +{}",
+            translated_now - translated,
+            unknown_now - unknown
+        ),
+    )
 }
 
 /// Reads the large answer `big` three times, each followed by a small one.
@@ -937,7 +997,7 @@ fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
 
 /// A proxy whose accounts use caching_sha2_password, with an RSA key from
 /// a file made by `openssl genpkey`.
-fn sha2_proxy(env: &Env, dir: &std::path::Path) -> Result<Proxy, Failed> {
+fn sha2_proxy(env: &Env, dir: &std::path::Path) -> Result<(Proxy, SocketAddr), Failed> {
     let key = dir.join("rsa.pem");
     let out = std::process::Command::new("openssl")
         .args([
@@ -959,13 +1019,14 @@ fn sha2_proxy(env: &Env, dir: &std::path::Path) -> Result<Proxy, Failed> {
             key.display()
         ),
     );
-    Proxy::start(&config).map_err(fail)
+    let (config, admin) = with_admin(config);
+    Ok((Proxy::start(&config).map_err(fail)?, admin))
 }
 
 fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
     use switchyard_e2e::raw::Sha2Path;
     let dir = tempfile::tempdir().map_err(fail)?;
-    let proxy = sha2_proxy(env, dir.path())?;
+    let (proxy, admin) = sha2_proxy(env, dir.path())?;
     let login = |user: &str, pass: &str| -> Result<(Sha2Path, LoginOutcome), Failed> {
         let mut raw = RawClient::connect(proxy.addr())?;
         Ok(raw.login_caching_sha2(user, pass, None)?)
@@ -1020,7 +1081,20 @@ fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
         let wrong = Conn::new(opts(proxy.addr().port(), (SLAVE_USER.0, "nope"), None)).await;
         let (code, _, _) = server_error(wrong.err().ok_or("wrong password accepted")?)?;
         check(code == 1045, format!("{code}"))
-    })
+    })?;
+    // The paths, as the metrics count them: one fast path, the rest full
+    // authentication over RSA (this proxy has no TLS).
+    let path = |p: &str| {
+        metric(
+            admin,
+            &format!("switchyard_caching_sha2_exchanges_total{{path=\"{p}\"}}"),
+        )
+    };
+    let (fast, tls, rsa) = (path("fast")?, path("full_tls")?, path("full_rsa")?);
+    check(
+        fast == 1 && tls == 0 && rsa >= 4,
+        format!("fast {fast}, full_tls {tls}, full_rsa {rsa}"),
+    )
 }
 
 fn garbage_and_truncated_packets(env: &Env) -> TestResult {

@@ -13,7 +13,7 @@ use crate::auth::caching_sha2::{self, MORE_DATA};
 use crate::auth::{self, PasswordHash, Sha1Password};
 use crate::config::AuthPlugin;
 use crate::conn::PacketStream;
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Sha2Path};
 use crate::protocol::AuthSwitchRequest;
 
 use super::session::LoginError;
@@ -141,6 +141,7 @@ async fn caching_sha2_exchange(
             .sha2_cache
             .fast_verify(user, stored, nonce, &scramble)
     {
+        shared.metrics.sha2_path(Sha2Path::Fast);
         write(client, seq, &[MORE_DATA, caching_sha2::FAST_AUTH_SUCCESS]).await?;
         return Ok(Verdict {
             password: Some(password),
@@ -157,9 +158,11 @@ async fn caching_sha2_exchange(
     let mut answer = Zeroizing::new(read(client, seq.wrapping_add(1)).await?);
     seq = seq.wrapping_add(2);
     let cleartext = if client.is_tls() {
+        shared.metrics.sha2_path(Sha2Path::FullTls);
         caching_sha2::strip_nul(&mut answer);
         Some(answer)
     } else {
+        shared.metrics.sha2_path(Sha2Path::FullRsa);
         let key = shared.rsa_key(state).await.map_err(|e| {
             LoginError::Close(format!("no RSA key for caching_sha2_password: {e:#}"))
         })?;

@@ -29,6 +29,7 @@ use super::session::{
 use super::{Shared, authn, codes};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::{PacketStream, Stream};
+use crate::metrics::ChangeUserOutcome;
 use crate::pool::BackendLease;
 use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
 
@@ -100,12 +101,20 @@ pub(super) async fn handle(
         ),
     )
     .await;
+    let metrics = &shared.metrics;
     let step = match outcome {
-        Ok(Ok(step)) => step,
+        Ok(Ok(step)) => {
+            metrics.change_user(match step {
+                Step::Moved { .. } => ChangeUserOutcome::Moved,
+                _ => ChangeUserOutcome::InPlace,
+            });
+            step
+        }
         Ok(Err(LoginError::Deny {
             err, seq, reason, ..
         })) => {
             warn!(code = err.code, "COM_CHANGE_USER refused: {reason}");
+            metrics.change_user(ChangeUserOutcome::Refused);
             if client.write(seq, &err.encode()).await.is_err() {
                 return None;
             }
@@ -113,10 +122,12 @@ pub(super) async fn handle(
         }
         Ok(Err(LoginError::Close(reason))) => {
             warn!("COM_CHANGE_USER failed; closing the session: {reason}");
+            metrics.change_user(ChangeUserOutcome::Failed);
             return None;
         }
         Err(_) => {
             warn!("COM_CHANGE_USER timed out; closing the session");
+            metrics.change_user(ChangeUserOutcome::Failed);
             return None;
         }
     };

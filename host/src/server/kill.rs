@@ -105,24 +105,40 @@ fn parse(sql: &[u8]) -> Option<(&str, u64)> {
     Some((head.trim_end(), id))
 }
 
+/// A KILL statement rewritten by [`translate`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Translated {
+    /// The new COM_QUERY payload.
+    pub payload: Vec<u8>,
+    /// Whether it names the session's backend thread (else it is the
+    /// "unknown thread" SIGNAL).
+    pub found: bool,
+}
+
 /// What to send the backend instead of the COM_QUERY `payload` (command
 /// byte first), sent by a session on `backend`; `None` to send it as it is.
-pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Option<Vec<u8>> {
+pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Option<Translated> {
     let (head, id) = parse(payload.get(1..)?)?;
     if id < u64::from(FIRST_CONNECTION_ID) {
         return None;
     }
-    let found = u32::try_from(id).ok().and_then(|id| registry.find(id));
-    let sql = match found {
-        Some(place) if place.backend == backend => format!("{head} {}", place.thread),
-        _ => format!(
-            "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {id}'"
+    let place = u32::try_from(id).ok().and_then(|id| registry.find(id));
+    let (sql, found) = match place {
+        Some(place) if place.backend == backend => (format!("{head} {}", place.thread), true),
+        _ => (
+            format!(
+                "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {id}'"
+            ),
+            false,
         ),
     };
     let mut out = Vec::with_capacity(1 + sql.len());
     out.push(payload[0]);
     out.extend_from_slice(sql.as_bytes());
-    Some(out)
+    Some(Translated {
+        payload: out,
+        found,
+    })
 }
 
 #[cfg(test)]
@@ -139,10 +155,13 @@ mod tests {
         p
     }
 
-    fn text(payload: Option<Vec<u8>>) -> Option<String> {
-        payload.map(|p| {
+    fn text(translated: Option<Translated>) -> Option<String> {
+        translated.map(|t| {
+            let p = t.payload;
             assert_eq!(p[0], 0x03);
-            String::from_utf8(p[1..].to_vec()).unwrap()
+            let sql = String::from_utf8(p[1..].to_vec()).unwrap();
+            assert_eq!(t.found, !sql.starts_with("SIGNAL"), "{sql}");
+            sql
         })
     }
 

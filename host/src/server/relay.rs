@@ -234,7 +234,12 @@ async fn relay_halves(
                             // The whole statement is here (it is short).
                             let (registry, backend) = options.kills;
                             let sent = match kill::translate(&buf[4..len], backend, registry) {
-                                Some(payload) => {
+                                Some(kill::Translated { payload, found }) => {
+                                    if found {
+                                        metrics.kills_translated.fetch_add(1, Ordering::Relaxed);
+                                    } else {
+                                        metrics.kills_unknown.fetch_add(1, Ordering::Relaxed);
+                                    }
                                     let mut packet = BytesMut::with_capacity(4 + payload.len());
                                     encode_packet(0, &payload, &mut packet);
                                     write_flushed(backend_w, &packet).await
