@@ -367,37 +367,22 @@ impl Metrics {
             "Times a client address was blocked after failed logins.",
             self.throttle_blocks.load(Ordering::Relaxed),
         );
-        let change_users: Vec<_> = ChangeUserOutcome::ALL
-            .iter()
-            .map(|o| {
-                (
-                    o.label(),
-                    self.change_users[*o as usize].load(Ordering::Relaxed),
-                )
-            })
-            .collect();
         labeled(
             out,
             "switchyard_change_user_total",
             "COM_CHANGE_USER commands, by outcome.",
             "outcome",
-            &change_users,
+            &by_label(
+                ChangeUserOutcome::ALL.map(|o| o.label()),
+                &self.change_users,
+            ),
         );
-        let sha2_paths: Vec<_> = Sha2Path::ALL
-            .iter()
-            .map(|p| {
-                (
-                    p.label(),
-                    self.sha2_paths[*p as usize].load(Ordering::Relaxed),
-                )
-            })
-            .collect();
         labeled(
             out,
             "switchyard_caching_sha2_exchanges_total",
             "caching_sha2_password exchanges (logins and COM_CHANGE_USER), by path.",
             "path",
-            &sha2_paths,
+            &by_label(Sha2Path::ALL.map(|p| p.label()), &self.sha2_paths),
         );
         labeled(
             out,
@@ -416,6 +401,18 @@ impl Metrics {
             crate::logging::SUPPRESSED.load(Ordering::Relaxed),
         );
     }
+}
+
+/// `(label, count)` for a family of counters in the order of `labels`.
+fn by_label<'a>(
+    labels: impl IntoIterator<Item = &'a str>,
+    counters: &[AtomicU64],
+) -> Vec<(&'a str, u64)> {
+    labels
+        .into_iter()
+        .zip(counters)
+        .map(|(l, c)| (l, c.load(Ordering::Relaxed)))
+        .collect()
 }
 
 /// Writes `# HELP` and `# TYPE`.
