@@ -44,13 +44,19 @@ fn with_admin(config: String) -> (String, SocketAddr) {
     )
 }
 
-/// A counter from the admin endpoint's `/metrics`, by its full name with
-/// labels.
-fn metric(admin: SocketAddr, name: &str) -> Result<u64, Failed> {
+/// A counter from the admin endpoint's `/metrics`: `family{label="value"}`.
+fn metric(admin: SocketAddr, family: &str, label: &str, value: &str) -> Result<u64, Failed> {
+    let name = format!("{family}{{{label}=\"{value}\"}}");
     let (code, body) = http(admin, "GET", "/metrics", Some(ADMIN_TOKEN), b"").map_err(fail)?;
     check(code == 200, format!("GET /metrics: {code}"))?;
     body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(&name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .ok_or_else(|| format!("no {name} in /metrics").into())
 }
 
@@ -668,12 +674,7 @@ fn auth_switch_from_caching_sha2(env: &Env) -> TestResult {
 }
 
 fn com_change_user_moves_between_pools(env: &Env) -> TestResult {
-    let outcome = |o: &str| {
-        metric(
-            env.admin,
-            &format!("switchyard_change_user_total{{outcome=\"{o}\"}}"),
-        )
-    };
+    let outcome = |o: &str| metric(env.admin, "switchyard_change_user_total", "outcome", o);
     let (moved, in_place) = (outcome("moved")?, outcome("in_place")?);
     block_on(async {
         let mut conn = connect(env, MASTER_USER, Some("app")).await?;
@@ -809,12 +810,7 @@ async fn interrupted_by(
 /// could name an unrelated thread); the backend's own id
 /// (`CONNECTION_ID()`) passes unchanged.
 fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
-    let kills = |r: &str| {
-        metric(
-            env.admin,
-            &format!("switchyard_kills_total{{result=\"{r}\"}}"),
-        )
-    };
+    let kills = |r: &str| metric(env.admin, "switchyard_kills_total", "result", r);
     let (translated, unknown) = (kills("translated")?, kills("unknown")?);
     block_on(async {
         let mut victim = connect(env, MASTER_USER, Some("app")).await?;
@@ -1084,12 +1080,7 @@ fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
     })?;
     // The paths, as the metrics count them: one fast path, the rest full
     // authentication over RSA (this proxy has no TLS).
-    let path = |p: &str| {
-        metric(
-            admin,
-            &format!("switchyard_caching_sha2_exchanges_total{{path=\"{p}\"}}"),
-        )
-    };
+    let path = |p: &str| metric(admin, "switchyard_caching_sha2_exchanges_total", "path", p);
     let (fast, tls, rsa) = (path("fast")?, path("full_tls")?, path("full_rsa")?);
     check(
         fast == 1 && tls == 0 && rsa >= 4,
