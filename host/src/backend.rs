@@ -156,11 +156,27 @@ impl BackendError {
     /// client's; "too many connections" and "host blocked" are the server's.
     pub fn is_backend_fault(&self) -> bool {
         match self {
-            Self::Refused(e) => matches!(e.code, 1040 | 1129 | 1203),
+            Self::Refused(e) => self_is_fault(e),
             Self::UnsupportedPlugin(_) => false,
             Self::Connect(_) | Self::Timeout | Self::Conn(_) | Self::TlsUnavailable => true,
         }
     }
+
+    /// The backend's ERR when it refused the user (not a fault of the
+    /// server's), else the error itself.
+    pub fn into_refusal(self) -> Result<ErrPacket, Self> {
+        match self {
+            Self::Refused(err) if !self_is_fault(&err) => Ok(err),
+            other => Err(other),
+        }
+    }
+}
+
+/// Whether an ERR from a login is the server's fault ("too many
+/// connections", "host blocked", "user has too many connections") rather
+/// than a refusal of the client's request.
+fn self_is_fault(err: &ErrPacket) -> bool {
+    matches!(err.code, 1040 | 1129 | 1203)
 }
 
 /// Who to log in as, and with which session properties (those of the
@@ -184,8 +200,10 @@ pub struct LoginRequest<'a> {
 pub struct BackendSession {
     /// The packet stream, positioned after the login's OK.
     pub stream: PacketStream,
-    /// The backend's greeting.
-    pub greeting: Greeting,
+    /// The backend's thread id (its greeting's connection id).
+    pub thread_id: u32,
+    /// The backend's greeting nonce, which a COM_CHANGE_USER answers.
+    pub nonce: Vec<u8>,
     /// The OK packet's payload that ended the login (status flags, session
     /// state), to be forwarded to the client.
     pub ok: Bytes,
@@ -316,7 +334,8 @@ pub async fn open(
     let ok = login(&mut stream, &response, req.password, first_seq).await?;
     Ok(BackendSession {
         stream,
-        greeting,
+        thread_id: greeting.connection_id,
+        nonce: greeting.auth_data,
         ok,
         capabilities: response.capabilities,
     })
@@ -346,6 +365,68 @@ pub async fn change_user(
         .await
         .map_err(ConnError::from)?;
     follow_login(stream, password, 1).await
+}
+
+/// Checks that a logged-in backend session whose client has quit is at
+/// rest, so that another login may take it over: no byte is pending from
+/// it, and the first answer it gives is the whole answer to a query that
+/// names a fresh random token (`SELECT '<token>'`). An answer still on its
+/// way to the departed client (the client quit before reading it, or while
+/// a query ran) comes first and does not hold the token, which nobody knew
+/// before now: such a session fails the check and is closed.
+pub async fn check_at_rest(
+    stream: &mut PacketStream,
+    caps: CapabilityFlags,
+) -> Result<(), BackendError> {
+    let at_rest_error = |what| {
+        BackendError::Conn(ConnError::Protocol(
+            crate::protocol::ProtocolError::Malformed(what),
+        ))
+    };
+    if stream.has_buffered() {
+        return Err(at_rest_error("bytes after the last answer"));
+    }
+    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
+    let mut payload = Vec::with_capacity(token.len() + 10);
+    payload.push(crate::protocol::Command::Query as u8);
+    payload.extend_from_slice(format!("SELECT '{token}'").as_bytes());
+    stream.write(0, &payload).await.map_err(ConnError::from)?;
+    let mut decoder = ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+    let mut seq = 1u8;
+    let reply = loop {
+        let p = stream.read_seq(seq).await?;
+        seq = seq.wrapping_add(1);
+        if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
+            break reply;
+        }
+    };
+    match reply {
+        QueryReply::Rows(t) if t.rows == [vec![Some(token)]] && !stream.has_buffered() => Ok(()),
+        QueryReply::Err(e) => Err(BackendError::Refused(e)),
+        _ => Err(at_rest_error("answer to the at-rest check")),
+    }
+}
+
+/// Logs in to a kept backend session (opened with `caps`, greeted with
+/// `nonce`) as the user of `req`: COM_CHANGE_USER with the client's user,
+/// database, charset and attributes, which also resets the session.
+/// Returns the OK's payload.
+pub async fn take_over(
+    stream: &mut PacketStream,
+    nonce: &[u8],
+    caps: CapabilityFlags,
+    req: &LoginRequest<'_>,
+) -> Result<Bytes, BackendError> {
+    let client = req.client;
+    let request = ChangeUser {
+        username: client.username.clone(),
+        auth_response: Vec::new(),
+        database: client.database.clone(),
+        charset: Some(u16::from(client.charset)),
+        auth_plugin: None,
+        connect_attrs: client.connect_attrs.clone(),
+    };
+    change_user(stream, nonce, caps, &request, req.password).await
 }
 
 /// Sends `response` and follows the backend's answers (one auth switch to

@@ -461,6 +461,22 @@ pub struct PoolConfig {
     /// address. Default true.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// Backend sessions kept open (per backend and worker thread) after
+    /// their clients quit, for later logins to take over with
+    /// COM_CHANGE_USER (the backend authenticates the new user and resets
+    /// the session) instead of a new connection and login. Default 0: off.
+    /// Reloads.
+    #[serde(default)]
+    pub idle_sessions: u32,
+    /// Milliseconds a kept backend session waits for a login before it is
+    /// closed; keep it under the backend's `wait_timeout`. Default 30000.
+    /// Reloads.
+    #[serde(default = "default_idle_session_ms")]
+    pub idle_session_ms: u64,
+}
+
+fn default_idle_session_ms() -> u64 {
+    30_000
 }
 
 /// TLS towards a pool's backends.

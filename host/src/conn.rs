@@ -251,6 +251,11 @@ impl PacketStream {
         self.stream.is_tls()
     }
 
+    /// Whether bytes past the last packet read are waiting in the buffer.
+    pub fn has_buffered(&self) -> bool {
+        !self.read_buf.is_empty()
+    }
+
     /// The stream and the bytes read past the last packet.
     pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.read_buf)

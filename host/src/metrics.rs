@@ -187,6 +187,13 @@ pub struct Metrics {
     pub bytes_to_clients: ShardedCounter,
     /// Sessions closed for being idle.
     pub idle_closed: AtomicU64,
+    /// Backend sessions kept after their clients quit, by what became of
+    /// them: kept, not at rest (closed), no room (closed).
+    pub backend_kept: [AtomicU64; 3],
+    /// Logins that took over a kept backend session.
+    pub backend_reused: AtomicU64,
+    /// Backend sessions kept now, on every worker.
+    pub backend_idle: std::sync::atomic::AtomicI64,
     /// Configuration reloads that took effect.
     pub reloads_ok: AtomicU64,
     /// Configuration reloads that were refused.
@@ -340,6 +347,29 @@ impl Metrics {
             "switchyard_idle_sessions_closed_total",
             "Sessions closed by idle_timeout_ms.",
             self.idle_closed.load(Ordering::Relaxed),
+        );
+        labeled(
+            out,
+            "switchyard_backend_sessions_kept_total",
+            "Backend sessions whose client quit, by what became of them (pools with idle_sessions).",
+            "result",
+            &[
+                ("kept", self.backend_kept[0].load(Ordering::Relaxed)),
+                ("not_at_rest", self.backend_kept[1].load(Ordering::Relaxed)),
+                ("no_room", self.backend_kept[2].load(Ordering::Relaxed)),
+            ],
+        );
+        counter(
+            out,
+            "switchyard_backend_sessions_reused_total",
+            "Logins that took over a kept backend session with COM_CHANGE_USER.",
+            self.backend_reused.load(Ordering::Relaxed),
+        );
+        gauge(
+            out,
+            "switchyard_backend_sessions_idle",
+            "Backend sessions kept for later logins now.",
+            self.backend_idle.load(Ordering::Relaxed),
         );
         labeled(
             out,

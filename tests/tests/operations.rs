@@ -132,6 +132,10 @@ fn main() {
             tls_for_clients,
         ),
         ("tls_towards_backends", tls_towards_backends),
+        (
+            "kept_backend_sessions_are_taken_over_and_reset",
+            kept_backend_sessions,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -1794,4 +1798,172 @@ fn tls_towards_backends(env: &Env) -> TestResult {
     check(code == 1045, format!("{code} {msg}"))?;
     drop(server);
     Ok(())
+}
+
+/// The value of metric `name` (0 when absent).
+fn metric(setup: &Setup, name: &str) -> Result<f64, Failed> {
+    Ok(metrics(setup)?.get(name).copied().unwrap_or(0.0))
+}
+
+/// Waits until metric `name` reaches `want`.
+fn wait_for_metric(setup: &Setup, name: &str, want: f64) -> TestResult {
+    wait_until(&format!("{name} is {want}"), Duration::from_secs(5), || {
+        Ok(metric(setup, name)? == want)
+    })
+}
+
+/// `idle_sessions`: a backend session whose client quit is kept and taken
+/// over by the next login (another user, another pool on the same server)
+/// with COM_CHANGE_USER, which authenticates the new user and resets the
+/// session; one with an answer still under way is not kept; kept sessions
+/// are closed after `idle_session_ms`.
+fn kept_backend_sessions(env: &Env) -> TestResult {
+    let topology = env.topology();
+    let primary = topology.primary.addr();
+    let mut setup = Setup::new(&topology);
+    // One worker: the kept session and the next login meet on it.
+    setup.top = "threads = 1".into();
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{primary}\"]\nidle_sessions = 2\nidle_session_ms = 3000\n\
+         [pools.replicas]\nbackends = [\"{primary}\"]\nidle_sessions = 2\nidle_session_ms = 3000\n"
+    );
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    topology
+        .primary
+        .sql("CREATE TABLE IF NOT EXISTS app.kept (x INT); DELETE FROM app.kept;");
+    let rt = runtime();
+    // The first session leaves state behind: a variable, a temporary
+    // table, a session setting and an open transaction.
+    let first_thread: u32 = rt.block_on(async {
+        let mut c = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        c.query_drop(
+            "SET @left = 42; CREATE TEMPORARY TABLE left_behind (x INT); \
+             SET SESSION sql_mode = 'ANSI'; BEGIN; INSERT INTO app.kept VALUES (1)",
+        )
+        .await
+        .map_err(fail)?;
+        let id: Option<u32> = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        c.disconnect().await.map_err(fail)?;
+        id.ok_or_else(|| fail("no connection id"))
+    })?;
+    wait_for_metric(
+        &setup,
+        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        1.0,
+    )?;
+    check(
+        metric(&setup, "switchyard_backend_sessions_idle")? == 1.0,
+        "one session kept",
+    )?;
+    // The next login, as another user through another pool, takes it.
+    rt.block_on(async {
+        let mut c = Conn::new(opts(proxy.port, SLAVE_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let row: Option<(u32, String, Option<u32>, String)> = c
+            .query_first(
+                "SELECT CONNECTION_ID(), CURRENT_USER(), @left, \
+                 @@session.sql_mode = @@global.sql_mode",
+            )
+            .await
+            .map_err(fail)?;
+        let (thread, user, left, mode_reset) = row.ok_or_else(|| fail("no row"))?;
+        check(
+            thread == first_thread,
+            format!("thread {thread}, kept {first_thread}"),
+        )?;
+        check(user.starts_with(&format!("{}@", SLAVE_USER.0)), user)?;
+        check(left.is_none(), format!("@left survived: {left:?}"))?;
+        check(mode_reset == "1", "sql_mode not reset")?;
+        match c.query_drop("SELECT * FROM left_behind").await {
+            Ok(()) => return Err(fail("the temporary table survived")),
+            Err(e) => check(server_error(e)?.0 == 1146, "the temporary table survived")?,
+        }
+        let rows: Option<u32> = c
+            .query_first("SELECT COUNT(*) FROM app.kept")
+            .await
+            .map_err(fail)?;
+        check(rows == Some(0), "the open transaction was not rolled back")?;
+        c.disconnect().await.map_err(fail)
+    })?;
+    check(
+        metric(&setup, "switchyard_backend_sessions_reused_total")? == 1.0,
+        "one takeover",
+    )?;
+    wait_for_metric(
+        &setup,
+        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        2.0,
+    )?;
+    // A client that quits while its query runs: that session is not kept
+    // (its answer would reach the next client), and the next login gets a
+    // session of its own that answers its own queries.
+    let mut raw = switchyard_e2e::raw::RawClient::connect(proxy.addr()).map_err(fail)?;
+    match raw
+        .login(
+            MASTER_USER.0,
+            MASTER_USER.1,
+            Some("app"),
+            "mysql_native_password",
+        )
+        .map_err(fail)?
+    {
+        switchyard_e2e::raw::LoginOutcome::Ok(_) => {}
+        switchyard_e2e::raw::LoginOutcome::Err(e, _) => return Err(fail(e.message)),
+    }
+    raw.write_raw(&switchyard_e2e::raw::RawClient::query_packet(
+        "SELECT SLEEP(2), 'late answer'",
+    ))
+    .map_err(fail)?;
+    raw.write_raw(&switchyard_e2e::raw::RawClient::command_packet(&[0x01]))
+        .map_err(fail)?;
+    drop(raw);
+    let mut unsettled = String::new();
+    wait_until("the query runs", Duration::from_secs(2), || {
+        unsettled = topology.primary.sql(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(2), %'",
+        );
+        Ok(!unsettled.is_empty())
+    })?;
+    wait_for_metric(
+        &setup,
+        "switchyard_backend_sessions_kept_total{result=\"not_at_rest\"}",
+        1.0,
+    )?;
+    let last_thread = rt.block_on(async {
+        let mut c = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let row: Option<(String, u32)> = c
+            .query_first("SELECT 'my answer', CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        let (answer, thread) = row.ok_or_else(|| fail("no row"))?;
+        check(answer == "my answer", answer)?;
+        check(
+            thread.to_string() != unsettled,
+            "the unsettled session was taken over",
+        )?;
+        c.disconnect().await.map_err(fail)?;
+        Ok::<_, Failed>(thread)
+    })?;
+    wait_for_metric(
+        &setup,
+        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        3.0,
+    )?;
+    // Kept sessions are closed (with COM_QUIT) after idle_session_ms.
+    wait_until("kept sessions are closed", Duration::from_secs(8), || {
+        Ok(metric(&setup, "switchyard_backend_sessions_idle")? == 0.0)
+    })?;
+    wait_until("the backend thread ends", Duration::from_secs(3), || {
+        Ok(topology.primary.sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {last_thread}"
+        )) == "0")
+    })
 }

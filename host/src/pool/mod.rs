@@ -267,6 +267,11 @@ pub struct Pool {
     all_down: AtomicBool,
     /// TLS towards the backends, if the pool uses it.
     pub tls: Option<crate::backend::BackendTls>,
+    /// Backend sessions kept per backend and worker after their clients
+    /// quit (0: none).
+    pub idle_sessions: u32,
+    /// How long a kept backend session may wait for a login.
+    pub idle_session_max: std::time::Duration,
 }
 
 /// Live figures of one pool.
@@ -298,6 +303,8 @@ impl Pool {
             wrr: Mutex::new(vec![0; n]),
             all_down: AtomicBool::new(false),
             tls: None,
+            idle_sessions: config.idle_sessions,
+            idle_session_max: std::time::Duration::from_millis(config.idle_session_ms),
         }
     }
 

@@ -270,7 +270,8 @@ async fn exchange(
         offered: ctx.offered,
         offered_mariadb: ctx.offered_mariadb,
     };
-    let (lease, session) = open_backend(&pool, &login, seq, &state, deadline).await?;
+    let (lease, session) =
+        open_backend(&pool, &login, seq, (&state, &shared.metrics), deadline).await?;
     client
         .write(seq, &session.ok)
         .await
@@ -284,8 +285,8 @@ async fn exchange(
     span.record("backend", field::display(lease.backend().addr));
     info!("COM_CHANGE_USER: moved the session to another pool");
     ctx.pool = pool;
-    ctx.backend_nonce = session.greeting.auth_data.clone().into_boxed_slice();
-    ctx.backend_thread = session.greeting.connection_id;
+    ctx.backend_nonce = session.nonce.into_boxed_slice();
+    ctx.backend_thread = session.thread_id;
     ctx.backend_caps = session.capabilities;
     Ok(Step::Moved {
         backend: session.stream,

@@ -13,6 +13,7 @@ mod kill;
 pub mod limits;
 mod profile;
 mod relay;
+mod reuse;
 mod session;
 mod splice;
 pub mod state;
@@ -353,11 +354,17 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
                         ));
                     }
                     tokio::spawn(heartbeat(Arc::clone(&shared), i));
+                    let sweeping = {
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move { reuse::sweep(&shared.metrics).await })
+                    };
                     let _ = stop.wait_for(|stop| *stop).await;
                     // Closes the listeners.
                     accepting.abort_all();
                     while accepting.join_next().await.is_some() {}
                     drain(&shared).await;
+                    sweeping.abort();
+                    reuse::close_all(&shared.metrics).await;
                     std::io::Result::Ok(())
                 })?;
                 runtime.shutdown_timeout(Duration::from_millis(500));

@@ -42,6 +42,8 @@ const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
 pub const IDLE_END: &str = "idle timeout";
 /// How a relay stopped by COM_CHANGE_USER ends.
 pub const CHANGE_USER_END: &str = "COM_CHANGE_USER";
+/// How a session whose client sent COM_QUIT ends.
+pub const QUIT_END: &str = "client quit";
 
 /// What the session does once the relay is over.
 #[derive(Debug)]
@@ -58,6 +60,13 @@ pub enum After {
         /// The backend's stream, nothing pending on it.
         backend: Stream,
     },
+    /// The client sent COM_QUIT and the backend session may be kept
+    /// (`Options::keep_backend`): the backend's stream, not told to quit,
+    /// for [`super::reuse`] to check and keep.
+    Quit {
+        /// The backend's stream.
+        backend: Stream,
+    },
 }
 
 /// How to relay.
@@ -71,6 +80,9 @@ pub struct Options<'a> {
     /// Where sessions are, for `KILL <greeting id>`, and this session's
     /// backend server.
     pub kills: (&'a Registry, SocketAddr),
+    /// On COM_QUIT, stop at a safe point and hand the backend's stream
+    /// back (`After::Quit`) instead of closing the backend session.
+    pub keep_backend: bool,
 }
 
 /// What a relay did.
@@ -104,6 +116,10 @@ pub async fn relay(
     )
     .await;
     let after = match rest {
+        Some(_) if stats.end == QUIT_END => match rejoin(backend_r, backend_w) {
+            Some(backend) => After::Quit { backend },
+            None => After::Close,
+        },
         Some(client_rest) => match (rejoin(client_r, client_w), rejoin(backend_r, backend_w)) {
             (Some(client), Some(backend)) => After::ChangeUser {
                 client,
@@ -255,7 +271,13 @@ async fn relay_halves(
                             continue;
                         }
                     }
-                    Some(ScanEvent::Quit) => break "client quit",
+                    Some(ScanEvent::Quit) if options.keep_backend => {
+                        // Stopped as for COM_CHANGE_USER: the backend
+                        // session is not told to quit.
+                        change_user.notify_one();
+                        return (QUIT_END, Some(buf));
+                    }
+                    Some(ScanEvent::Quit) => break QUIT_END,
                     Some(ScanEvent::ChangeUser) => {
                         change_user.notify_one();
                         return (CHANGE_USER_END, Some(buf));

@@ -14,7 +14,7 @@ use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
 use super::profile::ServerProfile;
-use super::{Shared, State, authn, change_user, codes, kill, relay};
+use super::{Shared, State, authn, change_user, codes, kill, relay, reuse};
 use crate::auth::{self, Sha1Password};
 use crate::backend::{self, BackendError, BackendSession, LoginRequest};
 use crate::conn::{ConnError, PacketStream};
@@ -104,6 +104,17 @@ pub(super) struct SessionCtx {
     pub backend_caps: CapabilityFlags,
 }
 
+impl SessionCtx {
+    /// The shape of this client session, for a kept backend session.
+    fn shape(&self) -> reuse::Shape {
+        reuse::Shape::of(
+            (self.capabilities, self.offered),
+            (self.mariadb_capabilities, self.offered_mariadb),
+            self.pool.tls.is_some(),
+        )
+    }
+}
+
 /// The client's verified login.
 struct Authenticated {
     response: HandshakeResponse,
@@ -154,6 +165,7 @@ pub(super) async fn serve(
                 idle_timeout,
                 metrics,
                 kills: (&shared.sessions, lease.backend().addr),
+                keep_backend: ctx.pool.idle_sessions > 0,
             };
             let (stats, after) =
                 relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
@@ -164,13 +176,24 @@ pub(super) async fn serve(
                     .idle_closed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let relay::After::ChangeUser {
-                client,
-                client_rest: rest,
-                backend,
-            } = after
-            else {
-                break stats.end;
+            let (client, rest, backend) = match after {
+                relay::After::ChangeUser {
+                    client,
+                    client_rest,
+                    backend,
+                } => (client, client_rest, backend),
+                relay::After::Quit { backend } => {
+                    let quitting = reuse::Quitting {
+                        stream: backend,
+                        thread_id: ctx.backend_thread,
+                        nonce: &ctx.backend_nonce,
+                        capabilities: ctx.backend_caps,
+                        shape: ctx.shape(),
+                    };
+                    reuse::keep(quitting, lease.backend().addr, &ctx.pool, metrics).await;
+                    break stats.end;
+                }
+                relay::After::Close => break stats.end,
             };
             let bound = change_user::Bound {
                 client,
@@ -332,7 +355,14 @@ async fn login(
         offered: profile.capabilities,
         offered_mariadb: profile.mariadb_capabilities,
     };
-    let (lease, backend) = open_backend(&pool, &request, auth.next_seq, state, deadline).await?;
+    let (lease, mut backend) = open_backend(
+        &pool,
+        &request,
+        auth.next_seq,
+        (state, &shared.metrics),
+        deadline,
+    )
+    .await?;
     span.record("backend", field::display(lease.backend().addr));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
@@ -342,7 +372,7 @@ async fn login(
         .map_err(|e| LoginError::client(e.into()))?;
     let ctx = SessionCtx {
         id,
-        backend_thread: backend.greeting.connection_id,
+        backend_thread: backend.thread_id,
         nonce,
         capabilities: auth.response.capabilities,
         mariadb_capabilities: auth.response.mariadb_capabilities,
@@ -351,7 +381,7 @@ async fn login(
         offered: profile.capabilities,
         offered_mariadb: profile.mariadb_capabilities,
         pool,
-        backend_nonce: backend.greeting.auth_data.clone().into_boxed_slice(),
+        backend_nonce: std::mem::take(&mut backend.nonce).into_boxed_slice(),
         backend_caps: backend.capabilities,
     };
     Ok(Established {
@@ -609,13 +639,54 @@ pub(super) async fn route(
     }
 }
 
+/// A kept backend session of `addr` logged in to for `request`, if the
+/// pool keeps them and one fits: `Some(Ok)` to use, `Some(Err)` the
+/// backend's refusal of the user (as a new login would have been refused),
+/// `None` to open a new session (none kept, or the kept one failed).
+async fn take_kept(
+    pool: &Pool,
+    addr: std::net::SocketAddr,
+    request: &LoginRequest<'_>,
+    metrics: &crate::metrics::Metrics,
+    deadline: Deadline,
+) -> Option<Result<BackendSession, ErrPacket>> {
+    if pool.idle_sessions == 0 {
+        return None;
+    }
+    let shape = reuse::Shape::of(
+        (request.client.capabilities, request.offered),
+        (request.client.mariadb_capabilities, request.offered_mariadb),
+        pool.tls.is_some(),
+    );
+    let kept = reuse::take(addr, shape, metrics)?;
+    match timeout_at(deadline, reuse::take_over(kept, request)).await {
+        Ok(Ok(session)) => {
+            metrics
+                .backend_reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(Ok(session))
+        }
+        Ok(Err(e)) => match e.into_refusal() {
+            Ok(err) => Some(Err(err)),
+            Err(e) => {
+                info!(backend = %addr, error = %e, "a kept backend session failed; opening a new one");
+                None
+            }
+        },
+        Err(_) => {
+            info!(backend = %addr, "a kept backend session did not answer; opening a new one");
+            None
+        }
+    }
+}
+
 /// Phase 4: a backend of the pool, by the pool's balancing order; a backend
 /// that cannot be reached is skipped for the next one.
 pub(super) async fn open_backend(
     pool: &Pool,
     request: &LoginRequest<'_>,
     seq: u8,
-    state: &State,
+    (state, metrics): (&State, &crate::metrics::Metrics),
     deadline: Deadline,
 ) -> Result<(BackendLease, BackendSession), LoginError> {
     let mut tried = 0;
@@ -631,6 +702,20 @@ pub(super) async fn open_backend(
         tried += 1;
         let backend = &candidate.backend;
         let attempt_deadline = deadline.min(now + state.config.connect_timeout());
+        if let Some(result) =
+            take_kept(pool, backend.addr, request, metrics, attempt_deadline).await
+        {
+            match result {
+                Ok(session) => return Ok((lease, session)),
+                Err(err) => {
+                    let reason = format!(
+                        "backend {} refused: {} {}",
+                        backend.addr, err.code, err.message
+                    );
+                    return Err(LoginError::deny(err, seq, Outcome::BackendRefused, reason));
+                }
+            }
+        }
         let result = timeout_at(
             attempt_deadline,
             backend::open(backend.addr, request, pool.tls.as_ref()),

@@ -8,7 +8,13 @@
 //! Run it with `bench/run.sh` (which installs sysbench and HAProxy).
 //! Options: `--rounds N` (3), `--seconds S` per sysbench run (10),
 //! `--no-readme`, `--only WORKLOAD` (any of `point1`, `point32`,
-//! `streaming`, `churn`, `memory`; repeatable; implies `--no-readme`).
+//! `streaming`, `churn`, `memory`; repeatable; implies `--no-readme`),
+//! `--alt-policy 'KEY = VALUE'` and `--alt-pool 'KEY = VALUE'`
+//! (repeatable): a fourth target, a second Switchyard whose `[policy]` or
+//! `[pools.main]` table has these lines too, measured in the same rounds
+//! (an A/B comparison of a setting; implies `--no-readme`),
+//! `--alt-env KEY=VALUE` (repeatable): the same with an environment
+//! variable set for that second Switchyard.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +38,9 @@ struct Options {
     seconds: u64,
     readme: bool,
     only: Vec<String>,
+    alt_policy: Vec<String>,
+    alt_pool: Vec<String>,
+    alt_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -46,6 +55,9 @@ fn options() -> Result<Options> {
         seconds: 10,
         readme: true,
         only: Vec::new(),
+        alt_policy: Vec::new(),
+        alt_pool: Vec::new(),
+        alt_env: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -55,6 +67,22 @@ fn options() -> Result<Options> {
             "--no-readme" => o.readme = false,
             "--only" => {
                 o.only.push(args.next().context("--only WORKLOAD")?);
+                o.readme = false;
+            }
+            "--alt-policy" => {
+                o.alt_policy
+                    .push(args.next().context("--alt-policy 'KEY = VALUE'")?);
+                o.readme = false;
+            }
+            "--alt-pool" => {
+                o.alt_pool
+                    .push(args.next().context("--alt-pool 'KEY = VALUE'")?);
+                o.readme = false;
+            }
+            "--alt-env" => {
+                let kv = args.next().context("--alt-env KEY=VALUE")?;
+                let (k, v) = kv.split_once('=').context("--alt-env KEY=VALUE")?;
+                o.alt_env.push((k.to_owned(), v.to_owned()));
                 o.readme = false;
             }
             other => bail!("unknown option {other}"),
@@ -124,15 +152,25 @@ fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn switchyard_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
+/// Switchyard's configuration; `extra` has lines for the `[pools.main]` and
+/// the `[policy]` table.
+fn switchyard_config(
+    port: u16,
+    backend: SocketAddr,
+    policy: &Path,
+    extra: (&[String], &[String]),
+) -> String {
+    let lines = |l: &[String]| l.iter().map(|l| format!("{l}\n")).collect::<String>();
     format!(
         "listen = \"127.0.0.1:{port}\"\nmax_connections = 8192\n\
          [[users]]\nname = \"{}\"\npassword_hash = \"{}\"\n\
-         [pools.main]\nbackends = [\"{backend}\"]\n\
-         [policy]\nmodule = \"{}\"\n[policy.settings]\ndefault = \"main\"\n",
+         [pools.main]\nbackends = [\"{backend}\"]\n{}\
+         [policy]\nmodule = \"{}\"\n{}[policy.settings]\ndefault = \"main\"\n",
         USER.0,
         PasswordHash::of_password(USER.1.as_bytes()),
-        policy.display()
+        lines(extra.0),
+        policy.display(),
+        lines(extra.1),
     )
 }
 
@@ -454,11 +492,28 @@ fn main() -> Result<()> {
     let sy_port = free_port();
     let switchyard = Proxy::start_with(
         &switchyard_bin,
-        &switchyard_config(sy_port, db.addr(), &policy),
+        &switchyard_config(sy_port, db.addr(), &policy, (&[], &[])),
         sy_port,
         "warn",
     )?;
-    let targets = [
+    let alt_port = free_port();
+    let alt = if o.alt_policy.is_empty() && o.alt_pool.is_empty() && o.alt_env.is_empty() {
+        None
+    } else {
+        let env: Vec<(&str, &str)> = o
+            .alt_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Some(Proxy::start_with_env(
+            &switchyard_bin,
+            &switchyard_config(alt_port, db.addr(), &policy, (&o.alt_pool, &o.alt_policy)),
+            alt_port,
+            "warn",
+            &env,
+        )?)
+    };
+    let mut targets = vec![
         Target {
             name: "direct",
             port: db.port,
@@ -475,17 +530,23 @@ fn main() -> Result<()> {
             pid: switchyard.pid().context("pid")?,
         },
     ];
+    if let Some(alt) = &alt {
+        targets.push(Target {
+            name: "switchyard-alt",
+            port: alt_port,
+            pid: alt.pid().context("pid")?,
+        });
+    }
     let mut samples: Vec<Samples> = (0..targets.len()).map(|_| Samples::default()).collect();
     for t in &targets {
         sysbench(t.port, 4, 2, "run")?; // warm-up
     }
     let churn_seconds = o.seconds.div_ceil(2).max(2);
     for round in 0..o.rounds {
-        let order: Vec<usize> = if round % 2 == 0 {
-            vec![0, 1, 2]
-        } else {
-            vec![2, 1, 0]
-        };
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
         eprintln!(
             "bench: round {} of {} ({:?})",
             round + 1,
@@ -551,7 +612,7 @@ fn measure_idle_memory(
         let port = free_port();
         let p = Proxy::start_with(
             switchyard_bin,
-            &switchyard_config(port, backend, policy),
+            &switchyard_config(port, backend, policy, (&[], &[])),
             port,
             "warn",
         )?;
@@ -578,12 +639,15 @@ fn report(
         o.rounds,
         o.seconds
     );
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let ratios: Vec<String> = names[1..].iter().map(|n| format!("{n} / direct")).collect();
     let _ = writeln!(
         t,
-        "| workload | {} | {} | {} | haproxy / direct | switchyard / direct |",
-        targets[0].name, targets[1].name, targets[2].name
+        "| workload | {} | {} |",
+        names.join(" | "),
+        ratios.join(" | ")
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|{}", "---|".repeat(2 * names.len() - 1));
     let metrics: Vec<String> = samples[0].0.iter().map(|(m, _)| m.clone()).collect();
     for metric in metrics {
         let mut cells = Vec::new();
@@ -606,21 +670,23 @@ fn report(
                 }
             }
         }
+        let ratios: Vec<String> = medians[1..]
+            .iter()
+            .map(|m| format!("{:.2}", m / medians[0]))
+            .collect();
         let _ = writeln!(
             t,
-            "| {metric} | {} | {} | {} | {:.2} | {:.2} |",
-            cells[0],
-            cells[1],
-            cells[2],
-            medians[1] / medians[0],
-            medians[2] / medians[0]
+            "| {metric} | {} | {} |",
+            cells.join(" | "),
+            ratios.join(" | ")
         );
     }
     let _ = writeln!(
         t,
-        "| RSS per idle session ({IDLE_SESSIONS} sessions, fresh process), KiB | – | {} | {} | | |",
+        "| RSS per idle session ({IDLE_SESSIONS} sessions, fresh process), KiB | – | {} | {} |{}",
         fmt(ha_mem),
-        fmt(sy_mem)
+        fmt(sy_mem),
+        " – |".repeat(targets.len() - 3) + &" |".repeat(targets.len() - 1)
     );
     t
 }
