@@ -136,6 +136,10 @@ fn main() {
             "kept_backend_sessions_are_taken_over_and_reset",
             kept_backend_sessions,
         ),
+        (
+            "policies_leave_the_event_loop_when_slow_or_blocking",
+            policies_leave_the_event_loop,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -1966,4 +1970,39 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {last_thread}"
         )) == "0")
     })
+}
+
+/// Policy calls run on the event loop until one is slow (over 2 ms) or uses
+/// WASI I/O that blocks; then that policy's calls move to blocking threads,
+/// and every login is still answered.
+fn policies_leave_the_event_loop(env: &Env) -> TestResult {
+    for (mode, why) in [
+        ("slow", "a call ran longer than 2 ms on an event loop"),
+        ("print", "it uses WASI I/O that blocks on an event loop"),
+    ] {
+        let mut setup = Setup::new(&env.topology());
+        setup.tail = format!("\"mode.{}\" = \"{mode}\"\n", MASTER_USER.0);
+        let config = setup.config().replace("{policy}", "{misbehave}");
+        let proxy = Proxy::start(&config).map_err(fail)?;
+        // Light calls first: they stay on the event loop.
+        check(login_ids(&proxy, SLAVE_USER, 3)?.len() == 3, "light logins")?;
+        check(
+            !proxy.log().contains(why),
+            format!("moved too early: {}", proxy.log()),
+        )?;
+        // The slow or blocking one is answered, and moves the policy.
+        let ids = login_ids(&proxy, MASTER_USER, 2)?;
+        check(ids == [PRIMARY_ID, PRIMARY_ID], format!("{mode}: {ids:?}"))?;
+        proxy
+            .wait_for_log(why, Duration::from_secs(2))
+            .map_err(fail)?;
+        check(proxy.log().matches(why).count() == 1, "said once")?;
+        check(!proxy.log().contains("panicked"), "a panic was printed")?;
+        check(login_ids(&proxy, SLAVE_USER, 2)?.len() == 2, "later logins")?;
+        check(
+            metric(&setup, "switchyard_policy_errors_total")? == 0.0,
+            "policy errors",
+        )?;
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ mod ticker;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,9 @@ const MAX_LOG_LEN: usize = 1024;
 const KEEP_RESIDENT: usize = 256 << 10;
 /// Most instance slots whose memory is given back to the kernel together.
 const DECOMMIT_BATCH: usize = 16;
+/// Epoch ticks (milliseconds) a call on an event loop may take before it
+/// is interrupted and the policy's calls move to blocking threads.
+const INLINE_TICKS: u64 = 2;
 /// Log lines one call may write.
 const MAX_LOG_LINES_PER_CALL: u32 = 16;
 
@@ -399,6 +403,9 @@ pub struct Policy {
     reuse: Option<u32>,
     idle: Mutex<Vec<Reusable>>,
     instantiation: Duration,
+    /// Whether calls still run on the calling event loop (see
+    /// [`Policy::route`]).
+    on_event_loop: AtomicBool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -478,6 +485,7 @@ impl Policy {
             reuse: None,
             idle: Mutex::new(Vec::new()),
             instantiation: Duration::ZERO,
+            on_event_loop: AtomicBool::new(true),
         };
         let initial_memory;
         (policy.instantiation, initial_memory) = policy.time_instantiation();
@@ -568,6 +576,7 @@ impl Policy {
             reuse: self.reuse,
             idle: Mutex::new(Vec::new()),
             instantiation: self.instantiation,
+            on_event_loop: AtomicBool::new(self.on_event_loop.load(Ordering::Relaxed)),
         }
     }
 
@@ -624,7 +633,20 @@ impl Policy {
         &self.hash
     }
 
-    /// Calls `route` on a blocking thread, waiting for a free call slot.
+    /// Calls `route`, waiting for a free call slot: on this thread (an
+    /// event loop's) while the policy's calls stay short, else on a
+    /// blocking thread.
+    ///
+    /// A call on the event loop gets [`INLINE_TICKS`] of its deadline (and
+    /// only an instance that is ready, when instances are reused): one that
+    /// runs longer is interrupted, and from then on this policy's calls run
+    /// on blocking threads, that one again from the start with the full
+    /// deadline. So a slow or hostile policy holds an event loop for a
+    /// millisecond or two once, and a light one costs no thread hand-off.
+    /// The same happens to a policy that uses WASI I/O that blocks (writing
+    /// to stdout, polling): wasmtime-wasi runs it on the calling thread's
+    /// tokio runtime, which an event loop cannot lend, and panics; the panic
+    /// is caught (and not printed) and the call made again off the loop.
     pub async fn route(
         self: &Arc<Self>,
         user: &str,
@@ -635,6 +657,28 @@ impl Policy {
             .acquire_owned()
             .await
             .map_err(|_| RouteError::Failed("policy engine is shutting down".into()))?;
+        if self.on_event_loop.load(Ordering::Relaxed) && self.timeout_ticks > INLINE_TICKS {
+            let attempt = on_event_loop(|| self.attempt(INLINE_TICKS, true, user, db, client_addr));
+            let why = match attempt {
+                Some(Attempt {
+                    result: Some(result),
+                    interrupted: false,
+                    ..
+                }) => return result,
+                Some(Attempt { result: None, .. }) => None,
+                Some(_) => Some(format!("a call ran longer than {INLINE_TICKS} ms")),
+                None => Some("it uses WASI I/O that blocks".to_owned()),
+            };
+            // No instance ready (`None`): this call instantiates one, off
+            // the event loop.
+            if let Some(why) = why {
+                self.on_event_loop.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    policy = %self.shared.name,
+                    "{why} on an event loop; this policy's calls run on blocking threads from now on"
+                );
+            }
+        }
         let this = Arc::clone(self);
         let (user, db, client_addr) = (
             user.to_owned(),
@@ -669,26 +713,43 @@ impl Policy {
         client_addr: &str,
     ) -> (Result<String, RouteError>, CallCost) {
         let started = Instant::now();
-        let (result, peak_memory) = match self.reuse {
-            None => {
-                let mut store = self.new_store();
-                store.set_epoch_deadline(self.timeout_ticks);
-                let result = {
-                    let _ticking = self.engine.ticker.running();
-                    self.pre
-                        .instantiate(&mut store)
-                        .map_err(failed)
-                        .and_then(|router| self.call(&router, &mut store, user, db, client_addr))
-                };
-                (result, store.data().limits.peak)
-            }
-            Some(max_calls) => self.call_reused(max_calls, user, db, client_addr),
-        };
+        let attempt = self.attempt(self.timeout_ticks, false, user, db, client_addr);
         let cost = CallCost {
             duration: started.elapsed(),
-            peak_memory,
+            peak_memory: attempt.peak,
         };
+        let result = attempt
+            .result
+            .unwrap_or_else(|| Err(RouteError::Failed("no instance".into())));
         (result, cost)
+    }
+
+    /// One call with a deadline of `ticks`: on a fresh instance, or on a
+    /// kept one (a new one, unless `ready_only`: then `result` is `None`
+    /// when none is kept).
+    fn attempt(
+        &self,
+        ticks: u64,
+        ready_only: bool,
+        user: &str,
+        db: Option<&str>,
+        client_addr: &str,
+    ) -> Attempt {
+        let _ticking = self.engine.ticker.running();
+        match self.reuse {
+            None => {
+                let mut store = self.new_store();
+                store.set_epoch_deadline(ticks);
+                let raw = self
+                    .pre
+                    .instantiate(&mut store)
+                    .and_then(|router| router.call_route(&mut store, user, db, client_addr));
+                Attempt::of(raw, store.data().limits.peak)
+            }
+            Some(max_calls) => {
+                self.call_reused(max_calls, ticks, ready_only, (user, db, client_addr))
+            }
+        }
     }
 
     /// A call on a kept instance (or a new one, kept afterwards unless it
@@ -696,64 +757,111 @@ impl Policy {
     fn call_reused(
         &self,
         max_calls: u32,
-        user: &str,
-        db: Option<&str>,
-        client_addr: &str,
-    ) -> (Result<String, RouteError>, usize) {
-        let _ticking = self.engine.ticker.running();
+        ticks: u64,
+        ready_only: bool,
+        (user, db, client_addr): (&str, Option<&str>, &str),
+    ) -> Attempt {
         let kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match kept {
             Some(i) => i,
+            None if ready_only => {
+                return Attempt {
+                    result: None,
+                    peak: 0,
+                    interrupted: false,
+                };
+            }
             None => {
                 let mut store = self.new_store();
-                store.set_epoch_deadline(self.timeout_ticks);
+                store.set_epoch_deadline(ticks);
                 match self.pre.instantiate(&mut store) {
                     Ok(router) => Reusable {
                         store,
                         router,
                         calls: 0,
                     },
-                    Err(e) => return (Err(failed(e)), store.data().limits.peak),
+                    Err(e) => return Attempt::of(Err(e), store.data().limits.peak),
                 }
             }
         };
         let data = instance.store.data_mut();
         data.log_lines = 0;
-        instance.store.set_epoch_deadline(self.timeout_ticks);
-        let result = self.call(&instance.router, &mut instance.store, user, db, client_addr);
-        let peak = instance.store.data().limits.peak;
+        instance.store.set_epoch_deadline(ticks);
+        let raw = instance
+            .router
+            .call_route(&mut instance.store, user, db, client_addr);
+        let attempt = Attempt::of(raw, instance.store.data().limits.peak);
         instance.calls += 1;
         // A trap may leave the instance in any state: never reuse it.
-        let trapped = matches!(&result, Err(RouteError::Failed(_)));
+        let trapped = matches!(&attempt.result, Some(Err(RouteError::Failed(_))));
         if !trapped && instance.calls < max_calls {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(instance);
         }
-        (result, peak)
+        attempt
     }
+}
 
-    fn call(
-        &self,
-        router: &Router,
-        store: &mut Store<CallState>,
-        user: &str,
-        db: Option<&str>,
-        client_addr: &str,
-    ) -> Result<String, RouteError> {
-        let answer = router
-            .call_route(&mut *store, user, db, client_addr)
-            .map_err(failed)?;
-        match answer {
-            Ok(pool) if pool.len() > MAX_ANSWER_LEN => Err(RouteError::Failed(format!(
+thread_local! {
+    /// Whether this thread is in a policy call on its event loop.
+    static ON_EVENT_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `call` (a policy call on an event loop); `None` if it panicked,
+/// which a host function of WASI does when it needs the thread's tokio
+/// runtime to block on. Such a panic is not printed.
+fn on_event_loop(call: impl FnOnce() -> Attempt) -> Option<Attempt> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !ON_EVENT_LOOP.get() {
+                report(info);
+            }
+        }));
+    });
+    ON_EVENT_LOOP.set(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    ON_EVENT_LOOP.set(false);
+    result.ok()
+}
+
+/// What one call attempt gave.
+struct Attempt {
+    /// The answer; `None` when the call was not made.
+    result: Option<Result<String, RouteError>>,
+    /// The most linear memory the instance had.
+    peak: usize,
+    /// Whether its deadline interrupted it.
+    interrupted: bool,
+}
+
+impl Attempt {
+    /// The attempt that produced `raw`: a pool name, a refusal, or a trap.
+    fn of(raw: wasmtime::Result<Result<String, String>>, peak: usize) -> Self {
+        let interrupted = raw.as_ref().is_err_and(|e| {
+            matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::Interrupt)
+            )
+        });
+        let result = match raw {
+            Err(e) => Err(failed(e)),
+            Ok(Ok(pool)) if pool.len() > MAX_ANSWER_LEN => Err(RouteError::Failed(format!(
                 "answered a pool name of {} bytes",
                 pool.len()
             ))),
-            Ok(pool) => Ok(pool),
-            Err(text) => Err(RouteError::Refused(
+            Ok(Ok(pool)) => Ok(pool),
+            Ok(Err(text)) => Err(RouteError::Refused(
                 truncate(&text, MAX_ANSWER_LEN).into_owned(),
             )),
+        };
+        Self {
+            result: Some(result),
+            peak,
+            interrupted,
         }
     }
 }

@@ -6,6 +6,9 @@
 //! - `memory`: allocates until it is stopped;
 //! - `huge`: answers a 10 MiB pool name;
 //! - `huge-refusal`: refuses with a text of almost 1 MiB;
+//! - `print`: writes a line to stdout (WASI I/O that blocks), then
+//!   answers as below;
+//! - `slow`: computes for 20 ms, then answers as below;
 //! - `inspect`: logs a line, then refuses with what it saw: its arguments
 //!   and the live figures of every pool (`pools()`);
 //! - anything else, or no setting: the pool named by `user.<user>`.
@@ -37,6 +40,18 @@ impl Guest for Misbehave {
                 }
             }
             Some("huge") => Ok("x".repeat(10 << 20)),
+            Some("print") => {
+                println!("policy routes {user}");
+                pool_of(&user)
+            }
+            Some("slow") => {
+                let started = std::time::Instant::now();
+                let mut n: u64 = 0;
+                while started.elapsed() < std::time::Duration::from_millis(20) {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+                pool_of(&user)
+            }
             Some("huge-refusal") => Err("no ".repeat(300_000)),
             Some("inspect") => {
                 host::log(
@@ -62,10 +77,14 @@ impl Guest for Misbehave {
                     pools.join(";")
                 ))
             }
-            _ => host::setting(&format!("user.{user}"))
-                .ok_or_else(|| format!("no pool for '{user}'")),
+            _ => pool_of(&user),
         }
     }
+}
+
+/// The pool named by `user.<user>`.
+fn pool_of(user: &str) -> Result<String, String> {
+    host::setting(&format!("user.{user}")).ok_or_else(|| format!("no pool for '{user}'"))
 }
 
 export!(Misbehave);

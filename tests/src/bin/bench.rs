@@ -1,20 +1,22 @@
 //! The end-to-end benchmark: one MariaDB server, HAProxy (`mode tcp`) in
-//! front of it and Switchyard (release build, default policy) in front of
-//! it, the same workloads against all three, alternating the order of the
-//! targets (A B C, then C B A) over several rounds. Prints medians, min–max
-//! and every target's ratio to the direct connection, and writes the table
-//! to `bench/results/` and into the README.
+//! front of it, and Switchyard (release build, default policy) in front of
+//! it twice: with the default settings, and `switchyard-tuned` with kept
+//! backend sessions (`idle_sessions`) and reused policy instances. The same
+//! workloads run against every target, the order alternating (A B C D, then
+//! D C B A) over several rounds. Prints medians, min–max and every target's
+//! ratio to the direct connection, and writes the table to `bench/results/`
+//! and into the README.
 //!
 //! Run it with `bench/run.sh` (which installs sysbench and HAProxy).
 //! Options: `--rounds N` (3), `--seconds S` per sysbench run (10),
 //! `--no-readme`, `--only WORKLOAD` (any of `point1`, `point32`,
 //! `streaming`, `churn`, `memory`; repeatable; implies `--no-readme`),
 //! `--alt-policy 'KEY = VALUE'` and `--alt-pool 'KEY = VALUE'`
-//! (repeatable): a fourth target, a second Switchyard whose `[policy]` or
+//! (repeatable): one more target, a Switchyard whose `[policy]` or
 //! `[pools.main]` table has these lines too, measured in the same rounds
 //! (an A/B comparison of a setting; implies `--no-readme`),
 //! `--alt-env KEY=VALUE` (repeatable): the same with an environment
-//! variable set for that second Switchyard.
+//! variable set for that Switchyard.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +34,10 @@ use switchyard_e2e::{MariaDb, Proxy, cargo_command, free_port, spawn, workspace_
 const USER: (&str, &str) = ("bench", "benchpass");
 const IDLE_SESSIONS: usize = 1000;
 const CHURN_WORKERS: usize = 8;
+/// `[pools.main]` lines of the `switchyard-tuned` target.
+const TUNED_POOL: [&str; 1] = ["idle_sessions = 16"];
+/// `[policy]` lines of the `switchyard-tuned` target.
+const TUNED_POLICY: [&str; 1] = ["instances = \"reuse\""];
 
 struct Options {
     rounds: usize,
@@ -496,6 +502,23 @@ fn main() -> Result<()> {
         sy_port,
         "warn",
     )?;
+    // The same with the two settings that trade per-login work for reuse:
+    // kept backend sessions and reused policy instances.
+    let tuned_port = free_port();
+    let tuned = Proxy::start_with(
+        &switchyard_bin,
+        &switchyard_config(
+            tuned_port,
+            db.addr(),
+            &policy,
+            (
+                &TUNED_POOL.map(String::from),
+                &TUNED_POLICY.map(String::from),
+            ),
+        ),
+        tuned_port,
+        "warn",
+    )?;
     let alt_port = free_port();
     let alt = if o.alt_policy.is_empty() && o.alt_pool.is_empty() && o.alt_env.is_empty() {
         None
@@ -528,6 +551,11 @@ fn main() -> Result<()> {
             name: "switchyard",
             port: sy_port,
             pid: switchyard.pid().context("pid")?,
+        },
+        Target {
+            name: "switchyard-tuned",
+            port: tuned_port,
+            pid: tuned.pid().context("pid")?,
         },
     ];
     if let Some(alt) = &alt {
