@@ -10,8 +10,9 @@
 //! `route` and import nothing but WASI and the `host` interface), and
 //! pre-instantiated; each call gets a fresh `Store` with an epoch deadline
 //! and a memory limit. The guest gets WASI only from an empty context: no
-//! files, sockets, environment or args. Calls run on tokio's blocking
-//! threads, at most `max_concurrent_calls` at once.
+//! files, sockets, environment or args. At most `max_concurrent_calls`
+//! calls run at once: on the calling event loop while the policy's calls
+//! stay short, else on tokio's blocking threads (see [`Policy::route`]).
 
 mod bindings;
 mod ticker;
