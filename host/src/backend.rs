@@ -39,6 +39,9 @@ pub enum BackendError {
     /// The pool requires TLS and the backend does not offer it.
     #[error("backend does not offer TLS, which its pool requires")]
     TlsUnavailable,
+    /// A kept session was not at rest when a login came to take it over.
+    #[error("kept session not at rest: {0}")]
+    NotAtRest(&'static str),
 }
 
 /// TLS towards a pool's backends.
@@ -157,7 +160,7 @@ impl BackendError {
     pub fn is_backend_fault(&self) -> bool {
         match self {
             Self::Refused(e) => self_is_fault(e),
-            Self::UnsupportedPlugin(_) => false,
+            Self::UnsupportedPlugin(_) | Self::NotAtRest(_) => false,
             Self::Connect(_) | Self::Timeout | Self::Conn(_) | Self::TlsUnavailable => true,
         }
     }
@@ -367,66 +370,63 @@ pub async fn change_user(
     follow_login(stream, password, 1).await
 }
 
-/// Checks that a logged-in backend session whose client has quit is at
-/// rest, so that another login may take it over: no byte is pending from
-/// it, and the first answer it gives is the whole answer to a query that
-/// names a fresh random token (`SELECT '<token>'`). An answer still on its
-/// way to the departed client (the client quit before reading it, or while
-/// a query ran) comes first and does not hold the token, which nobody knew
-/// before now: such a session fails the check and is closed.
-pub async fn check_at_rest(
-    stream: &mut PacketStream,
-    caps: CapabilityFlags,
-) -> Result<(), BackendError> {
-    let at_rest_error = |what| {
-        BackendError::Conn(ConnError::Protocol(
-            crate::protocol::ProtocolError::Malformed(what),
-        ))
-    };
-    if stream.has_buffered() {
-        return Err(at_rest_error("bytes after the last answer"));
-    }
-    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
-    let mut payload = Vec::with_capacity(token.len() + 10);
-    payload.push(crate::protocol::Command::Query as u8);
-    payload.extend_from_slice(format!("SELECT '{token}'").as_bytes());
-    stream.write(0, &payload).await.map_err(ConnError::from)?;
-    let mut decoder = ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
-    let mut seq = 1u8;
-    let reply = loop {
-        let p = stream.read_seq(seq).await?;
-        seq = seq.wrapping_add(1);
-        if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
-            break reply;
-        }
-    };
-    match reply {
-        QueryReply::Rows(t) if t.rows == [vec![Some(token)]] && !stream.has_buffered() => Ok(()),
-        QueryReply::Err(e) => Err(BackendError::Refused(e)),
-        _ => Err(at_rest_error("answer to the at-rest check")),
-    }
-}
-
 /// Logs in to a kept backend session (opened with `caps`, greeted with
-/// `nonce`) as the user of `req`: COM_CHANGE_USER with the client's user,
-/// database, charset and attributes, which also resets the session.
-/// Returns the OK's payload.
+/// `nonce`) as the user of `req`, once it is shown to be at rest.
+///
+/// One write carries two commands: `SELECT '<token>'`, with a fresh random
+/// token, then COM_CHANGE_USER with the client's user, database, charset
+/// and attributes (the backend authenticates the user with its nonce and
+/// resets the session). The session is at rest if the first answer is the
+/// whole answer to that query, within `check_within`: an answer still on its
+/// way to the departed client (it quit before reading it, or while a query
+/// ran) comes first and does not hold the token, which nobody knew before
+/// now ([`BackendError::NotAtRest`]; the session is then dropped, and the
+/// change of user with it). Returns the OK's payload.
 pub async fn take_over(
     stream: &mut PacketStream,
-    nonce: &[u8],
-    caps: CapabilityFlags,
+    (nonce, caps): (&[u8], CapabilityFlags),
     req: &LoginRequest<'_>,
+    check_within: Duration,
 ) -> Result<Bytes, BackendError> {
+    if stream.has_buffered() {
+        return Err(BackendError::NotAtRest("bytes after the last answer"));
+    }
+    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
+    let mut query = Vec::with_capacity(token.len() + 10);
+    query.push(crate::protocol::Command::Query as u8);
+    query.extend_from_slice(format!("SELECT '{token}'").as_bytes());
     let client = req.client;
-    let request = ChangeUser {
+    let change = ChangeUser {
         username: client.username.clone(),
-        auth_response: Vec::new(),
+        auth_response: req.password.scramble(nonce),
         database: client.database.clone(),
         charset: Some(u16::from(client.charset)),
-        auth_plugin: None,
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
         connect_attrs: client.connect_attrs.clone(),
     };
-    change_user(stream, nonce, caps, &request, req.password).await
+    stream
+        .write_packets(&[(0, &query), (0, &change.encode(caps))])
+        .await
+        .map_err(ConnError::from)?;
+    let answer = tokio::time::timeout(check_within, async {
+        let mut decoder =
+            ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+        let mut seq = 1u8;
+        loop {
+            let p = stream.read_seq(seq).await?;
+            seq = seq.wrapping_add(1);
+            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
+                return Ok::<_, ConnError>(reply);
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(QueryReply::Rows(t))) if t.rows == [vec![Some(token)]] => {}
+        Ok(Ok(_) | Err(_)) => return Err(BackendError::NotAtRest("another answer came first")),
+        Err(_) => return Err(BackendError::NotAtRest("no answer in time")),
+    }
+    follow_login(stream, req.password, 1).await
 }
 
 /// Sends `response` and follows the backend's answers (one auth switch to

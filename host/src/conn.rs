@@ -209,6 +209,17 @@ impl PacketStream {
         self.stream.flush().await
     }
 
+    /// Writes several packets (each split if large) in one write, and
+    /// flushes them.
+    pub async fn write_packets(&mut self, packets: &[(u8, &[u8])]) -> std::io::Result<()> {
+        self.write_buf.clear();
+        for (seq, payload) in packets {
+            encode_packet(*seq, payload, &mut self.write_buf);
+        }
+        self.stream.write_all(&self.write_buf).await?;
+        self.stream.flush().await
+    }
+
     /// Runs the server side of a TLS handshake (after the client's
     /// SSLRequest); bytes already read past the SSLRequest are the start of
     /// the handshake.

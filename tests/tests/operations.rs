@@ -16,6 +16,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::{PasswordHash, Sha1Password};
+use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
 
 mod common;
@@ -1904,27 +1905,14 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
         "switchyard_backend_sessions_kept_total{result=\"kept\"}",
         2.0,
     )?;
-    // A client that quits while its query runs: that session is not kept
-    // (its answer would reach the next client), and the next login gets a
-    // session of its own that answers its own queries.
-    let mut raw = switchyard_e2e::raw::RawClient::connect(proxy.addr()).map_err(fail)?;
-    match raw
-        .login(
-            MASTER_USER.0,
-            MASTER_USER.1,
-            Some("app"),
-            "mysql_native_password",
-        )
-        .map_err(fail)?
-    {
-        switchyard_e2e::raw::LoginOutcome::Ok(_) => {}
-        switchyard_e2e::raw::LoginOutcome::Err(e, _) => return Err(fail(e.message)),
-    }
-    raw.write_raw(&switchyard_e2e::raw::RawClient::query_packet(
-        "SELECT SLEEP(2), 'late answer'",
-    ))
-    .map_err(fail)?;
-    raw.write_raw(&switchyard_e2e::raw::RawClient::command_packet(&[0x01]))
+    // A client that quits while its query runs: its session is kept, but
+    // the next login of its shape finds it not at rest (the query's answer
+    // would come first), drops it and gets a session of its own that
+    // answers its own queries.
+    let mut raw = raw_login(&proxy)?;
+    raw.write_raw(&RawClient::query_packet("SELECT SLEEP(2), 'late answer'"))
+        .map_err(fail)?;
+    raw.write_raw(&RawClient::command_packet(&[0x01]))
         .map_err(fail)?;
     drop(raw);
     let mut unsettled = String::new();
@@ -1936,30 +1924,33 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
     })?;
     wait_for_metric(
         &setup,
-        "switchyard_backend_sessions_kept_total{result=\"not_at_rest\"}",
-        1.0,
+        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        3.0,
     )?;
-    let last_thread = rt.block_on(async {
-        let mut c = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
-            .await
-            .map_err(fail)?;
-        let row: Option<(String, u32)> = c
-            .query_first("SELECT 'my answer', CONNECTION_ID()")
-            .await
-            .map_err(fail)?;
-        let (answer, thread) = row.ok_or_else(|| fail("no row"))?;
-        check(answer == "my answer", answer)?;
-        check(
-            thread.to_string() != unsettled,
-            "the unsettled session was taken over",
-        )?;
-        c.disconnect().await.map_err(fail)?;
-        Ok::<_, Failed>(thread)
-    })?;
+    let mut raw = raw_login(&proxy)?;
+    check(
+        metric(
+            &setup,
+            "switchyard_backend_sessions_kept_total{result=\"not_at_rest\"}",
+        )? == 1.0,
+        "the unsettled session was not found out",
+    )?;
+    let row = raw_query(&mut raw, "SELECT 'my answer', CONNECTION_ID()")?;
+    check(
+        row.first().and_then(Option::as_deref) == Some("my answer"),
+        format!("{row:?}"),
+    )?;
+    let last_thread = row.get(1).cloned().flatten().unwrap_or_default();
+    check(
+        last_thread != unsettled,
+        "the unsettled session was taken over",
+    )?;
+    raw.write_raw(&RawClient::command_packet(&[0x01]))
+        .map_err(fail)?;
     wait_for_metric(
         &setup,
         "switchyard_backend_sessions_kept_total{result=\"kept\"}",
-        3.0,
+        4.0,
     )?;
     // Kept sessions are closed (with COM_QUIT) after idle_session_ms.
     wait_until("kept sessions are closed", Duration::from_secs(8), || {
@@ -1970,6 +1961,39 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {last_thread}"
         )) == "0")
     })
+}
+
+/// A raw client logged in through `proxy` as the master user.
+fn raw_login(proxy: &Proxy) -> Result<RawClient, Failed> {
+    let mut raw = RawClient::connect(proxy.addr()).map_err(fail)?;
+    match raw
+        .login(
+            MASTER_USER.0,
+            MASTER_USER.1,
+            Some("app"),
+            "mysql_native_password",
+        )
+        .map_err(fail)?
+    {
+        LoginOutcome::Ok(_) => Ok(raw),
+        LoginOutcome::Err(e, _) => Err(fail(e.message)),
+    }
+}
+
+/// The first row of `sql`'s answer, read by a raw client.
+fn raw_query(raw: &mut RawClient, sql: &str) -> Result<Vec<Option<String>>, Failed> {
+    raw.write_raw(&RawClient::query_packet(sql)).map_err(fail)?;
+    let mut decoder = switchyard::protocol::ResultSetDecoder::new(false);
+    loop {
+        let p = raw.expect_packet().map_err(fail)?;
+        match decoder.feed(&p.payload).map_err(fail)? {
+            Some(switchyard::protocol::QueryReply::Rows(t)) => {
+                return t.rows.into_iter().next().ok_or_else(|| fail("no row"));
+            }
+            Some(other) => return Err(fail(format!("{other:?}"))),
+            None => {}
+        }
+    }
 }
 
 /// Policy calls run on the event loop until one is slow (over 2 ms) or uses

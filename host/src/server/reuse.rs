@@ -2,12 +2,12 @@
 //! over (a pool's `idle_sessions`).
 //!
 //! When a client of such a pool sends COM_QUIT, the relay stops at a safe
-//! point and hands the backend session back instead of closing it. It is
-//! kept only once it is shown to be at rest ([`backend::check_at_rest`]: no
-//! answer is still on its way to the departed client), and only while the
-//! backend has fewer than `idle_sessions` kept on this worker. A later login
-//! routed to that backend takes the newest kept session whose flags fit its
-//! own ([`Shape`]) and logs in with COM_CHANGE_USER: the backend
+//! point and hands the backend session back instead of closing it; it is
+//! kept while the backend has fewer than `idle_sessions` kept on this
+//! worker. A later login routed to that backend takes the newest kept
+//! session whose flags fit its own ([`Shape`]), checks that it is at rest
+//! (no answer still on its way to the departed client) and logs in with
+//! COM_CHANGE_USER, both in one write ([`backend::take_over`]): the backend
 //! authenticates the new user with its own nonce and resets the session
 //! (transactions, temporary tables, variables, prepared statements). So a
 //! login still authenticates at the backend, without a new TCP connection,
@@ -29,8 +29,12 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::protocol::{CapabilityFlags, Command, MariaDbCapabilities};
 
-/// How long the at-rest check may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a kept session may take to answer the at-rest check: a
+/// literal SELECT; a slower answer most likely waits behind a query of the
+/// departed client's, and a new session is opened instead.
+const AT_REST_WITHIN: Duration = Duration::from_millis(100);
+/// How long a COM_QUIT may take to write.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a worker looks for kept sessions that waited too long.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -90,33 +94,19 @@ pub(super) struct Quitting<'a> {
     pub shape: Shape,
 }
 
-/// Keeps the backend session of a client that quit, if it is at rest and
-/// `pool` has room for it on this worker; otherwise closes it.
+/// Keeps the backend session of a client that quit, if `pool` has room
+/// for it on this worker; otherwise closes it. Whether it is at rest is
+/// checked when a login takes it over (see [`backend::take_over`]), in the
+/// same write as the change of user, so that keeping costs nothing.
 pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, metrics: &Metrics) {
-    let mut stream = PacketStream::from_parts(
+    let stream = PacketStream::from_parts(
         quitting.stream,
         bytes::BytesMut::new(),
         backend::MAX_LOGIN_PACKET,
     );
-    let has_room =
-        || KEPT.with_borrow(|k| k.get(&addr).map_or(0, Vec::len) < pool.idle_sessions as usize);
-    if !has_room() {
-        metrics.backend_kept[2].fetch_add(1, Ordering::Relaxed);
-        return quit(stream).await;
-    }
-    let checked = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        backend::check_at_rest(&mut stream, quitting.capabilities),
-    )
-    .await;
-    if let Err(e) = checked.unwrap_or(Err(backend::BackendError::Timeout)) {
-        tracing::debug!(backend = %addr, error = %e, "backend session not at rest; closing it");
-        metrics.backend_kept[1].fetch_add(1, Ordering::Relaxed);
-        return quit(stream).await;
-    }
-    // Checked again: another session of this worker may have kept one
-    // meanwhile.
-    if !has_room() {
+    let full =
+        KEPT.with_borrow(|k| k.get(&addr).map_or(0, Vec::len) >= pool.idle_sessions as usize);
+    if full {
         metrics.backend_kept[2].fetch_add(1, Ordering::Relaxed);
         return quit(stream).await;
     }
@@ -149,16 +139,17 @@ pub(super) fn take(addr: SocketAddr, shape: Shape, metrics: &Metrics) -> Option<
     })
 }
 
-/// Logs in to `session` as the user of `req` (COM_CHANGE_USER).
+/// Logs in to `session` as the user of `req` once it is shown at rest
+/// (COM_CHANGE_USER).
 pub(super) async fn take_over(
     mut session: BackendSession,
     req: &backend::LoginRequest<'_>,
 ) -> Result<BackendSession, backend::BackendError> {
     let ok = backend::take_over(
         &mut session.stream,
-        &session.nonce,
-        session.capabilities,
+        (&session.nonce, session.capabilities),
         req,
+        AT_REST_WITHIN,
     )
     .await?;
     session.ok = ok;
@@ -211,7 +202,7 @@ fn take_all(which: impl Fn(&Kept) -> bool, metrics: &Metrics) -> Vec<BackendSess
 
 /// Ends a backend session politely: COM_QUIT, then close.
 async fn quit(mut stream: PacketStream) {
-    let _ = tokio::time::timeout(CHECK_TIMEOUT, stream.write(0, &[Command::Quit as u8])).await;
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, stream.write(0, &[Command::Quit as u8])).await;
 }
 
 #[cfg(test)]

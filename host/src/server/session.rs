@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -658,26 +659,30 @@ async fn take_kept(
         (request.client.mariadb_capabilities, request.offered_mariadb),
         pool.tls.is_some(),
     );
-    let kept = reuse::take(addr, shape, metrics)?;
-    match timeout_at(deadline, reuse::take_over(kept, request)).await {
-        Ok(Ok(session)) => {
-            metrics
-                .backend_reused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Some(Ok(session))
-        }
-        Ok(Err(e)) => match e.into_refusal() {
-            Ok(err) => Some(Err(err)),
-            Err(e) => {
-                info!(backend = %addr, error = %e, "a kept backend session failed; opening a new one");
-                None
+    while let Some(kept) = reuse::take(addr, shape, metrics) {
+        match timeout_at(deadline, reuse::take_over(kept, request)).await {
+            Ok(Ok(session)) => {
+                metrics.backend_reused.fetch_add(1, Ordering::Relaxed);
+                return Some(Ok(session));
             }
-        },
-        Err(_) => {
-            info!(backend = %addr, "a kept backend session did not answer; opening a new one");
-            None
+            Ok(Err(BackendError::NotAtRest(why))) => {
+                metrics.backend_kept[1].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(backend = %addr, why, "a kept backend session was not at rest; closed");
+            }
+            Ok(Err(e)) => match e.into_refusal() {
+                Ok(err) => return Some(Err(err)),
+                Err(e) => {
+                    info!(backend = %addr, error = %e, "a kept backend session failed; opening a new one");
+                    return None;
+                }
+            },
+            Err(_) => {
+                info!(backend = %addr, "a kept backend session did not answer; opening a new one");
+                return None;
+            }
         }
     }
+    None
 }
 
 /// Phase 4: a backend of the pool, by the pool's balancing order; a backend
