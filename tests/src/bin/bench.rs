@@ -34,6 +34,8 @@ use switchyard_e2e::{MariaDb, Proxy, cargo_command, free_port, spawn, workspace_
 const USER: (&str, &str) = ("bench", "benchpass");
 const IDLE_SESSIONS: usize = 1000;
 const CHURN_WORKERS: usize = 8;
+/// How long one streaming measurement reads.
+const STREAMING_FOR: Duration = Duration::from_secs(3);
 /// `[pools.main]` lines of the `switchyard-tuned` target.
 const TUNED_POOL: [&str; 1] = ["idle_sessions = 16"];
 /// `[policy]` lines of the `switchyard-tuned` target.
@@ -353,14 +355,19 @@ fn read_result(c: &mut RawClient) -> Result<u64> {
     }
 }
 
-/// MB/s reading 64 rows of 1 MiB.
+/// MB/s reading 64 rows of 1 MiB, again and again for at least
+/// [`STREAMING_FOR`] (at least 4 times): one read takes a few tens of
+/// milliseconds, too short to measure alone on a machine whose speed
+/// drifts.
 fn streaming(port: u16) -> Result<f64> {
     let mut c = login(port)?;
     let started = Instant::now();
     let mut total = 0;
-    for _ in 0..4 {
+    let mut reads = 0;
+    while reads < 4 || started.elapsed() < STREAMING_FOR {
         c.write_raw(&RawClient::query_packet("SELECT b FROM blobs"))?;
         total += read_result(&mut c)?;
+        reads += 1;
     }
     Ok(total as f64 / 1e6 / started.elapsed().as_secs_f64())
 }
