@@ -1996,12 +1996,12 @@ fn raw_query(raw: &mut RawClient, sql: &str) -> Result<Vec<Option<String>>, Fail
     }
 }
 
-/// Policy calls run on the event loop until one is slow (over 2 ms) or uses
+/// Policy calls run on the event loop until one is slow (over 5 ms) or uses
 /// WASI I/O that blocks; then that policy's calls move to blocking threads,
 /// and every login is still answered.
 fn policies_leave_the_event_loop(env: &Env) -> TestResult {
     for (mode, why) in [
-        ("slow", "a call ran longer than 2 ms on an event loop"),
+        ("slow", "a call ran longer than 5 ms on an event loop"),
         ("print", "it uses WASI I/O that blocks on an event loop"),
     ] {
         let mut setup = Setup::new(&env.topology());

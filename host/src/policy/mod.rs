@@ -45,7 +45,7 @@ const KEEP_RESIDENT: usize = 256 << 10;
 const DECOMMIT_BATCH: usize = 16;
 /// Epoch ticks (milliseconds) a call on an event loop may take before it
 /// is interrupted and the policy's calls move to blocking threads.
-const INLINE_TICKS: u64 = 2;
+const INLINE_TICKS: u64 = 5;
 /// Log lines one call may write.
 const MAX_LOG_LINES_PER_CALL: u32 = 16;
 
@@ -642,8 +642,8 @@ impl Policy {
     /// only an instance that is ready, when instances are reused): one that
     /// runs longer is interrupted, and from then on this policy's calls run
     /// on blocking threads, that one again from the start with the full
-    /// deadline. So a slow or hostile policy holds an event loop for a
-    /// millisecond or two once, and a light one costs no thread hand-off.
+    /// deadline. So a slow or hostile policy holds an event loop for a few
+    /// milliseconds once, and a light one costs no thread hand-off.
     /// The same happens to a policy that uses WASI I/O that blocks (writing
     /// to stdout, polling): wasmtime-wasi runs it on the calling thread's
     /// tokio runtime, which an event loop cannot lend, and panics; the panic

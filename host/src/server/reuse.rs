@@ -84,7 +84,7 @@ thread_local! {
 pub(super) struct Quitting<'a> {
     /// The backend's stream.
     pub stream: Stream,
-    /// Its thread id and greeting nonce.
+    /// The backend's thread id.
     pub thread_id: u32,
     /// The greeting nonce a COM_CHANGE_USER answers.
     pub nonce: &'a [u8],
