@@ -355,19 +355,24 @@ pub async fn change_user(
     request: &ChangeUser,
     password: &Sha1Password,
 ) -> Result<Bytes, BackendError> {
-    let command = ChangeUser {
+    stream
+        .write(0, &for_backend(request, nonce, password).encode(caps))
+        .await
+        .map_err(ConnError::from)?;
+    follow_login(stream, password, 1).await
+}
+
+/// `request` as a backend's COM_CHANGE_USER: with a token for the backend's
+/// `nonce`, as `mysql_native_password`.
+fn for_backend(request: &ChangeUser, nonce: &[u8], password: &Sha1Password) -> ChangeUser {
+    ChangeUser {
         username: request.username.clone(),
         auth_response: password.scramble(nonce),
         database: request.database.clone(),
         charset: request.charset,
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
         connect_attrs: request.connect_attrs.clone(),
-    };
-    stream
-        .write(0, &command.encode(caps))
-        .await
-        .map_err(ConnError::from)?;
-    follow_login(stream, password, 1).await
+    }
 }
 
 /// Logs in to a kept backend session (opened with `caps`, greeted with
@@ -398,14 +403,15 @@ pub async fn take_over(
     let client = req.client;
     let change = ChangeUser {
         username: client.username.clone(),
-        auth_response: req.password.scramble(nonce),
+        auth_response: Vec::new(),
         database: client.database.clone(),
         charset: Some(u16::from(client.charset)),
-        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+        auth_plugin: None,
         connect_attrs: client.connect_attrs.clone(),
     };
+    let change = for_backend(&change, nonce, req.password).encode(caps);
     stream
-        .write_packets(&[(0, &query), (0, &change.encode(caps))])
+        .write_packets(&[(0, &query), (0, &change)])
         .await
         .map_err(ConnError::from)?;
     let answer = tokio::time::timeout(check_within, async {

@@ -187,9 +187,12 @@ pub struct Metrics {
     pub bytes_to_clients: ShardedCounter,
     /// Sessions closed for being idle.
     pub idle_closed: AtomicU64,
-    /// Backend sessions kept after their clients quit, by what became of
-    /// them: kept, not at rest (closed), no room (closed).
-    pub backend_kept: [AtomicU64; 3],
+    /// Backend sessions kept after their clients quit.
+    pub backend_kept: AtomicU64,
+    /// Kept backend sessions a login found not at rest (closed).
+    pub backend_not_at_rest: AtomicU64,
+    /// Backend sessions closed when their clients quit, for want of room.
+    pub backend_no_room: AtomicU64,
     /// Logins that took over a kept backend session.
     pub backend_reused: AtomicU64,
     /// Backend sessions kept now, on every worker.
@@ -354,9 +357,12 @@ impl Metrics {
             "Backend sessions whose client quit, by what became of them (pools with idle_sessions).",
             "result",
             &[
-                ("kept", self.backend_kept[0].load(Ordering::Relaxed)),
-                ("not_at_rest", self.backend_kept[1].load(Ordering::Relaxed)),
-                ("no_room", self.backend_kept[2].load(Ordering::Relaxed)),
+                ("kept", self.backend_kept.load(Ordering::Relaxed)),
+                (
+                    "not_at_rest",
+                    self.backend_not_at_rest.load(Ordering::Relaxed),
+                ),
+                ("no_room", self.backend_no_room.load(Ordering::Relaxed)),
             ],
         );
         counter(

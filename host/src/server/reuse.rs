@@ -107,7 +107,7 @@ pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, 
     let full =
         KEPT.with_borrow(|k| k.get(&addr).map_or(0, Vec::len) >= pool.idle_sessions as usize);
     if full {
-        metrics.backend_kept[2].fetch_add(1, Ordering::Relaxed);
+        metrics.backend_no_room.fetch_add(1, Ordering::Relaxed);
         return quit(stream).await;
     }
     let kept = Kept {
@@ -122,7 +122,7 @@ pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, 
         expires: Instant::now() + pool.idle_session_max,
     };
     KEPT.with_borrow_mut(|k| k.entry(addr).or_default().push(kept));
-    metrics.backend_kept[0].fetch_add(1, Ordering::Relaxed);
+    metrics.backend_kept.fetch_add(1, Ordering::Relaxed);
     metrics.backend_idle.fetch_add(1, Ordering::Relaxed);
 }
 

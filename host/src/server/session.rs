@@ -642,15 +642,16 @@ pub(super) async fn route(
 
 /// A kept backend session of `addr` logged in to for `request`, if the
 /// pool keeps them and one fits: `Some(Ok)` to use, `Some(Err)` the
-/// backend's refusal of the user (as a new login would have been refused),
-/// `None` to open a new session (none kept, or the kept one failed).
+/// backend's refusal of the user (`BackendError::Refused`, as a new login
+/// would have been refused), `None` to open a new session (none kept, or
+/// the kept one failed).
 async fn take_kept(
     pool: &Pool,
     addr: std::net::SocketAddr,
     request: &LoginRequest<'_>,
     metrics: &crate::metrics::Metrics,
     deadline: Deadline,
-) -> Option<Result<BackendSession, ErrPacket>> {
+) -> Option<Result<BackendSession, BackendError>> {
     if pool.idle_sessions == 0 {
         return None;
     }
@@ -666,11 +667,11 @@ async fn take_kept(
                 return Some(Ok(session));
             }
             Ok(Err(BackendError::NotAtRest(why))) => {
-                metrics.backend_kept[1].fetch_add(1, Ordering::Relaxed);
+                metrics.backend_not_at_rest.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(backend = %addr, why, "a kept backend session was not at rest; closed");
             }
             Ok(Err(e)) => match e.into_refusal() {
-                Ok(err) => return Some(Err(err)),
+                Ok(err) => return Some(Err(BackendError::Refused(err))),
                 Err(e) => {
                     info!(backend = %addr, error = %e, "a kept backend session failed; opening a new one");
                     return None;
@@ -707,26 +708,15 @@ pub(super) async fn open_backend(
         tried += 1;
         let backend = &candidate.backend;
         let attempt_deadline = deadline.min(now + state.config.connect_timeout());
-        if let Some(result) =
-            take_kept(pool, backend.addr, request, metrics, attempt_deadline).await
-        {
-            match result {
-                Ok(session) => return Ok((lease, session)),
-                Err(err) => {
-                    let reason = format!(
-                        "backend {} refused: {} {}",
-                        backend.addr, err.code, err.message
-                    );
-                    return Err(LoginError::deny(err, seq, Outcome::BackendRefused, reason));
-                }
-            }
-        }
-        let result = timeout_at(
-            attempt_deadline,
-            backend::open(backend.addr, request, pool.tls.as_ref()),
-        )
-        .await
-        .unwrap_or(Err(BackendError::Timeout));
+        let result = match take_kept(pool, backend.addr, request, metrics, attempt_deadline).await {
+            Some(kept) => kept,
+            None => timeout_at(
+                attempt_deadline,
+                backend::open(backend.addr, request, pool.tls.as_ref()),
+            )
+            .await
+            .unwrap_or(Err(BackendError::Timeout)),
+        };
         match result {
             Ok(session) => return Ok((lease, session)),
             Err(e) if e.is_backend_fault() => {
