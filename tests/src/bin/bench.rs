@@ -16,7 +16,9 @@
 //! `[pools.main]` table has these lines too, measured in the same rounds
 //! (an A/B comparison of a setting; implies `--no-readme`),
 //! `--alt-env KEY=VALUE` (repeatable): the same with an environment
-//! variable set for that Switchyard.
+//! variable set for that Switchyard; `--target NAME` (repeatable): measure
+//! only these targets (`direct`, `haproxy`, `switchyard`,
+//! `switchyard-tuned`, `switchyard-alt`), e.g. to profile one of them.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,11 +51,16 @@ struct Options {
     alt_policy: Vec<String>,
     alt_pool: Vec<String>,
     alt_env: Vec<(String, String)>,
+    targets: Vec<String>,
 }
 
 impl Options {
     fn runs(&self, workload: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == workload)
+    }
+
+    fn measures(&self, target: &str) -> bool {
+        self.targets.is_empty() || self.targets.iter().any(|t| t == target)
     }
 }
 
@@ -66,6 +73,7 @@ fn options() -> Result<Options> {
         alt_policy: Vec::new(),
         alt_pool: Vec::new(),
         alt_env: Vec::new(),
+        targets: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -91,6 +99,10 @@ fn options() -> Result<Options> {
                 let kv = args.next().context("--alt-env KEY=VALUE")?;
                 let (k, v) = kv.split_once('=').context("--alt-env KEY=VALUE")?;
                 o.alt_env.push((k.to_owned(), v.to_owned()));
+                o.readme = false;
+            }
+            "--target" => {
+                o.targets.push(args.next().context("--target NAME")?);
                 o.readme = false;
             }
             other => bail!("unknown option {other}"),
@@ -241,6 +253,29 @@ fn with_cpu<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((value, cpu_seconds(pid) - before))
 }
 
+/// CPU seconds all CPUs of the machine have spent busy (not idle or
+/// waiting for I/O), from `/proc/stat`.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 fn rss_kib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -359,9 +394,15 @@ fn read_result(c: &mut RawClient) -> Result<u64> {
 /// [`STREAMING_FOR`] (at least 4 times): one read takes a few tens of
 /// milliseconds, too short to measure alone on a machine whose speed
 /// drifts.
-fn streaming(port: u16) -> Result<f64> {
+fn streaming(port: u16, target_pid: u32, db_pid: u32) -> Result<Streaming> {
     let mut c = login(port)?;
     let started = Instant::now();
+    let cpu = [
+        cpu_seconds(target_pid),
+        cpu_seconds(db_pid),
+        own_cpu_seconds(),
+        machine_busy_seconds(),
+    ];
     let mut total = 0;
     let mut reads = 0;
     while reads < 4 || started.elapsed() < STREAMING_FOR {
@@ -369,7 +410,28 @@ fn streaming(port: u16) -> Result<f64> {
         total += read_result(&mut c)?;
         reads += 1;
     }
-    Ok(total as f64 / 1e6 / started.elapsed().as_secs_f64())
+    let wall = started.elapsed().as_secs_f64();
+    let mb = total as f64 / 1e6;
+    let per_mb = |now: f64, before: f64| (now - before) / mb * 1e6;
+    Ok(Streaming {
+        mb_per_sec: mb / wall,
+        target_us_per_mb: per_mb(cpu_seconds(target_pid), cpu[0]),
+        db_us_per_mb: per_mb(cpu_seconds(db_pid), cpu[1]),
+        client_us_per_mb: per_mb(own_cpu_seconds(), cpu[2]),
+        cores_busy: (machine_busy_seconds() - cpu[3]) / wall,
+    })
+}
+
+/// One streaming measurement: throughput, and where the CPU went.
+struct Streaming {
+    mb_per_sec: f64,
+    /// CPU per MB of the target process (mariadbd itself for direct).
+    target_us_per_mb: f64,
+    db_us_per_mb: f64,
+    /// The reading client (this process).
+    client_us_per_mb: f64,
+    /// All CPUs of the machine, busy time over wall time.
+    cores_busy: f64,
 }
 
 /// Connection churn: connect, log in, SELECT 1, quit.
@@ -578,7 +640,9 @@ fn main() -> Result<()> {
     }
     let churn_seconds = o.seconds.div_ceil(2).max(2);
     for round in 0..o.rounds {
-        let mut order: Vec<usize> = (0..targets.len()).collect();
+        let mut order: Vec<usize> = (0..targets.len())
+            .filter(|&i| o.measures(targets[i].name))
+            .collect();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -605,8 +669,19 @@ fn main() -> Result<()> {
             samples[i].add("point_select 32 threads, q/s", s.qps);
         }
         for &i in order.iter().filter(|_| o.runs("streaming")) {
-            let mbs = streaming(targets[i].port)?;
-            samples[i].add("streaming 64 × 1 MiB rows, MB/s", mbs);
+            let s = streaming(targets[i].port, targets[i].pid, targets[0].pid)?;
+            let m = &mut samples[i];
+            m.add("streaming 64 × 1 MiB rows, MB/s", s.mb_per_sec);
+            m.add(
+                "streaming: CPU per MB of the target process, µs",
+                s.target_us_per_mb,
+            );
+            m.add("streaming: CPU per MB of mariadbd, µs", s.db_us_per_mb);
+            m.add(
+                "streaming: CPU per MB of the client, µs",
+                s.client_us_per_mb,
+            );
+            m.add("streaming: CPUs busy (whole machine)", s.cores_busy);
         }
         for &i in order.iter().filter(|_| o.runs("churn")) {
             let t = &targets[i];
@@ -683,7 +758,12 @@ fn report(
         ratios.join(" | ")
     );
     let _ = writeln!(t, "|---|{}", "---|".repeat(2 * names.len() - 1));
-    let metrics: Vec<String> = samples[0].0.iter().map(|(m, _)| m.clone()).collect();
+    let mut metrics: Vec<String> = Vec::new();
+    for (m, _) in samples.iter().flat_map(|s| s.0.iter()) {
+        if !metrics.contains(m) {
+            metrics.push(m.clone());
+        }
+    }
     for metric in metrics {
         let mut cells = Vec::new();
         let mut medians = Vec::new();
