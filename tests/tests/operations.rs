@@ -1952,6 +1952,53 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
         "switchyard_backend_sessions_kept_total{result=\"kept\"}",
         4.0,
     )?;
+    // A COM_CHANGE_USER that moves a session to another pool keeps the
+    // backend session it leaves, and the next login of its shape takes it
+    // (while the moved session is still open, so that its own backend
+    // session is not the newest kept one).
+    rt.block_on(async {
+        let mut c = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let before: Option<u32> = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(fail)?;
+        let before = before.ok_or_else(|| fail("no connection id"))?;
+        c.query_drop("SET @moved_from = 1").await.map_err(fail)?;
+        let change = mysql_async::ChangeUserOpts::default()
+            .with_user(Some(SLAVE_USER.0.into()))
+            .with_pass(Some(SLAVE_USER.1.into()))
+            .with_db_name(Some("app".into()));
+        c.change_user(change).await.map_err(fail)?;
+        let after: Option<(u32, String)> = c
+            .query_first("SELECT CONNECTION_ID(), CURRENT_USER()")
+            .await
+            .map_err(fail)?;
+        let (after, user) = after.ok_or_else(|| fail("no row"))?;
+        check(after != before, "the move did not open a backend session")?;
+        check(user.starts_with(&format!("{}@", SLAVE_USER.0)), user)?;
+        wait_for_metric(
+            &setup,
+            "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+            5.0,
+        )?;
+        let mut next = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let row: Option<(u32, Option<u32>)> = next
+            .query_first("SELECT CONNECTION_ID(), @moved_from")
+            .await
+            .map_err(fail)?;
+        let (thread, moved_from) = row.ok_or_else(|| fail("no row"))?;
+        check(
+            thread == before,
+            format!("thread {thread}, left behind {before}"),
+        )?;
+        check(moved_from.is_none(), "@moved_from survived")?;
+        next.disconnect().await.map_err(fail)?;
+        c.disconnect().await.map_err(fail)
+    })?;
     // Kept sessions are closed (with COM_QUIT) after idle_session_ms.
     wait_until("kept sessions are closed", Duration::from_secs(8), || {
         Ok(metric(&setup, "switchyard_backend_sessions_idle")? == 0.0)

@@ -7,7 +7,8 @@
 //! - same pool: re-authenticates the backend session in place
 //!   (COM_CHANGE_USER with a token for the backend's own nonce);
 //! - another pool: opens a backend session in that pool, and only once it
-//!   is logged in closes the old one.
+//!   is logged in lets the old one go: kept for a later login if its pool
+//!   keeps sessions (`idle_sessions`), closed otherwise.
 //!
 //! Either way the client hears the backend's OK in its own sequence. A
 //! refusal before the backend is touched (wrong password, user limit,
@@ -26,11 +27,11 @@ use super::limits::UserClaim;
 use super::session::{
     LoginError, SessionCtx, claim_user, lookup_account, open_backend, route, throttle_failure,
 };
-use super::{Shared, authn, codes};
+use super::{Shared, authn, codes, reuse};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::{PacketStream, Stream};
-use crate::metrics::ChangeUserOutcome;
-use crate::pool::BackendLease;
+use crate::metrics::{ChangeUserOutcome, Metrics};
+use crate::pool::{BackendLease, Pool};
 use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
 
 /// Largest COM_CHANGE_USER accepted.
@@ -59,12 +60,41 @@ enum Step {
     Keep,
     /// The session goes on as the new user, on its backend session.
     Reauthenticated { user: UserClaim },
-    /// The session goes on as the new user, on a new backend session.
+    /// The session goes on as the new user, on a new backend session; the
+    /// old one is kept for a later login (see [`reuse`]) or closed.
     Moved {
         backend: PacketStream,
         lease: BackendLease,
         user: UserClaim,
+        left: Left,
     },
+}
+
+/// What the session knew of the backend session it moved away from.
+struct Left {
+    thread_id: u32,
+    nonce: Box<[u8]>,
+    capabilities: CapabilityFlags,
+    shape: reuse::Shape,
+    pool: Arc<Pool>,
+}
+
+/// Keeps the backend session a move left, if its pool keeps sessions and
+/// nothing of it is waiting to be read (its at-rest check comes when a
+/// login takes it over); otherwise closes it with COM_QUIT.
+async fn leave(backend: PacketStream, lease: &BackendLease, left: Left, metrics: &Metrics) {
+    if left.pool.idle_sessions == 0 || backend.has_buffered() {
+        return reuse::quit(backend).await;
+    }
+    let (stream, _) = backend.into_parts();
+    let quitting = reuse::Quitting {
+        stream,
+        thread_id: left.thread_id,
+        nonce: &left.nonce,
+        capabilities: left.capabilities,
+        shape: left.shape,
+    };
+    reuse::keep(quitting, lease.backend().addr, &left.pool, metrics).await;
 }
 
 /// Handles the COM_CHANGE_USER at the start of `bound.client_rest`;
@@ -131,8 +161,7 @@ pub(super) async fn handle(
             return None;
         }
     };
-    // The old claims go when replaced; a replaced backend session (sent
-    // COM_QUIT) closes as it is dropped.
+    // The old claims go when replaced.
     let (backend, lease, user) = match step {
         Step::Keep => (backend, lease, user),
         Step::Reauthenticated { user: new_user } => (backend, lease, new_user),
@@ -140,7 +169,13 @@ pub(super) async fn handle(
             backend: new_backend,
             lease: new_lease,
             user: new_user,
-        } => (new_backend, new_lease, new_user),
+            left,
+        } => {
+            // Only now, with the client answered, is the old backend
+            // session let go.
+            leave(backend, &lease, left, metrics).await;
+            (new_backend, new_lease, new_user)
+        }
     };
     let (client, client_rest) = client.into_parts();
     let (backend, backend_rest) = backend.into_parts();
@@ -276,21 +311,23 @@ async fn exchange(
         .write(seq, &session.ok)
         .await
         .map_err(|e| LoginError::client(e.into()))?;
-    // Only now is the old backend session closed.
-    let _ = backend
-        .write(0, &[crate::protocol::Command::Quit as u8])
-        .await;
     span.record("user", user);
     span.record("pool", pool.name.as_str());
     span.record("backend", field::display(lease.backend().addr));
     info!("COM_CHANGE_USER: moved the session to another pool");
-    ctx.pool = pool;
-    ctx.backend_nonce = session.nonce.into_boxed_slice();
+    let left = Left {
+        thread_id: ctx.backend_thread,
+        nonce: std::mem::replace(&mut ctx.backend_nonce, session.nonce.into_boxed_slice()),
+        capabilities: ctx.backend_caps,
+        shape: ctx.shape(),
+        pool: std::mem::replace(&mut ctx.pool, pool),
+    };
     ctx.backend_thread = session.thread_id;
     ctx.backend_caps = session.capabilities;
     Ok(Step::Moved {
         backend: session.stream,
         lease,
         user: claim,
+        left,
     })
 }

@@ -201,7 +201,7 @@ fn take_all(which: impl Fn(&Kept) -> bool, metrics: &Metrics) -> Vec<BackendSess
 }
 
 /// Ends a backend session politely: COM_QUIT, then close.
-async fn quit(mut stream: PacketStream) {
+pub(super) async fn quit(mut stream: PacketStream) {
     let _ = tokio::time::timeout(QUIT_TIMEOUT, stream.write(0, &[Command::Quit as u8])).await;
 }
 

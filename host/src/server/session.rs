@@ -107,7 +107,7 @@ pub(super) struct SessionCtx {
 
 impl SessionCtx {
     /// The shape of this client session, for a kept backend session.
-    fn shape(&self) -> reuse::Shape {
+    pub(super) fn shape(&self) -> reuse::Shape {
         reuse::Shape::of(
             (self.capabilities, self.offered),
             (self.mariadb_capabilities, self.offered_mariadb),
