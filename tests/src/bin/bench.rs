@@ -18,7 +18,10 @@
 //! `--alt-env KEY=VALUE` (repeatable): the same with an environment
 //! variable set for that Switchyard; `--target NAME` (repeatable): measure
 //! only these targets (`direct`, `haproxy`, `switchyard`,
-//! `switchyard-tuned`, `switchyard-alt`), e.g. to profile one of them.
+//! `switchyard-tuned`, `switchyard-alt`, `kernel-relay`), e.g. to profile
+//! one of them; `--kernel-relay`: one more target, the `kernel_relay`
+//! instrument (root only), a TCP relay whose server-to-client bytes never
+//! leave the kernel: what a relay could reach with a BPF sockmap.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +55,7 @@ struct Options {
     alt_pool: Vec<String>,
     alt_env: Vec<(String, String)>,
     targets: Vec<String>,
+    kernel_relay: bool,
 }
 
 impl Options {
@@ -74,6 +78,7 @@ fn options() -> Result<Options> {
         alt_pool: Vec::new(),
         alt_env: Vec::new(),
         targets: Vec::new(),
+        kernel_relay: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -99,6 +104,10 @@ fn options() -> Result<Options> {
                 let kv = args.next().context("--alt-env KEY=VALUE")?;
                 let (k, v) = kv.split_once('=').context("--alt-env KEY=VALUE")?;
                 o.alt_env.push((k.to_owned(), v.to_owned()));
+                o.readme = false;
+            }
+            "--kernel-relay" => {
+                o.kernel_relay = true;
                 o.readme = false;
             }
             "--target" => {
@@ -151,6 +160,50 @@ impl HaProxy {
             port,
             _dir: dir,
         })
+    }
+}
+
+/// The `kernel_relay` instrument (see `src/bin/kernel_relay.rs`): a TCP
+/// relay whose server-to-client bytes are redirected inside the kernel.
+struct KernelRelay {
+    child: Child,
+    port: u16,
+}
+
+impl KernelRelay {
+    fn start(backend: SocketAddr) -> Result<Self> {
+        let ok = cargo_command()
+            .args([
+                "build",
+                "-q",
+                "--release",
+                "-p",
+                "switchyard-e2e",
+                "--bin",
+                "kernel_relay",
+            ])
+            .current_dir(workspace_root())
+            .status()?
+            .success();
+        if !ok {
+            bail!("building kernel_relay failed");
+        }
+        let bin = std::env::current_exe()?.with_file_name("kernel_relay");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.arg(port.to_string())
+            .arg(backend.to_string())
+            .stdout(Stdio::null());
+        let child = spawn(cmd).context("starting kernel_relay (it needs root)")?;
+        wait_port(port)?;
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for KernelRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -632,6 +685,18 @@ fn main() -> Result<()> {
             name: "switchyard-alt",
             port: alt_port,
             pid: alt.pid().context("pid")?,
+        });
+    }
+    let kernel_relay = if o.kernel_relay {
+        Some(KernelRelay::start(db.addr())?)
+    } else {
+        None
+    };
+    if let Some(k) = &kernel_relay {
+        targets.push(Target {
+            name: "kernel-relay",
+            port: k.port,
+            pid: k.child.id(),
         });
     }
     let mut samples: Vec<Samples> = (0..targets.len()).map(|_| Samples::default()).collect();
