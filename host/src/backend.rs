@@ -305,28 +305,7 @@ pub async fn open(
 ) -> Result<BackendSession, BackendError> {
     let (mut stream, greeting) = connect(addr).await?;
     let mut response = backend_response(req, &greeting);
-    let mut first_seq = 1;
-    if let Some(tls) = tls {
-        if greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL) {
-            // The SSLRequest is the response's first 32 bytes; the whole
-            // response follows over TLS.
-            response.capabilities |= CapabilityFlags::CLIENT_SSL;
-            let encoded = response.encode();
-            stream
-                .write(1, &encoded[..crate::protocol::SSL_REQUEST_LEN])
-                .await
-                .map_err(ConnError::from)?;
-            stream
-                .connect_tls(
-                    &tls.connector,
-                    rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
-                )
-                .await?;
-            first_seq = 2;
-        } else if tls.required {
-            return Err(BackendError::TlsUnavailable);
-        }
-    }
+    let first_seq = secure(&mut stream, &mut response, &greeting, tls, addr).await?;
     let lost = lost_flags(req, &response);
     if !lost.is_empty() {
         // The client's session has flags this backend does not: relayed
@@ -342,6 +321,44 @@ pub async fn open(
         ok,
         capabilities: response.capabilities,
     })
+}
+
+/// Switches a freshly greeted backend connection to TLS if `tls` says
+/// so and the server offers it (an SSLRequest, then the handshake), adding
+/// CLIENT_SSL to `response`; a server without TLS is an error when TLS is
+/// required. Returns the sequence id the login response goes out with.
+async fn secure(
+    stream: &mut PacketStream,
+    response: &mut HandshakeResponse,
+    greeting: &Greeting,
+    tls: Option<&BackendTls>,
+    addr: SocketAddr,
+) -> Result<u8, BackendError> {
+    let Some(tls) = tls else {
+        return Ok(1);
+    };
+    if !greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL) {
+        return if tls.required {
+            Err(BackendError::TlsUnavailable)
+        } else {
+            Ok(1)
+        };
+    }
+    // The SSLRequest is the response's first 32 bytes; the whole response
+    // follows over TLS.
+    response.capabilities |= CapabilityFlags::CLIENT_SSL;
+    let encoded = response.encode();
+    stream
+        .write(1, &encoded[..crate::protocol::SSL_REQUEST_LEN])
+        .await
+        .map_err(ConnError::from)?;
+    stream
+        .connect_tls(
+            &tls.connector,
+            rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+        )
+        .await?;
+    Ok(2)
 }
 
 /// Re-authenticates a logged-in backend session (opened with `caps`,
@@ -502,11 +519,13 @@ pub struct MonitorSession {
 }
 
 impl MonitorSession {
-    /// Connects to `addr` and logs in as `user`.
+    /// Connects to `addr` and logs in as `user`, over TLS if `tls` (a pool
+    /// of the backend's) says so.
     pub async fn open(
         addr: SocketAddr,
         user: &str,
         password: &Sha1Password,
+        tls: Option<&BackendTls>,
     ) -> Result<Self, BackendError> {
         let (mut stream, greeting) = connect(addr).await?;
         let wanted = CapabilityFlags::CLIENT_PROTOCOL_41
@@ -515,7 +534,7 @@ impl MonitorSession {
             | CapabilityFlags::CLIENT_LONG_PASSWORD
             | CapabilityFlags::CLIENT_LONG_FLAG
             | CapabilityFlags::CLIENT_TRANSACTIONS;
-        let response = HandshakeResponse {
+        let mut response = HandshakeResponse {
             capabilities: wanted & (greeting.capabilities | CapabilityFlags::client_only())
                 | CapabilityFlags::CLIENT_PROTOCOL_41
                 | CapabilityFlags::CLIENT_SECURE_CONNECTION
@@ -529,7 +548,8 @@ impl MonitorSession {
             auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
             connect_attrs: None,
         };
-        login(&mut stream, &response, password, 1).await?;
+        let first_seq = secure(&mut stream, &mut response, &greeting, tls, addr).await?;
+        login(&mut stream, &response, password, first_seq).await?;
         Ok(Self { stream, greeting })
     }
 

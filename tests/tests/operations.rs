@@ -1748,7 +1748,13 @@ fn tls_towards_backends(env: &Env) -> TestResult {
         ],
     )
     .map_err(fail)?;
-    server.sql("CREATE USER 'tlsuser'@'%' IDENTIFIED BY 'tlspass' REQUIRE SSL");
+    server.sql(&format!(
+        "CREATE USER 'tlsuser'@'%' IDENTIFIED BY 'tlspass' REQUIRE SSL;
+         CREATE USER '{m}'@'%' IDENTIFIED BY '{p}' REQUIRE SSL;
+         GRANT SLAVE MONITOR ON *.* TO '{m}'@'%';",
+        m = MONITOR.0,
+        p = MONITOR.1
+    ));
     let mut setup = Setup::new(&env.topology());
     let addrs = {
         let t = env.topology();
@@ -1785,6 +1791,14 @@ fn tls_towards_backends(env: &Env) -> TestResult {
     check(
         !cipher.is_empty() && backend_port == port,
         format!("backend session cipher '{cipher}' on port {backend_port}"),
+    )?;
+    // The monitor account, which must use TLS there too, logs in over the
+    // pool's TLS: the server's read_only becomes known.
+    let read_only = format!("switchyard_backend_read_only{{backend=\"127.0.0.1:{port}\"}}");
+    wait_until(
+        "the monitor reads the TLS backend",
+        Duration::from_secs(5),
+        || Ok(metrics(&setup)?.get(&read_only) == Some(&0.0)),
     )?;
     // "preferred" towards servers without TLS: plain, and it works.
     check(

@@ -94,11 +94,12 @@ impl Checker {
             let backend = Arc::clone(backend);
             let conn = self.conns.remove(&backend.addr);
             let monitor = monitor.cloned();
+            let tls = pools.tls_for(backend.addr).cloned();
             set.spawn(async move {
                 let addr = backend.addr;
                 let (finding, conn) = match tokio::time::timeout(
                     timeout,
-                    check(addr, monitor.as_ref(), conn),
+                    check(addr, monitor.as_ref(), tls.as_ref(), conn),
                 )
                 .await
                 {
@@ -160,6 +161,7 @@ fn apply(backend: &Backend, finding: Finding, health: &HealthConfig, monitored: 
 async fn check(
     addr: SocketAddr,
     monitor: Option<&Monitor>,
+    tls: Option<&crate::backend::BackendTls>,
     conn: Option<MonitorConn>,
 ) -> (Finding, Option<MonitorConn>) {
     let Some(monitor) = monitor else {
@@ -177,11 +179,23 @@ async fn check(
     };
     let mut conn = match conn {
         Some(c) => c,
-        None => match MonitorSession::open(addr, &monitor.user, &monitor.password).await {
+        None => match MonitorSession::open(addr, &monitor.user, &monitor.password, tls).await {
             Ok(session) => MonitorConn {
                 session,
                 status_query: StatusQuery::AllSlaves,
             },
+            Err(BackendError::TlsUnavailable) => {
+                // Up, but not as its pool requires: sessions to it fail
+                // with their own error; its replication is unknown.
+                warn!(backend = %addr, "monitor login: the backend offers no TLS, which its pool requires");
+                return (
+                    Finding {
+                        reachable: Ok(()),
+                        replication: None,
+                    },
+                    None,
+                );
+            }
             Err(BackendError::Refused(e)) if !matches!(e.code, 1040 | 1129 | 1203) => {
                 // The server answers but refuses the monitor account: it is
                 // up, its replication is unknown.

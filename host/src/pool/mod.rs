@@ -549,6 +549,24 @@ impl Pools {
         self.backends.values()
     }
 
+    /// The TLS to speak to the backend at `addr` outside a client's session
+    /// (health checks, loading accounts): that of a pool it is in, one that
+    /// requires TLS first.
+    pub fn tls_for(&self, addr: SocketAddr) -> Option<&crate::backend::BackendTls> {
+        let mut found = None;
+        for pool in self.pools.values() {
+            let Some(tls) = &pool.tls else { continue };
+            if !pool.members.iter().any(|m| m.backend.addr == addr) {
+                continue;
+            }
+            if tls.required {
+                return Some(tls);
+            }
+            found.get_or_insert(tls);
+        }
+        found
+    }
+
     /// The configured backend at `addr`.
     pub fn backend(&self, addr: SocketAddr) -> Option<&Arc<Backend>> {
         self.backends.get(&addr)

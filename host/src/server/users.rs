@@ -119,7 +119,11 @@ async fn read_accounts(
         .into_iter()
         .next()
         .ok_or_else(|| format!("no backend of pool '{pool_name}' is available"))?;
-    let mut session = MonitorSession::open(member.backend.addr, &user, &password)
+    let tls = pool
+        .tls
+        .as_ref()
+        .or(state.pools.tls_for(member.backend.addr));
+    let mut session = MonitorSession::open(member.backend.addr, &user, &password, tls)
         .await
         .map_err(|e| format!("{}: {e}", member.backend.addr))?;
     let rows = session
