@@ -159,7 +159,7 @@ impl BackendError {
     /// client's; "too many connections" and "host blocked" are the server's.
     pub fn is_backend_fault(&self) -> bool {
         match self {
-            Self::Refused(e) => self_is_fault(e),
+            Self::Refused(e) => is_server_fault(e),
             Self::UnsupportedPlugin(_) | Self::NotAtRest(_) => false,
             Self::Connect(_) | Self::Timeout | Self::Conn(_) | Self::TlsUnavailable => true,
         }
@@ -169,7 +169,7 @@ impl BackendError {
     /// server's), else the error itself.
     pub fn into_refusal(self) -> Result<ErrPacket, Self> {
         match self {
-            Self::Refused(err) if !self_is_fault(&err) => Ok(err),
+            Self::Refused(err) if !is_server_fault(&err) => Ok(err),
             other => Err(other),
         }
     }
@@ -178,7 +178,7 @@ impl BackendError {
 /// Whether an ERR from a login is the server's fault ("too many
 /// connections", "host blocked", "user has too many connections") rather
 /// than a refusal of the client's request.
-fn self_is_fault(err: &ErrPacket) -> bool {
+pub fn is_server_fault(err: &ErrPacket) -> bool {
     matches!(err.code, 1040 | 1129 | 1203)
 }
 

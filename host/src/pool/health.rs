@@ -196,7 +196,7 @@ async fn check(
                     None,
                 );
             }
-            Err(BackendError::Refused(e)) if !matches!(e.code, 1040 | 1129 | 1203) => {
+            Err(BackendError::Refused(e)) if !crate::backend::is_server_fault(&e) => {
                 // The server answers but refuses the monitor account: it is
                 // up, its replication is unknown.
                 warn!(backend = %addr, code = e.code, "monitor login refused: {}", e.message);

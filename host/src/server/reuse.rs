@@ -183,14 +183,11 @@ fn take_all(which: impl Fn(&Kept) -> bool, metrics: &Metrics) -> Vec<BackendSess
     let mut out = Vec::new();
     KEPT.with_borrow_mut(|k| {
         for list in k.values_mut() {
-            let mut i = 0;
-            while i < list.len() {
-                if which(&list[i]) {
-                    out.push(list.swap_remove(i).session);
-                } else {
-                    i += 1;
-                }
-            }
+            // In order: `take` relies on the newest being last.
+            out.extend(
+                list.extract_if(.., |kept| which(kept))
+                    .map(|kept| kept.session),
+            );
         }
         k.retain(|_, list| !list.is_empty());
     });
