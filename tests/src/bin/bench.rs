@@ -172,22 +172,6 @@ struct KernelRelay {
 
 impl KernelRelay {
     fn start(backend: SocketAddr) -> Result<Self> {
-        let ok = cargo_command()
-            .args([
-                "build",
-                "-q",
-                "--release",
-                "-p",
-                "switchyard-e2e",
-                "--bin",
-                "kernel_relay",
-            ])
-            .current_dir(workspace_root())
-            .status()?
-            .success();
-        if !ok {
-            bail!("building kernel_relay failed");
-        }
         let bin = std::env::current_exe()?.with_file_name("kernel_relay");
         let port = free_port();
         let mut cmd = Command::new(bin);
@@ -247,8 +231,19 @@ fn switchyard_config(
     )
 }
 
-fn build_release() -> Result<(PathBuf, PathBuf)> {
+/// Builds Switchyard and the default policy (and, when asked, the
+/// `kernel_relay` instrument) for release.
+fn build_release(kernel_relay: bool) -> Result<(PathBuf, PathBuf)> {
     let root = workspace_root();
+    let relay: &[&str] = &[
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "switchyard-e2e",
+        "--bin",
+        "kernel_relay",
+    ];
     for args in [
         &[
             "build",
@@ -268,7 +263,10 @@ fn build_release() -> Result<(PathBuf, PathBuf)> {
             "--target",
             "wasm32-wasip2",
         ][..],
-    ] {
+    ]
+    .into_iter()
+    .chain(kernel_relay.then_some(relay))
+    {
         let ok = cargo_command()
             .args(args)
             .current_dir(&root)
@@ -591,7 +589,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() -> Result<()> {
     let o = options()?;
     raise_fd_limit();
-    let (switchyard_bin, policy) = build_release()?;
+    let (switchyard_bin, policy) = build_release(o.kernel_relay)?;
     let dir = tempfile::Builder::new()
         .prefix("switchyard-bench-")
         .tempdir()?;
