@@ -1384,7 +1384,13 @@ fn users_loaded_from_the_primary(env: &Env) -> TestResult {
     let config = format!("{}{accounts}{}", &config[..start], &config[end..]);
     let proxy = Proxy::start(&config).map_err(fail)?;
     // Loaded at start: mysqlslave is not in the file.
-    let ids = login_ids(&proxy, SLAVE_USER, 2)?;
+    let ids = login_ids(&proxy, SLAVE_USER, 2).map_err(|e| {
+        fail(format!(
+            "{}\n{}",
+            e.message().unwrap_or_default(),
+            proxy.log()
+        ))
+    })?;
     check(
         ids.iter().all(|id| REPLICA_IDS.contains(id)),
         format!("{ids:?}"),
