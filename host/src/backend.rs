@@ -555,6 +555,15 @@ impl MonitorSession {
 
     /// Runs `sql` (COM_QUERY) and reads the whole reply.
     pub async fn query(&mut self, sql: &str) -> Result<QueryReply, BackendError> {
+        self.query_up_to(sql, 1024).await
+    }
+
+    /// Runs `sql`, accepting up to `max_rows` rows.
+    pub async fn query_up_to(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<QueryReply, BackendError> {
         let mut payload = Vec::with_capacity(sql.len() + 1);
         payload.push(0x03);
         payload.extend_from_slice(sql.as_bytes());
@@ -562,7 +571,7 @@ impl MonitorSession {
             .write(0, &payload)
             .await
             .map_err(ConnError::from)?;
-        let mut decoder = ResultSetDecoder::new(false);
+        let mut decoder = ResultSetDecoder::new(false).with_max_rows(max_rows);
         let mut seq = 1u8;
         loop {
             let p = self.stream.read_seq(seq).await?;
@@ -575,7 +584,16 @@ impl MonitorSession {
 
     /// Runs `sql` and expects rows.
     pub async fn rows(&mut self, sql: &str) -> Result<TextResult, BackendError> {
-        match self.query(sql).await? {
+        self.rows_up_to(sql, 1024).await
+    }
+
+    /// Runs `sql` and expects up to `max_rows` rows.
+    pub async fn rows_up_to(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<TextResult, BackendError> {
+        match self.query_up_to(sql, max_rows).await? {
             QueryReply::Rows(t) => Ok(t),
             QueryReply::Ok => Ok(TextResult::default()),
             QueryReply::Err(e) => Err(BackendError::Refused(e)),

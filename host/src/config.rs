@@ -246,12 +246,16 @@ pub struct UsersTable {
     /// How often to read the accounts again, in milliseconds. Default 60000.
     #[serde(default = "default_users_refresh_ms")]
     pub refresh_ms: u64,
-    /// A login by an unknown user reads the accounts again at once, but not
-    /// more often than this, in milliseconds. Default 5000.
+    /// A login by an unknown user has the accounts read again in the
+    /// background (the login itself is refused as unknown; a retry after
+    /// the read succeeds), but not more often than this, in milliseconds;
+    /// at least 1000 whatever is set. Default 5000.
     #[serde(default = "default_users_min_refresh_ms")]
     pub min_refresh_ms: u64,
     /// The service account that reads them (needs `SELECT` on
-    /// `mysql.user`). Default: the `[monitor]` account.
+    /// `mysql.global_priv` on MariaDB 10.4+, to see locked and expired
+    /// accounts; with `SELECT` on `mysql.user` only, passwordless accounts
+    /// are not loaded). Default: the `[monitor]` account.
     #[serde(default)]
     pub user: Option<String>,
     /// Its `SHA1(password)`, 40 hex digits.
@@ -331,6 +335,18 @@ pub struct ThrottleConfig {
     /// Default 60000.
     #[serde(default = "default_throttle_block_ms")]
     pub block_ms: u64,
+    /// IPv6 clients are counted by this many leading bits of their
+    /// address (one host commonly holds a whole /64); 128 counts each
+    /// address alone. IPv4 addresses (and IPv4-mapped IPv6 ones) are
+    /// counted alone. Default 64. Applies to `max_pending_logins` too.
+    #[serde(default = "default_throttle_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Connections from one client address (IPv6: prefix) that may be
+    /// logging in at once, greeted and not yet logged in; more are
+    /// refused with ERR 1040 before the greeting (0: no limit). A login
+    /// that times out counts as a failed login. Default 64.
+    #[serde(default = "default_throttle_max_pending_logins")]
+    pub max_pending_logins: u32,
 }
 
 impl Default for ThrottleConfig {
@@ -339,6 +355,8 @@ impl Default for ThrottleConfig {
             max_failures: default_throttle_failures(),
             window_ms: default_throttle_window_ms(),
             block_ms: default_throttle_block_ms(),
+            ipv6_prefix: default_throttle_ipv6_prefix(),
+            max_pending_logins: default_throttle_max_pending_logins(),
         }
     }
 }
@@ -704,6 +722,12 @@ fn default_throttle_window_ms() -> u64 {
 fn default_throttle_block_ms() -> u64 {
     60_000
 }
+fn default_throttle_ipv6_prefix() -> u8 {
+    64
+}
+fn default_throttle_max_pending_logins() -> u32 {
+    64
+}
 fn default_admin_listen() -> Spanned<SocketAddr> {
     Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9033)))
 }
@@ -816,6 +840,9 @@ impl Config {
                     format!("user '{}' is defined twice", user.name.get_ref()),
                 ));
             }
+        }
+        if self.throttle.ipv6_prefix > 128 {
+            return Err((None, "[throttle] ipv6_prefix must be at most 128".into()));
         }
         if self.pools.is_empty() {
             return Err((None, "at least one pool must be configured".into()));

@@ -72,7 +72,23 @@ pub enum Sha2Path {
 impl RawClient {
     /// Connects (10 s read timeout).
     pub fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr)?;
+        Self::from_stream(TcpStream::connect(addr)?)
+    }
+
+    /// Connects from the local address `from` (another loopback address,
+    /// to be another client to the proxy's per-address limits).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect(&addr.into())?;
+        Self::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(Self {
             stream,
@@ -155,6 +171,18 @@ impl RawClient {
         plugin: &str,
     ) -> Result<LoginOutcome> {
         let greeting = self.greeting()?;
+        self.respond(&greeting, user, password, db, plugin)
+    }
+
+    /// [`login`](Self::login) after the greeting was read.
+    pub fn respond(
+        &mut self,
+        greeting: &Greeting,
+        user: &str,
+        password: &str,
+        db: Option<&str>,
+        plugin: &str,
+    ) -> Result<LoginOutcome> {
         let secret = Sha1Password::of_password(password.as_bytes());
         let auth = if plugin == "mysql_native_password" {
             secret.scramble(&greeting.auth_data)

@@ -16,6 +16,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::{PasswordHash, Sha1Password};
+use switchyard::protocol::ErrPacket;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
 
@@ -82,6 +83,10 @@ fn main() {
         (
             "failed_login_throttle_engages_and_expires",
             throttle_engages_and_expires,
+        ),
+        (
+            "pending_logins_are_limited_per_address",
+            pending_logins_are_limited_per_address,
         ),
         (
             "per_user_limit_and_idle_timeout",
@@ -821,6 +826,58 @@ fn throttle_engages_and_expires(env: &Env) -> TestResult {
         .map_err(fail)
 }
 
+fn pending_logins_are_limited_per_address(env: &Env) -> TestResult {
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = "[throttle]\nmax_pending_logins = 2\nmax_failures = 2\nblock_ms = 60000\n".into();
+    let config = setup
+        .config()
+        .replace("login_timeout_ms = 5000", "login_timeout_ms = 1000");
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let silent: std::net::IpAddr = "127.0.0.31".parse().map_err(fail)?;
+    let other: std::net::IpAddr = "127.0.0.32".parse().map_err(fail)?;
+    let first_error = |from| -> Result<Option<u16>, Failed> {
+        let mut raw = RawClient::connect_from(addr, from)?;
+        let p = raw.expect_packet()?;
+        Ok(ErrPacket::is_err(&p.payload).then(|| u16::from_le_bytes([p.payload[1], p.payload[2]])))
+    };
+    // Two connections that are greeted and say nothing hold the address's
+    // pending logins...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut raw = RawClient::connect_from(addr, silent)?;
+        raw.greeting()?;
+        held.push(raw);
+    }
+    // ...so a third from it is refused before the greeting,
+    check(
+        first_error(silent)? == Some(1040),
+        "a third pending login from one address",
+    )?;
+    // while another address logs in.
+    let mut raw = RawClient::connect_from(addr, other)?;
+    match raw.login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")? {
+        LoginOutcome::Ok(_) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    // The silent ones time out and are closed; their timeouts count as
+    // failed logins, and two block the address.
+    for raw in &mut held {
+        check(
+            matches!(raw.read_packet(), Ok(None) | Err(_)),
+            "a silent login is closed at login_timeout_ms",
+        )?;
+    }
+    check(
+        first_error(silent)? == Some(1129),
+        "timeouts count towards the throttle",
+    )?;
+    check(
+        first_error(other)?.is_none(),
+        "the other address is not blocked",
+    )
+}
+
 fn per_user_limit_and_idle_timeout(env: &Env) -> TestResult {
     let mut setup = Setup::new(&env.topology());
     setup.top = "max_connections_per_user = 2\nidle_timeout_ms = 800".into();
@@ -1365,15 +1422,21 @@ fn compile_cache_on_disk(env: &Env) -> TestResult {
 fn users_loaded_from_the_primary(env: &Env) -> TestResult {
     let mut setup = Setup::new(&env.topology());
     // A route for the account the test creates on the primary later.
-    setup.tail = "\"user.newcomer\" = \"replicas\"\n".into();
+    setup.tail = "\"user.newcomer\" = \"replicas\"\n\"user.hostbound\" = \"replicas\"\n\
+                  \"user.locked\" = \"replicas\"\n"
+        .into();
     env.topology().primary.sql(
         "CREATE USER IF NOT EXISTS 'svc'@'%' IDENTIFIED BY 'svcpass';
-         GRANT SELECT ON mysql.user TO 'svc'@'%';",
+         GRANT SELECT ON mysql.global_priv TO 'svc'@'%';
+         CREATE USER 'hostbound'@'127.0.0.1' IDENTIFIED BY 'boundpass';
+         GRANT SELECT ON app.* TO 'hostbound'@'127.0.0.1';
+         CREATE USER 'locked'@'%' IDENTIFIED BY 'lockedpass' ACCOUNT LOCK;",
     );
+    env.topology().sync_replicas().map_err(fail)?;
     // The file lists only mysqlmaster, with another password than the
     // servers have: the file's account wins over the loaded one.
     let accounts = format!(
-        "[users]\nsource = \"backend\"\npool = \"master\"\nrefresh_ms = 60000\nmin_refresh_ms = 200\n\
+        "[users]\nsource = \"backend\"\npool = \"master\"\nrefresh_ms = 60000\nmin_refresh_ms = 1000\n\
          user = \"svc\"\npassword_sha1 = \"{}\"\n[[users.accounts]]\nname = \"mysqlmaster\"\npassword_hash = \"{}\"\n",
         Sha1Password::of_password(b"svcpass").to_hex(),
         PasswordHash::of_password(b"filepass"),
@@ -1404,18 +1467,59 @@ fn users_loaded_from_the_primary(env: &Env) -> TestResult {
         code == 1045,
         format!("wrong password of a loaded account: {code}"),
     )?;
-    // A user created on the primary now logs in on the next refresh, which
-    // an unknown user's login triggers.
+    let result: TestResult = (|| {
+        // Host restrictions hold against the client's address, not the
+        // proxy's (which is what the backend sees).
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+        let from = |ip: &str, user: (&str, &str)| -> Result<LoginOutcome, Failed> {
+            let mut raw = RawClient::connect_from(addr, ip.parse().map_err(fail)?)?;
+            Ok(raw.login(user.0, user.1, None, "mysql_native_password")?)
+        };
+        match from("127.0.0.1", ("hostbound", "boundpass"))? {
+            LoginOutcome::Ok(_) => {}
+            other => return Err(format!("hostbound from 127.0.0.1: {other:?}").into()),
+        }
+        match from("127.0.0.2", ("hostbound", "boundpass"))? {
+            LoginOutcome::Err(e, _) if e.code == 1045 => {}
+            other => return Err(format!("hostbound from 127.0.0.2: {other:?}").into()),
+        }
+        // Locked accounts and passwordless system accounts are not loaded.
+        let (code, _) = login_error(&proxy, ("locked", "lockedpass"))?;
+        check(code == 1045, format!("locked account: {code}"))?;
+        let (code, _) = login_error(&proxy, ("mariadb.sys", ""))?;
+        check(code == 1045, format!("mariadb.sys: {code}"))?;
+        Ok(())
+    })();
+    env.topology()
+        .primary
+        .sql("DROP USER 'hostbound'@'127.0.0.1'; DROP USER 'locked'@'%';");
+    if let Err(e) = result {
+        env.topology().primary.sql("DROP USER 'svc'@'%';");
+        return Err(fail(format!(
+            "{}\n{}",
+            e.message().unwrap_or_default(),
+            proxy.log()
+        )));
+    }
+    // A user created on the primary logs in once the accounts are read
+    // again, which an unknown user's login asks for (in the background:
+    // that login itself is refused as unknown).
     env.topology().primary.sql(
         "CREATE USER 'newcomer'@'%' IDENTIFIED BY 'newpass';
          GRANT SELECT ON app.* TO 'newcomer'@'%';",
     );
     env.topology().sync_replicas().map_err(fail)?;
-    // Unknown-user refreshes are rate-limited (min_refresh_ms = 200).
-    std::thread::sleep(Duration::from_millis(250));
     let result: TestResult = (|| {
-        // It logs in, through the policy, to a replica.
-        let ids = login_ids(&proxy, ("newcomer", "newpass"), 1)?;
+        // It logs in, through the policy, to a replica, within a few
+        // refreshes (unknown-user refreshes are at least a second apart).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ids = loop {
+            match login_ids(&proxy, ("newcomer", "newpass"), 1) {
+                Ok(ids) => break ids,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
         check(
             ids.iter().all(|id| REPLICA_IDS.contains(id)),
             format!("newcomer: {ids:?}\n{}", proxy.log()),

@@ -173,9 +173,10 @@ fn main() {
             com_change_user_moves_between_pools,
         ),
         (
-            "com_change_user_refused_keeps_the_session",
-            com_change_user_refused_keeps_the_session,
+            "com_change_user_refused_ends_the_session",
+            com_change_user_refused_ends_the_session,
         ),
+        ("throttle_counts_every_path", throttle_counts_every_path),
         (
             "caching_sha2_full_authentication_then_fast_path",
             caching_sha2_full_then_fast,
@@ -936,17 +937,19 @@ fn large_results_around_change_user(env: &Env) -> TestResult {
     })
 }
 
-fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
-    let mut raw = RawClient::connect(env.proxy.addr())?;
-    match raw.login(MASTER_USER.0, MASTER_USER.1, None, "mysql_native_password")? {
-        LoginOutcome::Ok(_) => {}
-        other => return Err(format!("{other:?}").into()),
-    }
-    let nonce = raw.nonce.clone();
+fn com_change_user_refused_ends_the_session(env: &Env) -> TestResult {
     let before = connections(&env.topology());
     // A wrong password, and an unknown user: ERR 1045 in the client's
-    // sequence, no backend connection, and the session goes on.
+    // sequence, no backend connection, and the session is over (as MariaDB
+    // leaves it): one session cannot be used to guess password after
+    // password.
     for (user, pass) in [(SLAVE_USER.0, "wrong"), ("nobody", "x")] {
+        let mut raw = RawClient::connect(env.proxy.addr())?;
+        let nonce = match raw.login(MASTER_USER.0, MASTER_USER.1, None, "mysql_native_password")? {
+            LoginOutcome::Ok(_) => raw.nonce.clone(),
+            other => return Err(format!("{other:?}").into()),
+        };
+        let opened = connections(&env.topology());
         raw.write_raw(&RawClient::change_user_packet(user, pass, &nonce, None))?;
         let p = raw.expect_packet()?;
         check(
@@ -960,24 +963,28 @@ fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
                     == format!("Access denied for user '{user}'@'127.0.0.1' (using password: YES)"),
             format!("{err:?}"),
         )?;
-        raw.write_raw(&RawClient::query_packet("SELECT @@server_id"))?;
-        let mut saw_primary = false;
-        for _ in 0..5 {
-            let p = raw.expect_packet()?;
-            if p.payload[..] == [0x01, b'1'] {
-                saw_primary = true;
-                break;
-            }
-        }
+        // A second guess on the same session gets nowhere.
+        let _ = raw.write_raw(&RawClient::change_user_packet(
+            SLAVE_USER.0,
+            SLAVE_USER.1,
+            &nonce,
+            None,
+        ));
         check(
-            saw_primary,
-            "the session is still the master's, on the primary",
+            matches!(raw.read_packet(), Ok(None) | Err(_)),
+            "the session is closed after a refused COM_CHANGE_USER",
         )?;
-        // Drain the rest of the result set (EOF).
-        let _ = raw.expect_packet()?;
+        no_connections_since(env, &opened)?;
     }
-    no_connections_since(env, &before)?;
-    // The right password then works, on the raw session too.
+    let _ = before;
+    // The right password works, in place.
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    let LoginOutcome::Ok(_) =
+        raw.login(MASTER_USER.0, MASTER_USER.1, None, "mysql_native_password")?
+    else {
+        return Err("login".into());
+    };
+    let nonce = raw.nonce.clone();
     raw.write_raw(&RawClient::change_user_packet(
         SLAVE_USER.0,
         SLAVE_USER.1,
@@ -989,6 +996,117 @@ fn com_change_user_refused_keeps_the_session(env: &Env) -> TestResult {
         p.payload.first() == Some(&0) && p.seq == 1,
         format!("{p:?}"),
     )
+}
+
+/// Logs in on `raw` and fails the test on anything but OK.
+fn raw_login(raw: &mut RawClient, user: (&str, &str)) -> TestResult {
+    match raw.login(user.0, user.1, None, "mysql_native_password")? {
+        LoginOutcome::Ok(_) => Ok(()),
+        other => Err(format!("login as {}: {other:?}", user.0).into()),
+    }
+}
+
+/// The first packet of a connection from `from`: its error code, if it is
+/// an ERR (the greeting otherwise).
+fn first_packet_error(env: &Env, from: std::net::IpAddr) -> Result<Option<u16>, Failed> {
+    let mut raw = RawClient::connect_from(env.proxy.addr(), from)?;
+    let p = raw.expect_packet()?;
+    Ok(ErrPacket::is_err(&p.payload).then(|| u16::from_le_bytes([p.payload[1], p.payload[2]])))
+}
+
+fn throttle_counts_every_path(env: &Env) -> TestResult {
+    // An address of its own: the shared proxy's throttle (20 failures a
+    // minute) sees only this test's failures.
+    let me: std::net::IpAddr = "127.0.0.21".parse().map_err(fail)?;
+    let addr = env.proxy.addr();
+    let wrong = |user: &str| -> TestResult {
+        let mut raw = RawClient::connect_from(addr, me)?;
+        match raw.login(user, "guess", None, "mysql_native_password")? {
+            LoginOutcome::Err(e, _) if e.code == 1045 => Ok(()),
+            other => Err(format!("wrong password of {user}: {other:?}").into()),
+        }
+    };
+    // Sessions logged in before any failure: one to try COM_CHANGE_USER
+    // once blocked, nine to fail one each.
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let mut raw = RawClient::connect_from(addr, me)?;
+        raw_login(&mut raw, MASTER_USER)?;
+        sessions.push(raw);
+    }
+    let mut survivor = sessions.pop().ok_or("no session")?;
+    // A connection greeted now and answered only once the address is
+    // blocked.
+    let mut early = RawClient::connect_from(addr, me)?;
+    let early_greeting = early.greeting()?;
+    for _ in 0..10 {
+        wrong(SLAVE_USER.0)?;
+    }
+    // Wrong passwords through COM_CHANGE_USER count too.
+    for mut raw in sessions {
+        let nonce = raw.nonce.clone();
+        raw.write_raw(&RawClient::change_user_packet(
+            SLAVE_USER.0,
+            "guess",
+            &nonce,
+            None,
+        ))?;
+        let p = raw.expect_packet()?;
+        check(
+            ErrPacket::decode(&p.payload).is_ok_and(|e| e.code == 1045),
+            format!("{p:?}"),
+        )?;
+    }
+    // Switchyard accepts ghost's password, the backend refuses the login:
+    // that is no successful login, and the count stays.
+    let mut raw = RawClient::connect_from(addr, me)?;
+    match raw.login("ghost", "ghostpass", None, "mysql_native_password")? {
+        LoginOutcome::Err(e, _) if e.code == 1045 => {}
+        other => return Err(format!("ghost: {other:?}").into()),
+    }
+    check(
+        first_packet_error(env, me)?.is_none(),
+        "19 failures do not block yet",
+    )?;
+    // The twentieth failure blocks the address.
+    wrong(SLAVE_USER.0)?;
+    check(
+        first_packet_error(env, me)? == Some(1129),
+        "the address is blocked at accept",
+    )?;
+    // Blocked, it cannot authenticate by any path: not on a connection
+    // greeted before the block...
+    match early.respond(
+        &early_greeting,
+        MASTER_USER.0,
+        MASTER_USER.1,
+        None,
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Err(e, _) if e.code == 1129 => {}
+        other => return Err(format!("login greeted before the block: {other:?}").into()),
+    }
+    // ...nor by COM_CHANGE_USER on a session logged in before it.
+    let nonce = survivor.nonce.clone();
+    survivor.write_raw(&RawClient::change_user_packet(
+        SLAVE_USER.0,
+        SLAVE_USER.1,
+        &nonce,
+        None,
+    ))?;
+    let p = survivor.expect_packet()?;
+    check(
+        ErrPacket::decode(&p.payload).is_ok_and(|e| e.code == 1129) && p.seq == 1,
+        format!("COM_CHANGE_USER while blocked: {p:?}"),
+    )?;
+    check(
+        matches!(survivor.read_packet(), Ok(None) | Err(_)),
+        "closed after the refused COM_CHANGE_USER",
+    )?;
+    // Other addresses are not affected.
+    let other: std::net::IpAddr = "127.0.0.22".parse().map_err(fail)?;
+    let mut raw = RawClient::connect_from(addr, other)?;
+    raw_login(&mut raw, MASTER_USER)
 }
 
 /// A proxy whose accounts use caching_sha2_password, with an RSA key from

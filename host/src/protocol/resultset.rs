@@ -7,7 +7,8 @@ use super::{ErrPacket, ProtocolError};
 
 /// Most columns accepted in a result set.
 const MAX_COLUMNS: usize = 512;
-/// Most rows accepted in a result set.
+/// Most rows accepted in a result set, unless the decoder is told
+/// otherwise ([`ResultSetDecoder::with_max_rows`]).
 const MAX_ROWS: usize = 1024;
 
 /// A decoded text result set.
@@ -60,6 +61,7 @@ pub struct ResultSetDecoder {
     deprecate_eof: bool,
     state: State,
     result: TextResult,
+    max_rows: usize,
 }
 
 impl ResultSetDecoder {
@@ -69,7 +71,15 @@ impl ResultSetDecoder {
             deprecate_eof,
             state: State::Start,
             result: TextResult::default(),
+            max_rows: MAX_ROWS,
         }
+    }
+
+    /// The same, accepting up to `max_rows` rows (a reply with more is an
+    /// error, never a truncated result).
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
     }
 
     /// Takes the next packet's payload; returns the reply once complete.
@@ -121,7 +131,7 @@ impl ResultSetDecoder {
                 if is_eof(payload) {
                     return Ok(Some(QueryReply::Rows(std::mem::take(&mut self.result))));
                 }
-                if self.result.rows.len() >= MAX_ROWS {
+                if self.result.rows.len() >= self.max_rows {
                     return Err(ProtocolError::Malformed("result set: too many rows"));
                 }
                 let mut r = Reader::new(payload);

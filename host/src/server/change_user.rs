@@ -10,11 +10,14 @@
 //!   is logged in lets the old one go: kept for a later login if its pool
 //!   keeps sessions (`idle_sessions`), closed otherwise.
 //!
-//! Either way the client hears the backend's OK in its own sequence. A
-//! refusal before the backend is touched (wrong password, user limit,
-//! policy, no backend in the new pool) is an ERR and the session goes on
-//! as the old user, as MariaDB's own COM_CHANGE_USER leaves it. A backend
-//! that refuses the re-authentication ends the session after the ERR.
+//! Either way the client hears the backend's OK in its own sequence. Any
+//! refusal (wrong password, blocked address, user limit, policy, no
+//! backend in the new pool, the backend's own refusal) is an ERR after
+//! which the session ends, as MariaDB leaves a session whose
+//! COM_CHANGE_USER failed unusable: a session cannot be used to guess
+//! passwords one COM_CHANGE_USER after another. A wrong password counts
+//! towards the client address's throttle, and a blocked address cannot
+//! authenticate this way either.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +28,8 @@ use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
 use super::session::{
-    LoginError, SessionCtx, claim_user, lookup_account, open_backend, route, throttle_failure,
+    LoginError, SessionCtx, claim_user, client_key, lookup_account, open_backend, route,
+    throttle_failure, throttle_gate,
 };
 use super::{Shared, authn, codes, reuse};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
@@ -56,8 +60,6 @@ pub(super) struct Bound {
 
 /// What a step of the exchange decided.
 enum Step {
-    /// The session goes on with what it has.
-    Keep,
     /// The session goes on as the new user, on its backend session.
     Reauthenticated { user: UserClaim },
     /// The session goes on as the new user, on a new backend session; the
@@ -112,7 +114,9 @@ pub(super) async fn handle(
         backend,
         backend_rest,
         lease,
-        user,
+        // Given back when the new user's claim replaces it (or the
+        // session ends).
+        user: _old_user,
     } = bound;
     let mut client = PacketStream::from_parts(client, client_rest, MAX_CHANGE_USER_PACKET);
     let mut backend = PacketStream::from_parts(backend, backend_rest, MAX_LOGIN_PACKET);
@@ -143,12 +147,17 @@ pub(super) async fn handle(
         Ok(Err(LoginError::Deny {
             err, seq, reason, ..
         })) => {
-            warn!(code = err.code, "COM_CHANGE_USER refused: {reason}");
+            warn!(
+                code = err.code,
+                "COM_CHANGE_USER refused; closing the session: {reason}"
+            );
             metrics.change_user(ChangeUserOutcome::Refused);
-            if client.write(seq, &err.encode()).await.is_err() {
-                return None;
-            }
-            Step::Keep
+            let _ = timeout_at(
+                Deadline::now() + std::time::Duration::from_secs(1),
+                client.write(seq, &err.encode()),
+            )
+            .await;
+            return None;
         }
         Ok(Err(LoginError::Close(reason))) => {
             warn!("COM_CHANGE_USER failed; closing the session: {reason}");
@@ -163,7 +172,6 @@ pub(super) async fn handle(
     };
     // The old claims go when replaced.
     let (backend, lease, user) = match step {
-        Step::Keep => (backend, lease, user),
         Step::Reauthenticated { user: new_user } => (backend, lease, new_user),
         Step::Moved {
             backend: new_backend,
@@ -204,7 +212,8 @@ async fn exchange(
         .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
     let state = shared.state();
     let user = request.username.as_str();
-    let stored = lookup_account(shared, &state, user).await;
+    throttle_gate(shared, &state, peer, 1)?;
+    let stored = lookup_account(shared, &state, user, peer);
     let plugin_auth = ctx
         .capabilities
         .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
@@ -264,6 +273,7 @@ async fn exchange(
         .await;
         return match ok {
             Ok(ok) => {
+                shared.throttle.success(client_key(&state, peer));
                 client
                     .write(seq, &ok)
                     .await
@@ -307,6 +317,7 @@ async fn exchange(
     };
     let (lease, session) =
         open_backend(&pool, &login, seq, (&state, &shared.metrics), deadline).await?;
+    shared.throttle.success(client_key(&state, peer));
     client
         .write(seq, &session.ok)
         .await

@@ -50,7 +50,18 @@ pub fn too_many_connections() -> ErrPacket {
     ErrPacket::new(TOO_MANY_CONNECTIONS, "08004", "Too many connections")
 }
 
-/// ERR 1129 / HY000, sent in place of the greeting.
+/// ERR 1040 / 08004, sent in place of the greeting: the address has
+/// `[throttle] max_pending_logins` connections logging in already.
+pub fn too_many_pending(host: &str) -> ErrPacket {
+    ErrPacket::new(
+        TOO_MANY_CONNECTIONS,
+        "08004",
+        format!("Too many connections from '{host}' that have not logged in yet"),
+    )
+}
+
+/// ERR 1129 / HY000, sent in place of the greeting (or in place of the
+/// OK of an authentication it stops).
 pub fn host_blocked(host: &str, left: std::time::Duration) -> ErrPacket {
     ErrPacket::new(
         HOST_BLOCKED,

@@ -1,6 +1,6 @@
 //! Per-user session limits and the failed-login throttle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,23 +58,96 @@ impl Drop for UserClaim {
     }
 }
 
-/// Most client addresses tracked at once; beyond it, new addresses are not
-/// tracked until old entries expire (the table cannot be used to exhaust
-/// memory).
+/// Most client addresses (or IPv6 prefixes) tracked at once; past it the
+/// entry least recently touched is evicted, so the table cannot be used to
+/// exhaust memory and a new address is always counted.
 const MAX_TRACKED: usize = 65_536;
+
+/// The address a client is counted by: IPv4 as it is (an IPv4-mapped IPv6
+/// address as its IPv4 address), IPv6 by its first `v6_prefix` bits, since
+/// one host commonly holds a whole /64.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let prefix = u32::from(v6_prefix.min(128));
+                let mask = match prefix {
+                    0 => 0,
+                    p => u128::MAX << (128 - p),
+                };
+                IpAddr::V6(std::net::Ipv6Addr::from(bits & mask))
+            }
+        },
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
     window_start: Instant,
     failures: u32,
     blocked_until: Option<Instant>,
+    /// Its place in `Table::order` (the latest one).
+    stamp: u64,
 }
 
-/// Failed logins per client address; too many within a window block the
-/// address for a while.
 #[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    /// Keys in the order they were last touched, with the stamp of that
+    /// touch; a pair whose stamp is no longer its entry's is stale.
+    order: VecDeque<(IpAddr, u64)>,
+    next_stamp: u64,
+}
+
+impl Table {
+    /// Records a touch of `key`'s entry (which exists).
+    fn touch(&mut self, key: IpAddr) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.stamp = stamp;
+        }
+        self.order.push_back((key, stamp));
+        // Stale pairs are dropped once they outnumber the live ones, which
+        // keeps the queue's length within twice the table's (amortized
+        // constant work per touch).
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, s)| entries.get(k).is_some_and(|e| e.stamp == *s));
+        }
+    }
+
+    /// Evicts the least recently touched entries until there is room for
+    /// one more.
+    fn make_room(&mut self, max: usize) {
+        while self.entries.len() >= max {
+            let Some((key, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&key).is_some_and(|e| e.stamp == stamp) {
+                self.entries.remove(&key);
+            }
+        }
+    }
+}
+
+/// Failed logins per client address (IPv6: per prefix); too many within a
+/// window block the address for a while. Every operation is constant work
+/// (amortized) under the lock.
+#[derive(Debug)]
 pub struct Throttle {
-    entries: Mutex<HashMap<IpAddr, Entry>>,
+    table: Mutex<Table>,
+    max_tracked: usize,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::with_capacity(MAX_TRACKED)
+    }
 }
 
 /// What the throttle says of an address.
@@ -87,47 +160,67 @@ pub enum Verdict {
 }
 
 impl Throttle {
-    /// Whether `ip` may try to log in now.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Verdict {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(e) = entries.get(&ip) else {
+    /// A throttle that tracks at most `max_tracked` addresses.
+    pub fn with_capacity(max_tracked: usize) -> Self {
+        Self {
+            table: Mutex::default(),
+            max_tracked: max_tracked.max(1),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` (see [`client_key`]) may try to log in now.
+    pub fn check(&self, key: IpAddr, now: Instant) -> Verdict {
+        let mut t = self.table();
+        let Some(e) = t.entries.get(&key) else {
             return Verdict::Allow;
         };
         match e.blocked_until {
             Some(until) if until > now => Verdict::Blocked(until - now),
             Some(_) => {
-                entries.remove(&ip);
-                tracing::info!(client_ip = %ip, "client address no longer blocked");
+                t.entries.remove(&key);
+                tracing::info!(client_ip = %key, "client address no longer blocked");
                 Verdict::Allow
             }
             None => Verdict::Allow,
         }
     }
 
-    /// Counts a failed login from `ip`; returns true when this failure
+    /// Counts a failed login from `key`; returns true when this failure
     /// blocks the address.
-    pub fn failure(&self, ip: IpAddr, config: &ThrottleConfig, now: Instant) -> bool {
+    pub fn failure(&self, key: IpAddr, config: &ThrottleConfig, now: Instant) -> bool {
         if config.max_failures == 0 {
             return false;
         }
         let window = Duration::from_millis(config.window_ms);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_TRACKED && !entries.contains_key(&ip) {
-            entries.retain(|_, e| match e.blocked_until {
-                Some(until) => until > now,
-                None => now.duration_since(e.window_start) < window,
-            });
-            if entries.len() >= MAX_TRACKED {
+        let mut t = self.table();
+        if !t.entries.contains_key(&key) {
+            t.make_room(self.max_tracked);
+            t.entries.insert(
+                key,
+                Entry {
+                    window_start: now,
+                    failures: 0,
+                    blocked_until: None,
+                    stamp: 0,
+                },
+            );
+        }
+        t.touch(key);
+        let Some(e) = t.entries.get_mut(&key) else {
+            return false;
+        };
+        if let Some(until) = e.blocked_until {
+            if until > now {
                 return false;
             }
-        }
-        let e = entries.entry(ip).or_insert(Entry {
-            window_start: now,
-            failures: 0,
-            blocked_until: None,
-        });
-        if e.blocked_until.is_some() {
-            return false;
+            // The block is over: this failure starts a new window.
+            e.blocked_until = None;
+            e.window_start = now;
+            e.failures = 0;
         }
         if now.duration_since(e.window_start) >= window {
             e.window_start = now;
@@ -141,21 +234,80 @@ impl Throttle {
         false
     }
 
-    /// A successful login from `ip` clears its failures.
-    pub fn success(&self, ip: IpAddr) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.get(&ip).is_some_and(|e| e.blocked_until.is_none()) {
-            entries.remove(&ip);
+    /// A login from `key` that succeeded (the backend accepted it) clears
+    /// its failures; a block stays.
+    pub fn success(&self, key: IpAddr) {
+        let mut t = self.table();
+        if t.entries
+            .get(&key)
+            .is_some_and(|e| e.blocked_until.is_none())
+        {
+            t.entries.remove(&key);
         }
     }
 
-    /// Addresses blocked now.
+    /// Addresses blocked now (for status pages: a scan of the table).
     pub fn blocked(&self, now: Instant) -> usize {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
+        self.table()
+            .entries
             .values()
             .filter(|e| e.blocked_until.is_some_and(|u| u > now))
             .count()
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.table().entries.len()
+    }
+}
+
+/// Connections per client address (see [`client_key`]) that have not
+/// finished logging in, for `[throttle] max_pending_logins`.
+#[derive(Debug, Default)]
+pub struct PendingLogins {
+    counts: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A connection's place in its address's count of pending logins, given
+/// back on drop (when its login ends either way).
+#[derive(Debug)]
+pub struct PendingClaim {
+    owner: Arc<PendingLogins>,
+    key: IpAddr,
+}
+
+impl PendingLogins {
+    /// Counts a pending login of `key`, unless it has `limit` already
+    /// (0: no limit).
+    pub fn claim(self: &Arc<Self>, key: IpAddr, limit: u32) -> Option<PendingClaim> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PendingClaim {
+            owner: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Pending logins of `key` now.
+    pub fn count(&self, key: IpAddr) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PendingClaim {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -175,14 +327,96 @@ mod tests {
         assert!(u.claim("a", Some(2)).is_ok());
     }
 
+    fn config(max_failures: u32) -> ThrottleConfig {
+        ThrottleConfig {
+            max_failures,
+            window_ms: 10_000,
+            block_ms: 5_000,
+            ..ThrottleConfig::default()
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_prefix_count_together() {
+        let t = Throttle::default();
+        let config = config(3);
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a, 64), client_key(b, 64));
+        assert_ne!(client_key(a, 64), client_key(c, 64));
+        assert_ne!(client_key(a, 128), client_key(b, 128));
+        assert_eq!(client_key(a, 0), client_key(c, 0));
+        assert!(!t.failure(client_key(a, 64), &config, now));
+        assert!(!t.failure(client_key(b, 64), &config, now));
+        assert!(t.failure(client_key(b, 64), &config, now));
+        assert!(matches!(
+            t.check(client_key(a, 64), now),
+            Verdict::Blocked(_)
+        ));
+        assert_eq!(t.check(client_key(c, 64), now), Verdict::Allow);
+        // An IPv4-mapped address is its IPv4 address.
+        let mapped: IpAddr = "::ffff:127.0.0.7".parse().unwrap();
+        assert_eq!(
+            client_key(mapped, 64),
+            "127.0.0.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_counts_the_new() {
+        let t = Throttle::with_capacity(100);
+        let config = config(2);
+        let now = Instant::now();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..1_000 {
+            assert!(!t.failure(ip(i), &config, now));
+            assert!(t.tracked() <= 100);
+        }
+        // A new address is still counted and blocked...
+        let attacker: IpAddr = "127.0.0.66".parse().unwrap();
+        assert!(!t.failure(attacker, &config, now));
+        assert!(t.failure(attacker, &config, now));
+        assert!(matches!(t.check(attacker, now), Verdict::Blocked(_)));
+        // ...and the oldest ones were the ones forgotten.
+        // (ip(999) was still tracked: its second failure blocks it.)
+        assert!(t.failure(ip(999), &config, now));
+        assert!(matches!(t.check(ip(999), now), Verdict::Blocked(_)));
+        assert!(!t.failure(ip(0), &config, now));
+        assert_eq!(t.check(ip(0), now), Verdict::Allow);
+        // Successes and churn keep the order queue bounded.
+        for i in 0..10_000 {
+            t.failure(ip(5_000 + i % 50), &config, now);
+            t.success(ip(5_000 + i % 50));
+        }
+        let tracked = t.tracked();
+        assert!(t.table().order.len() <= 2 * tracked + 65);
+    }
+
+    #[test]
+    fn pending_logins_are_limited_per_address_and_given_back() {
+        let p = Arc::new(PendingLogins::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let one = p.claim(a, 2).unwrap();
+        let _two = p.claim(a, 2).unwrap();
+        assert!(p.claim(a, 2).is_none());
+        assert!(p.claim(b, 2).is_some());
+        drop(one);
+        assert_eq!(p.count(a), 1);
+        assert!(p.claim(a, 2).is_some());
+        // 0: no limit.
+        let many: Vec<_> = (0..100).map(|_| p.claim(b, 0).unwrap()).collect();
+        assert_eq!(p.count(b), 100);
+        drop(many);
+        assert_eq!(p.count(b), 0);
+    }
+
     #[test]
     fn throttle_blocks_and_expires() {
         let t = Throttle::default();
-        let config = ThrottleConfig {
-            max_failures: 3,
-            window_ms: 10_000,
-            block_ms: 5_000,
-        };
+        let config = config(3);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let other: IpAddr = "127.0.0.10".parse().unwrap();
         let t0 = Instant::now();

@@ -67,6 +67,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Failed logins per client address.
     pub throttle: limits::Throttle,
+    /// Connections per client address that are still logging in.
+    pub pending_logins: Arc<limits::PendingLogins>,
     /// Sessions per user.
     pub user_sessions: Arc<limits::UserSessions>,
     /// Accounts loaded from the primary.
@@ -113,6 +115,7 @@ impl Shared {
             registry,
             metrics: Metrics::default(),
             throttle: limits::Throttle::default(),
+            pending_logins: Arc::default(),
             user_sessions: Arc::default(),
             loaded_users: users::LoadedUsers::default(),
             profile,
@@ -600,19 +603,33 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        if let limits::Verdict::Blocked(left) = shared.throttle.check(peer.ip(), Instant::now()) {
+        let (key, max_pending) = {
+            let state = shared.state();
+            let t = &state.config.throttle;
+            (
+                limits::client_key(peer.ip(), t.ipv6_prefix),
+                t.max_pending_logins,
+            )
+        };
+        if let limits::Verdict::Blocked(left) = shared.throttle.check(key, Instant::now()) {
             shared.metrics.login(Outcome::Throttled);
             warn!(client = %peer, blocked_for_ms = left.as_millis() as u64, "refused: client address blocked after failed logins");
             tokio::spawn(refuse(socket, host_blocked(&peer.ip().to_string(), left)));
             continue;
         }
+        let Some(pending) = shared.pending_logins.claim(key, max_pending) else {
+            shared.metrics.login(Outcome::TooManyConnections);
+            warn!(client = %peer, max_pending_logins = max_pending, "refused: too many connections from this address still logging in");
+            tokio::spawn(refuse(socket, too_many_pending(&peer.ip().to_string())));
+            continue;
+        };
         match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => {
                 let shared = Arc::clone(&shared);
                 let policy = policy.clone();
                 tokio::spawn(async move {
                     let _gauge = SessionGauge::new(&shared.metrics);
-                    session::serve(socket, peer, &shared, policy.as_deref()).await;
+                    session::serve(socket, peer, &shared, policy.as_deref(), pending).await;
                     drop(permit);
                 });
             }

@@ -129,6 +129,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     policy: Option<&str>,
+    pending: super::limits::PendingClaim,
 ) {
     let span = info_span!(
         "session",
@@ -141,7 +142,8 @@ pub(super) async fn serve(
         let started = Instant::now();
         // Boxed: the login's state is freed once it is over, so that an
         // idle session's task holds only the relay's.
-        let Some(ready) = Box::pin(log_in(socket, peer, shared, policy, started)).await else {
+        let Some(ready) = Box::pin(log_in(socket, peer, shared, policy, started, pending)).await
+        else {
             return;
         };
         let Ready {
@@ -250,6 +252,7 @@ async fn log_in(
     shared: &Arc<Shared>,
     policy: Option<&str>,
     started: Instant,
+    pending: super::limits::PendingClaim,
 ) -> Option<Ready> {
     let state = shared.state();
     let metrics = &shared.metrics;
@@ -260,6 +263,8 @@ async fn log_in(
         login(&mut client, peer, shared, &state, policy, deadline),
     )
     .await;
+    // The login is over, either way: no longer pending.
+    drop(pending);
     let established = match outcome {
         Ok(Ok(e)) => e,
         Ok(Err(LoginError::Deny {
@@ -284,6 +289,8 @@ async fn log_in(
         }
         Err(_) => {
             metrics.login(Outcome::Timeout);
+            // Silent connections that hold a login slot count as failures.
+            throttle_failure(shared, &state, peer);
             warn!("login timed out; closing");
             return None;
         }
@@ -365,6 +372,9 @@ async fn login(
     )
     .await?;
     span.record("backend", field::display(lease.backend().addr));
+    // The backend accepted the login: only now are the address's failures
+    // forgotten.
+    shared.throttle.success(client_key(state, peer));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
     client
@@ -458,7 +468,9 @@ async fn authenticate(
         .map_err(|e| LoginError::Close(format!("bad handshake response: {e}")))?;
     let host = peer.ip().to_string();
     let user = response.username.as_str();
-    let stored = lookup_account(shared, state, user).await;
+    // Blocked since the connection was accepted: no more guesses.
+    throttle_gate(shared, state, peer, seq + 1)?;
+    let stored = lookup_account(shared, state, user, peer);
     let verdict = authn::exchange(
         client,
         shared,
@@ -497,14 +509,11 @@ async fn authenticate(
                 format!("user '{user}' must log in over TLS"),
             ))
         }
-        Some(password) => {
-            shared.throttle.success(peer.ip());
-            Ok(Authenticated {
-                password,
-                next_seq,
-                response,
-            })
-        }
+        Some(password) => Ok(Authenticated {
+            password,
+            next_seq,
+            response,
+        }),
         None => {
             throttle_failure(shared, state, peer);
             Err(LoginError::deny(
@@ -517,27 +526,25 @@ async fn authenticate(
     }
 }
 
-/// The stored verifier of `user`: from the file, else loaded from the
-/// primary (read again at once, rate-limited, for a user not known yet).
-pub(super) async fn lookup_account(
+/// The stored verifier of `user` for a client at `peer`: from the file,
+/// else loaded from the primary. A user not known yet has the accounts read
+/// again in the background (rate-limited): the answer does not wait for
+/// it, so how long a login takes does not tell whether the user exists.
+pub(super) fn lookup_account(
     shared: &Shared,
     state: &State,
     user: &str,
+    peer: SocketAddr,
 ) -> Option<crate::auth::PasswordHash> {
     if let Some(h) = state.users.get(user) {
         return Some(h.clone());
     }
-    let t = state.config.users.from_backend()?;
-    if let Some(h) = shared.loaded_users.get(user) {
-        return Some(h);
+    state.config.users.from_backend()?;
+    let found = shared.loaded_users.get(user, peer.ip());
+    if found.is_none() {
+        shared.loaded_users.request_refresh();
     }
-    // Perhaps created since the last refresh: read the accounts again (at
-    // most every `min_refresh_ms`) and look again.
-    let min = std::time::Duration::from_millis(t.min_refresh_ms);
-    // Boxed: a rare path whose large future would otherwise size every
-    // session's task.
-    Box::pin(shared.loaded_users.refresh_if_due(state, min)).await;
-    shared.loaded_users.get(user)
+    found
 }
 
 /// Counts a session of `user`, or the ERR 1226 (at `seq`) if it has as
@@ -561,12 +568,42 @@ pub(super) fn claim_user(
         })
 }
 
+/// The address `peer` is counted by in the throttle and the pending
+/// logins.
+pub(super) fn client_key(state: &State, peer: SocketAddr) -> std::net::IpAddr {
+    super::limits::client_key(peer.ip(), state.config.throttle.ipv6_prefix)
+}
+
+/// Refuses (ERR 1129 at `seq`) an address the throttle blocks: checked at
+/// every authentication, the first login's and COM_CHANGE_USER's, not only
+/// when the connection was accepted.
+pub(super) fn throttle_gate(
+    shared: &Shared,
+    state: &State,
+    peer: SocketAddr,
+    seq: u8,
+) -> Result<(), LoginError> {
+    match shared
+        .throttle
+        .check(client_key(state, peer), Instant::now())
+    {
+        super::limits::Verdict::Allow => Ok(()),
+        super::limits::Verdict::Blocked(left) => Err(LoginError::deny(
+            codes::host_blocked(&peer.ip().to_string(), left),
+            seq,
+            Outcome::Throttled,
+            "client address blocked after failed logins",
+        )),
+    }
+}
+
 /// Counts a failed login of `peer` towards the throttle.
 pub(super) fn throttle_failure(shared: &Shared, state: &State, peer: SocketAddr) {
-    if shared
-        .throttle
-        .failure(peer.ip(), &state.config.throttle, Instant::now())
-    {
+    if shared.throttle.failure(
+        client_key(state, peer),
+        &state.config.throttle,
+        Instant::now(),
+    ) {
         shared
             .metrics
             .throttle_blocks
