@@ -51,6 +51,10 @@ pub struct BackendTls {
     pub connector: tokio_rustls::TlsConnector,
     /// Whether a backend without TLS may not be used.
     pub required: bool,
+    /// Tells these settings apart from every other pool's (and from their
+    /// own before a reload): a kept backend session is taken over only
+    /// under the settings it was opened with.
+    pub id: u64,
 }
 
 impl std::fmt::Debug for BackendTls {
@@ -95,9 +99,11 @@ impl BackendTls {
                 .with_custom_certificate_verifier(std::sync::Arc::new(NoVerification(provider)))
                 .with_no_client_auth()
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Some(Self {
             connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
             required,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }))
     }
 }
@@ -450,6 +456,58 @@ pub async fn take_over(
         Err(_) => return Err(BackendError::NotAtRest("no answer in time")),
     }
     follow_login(stream, req.password, 1).await
+}
+
+/// Makes a backend session whose client left clean, and checks that it
+/// was at rest: COM_RESET_CONNECTION (rolls back a transaction, releases
+/// table locks and `GET_LOCK` locks, drops temporary tables, resets
+/// variables) and `SELECT '<random token>'`, in one write; the answers
+/// must be exactly the reset's OK and then the token's row, within
+/// `within`. An answer of the departed client's still on its way comes
+/// first and fails the check.
+pub async fn reset_at_rest(
+    stream: &mut PacketStream,
+    caps: CapabilityFlags,
+    within: Duration,
+) -> Result<(), BackendError> {
+    if stream.has_buffered() {
+        return Err(BackendError::NotAtRest("bytes after the last answer"));
+    }
+    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
+    let mut query = Vec::with_capacity(token.len() + 10);
+    query.push(crate::protocol::Command::Query as u8);
+    query.extend_from_slice(format!("SELECT '{token}'").as_bytes());
+    let reset = [crate::protocol::Command::ResetConnection as u8];
+    stream
+        .write_packets(&[(0, &reset), (0, &query)])
+        .await
+        .map_err(ConnError::from)?;
+    let answers = tokio::time::timeout(within, async {
+        let reset = stream.read_seq(1).await?;
+        if reset.payload.first() != Some(&0x00) {
+            return Ok::<_, ConnError>(None);
+        }
+        let mut decoder =
+            ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+        let mut seq = 1u8;
+        loop {
+            let p = stream.read_seq(seq).await?;
+            seq = seq.wrapping_add(1);
+            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
+                return Ok(Some(reply));
+            }
+        }
+    })
+    .await;
+    match answers {
+        Ok(Ok(Some(QueryReply::Rows(t)))) if t.rows == [vec![Some(token)]] => {}
+        Ok(Ok(_) | Err(_)) => return Err(BackendError::NotAtRest("another answer came first")),
+        Err(_) => return Err(BackendError::NotAtRest("no answer in time")),
+    }
+    if stream.has_buffered() {
+        return Err(BackendError::NotAtRest("bytes after the last answer"));
+    }
+    Ok(())
 }
 
 /// Sends `response` and follows the backend's answers (one auth switch to

@@ -193,6 +193,10 @@ pub struct Metrics {
     pub backend_not_at_rest: AtomicU64,
     /// Backend sessions closed when their clients quit, for want of room.
     pub backend_no_room: AtomicU64,
+    /// Backend sessions closed when their clients quit because the reset
+    /// that makes them clean (no transaction, no locks) failed or an
+    /// answer was still on its way.
+    pub backend_not_clean: AtomicU64,
     /// Logins that took over a kept backend session.
     pub backend_reused: AtomicU64,
     /// Backend sessions kept now, on every worker.
@@ -363,6 +367,7 @@ impl Metrics {
                     self.backend_not_at_rest.load(Ordering::Relaxed),
                 ),
                 ("no_room", self.backend_no_room.load(Ordering::Relaxed)),
+                ("not_clean", self.backend_not_clean.load(Ordering::Relaxed)),
             ],
         );
         counter(

@@ -223,7 +223,9 @@ impl MariaDb {
         }
     }
 
-    fn try_sql(&self, sql: &str) -> Result<String> {
+    /// Runs `sql` as root over the server's socket: its output, or the
+    /// client's error.
+    pub fn try_sql(&self, sql: &str) -> Result<String> {
         let out = run_checked(
             Command::new("mariadb")
                 .arg("--no-defaults")

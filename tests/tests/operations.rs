@@ -143,6 +143,10 @@ fn main() {
             kept_backend_sessions,
         ),
         (
+            "kept_backend_sessions_hold_no_locks",
+            kept_backend_sessions_hold_no_locks,
+        ),
+        (
             "policies_leave_the_event_loop_when_slow_or_blocking",
             policies_leave_the_event_loop,
         ),
@@ -1946,6 +1950,59 @@ fn wait_for_metric(setup: &Setup, name: &str, want: f64) -> TestResult {
 /// with COM_CHANGE_USER, which authenticates the new user and resets the
 /// session; one with an answer still under way is not kept; kept sessions
 /// are closed after `idle_session_ms`.
+fn kept_backend_sessions_hold_no_locks(env: &Env) -> TestResult {
+    let topology = env.topology();
+    let primary = topology.primary.addr();
+    let mut setup = Setup::new(&topology);
+    setup.top = "threads = 1".into();
+    setup.pools = format!(
+        "[pools.master]\nbackends = [\"{primary}\"]\nidle_sessions = 2\nidle_session_ms = 60000\n\
+         [pools.replicas]\nbackends = [\"{primary}\"]\n"
+    );
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    topology.primary.sql(
+        "CREATE TABLE IF NOT EXISTS app.held (x INT PRIMARY KEY); \
+         INSERT IGNORE INTO app.held VALUES (1);",
+    );
+    // A client quits inside a transaction holding a row lock and a named
+    // lock.
+    block_on(async {
+        let mut c = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        c.query_drop("BEGIN").await.map_err(fail)?;
+        c.query_drop("UPDATE app.held SET x = x WHERE x = 1")
+            .await
+            .map_err(fail)?;
+        let got: Option<u32> = c
+            .query_first("SELECT GET_LOCK('switchyard_kept', 0)")
+            .await
+            .map_err(fail)?;
+        check(got == Some(1), "GET_LOCK")?;
+        c.disconnect().await.map_err(fail)
+    })?;
+    wait_for_metric(
+        &setup,
+        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        1.0,
+    )?;
+    // Its backend session is kept, and holds nothing: the row and the
+    // named lock are free for others at once.
+    let out = topology.primary.try_sql(
+        "SET SESSION innodb_lock_wait_timeout = 1; \
+         UPDATE app.held SET x = x WHERE x = 1; \
+         SELECT IS_FREE_LOCK('switchyard_kept');",
+    );
+    check(
+        out.as_ref().is_ok_and(|o| o.trim() == "1"),
+        format!("locks left on the kept session: {out:?}"),
+    )?;
+    check(
+        metric(&setup, "switchyard_backend_sessions_idle")? == 1.0,
+        "the session is kept",
+    )
+}
+
 fn kept_backend_sessions(env: &Env) -> TestResult {
     let topology = env.topology();
     let primary = topology.primary.addr();
@@ -2029,10 +2086,9 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
         "switchyard_backend_sessions_kept_total{result=\"kept\"}",
         2.0,
     )?;
-    // A client that quits while its query runs: its session is kept, but
-    // the next login of its shape finds it not at rest (the query's answer
-    // would come first), drops it and gets a session of its own that
-    // answers its own queries.
+    // A client that quits while its query runs: its session is not kept
+    // (the reset that would make it clean is answered after the query),
+    // and the next login gets a session that answers its own queries.
     let mut raw = raw_login(&proxy)?;
     raw.write_raw(&RawClient::query_packet("SELECT SLEEP(2), 'late answer'"))
         .map_err(fail)?;
@@ -2048,17 +2104,17 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
     })?;
     wait_for_metric(
         &setup,
-        "switchyard_backend_sessions_kept_total{result=\"kept\"}",
-        3.0,
+        "switchyard_backend_sessions_kept_total{result=\"not_clean\"}",
+        1.0,
     )?;
-    let mut raw = raw_login(&proxy)?;
     check(
         metric(
             &setup,
-            "switchyard_backend_sessions_kept_total{result=\"not_at_rest\"}",
-        )? == 1.0,
-        "the unsettled session was not found out",
+            "switchyard_backend_sessions_kept_total{result=\"kept\"}",
+        )? == 2.0,
+        "the unsettled session was kept",
     )?;
+    let mut raw = raw_login(&proxy)?;
     let row = raw_query(&mut raw, "SELECT 'my answer', CONNECTION_ID()")?;
     check(
         row.first().and_then(Option::as_deref) == Some("my answer"),
@@ -2074,7 +2130,7 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
     wait_for_metric(
         &setup,
         "switchyard_backend_sessions_kept_total{result=\"kept\"}",
-        4.0,
+        3.0,
     )?;
     // A COM_CHANGE_USER that moves a session to another pool keeps the
     // backend session it leaves, and the next login of its shape takes it
@@ -2105,7 +2161,7 @@ fn kept_backend_sessions(env: &Env) -> TestResult {
         wait_for_metric(
             &setup,
             "switchyard_backend_sessions_kept_total{result=\"kept\"}",
-            5.0,
+            4.0,
         )?;
         let mut next = Conn::new(opts(proxy.port, MASTER_USER, Some("app")))
             .await

@@ -7,24 +7,34 @@
 //! - the id of a session on the same backend server: the same statement
 //!   with that session's backend thread id (the backend then checks the
 //!   privileges, as for any KILL);
-//! - any other id at or above [`FIRST_CONNECTION_ID`] (a session on another
-//!   server, or none): a `SIGNAL` that makes the backend answer exactly as
-//!   MariaDB does for an unknown thread (1094, HY000), so the answer stays
-//!   in the client's command sequence;
-//! - ids below it are backend thread ids (from `CONNECTION_ID()` or the
-//!   process list): the statement goes on unchanged.
+//! - the id of a session on another server (or one still logging in): a
+//!   `SIGNAL` that makes the backend answer exactly as MariaDB does for an
+//!   unknown thread (1094, HY000), so the answer stays in the client's
+//!   command sequence;
+//! - any other id is a backend thread id (from `CONNECTION_ID()` or the
+//!   process list; busy servers hand out ids above [`FIRST_CONNECTION_ID`]
+//!   too): the statement goes on unchanged.
+//!
+//! Greeting ids are handed out by the registry itself, from
+//! [`FIRST_CONNECTION_ID`] up, and an id is never handed out again while a
+//! session holds it (from its greeting to its end), even after the
+//! counter wraps: two live sessions never share one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+#[cfg(doc)]
 use super::FIRST_CONNECTION_ID;
+use super::connection_id_at;
 
-/// Where each logged-in session's backend thread is, by the connection id
-/// its client was greeted with.
+/// Where each session's backend thread is (once it is logged in), by the
+/// connection id its client was greeted with.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<u32, Place>>,
+    sessions: Mutex<HashMap<u32, Option<Place>>>,
+    next: AtomicU32,
 }
 
 /// A backend thread: its server and its id there.
@@ -37,22 +47,43 @@ pub struct Place {
 }
 
 impl Registry {
-    /// Records session `id` at `place` until the returned registration is
-    /// dropped.
-    pub fn register(self: &Arc<Self>, id: u32, place: Place) -> Registration {
-        self.lock().insert(id, place);
+    /// A connection id for a new session's greeting, held (no other
+    /// session gets it) until the returned registration is dropped.
+    pub fn reserve(self: &Arc<Self>) -> Registration {
+        let mut sessions = self.lock();
+        // Ids in use are skipped: there are far fewer sessions than ids,
+        // so this ends after a step or two.
+        let id = loop {
+            let id = connection_id_at(self.next.fetch_add(1, Ordering::Relaxed));
+            if !sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        sessions.insert(id, None);
         Registration {
             registry: Arc::clone(self),
             id,
         }
     }
 
-    /// Where session `id` is.
-    pub fn find(&self, id: u32) -> Option<Place> {
+    /// Whether `id` is a greeting id held by a session now, and where that
+    /// session is (`None` while it logs in).
+    pub fn lookup(&self, id: u32) -> Option<Option<Place>> {
         self.lock().get(&id).copied()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Place>> {
+    /// Where session `id` is.
+    #[cfg(test)]
+    pub fn find(&self, id: u32) -> Option<Place> {
+        self.lookup(id).flatten()
+    }
+
+    #[cfg(test)]
+    fn start_at(&self, n: u32) {
+        self.next.store(n, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<Place>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -65,9 +96,15 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// The session moved to another backend thread (COM_CHANGE_USER).
+    /// The connection id it holds.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The session is (now) on this backend thread: logged in, or moved
+    /// by COM_CHANGE_USER.
     pub fn moved(&self, place: Place) {
-        self.registry.lock().insert(self.id, place);
+        self.registry.lock().insert(self.id, Some(place));
     }
 }
 
@@ -119,10 +156,8 @@ pub struct Translated {
 /// byte first), sent by a session on `backend`; `None` to send it as it is.
 pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Option<Translated> {
     let (head, id) = parse(payload.get(1..)?)?;
-    if id < u64::from(FIRST_CONNECTION_ID) {
-        return None;
-    }
-    let place = u32::try_from(id).ok().and_then(|id| registry.find(id));
+    // Not a greeting id held now: a backend thread id.
+    let place = registry.lookup(u32::try_from(id).ok()?)?;
     let (sql, found) = match place {
         Some(place) if place.backend == backend => (format!("{head} {}", place.thread), true),
         _ => (
@@ -144,6 +179,7 @@ pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::FIRST_CONNECTION_ID as FIRST_CONNECTION_ID_FOR_TESTS;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -192,26 +228,33 @@ mod tests {
         }
     }
 
+    /// A registration placed at `place`.
+    fn register(registry: &Arc<Registry>, place: Place) -> Registration {
+        let r = registry.reserve();
+        r.moved(place);
+        r
+    }
+
     #[test]
     fn translates_greeting_ids_only() {
         let registry = Arc::new(Registry::default());
         let here = addr(3306);
-        let same = FIRST_CONNECTION_ID + 1;
-        let elsewhere = FIRST_CONNECTION_ID + 2;
-        let _a = registry.register(
-            same,
+        let _a = register(
+            &registry,
             Place {
                 backend: here,
                 thread: 41,
             },
         );
-        let b = registry.register(
-            elsewhere,
+        let b = register(
+            &registry,
             Place {
                 backend: addr(3307),
                 thread: 42,
             },
         );
+        let logging_in = registry.reserve();
+        let (same, elsewhere) = (_a.id(), b.id());
         // A session on the same server: its backend thread id.
         assert_eq!(
             text(translate(
@@ -225,7 +268,8 @@ mod tests {
             text(translate(&query(&format!("KILL {same};")), here, &registry)),
             Some("KILL 41".into())
         );
-        // On another server, or gone: the backend's own "unknown thread".
+        // On another server, or not logged in yet: the backend's own
+        // "unknown thread".
         let unknown = |id: u32| {
             Some(format!(
                 "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {id}'"
@@ -239,32 +283,67 @@ mod tests {
             )),
             unknown(elsewhere)
         );
-        drop(b);
-        assert_eq!(registry.find(elsewhere), None);
         assert_eq!(
             text(translate(
-                &query(&format!("KILL {}", u32::MAX)),
+                &query(&format!("KILL {}", logging_in.id())),
                 here,
                 &registry
             )),
-            unknown(u32::MAX)
+            unknown(logging_in.id())
         );
-        assert!(
-            text(translate(&query("KILL 99999999999"), here, &registry))
-                .is_some_and(|t| t.ends_with("'Unknown thread id: 99999999999'"))
+        drop(b);
+        assert_eq!(registry.find(elsewhere), None);
+        // Ids no session holds are backend thread ids, whatever their size
+        // (busy servers hand out large ones): unchanged.
+        assert_eq!(
+            translate(&query(&format!("KILL {elsewhere}")), here, &registry),
+            None
         );
-        // Backend thread ids and other statements pass unchanged.
+        assert_eq!(
+            translate(&query(&format!("KILL {}", u32::MAX)), here, &registry),
+            None
+        );
+        assert_eq!(translate(&query("KILL 99999999999"), here, &registry), None);
         assert_eq!(translate(&query("KILL QUERY 41"), here, &registry), None);
         assert_eq!(translate(&query("SELECT 1"), here, &registry), None);
         assert_eq!(translate(&[0x03], here, &registry), None);
     }
 
     #[test]
+    fn ids_held_by_sessions_are_not_handed_out_again_after_a_wrap() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.reserve();
+        assert_eq!(first.id(), FIRST_CONNECTION_ID_FOR_TESTS);
+        let top = registry.reserve();
+        // The counter comes round to the first id while both still hold
+        // theirs.
+        registry.start_at(0);
+        let next = registry.reserve();
+        assert_ne!(next.id(), first.id());
+        assert_ne!(next.id(), top.id());
+        let place = Place {
+            backend: addr(1),
+            thread: 7,
+        };
+        next.moved(place);
+        first.moved(Place {
+            backend: addr(1),
+            thread: 8,
+        });
+        assert_eq!(registry.find(next.id()).map(|p| p.thread), Some(7));
+        assert_eq!(registry.find(first.id()).map(|p| p.thread), Some(8));
+        // Given back, an id can be handed out again.
+        let id = first.id();
+        drop(first);
+        registry.start_at(0);
+        assert_eq!(registry.reserve().id(), id);
+    }
+
+    #[test]
     fn a_moved_session_is_found_at_its_new_place() {
         let registry = Arc::new(Registry::default());
-        let id = FIRST_CONNECTION_ID + 9;
-        let r = registry.register(
-            id,
+        let r = register(
+            &registry,
             Place {
                 backend: addr(1),
                 thread: 1,
@@ -275,6 +354,6 @@ mod tests {
             thread: 2,
         };
         r.moved(moved);
-        assert_eq!(registry.find(id), Some(moved));
+        assert_eq!(registry.find(r.id()), Some(moved));
     }
 }

@@ -22,7 +22,7 @@ pub mod users;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -81,7 +81,6 @@ pub struct Shared {
     /// `[auth] rsa_private_key` is configured.
     generated_rsa: tokio::sync::OnceCell<Arc<crate::auth::caching_sha2::RsaKey>>,
     config_path: Option<PathBuf>,
-    next_connection_id: AtomicU32,
     /// Logged-in sessions by greeting connection id, for KILL.
     sessions: Arc<kill::Registry>,
     health_wake: Arc<Notify>,
@@ -122,7 +121,6 @@ impl Shared {
             sha2_cache: Default::default(),
             generated_rsa,
             config_path,
-            next_connection_id: AtomicU32::new(0),
             sessions: Arc::default(),
             health_wake: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -161,12 +159,6 @@ impl Shared {
             })
             .await
             .cloned()
-    }
-
-    /// The connection id for the next greeting: from
-    /// [`FIRST_CONNECTION_ID`] up, wrapping back to it.
-    fn connection_id(&self) -> u32 {
-        connection_id_at(self.next_connection_id.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Reads the configuration file again and swaps in what it describes:

@@ -4,8 +4,13 @@
 //! When a client of such a pool sends COM_QUIT, the relay stops at a safe
 //! point and hands the backend session back instead of closing it; it is
 //! kept while the backend has fewer than `idle_sessions` kept on this
-//! worker. A later login routed to that backend takes the newest kept
-//! session whose flags fit its own ([`Shape`]), checks that it is at rest
+//! worker, and only once it is clean: a COM_RESET_CONNECTION (which rolls
+//! back an open transaction and releases its row locks, `LOCK TABLES` and
+//! `GET_LOCK` locks) answered first and alone, so a kept session never
+//! holds what its departed client held ([`backend::reset_at_rest`]). A later
+//! login routed to that backend takes the newest kept session whose flags
+//! fit its own ([`Shape`]) and whose TLS meets its pool's (opened under the
+//! same TLS settings, and TLS for real where they require it), checks that it is at rest
 //! (no answer still on its way to the departed client) and logs in with
 //! COM_CHANGE_USER, both in one write ([`backend::take_over`]): the backend
 //! authenticates the new user with its own nonce and resets the session
@@ -23,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, BackendSession};
+use crate::backend::{self, BackendSession, BackendTls};
 use crate::conn::{PacketStream, Stream};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -46,16 +51,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct Shape {
     caps: CapabilityFlags,
     mariadb: MariaDbCapabilities,
-    tls: bool,
 }
 
 impl Shape {
-    /// The shape of a client session with these flags, offered these, on a
-    /// backend session that is (or is not) TLS.
+    /// The shape of a client session with these flags, offered these.
     pub(super) fn of(
         (client, offered): (CapabilityFlags, CapabilityFlags),
         (client_mariadb, offered_mariadb): (MariaDbCapabilities, MariaDbCapabilities),
-        tls: bool,
     ) -> Self {
         let login_only = CapabilityFlags::CLIENT_CONNECT_WITH_DB
             | CapabilityFlags::CLIENT_CONNECT_ATTRS
@@ -63,8 +65,23 @@ impl Shape {
         Self {
             caps: (client & offered) - login_only,
             mariadb: client_mariadb & offered_mariadb,
-            tls,
         }
+    }
+}
+
+/// The TLS a backend session was opened with: the pool settings' id
+/// ([`BackendTls::id`]) and whether the session is TLS for real (a
+/// `preferred` pool's may not be); `None` for a pool without TLS.
+type TlsRecord = Option<(u64, bool)>;
+
+/// Whether a session opened with `kept` meets what `demand` (the taking
+/// pool's settings) asks: the same settings, and TLS for real where they
+/// require it.
+fn meets(kept: TlsRecord, demand: Option<&BackendTls>) -> bool {
+    match (kept, demand) {
+        (None, None) => true,
+        (Some((id, actual)), Some(t)) => id == t.id && (actual || !t.required),
+        _ => false,
     }
 }
 
@@ -72,6 +89,7 @@ impl Shape {
 struct Kept {
     session: BackendSession,
     shape: Shape,
+    tls: TlsRecord,
     expires: Instant,
 }
 
@@ -94,19 +112,32 @@ pub(super) struct Quitting<'a> {
     pub shape: Shape,
 }
 
-/// Keeps the backend session of a client that quit, if `pool` has room
-/// for it on this worker; otherwise closes it. Whether it is at rest is
-/// checked when a login takes it over (see [`backend::take_over`]), in the
-/// same write as the change of user, so that keeping costs nothing.
+/// Keeps the backend session of a client that quit, if `pool` (the pool
+/// it was opened in) has room for it on this worker and it can be made
+/// clean; otherwise closes it. The reset goes out now, when no login waits
+/// for it; whether the session stayed at rest is checked again when a
+/// login takes it over (see [`backend::take_over`]).
 pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, metrics: &Metrics) {
-    let stream = PacketStream::from_parts(
+    let tls = pool.tls.as_ref().map(|t| (t.id, quitting.stream.is_tls()));
+    let mut stream = PacketStream::from_parts(
         quitting.stream,
         bytes::BytesMut::new(),
         backend::MAX_LOGIN_PACKET,
     );
-    let full =
-        KEPT.with_borrow(|k| k.get(&addr).map_or(0, Vec::len) >= pool.idle_sessions as usize);
-    if full {
+    let has_room =
+        || KEPT.with_borrow(|k| k.get(&addr).map_or(0, Vec::len) < pool.idle_sessions as usize);
+    if !has_room() {
+        metrics.backend_no_room.fetch_add(1, Ordering::Relaxed);
+        return quit(stream).await;
+    }
+    if let Err(e) = backend::reset_at_rest(&mut stream, quitting.capabilities, AT_REST_WITHIN).await
+    {
+        tracing::debug!(backend = %addr, error = %e, "a backend session could not be made clean; closed");
+        metrics.backend_not_clean.fetch_add(1, Ordering::Relaxed);
+        return quit(stream).await;
+    }
+    // Others may have been kept while this one was reset.
+    if !has_room() {
         metrics.backend_no_room.fetch_add(1, Ordering::Relaxed);
         return quit(stream).await;
     }
@@ -119,6 +150,7 @@ pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, 
             capabilities: quitting.capabilities,
         },
         shape: quitting.shape,
+        tls,
         expires: Instant::now() + pool.idle_session_max,
     };
     KEPT.with_borrow_mut(|k| k.entry(addr).or_default().push(kept));
@@ -126,14 +158,20 @@ pub(super) async fn keep(quitting: Quitting<'_>, addr: SocketAddr, pool: &Pool, 
     metrics.backend_idle.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The newest kept session of `addr` (on this worker) that fits `shape`.
-pub(super) fn take(addr: SocketAddr, shape: Shape, metrics: &Metrics) -> Option<BackendSession> {
+/// The newest kept session of `addr` (on this worker) that fits `shape`
+/// and meets the TLS settings `tls` of the pool that takes it.
+pub(super) fn take(
+    addr: SocketAddr,
+    shape: Shape,
+    tls: Option<&BackendTls>,
+    metrics: &Metrics,
+) -> Option<BackendSession> {
     let now = Instant::now();
     KEPT.with_borrow_mut(|k| {
         let list = k.get_mut(&addr)?;
         let i = list
             .iter()
-            .rposition(|kept| kept.shape == shape && kept.expires > now)?;
+            .rposition(|kept| kept.shape == shape && meets(kept.tls, tls) && kept.expires > now)?;
         metrics.backend_idle.fetch_sub(1, Ordering::Relaxed);
         Some(list.remove(i).session)
     })
@@ -206,15 +244,48 @@ pub(super) async fn quit(mut stream: PacketStream) {
 mod tests {
     use super::*;
 
-    fn shape(client: CapabilityFlags, tls: bool) -> Shape {
+    fn shape(client: CapabilityFlags) -> Shape {
         Shape::of(
             (client, CapabilityFlags::implemented()),
             (
                 MariaDbCapabilities::all(),
                 MariaDbCapabilities::implemented(),
             ),
-            tls,
         )
+    }
+
+    fn tls(required: bool) -> BackendTls {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+        BackendTls {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            required,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    #[test]
+    fn a_kept_session_serves_only_pools_whose_tls_it_meets() {
+        let preferred = tls(false);
+        let required = tls(true);
+        // Opened without TLS: only for pools without TLS.
+        assert!(meets(None, None));
+        assert!(!meets(None, Some(&required)));
+        assert!(!meets(None, Some(&preferred)));
+        // Opened by a `preferred` (or unverified) pool: never for another
+        // pool's settings, whatever they ask.
+        assert!(meets(Some((preferred.id, true)), Some(&preferred)));
+        assert!(meets(Some((preferred.id, false)), Some(&preferred)));
+        assert!(!meets(Some((preferred.id, true)), Some(&required)));
+        assert!(!meets(Some((preferred.id, true)), None));
+        // Settings that require TLS take only sessions that have it.
+        assert!(meets(Some((required.id, true)), Some(&required)));
+        assert!(!meets(Some((required.id, false)), Some(&required)));
     }
 
     #[test]
@@ -228,25 +299,22 @@ mod tests {
         let login_only = CapabilityFlags::CLIENT_CONNECT_WITH_DB
             | CapabilityFlags::CLIENT_CONNECT_ATTRS
             | CapabilityFlags::CLIENT_SSL;
-        assert_eq!(shape(base, false), shape(base | login_only, false));
+        assert_eq!(shape(base), shape(base | login_only));
         // Result-shaping flags do.
         assert_ne!(
-            shape(base, false),
-            shape(base | CapabilityFlags::CLIENT_DEPRECATE_EOF, false)
+            shape(base),
+            shape(base | CapabilityFlags::CLIENT_DEPRECATE_EOF)
         );
         assert_ne!(
-            shape(base, false),
-            shape(base - CapabilityFlags::CLIENT_MULTI_RESULTS, false)
+            shape(base),
+            shape(base - CapabilityFlags::CLIENT_MULTI_RESULTS)
         );
-        // So does TLS towards the backend.
-        assert_ne!(shape(base, false), shape(base, true));
         // A flag Switchyard did not offer is not part of the session.
         let offered = CapabilityFlags::implemented() - CapabilityFlags::CLIENT_DEPRECATE_EOF;
         let of = |client| {
             Shape::of(
                 (client, offered),
                 (MariaDbCapabilities::empty(), MariaDbCapabilities::empty()),
-                false,
             )
         };
         assert_eq!(of(base), of(base | CapabilityFlags::CLIENT_DEPRECATE_EOF));

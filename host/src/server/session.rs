@@ -69,6 +69,7 @@ impl LoginError {
 
 /// A client that has logged in and the backend session it is bound to.
 struct Established {
+    registration: kill::Registration,
     backend: BackendSession,
     lease: BackendLease,
     _user: UserClaim,
@@ -79,8 +80,6 @@ struct Established {
 /// every idle session holds it.
 #[derive(Debug)]
 pub(super) struct SessionCtx {
-    /// The connection id the client was greeted with.
-    pub id: u32,
     /// The backend session's thread id.
     pub backend_thread: u32,
     /// The nonce the client's login (and its COM_CHANGE_USER) answers.
@@ -111,7 +110,6 @@ impl SessionCtx {
         reuse::Shape::of(
             (self.capabilities, self.offered),
             (self.mariadb_capabilities, self.offered_mariadb),
-            self.pool.tls.is_some(),
         )
     }
 }
@@ -147,6 +145,7 @@ pub(super) async fn serve(
             return;
         };
         let Ready {
+            registration,
             mut client_tcp,
             mut client_rest,
             mut backend_tcp,
@@ -161,7 +160,7 @@ pub(super) async fn serve(
             backend: lease.backend().addr,
             thread: ctx.backend_thread,
         };
-        let registration = shared.sessions.register(ctx.id, place(&lease, &ctx));
+        registration.moved(place(&lease, &ctx));
         let (mut from_client, mut to_client) = (0, 0);
         let end = loop {
             let options = relay::Options {
@@ -234,6 +233,7 @@ pub(super) async fn serve(
 
 /// A logged-in session, ready to relay.
 struct Ready {
+    registration: kill::Registration,
     client_tcp: crate::conn::Stream,
     client_rest: bytes::BytesMut,
     backend_tcp: crate::conn::Stream,
@@ -298,6 +298,7 @@ async fn log_in(
     metrics.login(Outcome::Ok);
     metrics.login_latency.observe(started.elapsed());
     let Established {
+        registration,
         backend,
         lease,
         _user,
@@ -308,6 +309,7 @@ async fn log_in(
     // Nothing of the login is kept while the session relays, not even the
     // state it logged in with (a reload frees what it replaced).
     Some(Ready {
+        registration,
         client_tcp,
         client_rest,
         backend_tcp,
@@ -332,7 +334,9 @@ async fn login(
 ) -> Result<Established, LoginError> {
     let nonce = auth::generate_nonce();
     let profile = shared.profile.get();
-    let id = shared.connection_id();
+    // The greeting's connection id, held until the session ends.
+    let registration = shared.sessions.reserve();
+    let id = registration.id();
     greet(
         client,
         &profile,
@@ -382,7 +386,6 @@ async fn login(
         .await
         .map_err(|e| LoginError::client(e.into()))?;
     let ctx = SessionCtx {
-        id,
         backend_thread: backend.thread_id,
         nonce,
         capabilities: auth.response.capabilities,
@@ -396,6 +399,7 @@ async fn login(
         backend_caps: backend.capabilities,
     };
     Ok(Established {
+        registration,
         backend,
         lease,
         _user: claim,
@@ -695,9 +699,8 @@ async fn take_kept(
     let shape = reuse::Shape::of(
         (request.client.capabilities, request.offered),
         (request.client.mariadb_capabilities, request.offered_mariadb),
-        pool.tls.is_some(),
     );
-    while let Some(kept) = reuse::take(addr, shape, metrics) {
+    while let Some(kept) = reuse::take(addr, shape, pool.tls.as_ref(), metrics) {
         match timeout_at(deadline, reuse::take_over(kept, request)).await {
             Ok(Ok(session)) => {
                 metrics.backend_reused.fetch_add(1, Ordering::Relaxed);
