@@ -237,10 +237,64 @@ pub async fn connect(addr: SocketAddr) -> Result<(PacketStream, Greeting), Backe
     Ok((stream, greeting))
 }
 
+/// The user a check without a monitor account finishes its handshake as.
+pub const CHECK_USER: &str = "switchyard-check";
+
+/// Connects to `addr`, reads its greeting and leaves politely (see
+/// [`greet_and_leave`]).
+pub async fn reach(addr: SocketAddr) -> Result<Greeting, BackendError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(BackendError::Connect)?;
+    greet_and_leave(tcp).await
+}
+
+/// Reads the greeting on `tcp`, then finishes the handshake as
+/// [`CHECK_USER`] without a password and reads the answer (an access
+/// denial, or an OK followed by COM_QUIT) before closing. A connection
+/// dropped right after its greeting is a handshake error, and the server
+/// blocks an address after `max_connect_errors` of them in a row; a refused
+/// login is not one.
+pub async fn greet_and_leave(tcp: TcpStream) -> Result<Greeting, BackendError> {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = PacketStream::new(tcp, MAX_LOGIN_PACKET);
+    let p = stream.read_seq(0).await?;
+    if ErrPacket::is_err(&p.payload) {
+        return Err(BackendError::Refused(
+            ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
+        ));
+    }
+    let greeting = Greeting::decode(&p.payload).map_err(ConnError::from)?;
+    let response = HandshakeResponse {
+        capabilities: CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH,
+        max_packet_size: 1 << 24,
+        charset: greeting.charset,
+        mariadb_capabilities: MariaDbCapabilities::empty(),
+        username: CHECK_USER.into(),
+        auth_response: Vec::new(),
+        database: None,
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.into()),
+        connect_attrs: None,
+    };
+    // The greeting is what was asked for: the rest is good manners, and
+    // its failures are not the backend's.
+    if stream.write(1, &response.encode()).await.is_ok()
+        && let Ok(p) = stream.read_seq(2).await
+        && p.payload.first() == Some(&0x00)
+    {
+        let _ = stream
+            .write(0, &[crate::protocol::Command::Quit as u8])
+            .await;
+    }
+    Ok(greeting)
+}
+
 /// Reads the greeting of `addr` within `timeout` (a probe).
 pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<Greeting, BackendError> {
-    match tokio::time::timeout(timeout, connect(addr)).await {
-        Ok(r) => r.map(|(_, g)| g),
+    match tokio::time::timeout(timeout, reach(addr)).await {
+        Ok(r) => r,
         Err(_) => Err(BackendError::Timeout),
     }
 }

@@ -161,3 +161,33 @@ mod tests {
         assert!(SUPPRESSED.load(Ordering::Relaxed) >= before + 7);
     }
 }
+
+/// `text` with its control characters (newlines, escapes) written as
+/// escapes, for log messages that carry client-chosen text such as user
+/// names: one log line stays one line. Quotes are left as they are.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod escape_tests {
+    #[test]
+    fn control_characters_are_escaped_and_quotes_kept() {
+        assert_eq!(super::escape_controls("user 'a'"), "user 'a'");
+        assert_eq!(
+            super::escape_controls("evil\nFORGED\r\x1b[1m"),
+            "evil\\nFORGED\\r\\u{1b}[1m"
+        );
+    }
+}

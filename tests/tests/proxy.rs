@@ -401,6 +401,28 @@ fn bad_credentials_get_1045(env: &Env) -> TestResult {
         )?;
         Ok::<_, Failed>(())
     })?;
+    // A user name cannot forge a log line (text logs).
+    let evil_from: std::net::IpAddr = "127.0.0.23".parse().map_err(fail)?;
+    let mut raw = RawClient::connect_from(env.proxy.addr(), evil_from)?;
+    match raw.login(
+        "evil\nFORGED-LOG-LINE x",
+        "wrong",
+        None,
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Err(e, _) => check(e.code == 1045, format!("{e:?}"))?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    env.proxy
+        .wait_for_log("evil\\nFORGED-LOG-LINE", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(
+        !env.proxy
+            .log()
+            .lines()
+            .any(|l| l.starts_with("FORGED-LOG-LINE")),
+        "a user name started a log line of its own",
+    )?;
     // Raw: through an auth switch as well, in the right sequence.
     let mut raw = RawClient::connect(env.proxy.addr())?;
     match raw.login(SLAVE_USER.0, "wrong", None, "caching_sha2_password")? {
@@ -1483,6 +1505,11 @@ fn misbehaving_policies_are_contained(env: &Env) -> TestResult {
                 format!("{user}: {code} {state} {msg}"),
             )?;
             check(msg.contains(&format!("user '{user}'")), msg.clone())?;
+            // The engine's error text stays in the log.
+            check(
+                !msg.contains("wasm") && !msg.contains("trap") && !msg.contains('\n'),
+                format!("{user}: engine text reached the client: {msg}"),
+            )?;
             check(
                 started.elapsed() < Duration::from_secs(2),
                 format!("{user} answered quickly"),

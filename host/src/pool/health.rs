@@ -1,7 +1,10 @@
 //! Background health checks.
 //!
 //! Every `[health] interval_ms` each configured backend is checked: without
-//! a monitor account, a TCP connect and its greeting; with one, a logged-in
+//! a monitor account, a TCP connect and its greeting (then a login as a user
+//! that does not exist, refused: a connection dropped after its greeting
+//! counts towards the server's `max_connect_errors`, a refused login does
+//! not); with one, a logged-in
 //! session (kept open between checks) that reads `@@global.read_only` and the
 //! replication status (`SHOW ALL SLAVES STATUS` on MariaDB, `SHOW REPLICA
 //! STATUS` or `SHOW SLAVE STATUS` on MySQL). A backend changes state only
@@ -165,7 +168,7 @@ async fn check(
     conn: Option<MonitorConn>,
 ) -> (Finding, Option<MonitorConn>) {
     let Some(monitor) = monitor else {
-        let reachable = crate::backend::connect(addr)
+        let reachable = crate::backend::reach(addr)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());

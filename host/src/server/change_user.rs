@@ -149,7 +149,8 @@ pub(super) async fn handle(
         })) => {
             warn!(
                 code = err.code,
-                "COM_CHANGE_USER refused; closing the session: {reason}"
+                "COM_CHANGE_USER refused; closing the session: {}",
+                crate::logging::escape_controls(&reason)
             );
             metrics.change_user(ChangeUserOutcome::Refused);
             let _ = timeout_at(
@@ -160,7 +161,10 @@ pub(super) async fn handle(
             return None;
         }
         Ok(Err(LoginError::Close(reason))) => {
-            warn!("COM_CHANGE_USER failed; closing the session: {reason}");
+            warn!(
+                "COM_CHANGE_USER failed; closing the session: {}",
+                crate::logging::escape_controls(&reason)
+            );
             metrics.change_user(ChangeUserOutcome::Failed);
             return None;
         }

@@ -274,7 +274,13 @@ async fn log_in(
             reason,
         })) => {
             metrics.login(outcome);
-            warn!(code = err.code, "login refused: {reason}");
+            // Reasons hold client-chosen text (user names): escaped, so a
+            // name cannot start a log line of its own.
+            warn!(
+                code = err.code,
+                "login refused: {}",
+                crate::logging::escape_controls(&reason)
+            );
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
                 client.write(seq, &err.encode()),
@@ -284,7 +290,10 @@ async fn log_in(
         }
         Ok(Err(LoginError::Close(reason))) => {
             metrics.login(Outcome::Abandoned);
-            warn!("login abandoned: {reason}");
+            warn!(
+                "login abandoned: {}",
+                crate::logging::escape_controls(&reason)
+            );
             return None;
         }
         Err(_) => {
@@ -639,7 +648,9 @@ pub(super) async fn route(
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };
     // A failure is routed per `on_error`, when it names a pool.
-    let on_error = |why: String| {
+    // `why` goes to the log; the client is told only what the host itself
+    // knows (`told`), never the engine's error text.
+    let on_error = |why: String, told: &str| {
         counted(&metrics.policy_errors);
         match state
             .config
@@ -649,14 +660,15 @@ pub(super) async fn route(
         {
             Some(pool) => {
                 warn!(
-                    "policy {} failed: {why}; routed to pool '{}' per on_error",
+                    "policy {} failed: {}; routed to pool '{}' per on_error",
                     policy.name(),
+                    crate::logging::escape_controls(&why),
                     pool.name
                 );
                 Ok(Arc::clone(pool))
             }
             None => Err(LoginError::deny(
-                codes::policy_failed(user, &why),
+                codes::policy_failed(user, told),
                 seq,
                 Outcome::PolicyFailed,
                 format!("policy {} failed: {why}", policy.name()),
@@ -666,7 +678,10 @@ pub(super) async fn route(
     match answer {
         Ok(name) => match state.pools.get(&name) {
             Some(pool) => Ok(Arc::clone(pool)),
-            None => on_error(format!("it chose pool '{name}', which is not configured")),
+            None => {
+                let why = format!("it chose pool '{name}', which is not configured");
+                on_error(why.clone(), &why)
+            }
         },
         Err(RouteError::Refused(text)) => {
             counted(&metrics.policy_refusals);
@@ -677,7 +692,14 @@ pub(super) async fn route(
                 format!("policy {} refused: {text}", policy.name()),
             ))
         }
-        Err(RouteError::Failed(why)) => on_error(why),
+        Err(RouteError::Failed(why)) => {
+            let told = if why == "did not answer in time" {
+                "it did not answer in time"
+            } else {
+                "it failed (the proxy's log says why)"
+            };
+            on_error(why, told)
+        }
     }
 }
 

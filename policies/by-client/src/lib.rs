@@ -72,9 +72,19 @@ pub fn route(
         .ok_or_else(|| format!("Switchyard: no pool for user '{user}' from {client_addr}"))
 }
 
-/// The IPv4 address of `ip:port` (IPv6 clients match no network).
+/// The IPv4 address of `ip:port`, also of `[::ffff:a.b.c.d]:port` (an
+/// IPv4 client of a dual-stack listener); other IPv6 clients match no
+/// network.
 fn parse_ip(addr: &str) -> Option<u32> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = match addr.strip_prefix('[') {
+        Some(v6) => {
+            let inner = v6.split_once(']').map_or(v6, |(h, _)| h);
+            let lower = inner.to_ascii_lowercase();
+            let v4 = lower.strip_prefix("::ffff:")?;
+            return parse_ip(v4);
+        }
+        None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
+    };
     let parts: Vec<u8> = host.split('.').filter_map(|p| p.parse().ok()).collect();
     match parts.as_slice() {
         [a, b, c, d] if host.split('.').count() == 4 => Some(u32::from_be_bytes([*a, *b, *c, *d])),
@@ -118,6 +128,11 @@ mod tests {
         assert_eq!(route("u", "172.16.0.1:1", &s), Ok("users".into()));
         assert_eq!(route("x", "172.16.0.1:1", &s), Ok("rest".into()));
         assert_eq!(route("x", "[::1]:1", &s), Ok("rest".into()));
+        // An IPv4 client seen through a dual-stack listener is still that
+        // IPv4 client: routed and denied as such.
+        assert_eq!(route("u", "[::ffff:127.0.0.2]:5000", &s), Ok("two".into()));
+        assert!(route("u", "[::FFFF:10.1.2.3]:5000", &s).is_err());
+        assert!(route("u", "[::ffff:192.168.1.7]:1", &s).is_err());
         assert!(route("u", "10.1.2.3:4", &s).is_err());
         assert!(route("u", "192.168.1.7:4", &s).is_err());
         assert_eq!(route("u", "192.168.1.8:4", &s), Ok("users".into()));
