@@ -201,7 +201,7 @@ async fn read_request(socket: &mut TcpStream) -> Result<Request, Response> {
 }
 
 fn authorized(req: &Request, shared: &Shared) -> bool {
-    let Some(expected) = shared.state().admin_token else {
+    let Some(expected) = shared.state().admin_token.as_deref().copied() else {
         return true;
     };
     let Some(given) = req

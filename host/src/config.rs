@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::PasswordHash;
+use crate::secret::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +150,8 @@ pub struct AuthConfig {
     /// `caching_sha2_password` clients without TLS encrypt their password
     /// with. Default: a 2048-bit key generated when the process starts
     /// (clients that pinned the previous public key must fetch it again
-    /// after a restart). Read again on reload.
+    /// after a restart). Read again on reload. Refused if anyone may read
+    /// it; a warning if its group may.
     #[serde(default)]
     pub rsa_private_key: Option<Spanned<PathBuf>>,
 }
@@ -160,7 +162,8 @@ pub struct AuthConfig {
 pub struct TlsConfig {
     /// The certificate chain (PEM). Read again on reload.
     pub cert: Spanned<PathBuf>,
-    /// Its private key (PEM).
+    /// Its private key (PEM). Refused if anyone may read it; a warning if
+    /// its group may.
     pub key: Spanned<PathBuf>,
     /// Refuse plaintext logins of every user (ERR 1045). Per user:
     /// `require_tls` in `[[users]]`. Default false.
@@ -258,9 +261,9 @@ pub struct UsersTable {
     /// are not loaded). Default: the `[monitor]` account.
     #[serde(default)]
     pub user: Option<String>,
-    /// Its `SHA1(password)`, 40 hex digits.
+    /// Its `SHA1(password)`, 40 hex digits (never printed).
     #[serde(default)]
-    pub password_sha1: Option<Spanned<String>>,
+    pub password_sha1: Option<Spanned<Secret<String>>>,
     /// Accounts from the file; they win over loaded ones.
     #[serde(default)]
     pub accounts: Vec<UserConfig>,
@@ -315,8 +318,9 @@ pub struct MonitorConfig {
     pub user: String,
     /// `SHA1(password)` as 40 hex digits (`switchyard hash-password
     /// --sha1`): what `mysql_native_password` needs to log in, so the
-    /// password itself is not stored. Treat it as a password.
-    pub password_sha1: Spanned<String>,
+    /// password itself is not stored. Treat it as a password (it is never
+    /// printed).
+    pub password_sha1: Spanned<Secret<String>>,
 }
 
 /// Protection against password guessing.
@@ -370,13 +374,14 @@ pub struct AdminConfig {
     pub listen: Spanned<SocketAddr>,
     /// A file holding the bearer token every request must carry
     /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored.
-    /// Required unless `listen` is a loopback address.
+    /// Required unless `listen` is a loopback address. Refused if anyone
+    /// may read it; a warning if its group may.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// The token itself, for a config file that is itself secret. At most
-    /// one of `token` and `token_file`.
+    /// one of `token` and `token_file`. Never printed.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
 }
 
 /// One account.
@@ -795,7 +800,24 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        if config.holds_secrets() {
+            crate::secret::warn_if_exposed(path, "the configuration file");
+        }
+        Ok(config)
+    }
+
+    /// Whether the file itself holds secrets: password hashes, a service
+    /// account's `SHA1(password)`, the admin token.
+    pub fn holds_secrets(&self) -> bool {
+        let service = matches!(&self.users, Users::Table(t) if t.password_sha1.is_some());
+        self.users
+            .accounts()
+            .iter()
+            .any(|u| u.password_hash != PasswordHash::Empty)
+            || self.monitor.is_some()
+            || service
+            || self.admin.as_ref().is_some_and(|a| a.token.is_some())
     }
 
     /// Parses and validates `text`; `path` is used in error messages.
@@ -1277,6 +1299,78 @@ when_all_down = "refuse""#,
         assert_eq!(c.user_limit("mysqlmaster"), Some(5));
         assert_eq!(c.user_limit("capped"), Some(1));
         assert_eq!(parse(EXAMPLE).unwrap().user_limit("mysqlmaster"), None);
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let (token, sha1, svc) = ("tok-SECRET-123", "AB".repeat(20), "CD".repeat(20));
+        let hash = "9C01670BF00D3764A16EF8B0611F8FC02173FC31";
+        let text = format!(
+            "{EXAMPLE}\n[monitor]\nuser = \"monitor\"\npassword_sha1 = \"{sha1}\"\n\
+             [admin]\ntoken = \"{token}\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.admin.as_ref().unwrap().token.as_ref().unwrap().expose(),
+            token
+        );
+        let debug = format!("{c:?}");
+        for secret in [token, &sha1, hash] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("Secret(..)") && debug.contains("PasswordHash(..)"));
+        // The `[users]` table's service account too.
+        let text = EXAMPLE.replace(
+            "[[users]]\n",
+            &format!(
+                "[users]\nsource = \"backend\"\npool = \"master\"\nuser = \"svc\"\n\
+                 password_sha1 = \"{svc}\"\n[[users.accounts]]\n"
+            ),
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.users.from_backend().is_some());
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(&svc) && !debug.contains(hash), "{debug}");
+    }
+
+    #[test]
+    fn a_config_file_with_secrets_others_can_read_gets_one_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        let load = |text: &str, mode: u32| -> String {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let lines = Lines::default();
+            let sink = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || sink.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || Config::load(&path).unwrap());
+            String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+        };
+        let logged = load(EXAMPLE, 0o644);
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        assert!(
+            logged.contains("holds secrets") && logged.contains("0644"),
+            "{logged}"
+        );
+        assert_eq!(load(EXAMPLE, 0o600), "");
+        // No hash, no token, no service account: nothing to protect.
+        let no_secrets = EXAMPLE.replace("*9C01670BF00D3764A16EF8B0611F8FC02173FC31", "");
+        assert_eq!(load(&no_secrets, 0o644), "");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! - [`admin`]: the admin HTTP endpoint;
 //! - [`metrics`]: counters and histograms;
 //! - [`logging`]: log output and its rate limiter;
+//! - [`secret`]: secrets that are never printed, and secret files' permissions;
 //! - [`notify`]: systemd notifications.
 
 pub mod admin;
@@ -33,4 +34,5 @@ pub mod notify;
 pub mod policy;
 pub mod pool;
 pub mod protocol;
+pub mod secret;
 pub mod server;

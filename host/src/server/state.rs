@@ -16,6 +16,7 @@ use crate::config::{Config, PolicyConfig};
 use crate::policy::{Policy, sha256_hex};
 use crate::pool::health::Monitor;
 use crate::pool::{Pools, Registry};
+use crate::secret::Secret;
 
 /// Everything built from one configuration.
 #[derive(Debug)]
@@ -33,7 +34,7 @@ pub struct State {
     /// The monitor account, if configured.
     pub monitor: Option<Monitor>,
     /// SHA-256 of the admin bearer token, if one is configured.
-    pub admin_token: Option<[u8; 32]>,
+    pub admin_token: Option<Secret<[u8; 32]>>,
     /// The TLS acceptor for clients, if `[tls]` is configured.
     pub tls: Option<Tls>,
     /// `[auth] rsa_private_key`, if configured (otherwise a generated key
@@ -83,8 +84,8 @@ impl State {
             .transpose()?;
         let admin_token = match &config.admin {
             Some(a) => match (&a.token, &a.token_file) {
-                (Some(t), _) => Some(token_digest(t.trim().as_bytes())),
-                (None, Some(path)) => Some(read_token(path)?),
+                (Some(t), _) => Some(Secret::new(token_digest(t.trim().as_bytes()))),
+                (None, Some(path)) => Some(Secret::new(read_token(path)?)),
                 (None, None) => None,
             },
             None => None,
@@ -94,9 +95,8 @@ impl State {
             .auth
             .rsa_private_key
             .as_ref()
-            .map(|p| RsaKey::from_pem_file(p.get_ref()).map(Arc::new))
-            .transpose()
-            .context("[auth] rsa_private_key")?;
+            .map(|p| rsa_key(p.get_ref()))
+            .transpose()?;
         Ok(Self {
             tls,
             rsa_key,
@@ -133,7 +133,7 @@ impl State {
             policy: main,
             named,
             monitor: self.monitor.clone(),
-            admin_token: self.admin_token,
+            admin_token: self.admin_token.clone(),
             tls: self.tls.clone(),
             rsa_key: self.rsa_key.clone(),
         }
@@ -216,6 +216,7 @@ fn tls_acceptor(config: &crate::config::TlsConfig) -> anyhow::Result<tokio_rustl
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let cert_path = config.cert.get_ref();
     let key_path = config.key.get_ref();
+    crate::secret::check_file(key_path, "tls key").map_err(anyhow::Error::msg)?;
     let certs = CertificateDer::pem_file_iter(cert_path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("tls cert {}: {e}", cert_path.display()))?;
@@ -236,6 +237,14 @@ fn tls_acceptor(config: &crate::config::TlsConfig) -> anyhow::Result<tokio_rustl
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The RSA key of `[auth] rsa_private_key`.
+fn rsa_key(path: &Path) -> anyhow::Result<Arc<RsaKey>> {
+    crate::secret::check_file(path, "[auth] rsa_private_key").map_err(anyhow::Error::msg)?;
+    RsaKey::from_pem_file(path)
+        .map(Arc::new)
+        .context("[auth] rsa_private_key")
+}
+
 /// SHA-256 of a token: tokens are compared as digests, in constant time.
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -243,6 +252,7 @@ pub fn token_digest(token: &[u8]) -> [u8; 32] {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {
+    crate::secret::check_file(path, "admin token_file").map_err(anyhow::Error::msg)?;
     let mut text =
         std::fs::read(path).with_context(|| format!("admin token_file {}", path.display()))?;
     let digest = token_digest(text.trim_ascii());
@@ -253,4 +263,50 @@ fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {
         path.display()
     );
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_token_file_anyone_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&path).unwrap(), token_digest(b"s3cret"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token(&path).unwrap_err().to_string();
+        assert!(e.contains("admin token_file") && e.contains("0644"), "{e}");
+    }
+
+    #[test]
+    fn private_keys_anyone_can_read_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        // The mode is checked before the content is parsed.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        let tls: crate::config::TlsConfig = toml::from_str(&format!(
+            "cert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .unwrap();
+        let chmod =
+            |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        chmod(0o644);
+        let e = format!("{:#}", rsa_key(&key).unwrap_err());
+        assert!(e.contains("rsa_private_key") && e.contains("0644"), "{e}");
+        let e = format!("{:#}", tls_acceptor(&tls).err().unwrap());
+        assert!(e.contains("tls key") && e.contains("0644"), "{e}");
+        // Readable by its owner only: on to the content, which is bad.
+        chmod(0o600);
+        let e = format!("{:#}", rsa_key(&key).unwrap_err());
+        assert!(!e.contains("0644") && e.contains("rsa_private_key"), "{e}");
+        let e = format!("{:#}", tls_acceptor(&tls).err().unwrap());
+        assert!(!e.contains("0644") && e.contains("tls cert"), "{e}");
+    }
 }
