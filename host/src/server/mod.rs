@@ -164,23 +164,31 @@ impl Shared {
     /// Reads the configuration file again and swaps in what it describes:
     /// parse → validate → build → swap. On any error the running state stays
     /// and the error (with file and line) is returned and logged.
+    ///
+    /// Runs as a task of its own: once started it finishes (and systemd
+    /// hears `READY=1` again) even if the caller stops waiting.
     pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        notify::reloading();
-        let result = self.reload_inner().await;
-        match &result {
-            Ok(()) => {
-                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.health_wake.notify_one();
-                info!("configuration reloaded");
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = this.reload_lock.lock().await;
+            notify::reloading();
+            let result = this.reload_inner().await;
+            match &result {
+                Ok(()) => {
+                    this.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                    this.health_wake.notify_one();
+                    info!("configuration reloaded");
+                }
+                Err(e) => {
+                    this.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    warn!("reload refused, the running configuration stays: {e}");
+                }
             }
-            Err(e) => {
-                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                warn!("reload refused, the running configuration stays: {e}");
-            }
-        }
-        notify::ready();
-        result
+            notify::ready();
+            result
+        });
+        task.await
+            .unwrap_or_else(|e| Err(format!("reload aborted: {e}")))
     }
 
     async fn reload_inner(self: &Arc<Self>) -> Result<(), String> {
@@ -207,53 +215,66 @@ impl Shared {
     /// Compiles `bytes` as the routing policy (named `name`), runs the
     /// configured self-test, and swaps it in for new logins; returns its
     /// SHA-256. On any error the running policy stays.
+    ///
+    /// Runs as a task of its own that holds the reload lock from reading
+    /// the state in force to storing its successor: a caller that stops
+    /// waiting (an admin client that hangs up or times out) leaves the
+    /// compile running, and if the lock were released with it, a reload
+    /// made meanwhile would be undone when the compile stores the policy
+    /// into the state it started from.
     pub async fn swap_policy(
         self: &Arc<Self>,
         bytes: Vec<u8>,
         name: Option<PathBuf>,
         which: Option<String>,
     ) -> Result<String, String> {
-        let _one_at_a_time = self.reload_lock.lock().await;
         let this = Arc::clone(self);
-        let result = tokio::task::spawn_blocking(move || {
-            let current = this.state();
-            if let Some(w) = &which
-                && !current.named.contains_key(w)
-            {
-                return Err(format!("no policy is called '{w}'"));
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = this.reload_lock.lock().await;
+            let shared = Arc::clone(&this);
+            let result = tokio::task::spawn_blocking(move || {
+                let current = shared.state();
+                if let Some(w) = &which
+                    && !current.named.contains_key(w)
+                {
+                    return Err(format!("no policy is called '{w}'"));
+                }
+                let config = current.config.policy_config(which.as_deref());
+                let name = name.unwrap_or_else(|| {
+                    PathBuf::from(format!(
+                        "posted-{}.wasm",
+                        &crate::policy::sha256_hex(&bytes)[..12]
+                    ))
+                });
+                let policy = state::load_policy(&bytes, &name, config, &current.pools)
+                    .map_err(|e| format!("{e:#}"))?;
+                policy
+                    .self_test(&config.selftest)
+                    .map_err(|e| format!("policy {}: {e}", policy.name()))?;
+                let hash = policy.hash().to_owned();
+                shared
+                    .state
+                    .store(Arc::new(current.with_policy(which.as_deref(), policy)));
+                Ok(hash)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("policy swap aborted: {e}")));
+            match &result {
+                Ok(hash) => {
+                    this.metrics.policy_swaps.fetch_add(1, Ordering::Relaxed);
+                    info!(sha256 = %hash, "new policy in use for new logins");
+                }
+                Err(e) => {
+                    this.metrics
+                        .policy_swaps_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!("new policy refused, the running policy stays: {e}");
+                }
             }
-            let config = current.config.policy_config(which.as_deref());
-            let name = name.unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "posted-{}.wasm",
-                    &crate::policy::sha256_hex(&bytes)[..12]
-                ))
-            });
-            let policy = state::load_policy(&bytes, &name, config, &current.pools)
-                .map_err(|e| format!("{e:#}"))?;
-            policy
-                .self_test(&config.selftest)
-                .map_err(|e| format!("policy {}: {e}", policy.name()))?;
-            let hash = policy.hash().to_owned();
-            this.state
-                .store(Arc::new(current.with_policy(which.as_deref(), policy)));
-            Ok(hash)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("policy swap aborted: {e}")));
-        match &result {
-            Ok(hash) => {
-                self.metrics.policy_swaps.fetch_add(1, Ordering::Relaxed);
-                info!(sha256 = %hash, "new policy in use for new logins");
-            }
-            Err(e) => {
-                self.metrics
-                    .policy_swaps_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!("new policy refused, the running policy stays: {e}");
-            }
-        }
-        result
+            result
+        });
+        task.await
+            .unwrap_or_else(|e| Err(format!("policy swap aborted: {e}")))
     }
 
     /// Whether the proxy is draining for shutdown.
