@@ -1,0 +1,257 @@
+//! [`Control`] for the running server: what `/status` and `/metrics` show
+//! and what reload, drain and policy upload do.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::Control;
+use crate::metrics::{self, Outcome, header, label};
+use crate::pool::Lag;
+use crate::server::Shared;
+
+impl Control for Shared {
+    fn token_digest(&self) -> Option<[u8; 32]> {
+        self.state().admin_token.as_deref().copied()
+    }
+
+    fn status(&self) -> Value {
+        status(self)
+    }
+
+    fn metrics(&self) -> String {
+        render_metrics(self)
+    }
+
+    async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        Shared::reload(self).await
+    }
+
+    fn set_drain(&self, addr: SocketAddr, drain: bool) -> Option<()> {
+        let backend = self.registry.alive().into_iter().find(|b| b.addr == addr)?;
+        if backend.set_drain(drain) {
+            info!(backend = %addr, drain, "backend drain set from the admin endpoint");
+        }
+        Some(())
+    }
+
+    fn has_policy(&self, name: &str) -> bool {
+        self.state().named.contains_key(name)
+    }
+
+    async fn swap_policy(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        which: Option<String>,
+    ) -> Result<String, String> {
+        Shared::swap_policy(self, bytes, None, which).await
+    }
+}
+
+fn lag_json(lag: Lag) -> (Value, &'static str) {
+    match lag {
+        Lag::Unknown => (Value::Null, "unknown"),
+        Lag::NotReplica => (Value::Null, "not-replica"),
+        Lag::Stopped => (Value::Null, "stopped"),
+        Lag::Seconds(s) => (json!(s), "running"),
+    }
+}
+
+/// The `/status` document.
+fn status(shared: &Shared) -> Value {
+    let state = shared.state();
+    let configured: Vec<SocketAddr> = state.pools.backends().map(|b| b.addr).collect();
+    let backends: Vec<Value> = shared
+        .registry
+        .alive()
+        .iter()
+        .map(|b| {
+            let (lag, replication) = lag_json(b.lag());
+            json!({
+                "addr": b.addr.to_string(),
+                "state": if b.is_up() { "up" } else { "down" },
+                "draining": b.is_draining(),
+                "configured": configured.contains(&b.addr),
+                "sessions": b.active_sessions(),
+                "read_only": b.read_only(),
+                "lag_seconds": lag,
+                "replication": replication,
+                "last_error": b.last_error(),
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = state
+        .pools
+        .iter()
+        .map(|p| {
+            let s = p.status();
+            let cfg = &state.config.pools[&p.name];
+            json!({
+                "name": p.name,
+                "balance": format!("{:?}", cfg.balance),
+                "role": format!("{:?}", cfg.role),
+                "max_lag": cfg.max_lag,
+                "when_all_down": format!("{:?}", cfg.when_all_down),
+                "healthy_backends": s.healthy_backends,
+                "total_backends": s.total_backends,
+                "active_sessions": s.active_sessions,
+                "max_lag_ms": s.max_lag_ms,
+                "backends": p.members.iter().map(|m| json!({
+                    "addr": m.backend.addr.to_string(),
+                    "weight": m.weight,
+                    "max_connections": m.max_connections,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let users: Vec<Value> = shared
+        .user_sessions
+        .snapshot()
+        .into_iter()
+        .map(|(user, n)| json!({ "user": user, "sessions": n }))
+        .collect();
+    let logins: serde_json::Map<String, Value> = Outcome::ALL
+        .iter()
+        .map(|o| (o.label().to_owned(), json!(shared.metrics.logins(*o))))
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": shared.uptime().as_secs(),
+        "shutting_down": shared.is_shutting_down(),
+        "sessions": shared.metrics.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        "policy": { "name": state.policy.name(), "sha256": state.policy.hash() },
+        "policies": state.named.iter().map(|(n, p)| (n.clone(), json!({ "name": p.name(), "sha256": p.hash() }))).collect::<serde_json::Map<_, _>>(),
+        "pools": pools,
+        "backends": backends,
+        "users": users,
+        "accounts_loaded_from_primary": shared.loaded_users.len(),
+        "throttled_addresses": shared.throttle.blocked(std::time::Instant::now()),
+        "logins": logins,
+    })
+}
+
+/// Everything for `/metrics`.
+fn render_metrics(shared: &Shared) -> String {
+    let mut out = String::with_capacity(8192);
+    shared.metrics.render(&mut out);
+    let state = shared.state();
+    let backends = shared.registry.alive();
+    let per_backend = |out: &mut String,
+                       name: &str,
+                       help: &str,
+                       f: &dyn Fn(&crate::pool::Backend) -> Option<f64>| {
+        header(out, name, help, "gauge");
+        for b in &backends {
+            if let Some(v) = f(b) {
+                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
+            }
+        }
+    };
+    per_backend(
+        &mut out,
+        "switchyard_backend_up",
+        "Whether the backend passes its health checks (1) or not (0).",
+        &|b| Some(if b.is_up() { 1.0 } else { 0.0 }),
+    );
+    per_backend(
+        &mut out,
+        "switchyard_backend_draining",
+        "Whether the backend takes no new sessions (drained, or removed from the configuration).",
+        &|b| {
+            let configured = state.pools.backend(b.addr).is_some();
+            Some(if b.is_draining() || !configured {
+                1.0
+            } else {
+                0.0
+            })
+        },
+    );
+    per_backend(
+        &mut out,
+        "switchyard_backend_sessions",
+        "Sessions relayed to the backend (including logins in progress).",
+        &|b| Some(f64::from(b.active_sessions())),
+    );
+    per_backend(
+        &mut out,
+        "switchyard_backend_replication_lag_seconds",
+        "Replication lag as last measured (absent when unknown or stopped).",
+        &|b| match b.lag() {
+            Lag::Seconds(s) => Some(s as f64),
+            Lag::NotReplica => Some(0.0),
+            _ => None,
+        },
+    );
+    per_backend(
+        &mut out,
+        "switchyard_backend_read_only",
+        "The backend's read_only as last read (absent when unknown).",
+        &|b| b.read_only().map(|r| if r { 1.0 } else { 0.0 }),
+    );
+    header(
+        &mut out,
+        "switchyard_pool_healthy_backends",
+        "Backends of the pool that qualify for a new session.",
+        "gauge",
+    );
+    for p in state.pools.iter() {
+        let _ = writeln!(
+            out,
+            "switchyard_pool_healthy_backends{{pool=\"{}\"}} {}",
+            label(&p.name),
+            p.status().healthy_backends
+        );
+    }
+    header(
+        &mut out,
+        "switchyard_user_sessions",
+        "Sessions per user.",
+        "gauge",
+    );
+    for (user, n) in shared.user_sessions.snapshot() {
+        let _ = writeln!(
+            out,
+            "switchyard_user_sessions{{user=\"{}\"}} {n}",
+            label(&user)
+        );
+    }
+    metrics::gauge(
+        &mut out,
+        "switchyard_accounts_loaded",
+        "Accounts loaded from the primary (users.source = \"backend\").",
+        shared.loaded_users.len() as i64,
+    );
+    metrics::gauge(
+        &mut out,
+        "switchyard_throttled_addresses",
+        "Client addresses blocked after failed logins.",
+        shared.throttle.blocked(std::time::Instant::now()) as i64,
+    );
+    header(
+        &mut out,
+        "switchyard_policy_info",
+        "The routing policy in use.",
+        "gauge",
+    );
+    let policies = std::iter::once(("", &state.policy))
+        .chain(state.named.iter().map(|(n, p)| (n.as_str(), p)));
+    for (which, p) in policies {
+        let _ = writeln!(
+            out,
+            "switchyard_policy_info{{policy=\"{}\",name=\"{}\",sha256=\"{}\"}} 1",
+            label(which),
+            label(p.name()),
+            p.hash()
+        );
+    }
+    metrics::gauge(
+        &mut out,
+        "switchyard_uptime_seconds",
+        "Time since the process started serving.",
+        shared.uptime().as_secs() as i64,
+    );
+    out
+}
