@@ -104,12 +104,12 @@ pub fn check_file(path: &Path, what: &str) -> Result<(), String> {
             tracing::warn!(
                 file = %path.display(),
                 mode = format!("{:04o}", mode & 0o7777),
-                "{what} is readable by its group; chmod 600 unless that is intended"
+                "{what} is readable or writable by its group; chmod 600 unless that is intended"
             );
             Ok(())
         }
         Exposure::World => Err(format!(
-            "{what} {}: permissions {:04o} let anyone read it; chmod 600 (or 640 for a group) and try again",
+            "{what} {}: permissions {:04o} let anyone read or write it; chmod 600 (or 640 for a group) and try again",
             path.display(),
             mode & 0o7777
         )),
