@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Switchyard's demo and tests need and is missing: MariaDB
-# server and client, python3, python3-venv, nodejs, npm, clang and lld
-# (Debian packages) and the wasm32-wasip2 Rust target.
+# server and client, python3, python3-venv, nodejs, npm, a C compiler,
+# clang and lld (Debian packages) and the wasm32-wasip2 Rust target.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
 
@@ -24,6 +24,9 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The JavaScript example policy is built with componentize-js from npm.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# aws-lc-rs (caching_sha2_password's RSA) compiles AWS-LC's C sources
+# with the system's C compiler; no cmake needed.
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
 # The C example policy is built with clang and lld (wasm-ld).
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)

@@ -113,6 +113,23 @@ fn policy(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The way a login calls it: `Policy::route` on a worker's event loop
+    // (a current-thread runtime), where a light policy's call runs inline.
+    let event_loop = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let policy = Arc::new(policy);
+    c.bench_function(
+        "policy route on an event loop (fresh instance, default policy)",
+        |b| {
+            b.iter(|| {
+                event_loop
+                    .block_on(policy.route("mysqlslave", Some("app"), &client))
+                    .unwrap()
+            })
+        },
+    );
     let mut reuse = config.policy.clone();
     reuse.instances = switchyard::config::Instances::Reuse;
     let pools = Arc::new(Pools::from_config(
@@ -127,6 +144,17 @@ fn policy(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let reused = Arc::new(reused);
+    c.bench_function(
+        "policy route on an event loop (reused instance, default policy)",
+        |b| {
+            b.iter(|| {
+                event_loop
+                    .block_on(reused.route("mysqlslave", Some("app"), &client))
+                    .unwrap()
+            })
+        },
+    );
     // The example policies in other languages, when `scripts/test.sh` has
     // built them: one `route` per login, as `instances = "auto"` runs them.
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/examples");

@@ -146,12 +146,12 @@ pub struct AuthConfig {
     /// is switched to its account's. Reloads.
     #[serde(default)]
     pub default_plugin: AuthPlugin,
-    /// The RSA private key (PEM, PKCS#8 or PKCS#1) whose public half
-    /// `caching_sha2_password` clients without TLS encrypt their password
-    /// with. Default: a 2048-bit key generated when the process starts
-    /// (clients that pinned the previous public key must fetch it again
-    /// after a restart). Read again on reload. Refused if anyone may read
-    /// it; a warning if its group may.
+    /// The RSA private key (PEM, PKCS#8 or PKCS#1; 2048 to 8192 bits)
+    /// whose public half `caching_sha2_password` clients without TLS
+    /// encrypt their password with. Default: a 2048-bit key generated when
+    /// the process starts (clients that pinned the previous public key must
+    /// fetch it again after a restart). Read again on reload. Refused if
+    /// anyone may read it; a warning if its group may.
     #[serde(default)]
     pub rsa_private_key: Option<Spanned<PathBuf>>,
 }

@@ -150,6 +150,10 @@ fn main() {
             "policies_leave_the_event_loop_when_slow_or_blocking",
             policies_leave_the_event_loop,
         ),
+        (
+            "sleeping_policies_time_out_and_logins_keep_flowing",
+            sleeping_policies_time_out,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -2239,31 +2243,48 @@ fn raw_query(raw: &mut RawClient, sql: &str) -> Result<Vec<Option<String>>, Fail
     }
 }
 
-/// Policy calls run on the event loop until one is slow (over 5 ms) or uses
-/// WASI I/O that blocks; then that policy's calls move to blocking threads,
-/// and every login is still answered.
+/// Policy calls run on the event loop until one is slow (over 5 ms) or
+/// waits in a WASI call (sleeps); then that policy's calls move to blocking
+/// threads, and every login is still answered. Writing to stdout never
+/// waits (it goes nowhere), so a policy that prints stays.
 fn policies_leave_the_event_loop(env: &Env) -> TestResult {
+    const MOVED: &str = "this policy's calls run on blocking threads";
     for (mode, why) in [
-        ("slow", "a call ran longer than 5 ms on an event loop"),
-        ("print", "it uses WASI I/O that blocks on an event loop"),
+        ("slow", Some("a call ran longer than 5 ms on an event loop")),
+        (
+            "sleep",
+            Some("it waits in a WASI call (a clock or a poll) on an event loop"),
+        ),
+        ("print", None),
     ] {
         let mut setup = Setup::new(&env.topology());
-        setup.tail = format!("\"mode.{}\" = \"{mode}\"\n", MASTER_USER.0);
+        setup.tail = format!(
+            "\"mode.{0}\" = \"{mode}\"\n\"sleep_ms.{0}\" = \"10\"\n",
+            MASTER_USER.0
+        );
         let config = setup.config().replace("{policy}", "{misbehave}");
         let proxy = Proxy::start(&config).map_err(fail)?;
         // Light calls first: they stay on the event loop.
         check(login_ids(&proxy, SLAVE_USER, 3)?.len() == 3, "light logins")?;
         check(
-            !proxy.log().contains(why),
+            !proxy.log().contains(MOVED),
             format!("moved too early: {}", proxy.log()),
         )?;
-        // The slow or blocking one is answered, and moves the policy.
+        // The slow or waiting one is answered, and moves the policy.
         let ids = login_ids(&proxy, MASTER_USER, 2)?;
         check(ids == [PRIMARY_ID, PRIMARY_ID], format!("{mode}: {ids:?}"))?;
-        proxy
-            .wait_for_log(why, Duration::from_secs(2))
-            .map_err(fail)?;
-        check(proxy.log().matches(why).count() == 1, "said once")?;
+        match why {
+            Some(why) => {
+                proxy
+                    .wait_for_log(why, Duration::from_secs(2))
+                    .map_err(fail)?;
+                check(proxy.log().matches(why).count() == 1, "said once")?;
+            }
+            None => check(
+                !proxy.log().contains(MOVED),
+                format!("{mode} moved the policy: {}", proxy.log()),
+            )?,
+        }
         check(!proxy.log().contains("panicked"), "a panic was printed")?;
         check(login_ids(&proxy, SLAVE_USER, 2)?.len() == 2, "later logins")?;
         check(
@@ -2272,4 +2293,111 @@ fn policies_leave_the_event_loop(env: &Env) -> TestResult {
         )?;
     }
     Ok(())
+}
+
+/// One login as `user` (client-side limit `limit`): the server id it
+/// landed on and how long the login took, or what went wrong.
+async fn timed_login(
+    port: u16,
+    user: (&str, &str),
+    limit: Duration,
+) -> Result<(u32, Duration), String> {
+    let started = Instant::now();
+    let login = async {
+        let mut c = Conn::new(opts(port, user, None))
+            .await
+            .map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        let id = server_id(&mut c)
+            .await
+            .map_err(|e| e.message().unwrap_or_default().to_owned())?;
+        c.disconnect().await.map_err(|e| e.to_string())?;
+        Ok((id, took))
+    };
+    tokio::time::timeout(limit, login)
+        .await
+        .map_err(|_| format!("no answer in {limit:?}"))?
+}
+
+/// A policy that sleeps in a WASI call (a `wasi:clocks` pollable) is not
+/// running wasm, so epoch interruption cannot stop it: the host-side
+/// deadline must. More sleeping logins than call slots: each is answered
+/// per `on_error` once its deadline passes, and other logins keep flowing
+/// meanwhile.
+fn sleeping_policies_time_out(env: &Env) -> TestResult {
+    const SLOTS: usize = 2;
+    const SLEEPERS: usize = 6;
+    const OTHERS: usize = 10;
+    let mut setup = Setup::new(&env.topology());
+    setup.policy_timeout_ms = 300;
+    // mysqlmaster's policy sleeps for an hour; when its call fails it goes
+    // to the replicas, where its own answer would have been the primary.
+    setup.tail = format!("\"mode.{}\" = \"sleep\"\n", MASTER_USER.0);
+    let config = setup.config().replace(
+        "module = \"{policy}\"",
+        &format!(
+            "module = \"{{misbehave}}\"\non_error = \"pool:replicas\"\nmax_concurrent_calls = {SLOTS}"
+        ),
+    );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let limit = Duration::from_secs(6);
+    let port = proxy.port;
+    let started = Instant::now();
+    let (sleepers, others) = block_on(async move {
+        let sleepers: Vec<_> = (0..SLEEPERS)
+            .map(|_| tokio::spawn(timed_login(port, MASTER_USER, limit)))
+            .collect();
+        // The sleepers hold every call slot by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut others = Vec::new();
+        for _ in 0..OTHERS {
+            let login = timed_login(port, SLAVE_USER, limit).await;
+            let failed = login.is_err();
+            others.push(login);
+            if failed {
+                break;
+            }
+        }
+        let mut slept = Vec::new();
+        for s in sleepers {
+            slept.push(s.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        (slept, others)
+    });
+    let all_took = started.elapsed();
+    let log = || proxy.log();
+    // Each login waits at most for the sleepers ahead of it (three rounds
+    // of two slots at 300 ms), then its own deadline.
+    for (i, s) in sleepers.iter().enumerate() {
+        match s {
+            Ok((id, took)) => check(
+                REPLICA_IDS.contains(id) && *took < Duration::from_millis(2500),
+                format!("sleeper {i}: server {id} after {took:?} (want a replica per on_error)"),
+            )?,
+            Err(e) => return Err(fail(format!("sleeper {i}: {e}\n{}", log()))),
+        }
+    }
+    for (i, o) in others.iter().enumerate() {
+        match o {
+            Ok((id, took)) => check(
+                REPLICA_IDS.contains(id) && *took < Duration::from_millis(2500),
+                format!("login {i}: server {id} after {took:?}"),
+            )?,
+            Err(e) => return Err(fail(format!("login {i}: {e}\n{}", log()))),
+        }
+    }
+    check(
+        all_took < Duration::from_secs(5),
+        format!("everything took {all_took:?}"),
+    )?;
+    check(
+        metric(&setup, "switchyard_policy_errors_total")? == SLEEPERS as f64,
+        format!("policy errors: {:?}", metrics(&setup)?),
+    )?;
+    // The slots are free again: a login right after is answered at once.
+    let ids = login_ids(&proxy, SLAVE_USER, 2)?;
+    check(
+        ids.iter().all(|id| REPLICA_IDS.contains(id)),
+        format!("after: {ids:?}"),
+    )
 }

@@ -14,14 +14,25 @@
 //!   (RSA-OAEP, the password XOR the nonce). Switchyard checks it against
 //!   the stored double-SHA1 verifier, keeps `SHA1(pw)` (and fills the
 //!   cache), and zeroes the cleartext at once.
+//!
+//! The RSA block comes from a client that has not authenticated, so its
+//! decryption must not leak the key through its timing (the Marvin attack
+//! on PKCS#1 and OAEP decryption): it is AWS-LC's, through `aws-lc-rs`,
+//! which blinds the private-key operation and checks the padding in
+//! constant time. It costs about a millisecond of CPU, so the server runs
+//! it off its event loops.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
+    PrivateDecryptingKey, PublicEncryptingKey,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -184,7 +195,7 @@ impl Cache {
 
 /// Switchyard's RSA key pair for full authentication without TLS.
 pub struct RsaKey {
-    private: RsaPrivateKey,
+    private: OaepPrivateDecryptingKey,
     public_pem: String,
 }
 
@@ -208,64 +219,90 @@ pub enum RsaKeyError {
     /// The file is not an RSA private key in PEM (PKCS#8 or PKCS#1).
     #[error("{0} is not an RSA private key in PEM (PKCS#8 or PKCS#1)")]
     Parse(String),
+    /// The file holds a private key that cannot serve: not RSA, or not of
+    /// 2048 to 8192 bits.
+    #[error("{path}: the key is not an RSA key of 2048 to 8192 bits ({why})")]
+    Rejected {
+        /// The file.
+        path: String,
+        /// AWS-LC's reason.
+        why: String,
+    },
     /// Generating or encoding failed.
     #[error("RSA key: {0}")]
     Rsa(String),
 }
 
 impl RsaKey {
-    /// A fresh key pair ([`RSA_BITS`] bits, from the OS's CSPRNG). Slow
+    /// A fresh key pair ([`RSA_BITS`] bits, from AWS-LC's CSPRNG). Slow
     /// (tens to hundreds of milliseconds): call it off the event loops.
     pub fn generate() -> Result<Self, RsaKeyError> {
-        let private = RsaPrivateKey::new(&mut rand_core::OsRng, RSA_BITS)
-            .map_err(|e| RsaKeyError::Rsa(e.to_string()))?;
+        const _: () = assert!(RSA_BITS == 2048);
+        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048)
+            .map_err(|_| RsaKeyError::Rsa("generating a key pair failed".into()))?;
         Self::from_private(private)
     }
 
     /// The private key in `path` (PEM: `BEGIN PRIVATE KEY`, as
-    /// `openssl genpkey` writes, or `BEGIN RSA PRIVATE KEY`).
+    /// `openssl genpkey` writes, or `BEGIN RSA PRIVATE KEY`), of 2048 to
+    /// 8192 bits.
     pub fn from_pem_file(path: &Path) -> Result<Self, RsaKeyError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| RsaKeyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            );
-        let private = RsaPrivateKey::from_pkcs8_pem(&text)
-            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&text))
-            .map_err(|_| RsaKeyError::Parse(path.display().to_string()))?;
+        let shown = || path.display().to_string();
+        let text = Zeroizing::new(std::fs::read(path).map_err(|source| RsaKeyError::Read {
+            path: shown(),
+            source,
+        })?);
+        let pkcs8 = match PrivatePkcs8KeyDer::from_pem_slice(&text) {
+            Ok(der) => Zeroizing::new(der.secret_pkcs8_der().to_vec()),
+            Err(_) => match PrivatePkcs1KeyDer::from_pem_slice(&text) {
+                Ok(der) => pkcs8_of_pkcs1(der.secret_pkcs1_der()),
+                Err(_) => return Err(RsaKeyError::Parse(shown())),
+            },
+        };
+        let private =
+            PrivateDecryptingKey::from_pkcs8(&pkcs8).map_err(|e| RsaKeyError::Rejected {
+                path: shown(),
+                why: e.to_string(),
+            })?;
         Self::from_private(private)
     }
 
-    fn from_private(private: RsaPrivateKey) -> Result<Self, RsaKeyError> {
-        let public_pem = RsaPublicKey::from(&private)
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| RsaKeyError::Rsa(e.to_string()))?;
+    fn from_private(private: PrivateDecryptingKey) -> Result<Self, RsaKeyError> {
+        let spki = private
+            .public_key()
+            .as_der()
+            .map_err(|_| RsaKeyError::Rsa("encoding the public key failed".into()))?;
+        let public_pem = pem("PUBLIC KEY", spki.as_ref());
+        let private = OaepPrivateDecryptingKey::new(private)
+            .map_err(|_| RsaKeyError::Rsa("not an RSA-OAEP key".into()))?;
         Ok(Self {
             private,
             public_pem,
         })
     }
 
-    /// The public key as clients expect it (`BEGIN PUBLIC KEY`, PEM).
+    /// The public key as clients expect it (`BEGIN PUBLIC KEY`, PEM: a
+    /// `SubjectPublicKeyInfo` in base64 lines of 64 characters, as OpenSSL
+    /// writes it).
     pub fn public_pem(&self) -> &str {
         &self.public_pem
     }
 
     /// Decrypts a client's RSA-OAEP (SHA-1) block and undoes the XOR with
     /// `nonce`: the cleartext password, without its NUL terminator. `None`
-    /// for anything that is not such a block. Blinded, so that its timing
-    /// does not depend on the key.
+    /// for anything that is not such a block. Constant-time (AWS-LC), but
+    /// about a millisecond of CPU: call it off the event loops.
     pub fn decrypt_password(&self, block: &[u8], nonce: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if nonce.is_empty() || block.len() > 1024 {
+        if nonce.is_empty() || block.len() != self.private.key_size_bytes() {
             return None;
         }
-        let mut plain = Zeroizing::new(
-            self.private
-                .decrypt_blinded(&mut rand_core::OsRng, Oaep::new::<Sha1>(), block)
-                .ok()?,
-        );
+        let mut plain = Zeroizing::new(vec![0; self.private.min_output_size()]);
+        let len = self
+            .private
+            .decrypt(&OAEP_SHA1_MGF1SHA1, block, &mut plain, None)
+            .ok()?
+            .len();
+        plain.truncate(len);
         for (i, b) in plain.iter_mut().enumerate() {
             *b ^= nonce[i % nonce.len()];
         }
@@ -279,20 +316,74 @@ impl RsaKey {
     }
 }
 
+/// PEM of `der` under `label`: base64 in lines of 64 characters, each line
+/// ended by LF, as OpenSSL and the `pem-rfc7468` crate write it.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        // Base64 is ASCII: every chunk is a whole string.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The PKCS#8 `PrivateKeyInfo` that wraps a PKCS#1 `RSAPrivateKey`
+/// (version 0, algorithm rsaEncryption with NULL parameters), as
+/// `openssl pkcs8 -topk8 -nocrypt` writes it.
+fn pkcs8_of_pkcs1(pkcs1: &[u8]) -> Zeroizing<Vec<u8>> {
+    /// `INTEGER 0`, then `SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }`.
+    const VERSION_AND_ALGORITHM: &[u8] = &[
+        0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+        0x01, 0x05, 0x00,
+    ];
+    let mut key = Zeroizing::new(Vec::with_capacity(pkcs1.len() + 8));
+    key.push(0x04); // OCTET STRING
+    der_length(&mut key, pkcs1.len());
+    key.extend_from_slice(pkcs1);
+    let mut out = Zeroizing::new(Vec::with_capacity(key.len() + 32));
+    out.push(0x30); // SEQUENCE
+    der_length(&mut out, VERSION_AND_ALGORITHM.len() + key.len());
+    out.extend_from_slice(VERSION_AND_ALGORITHM);
+    out.extend_from_slice(&key);
+    out
+}
+
+/// Appends a DER length.
+fn der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    out.push(0x80 | (bytes.len() - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
 /// What a client without TLS sends in full authentication: `password`
 /// (NUL-terminated, XOR `nonce`) encrypted with RSA-OAEP (SHA-1) to the
 /// server's public key `pem`. For tests and tools; `None` if `pem` is not
 /// an RSA public key.
 pub fn encrypt_for_server(pem: &str, password: &[u8], nonce: &[u8]) -> Option<Vec<u8>> {
-    use rsa::pkcs8::DecodePublicKey;
-    let key = RsaPublicKey::from_public_key_pem(pem).ok()?;
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let key =
+        OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(spki.as_ref()).ok()?).ok()?;
     let mut plain = Zeroizing::new(password.to_vec());
     plain.push(0);
     for (i, b) in plain.iter_mut().enumerate() {
         *b ^= nonce[i % nonce.len()];
     }
-    key.encrypt(&mut rand_core::OsRng, Oaep::new::<Sha1>(), &plain)
-        .ok()
+    let mut block = vec![0; key.ciphertext_size()];
+    let len = key
+        .encrypt(&OAEP_SHA1_MGF1SHA1, &plain, &mut block, None)
+        .ok()?
+        .len();
+    block.truncate(len);
+    Some(block)
 }
 
 /// Drops the NUL that terminates a password sent in full authentication.
@@ -399,30 +490,100 @@ mod tests {
         assert!(key.decrypt_password(&vec![1u8; 5000], NONCE).is_none());
     }
 
+    /// Runs openssl with `args` in `dir`.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+
+    /// Keys as operators make them with openssl load in both PEM forms,
+    /// and the public key served is byte for byte what openssl writes for
+    /// it (the PEM clients read).
     #[test]
-    fn rsa_key_files() {
+    fn rsa_key_files_as_openssl_writes_them() {
         let dir = std::env::temp_dir().join(format!("sy-rsa-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let key = RsaKey::generate().unwrap();
-        use rsa::pkcs1::EncodeRsaPrivateKey;
-        use rsa::pkcs8::EncodePrivateKey;
-        let pkcs8 = key.private.to_pkcs8_pem(LineEnding::LF).unwrap();
-        let pkcs1 = key.private.to_pkcs1_pem(LineEnding::LF).unwrap();
-        std::fs::write(dir.join("k8.pem"), pkcs8.as_bytes()).unwrap();
-        std::fs::write(dir.join("k1.pem"), pkcs1.as_bytes()).unwrap();
-        std::fs::write(dir.join("bad.pem"), "not a key").unwrap();
-        for f in ["k8.pem", "k1.pem"] {
+        let genpkey = |bits: &str, out: &str| {
+            let bits = format!("rsa_keygen_bits:{bits}");
+            openssl(
+                &dir,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    &bits,
+                    "-out",
+                    out,
+                ],
+            );
+        };
+        genpkey("2048", "k8.pem");
+        openssl(
+            &dir,
+            &["rsa", "-in", "k8.pem", "-traditional", "-out", "k1.pem"],
+        );
+        openssl(
+            &dir,
+            &["pkey", "-in", "k8.pem", "-pubout", "-out", "pub.pem"],
+        );
+        genpkey("1024", "small.pem");
+        let want = std::fs::read_to_string(dir.join("pub.pem")).unwrap();
+        for (f, header) in [
+            ("k8.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("k1.pem", "-----BEGIN RSA PRIVATE KEY-----"),
+        ] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(text.starts_with(header), "{f}: {text}");
             let k = RsaKey::from_pem_file(&dir.join(f)).unwrap();
-            assert_eq!(k.public_pem(), key.public_pem());
+            assert_eq!(k.public_pem(), want, "{f}");
+            let block = k.encrypt_password(b"pw", NONCE);
+            assert_eq!(
+                k.decrypt_password(&block, NONCE)
+                    .as_deref()
+                    .map(Vec::as_slice),
+                Some(&b"pw"[..])
+            );
         }
+        // openssl reads the public key of a generated key, and writes it
+        // back the same.
+        let key = RsaKey::generate().unwrap();
+        std::fs::write(dir.join("gen.pem"), key.public_pem()).unwrap();
+        openssl(
+            &dir,
+            &["pkey", "-pubin", "-in", "gen.pem", "-out", "gen2.pem"],
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("gen2.pem")).unwrap(),
+            key.public_pem()
+        );
+        std::fs::write(dir.join("bad.pem"), "not a key").unwrap();
         assert!(matches!(
             RsaKey::from_pem_file(&dir.join("bad.pem")),
             Err(RsaKeyError::Parse(_))
+        ));
+        assert!(matches!(
+            RsaKey::from_pem_file(&dir.join("small.pem")),
+            Err(RsaKeyError::Rejected { .. })
         ));
         assert!(matches!(
             RsaKey::from_pem_file(&dir.join("missing.pem")),
             Err(RsaKeyError::Read { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pkcs8_wrapping_lengths() {
+        let mut v = Vec::new();
+        der_length(&mut v, 5);
+        der_length(&mut v, 200);
+        der_length(&mut v, 1218);
+        der_length(&mut v, 70_000);
+        assert_eq!(v, [5, 0x81, 200, 0x82, 0x04, 0xc2, 0x83, 0x01, 0x11, 0x70]);
     }
 }

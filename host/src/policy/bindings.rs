@@ -4,6 +4,9 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "router",
+    // Calls are async so that a guest waiting in a WASI import (a clock, a
+    // poll) can be dropped at its deadline (see `super::Policy::route`).
+    exports: { default: async },
 });
 
 pub use self::switchyard::policy::host::{Level, PoolStatus};

@@ -8,11 +8,23 @@
 //! (cached in memory by its SHA-256, and on disk under `cache_dir` keyed by
 //! its SHA-256 and the engine's compatibility hash), checked (it must export
 //! `route` and import nothing but WASI and the `host` interface), and
-//! pre-instantiated; each call gets a fresh `Store` with an epoch deadline
-//! and a memory limit. The guest gets WASI only from an empty context: no
+//! pre-instantiated; each call gets a fresh `Store` with a deadline and a
+//! memory limit. The guest gets WASI only from an empty context: no
 //! files, sockets, environment or args. At most `max_concurrent_calls`
 //! calls run at once: on the calling event loop while the policy's calls
 //! stay short, else on tokio's blocking threads (see [`Policy::route`]).
+//!
+//! The deadline has two halves, because a guest spends its time in two
+//! places. While it runs wasm, epoch interruption traps it (a ticker thread
+//! advances the epoch every millisecond). While it waits in a WASI import
+//! (a `wasi:clocks` pollable it blocks on, `wasi:io/poll`), no wasm runs and
+//! no epoch check happens: so calls are async (wasmtime runs the guest on a
+//! fiber, and WASI's waits are futures), and the call's future is dropped
+//! when the deadline passes, which unwinds the guest. Taking the waiting
+//! imports away instead would not do: language runtimes (Python, Go,
+//! JavaScript) import `wasi:io/poll` and the clocks whatever the policy
+//! does, and a list of the imports that can wait would have to follow every
+//! WASI release; a deadline around the whole call covers any of them.
 
 mod bindings;
 mod ticker;
@@ -22,6 +34,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -463,7 +476,7 @@ impl Policy {
             .map_err(wasm_err)?;
         let imports = check_component(&engine.engine, &component).map_err(invalid)?;
         let mut linker: Linker<CallState> = Linker::new(&engine.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasm_err)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err)?;
         Router::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wasm_err)?;
         let pre = linker.instantiate_pre(&component).map_err(wasm_err)?;
         let pre = RouterPre::new(pre).map_err(wasm_err)?;
@@ -516,7 +529,15 @@ impl Policy {
                 // Instantiation runs the guest's initialisers (a Python or
                 // JavaScript runtime starts here): give it the call's time.
                 store.set_epoch_deadline(self.timeout_ticks);
-                match self.pre.instantiate(&mut store) {
+                let instantiated = block_on(async {
+                    tokio::time::timeout(
+                        self.deadline(),
+                        self.pre.instantiate_async(&mut store),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()))
+                });
+                match instantiated {
                     Ok(_) => {
                         let took = started.elapsed();
                         memory = store.data().limits.peak;
@@ -644,10 +665,13 @@ impl Policy {
     /// on blocking threads, that one again from the start with the full
     /// deadline. So a slow or hostile policy holds an event loop for a few
     /// milliseconds once, and a light one costs no thread hand-off.
-    /// The same happens to a policy that uses WASI I/O that blocks (writing
-    /// to stdout, polling): wasmtime-wasi runs it on the calling thread's
-    /// tokio runtime, which an event loop cannot lend, and panics; the panic
-    /// is caught (and not printed) and the call made again off the loop.
+    /// The same happens to a policy that waits in a WASI import (sleeps,
+    /// polls): an event loop does not wait for a guest, so the call is
+    /// dropped at its first wait and made again off the loop.
+    ///
+    /// Off the loop, the call's deadline covers waits too: a guest parked in
+    /// a WASI import is dropped when its time is up, and its call slot is
+    /// free again (see the module's documentation).
     pub async fn route(
         self: &Arc<Self>,
         user: &str,
@@ -659,7 +683,7 @@ impl Policy {
             .await
             .map_err(|_| RouteError::Failed("policy engine is shutting down".into()))?;
         if self.on_event_loop.load(Ordering::Relaxed) && self.timeout_ticks > INLINE_TICKS {
-            let attempt = on_event_loop(|| self.attempt(INLINE_TICKS, true, user, db, client_addr));
+            let attempt = without_waiting(self.attempt(INLINE_TICKS, true, user, db, client_addr));
             let why = match attempt {
                 Some(Attempt {
                     result: Some(result),
@@ -668,7 +692,7 @@ impl Policy {
                 }) => return result,
                 Some(Attempt { result: None, .. }) => None,
                 Some(_) => Some(format!("a call ran longer than {INLINE_TICKS} ms")),
-                None => Some("it uses WASI I/O that blocks".to_owned()),
+                None => Some("it waits in a WASI call (a clock or a poll)".to_owned()),
             };
             // No instance ready (`None`): this call instantiates one, off
             // the event loop.
@@ -695,7 +719,8 @@ impl Policy {
     }
 
     /// Calls `route` on this thread: a fresh instance, a deadline, a memory
-    /// limit.
+    /// limit. Not on an event loop's thread: this thread waits for the call
+    /// (see [`block_on`]).
     pub fn route_blocking(
         &self,
         user: &str,
@@ -714,7 +739,7 @@ impl Policy {
         client_addr: &str,
     ) -> (Result<String, RouteError>, CallCost) {
         let started = Instant::now();
-        let attempt = self.attempt(self.timeout_ticks, false, user, db, client_addr);
+        let attempt = block_on(self.attempt_within_deadline(user, db, client_addr));
         let cost = CallCost {
             duration: started.elapsed(),
             peak_memory: attempt.peak,
@@ -725,10 +750,31 @@ impl Policy {
         (result, cost)
     }
 
-    /// One call with a deadline of `ticks`: on a fresh instance, or on a
-    /// kept one (a new one, unless `ready_only`: then `result` is `None`
-    /// when none is kept).
-    fn attempt(
+    /// The wall-clock time a call may take (a tick is a millisecond).
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.timeout_ticks)
+    }
+
+    /// One call with the full deadline, for running and for waiting: the
+    /// epoch stops a guest that runs too long, and the call is dropped
+    /// (the guest unwound) when the time is up while it waits in WASI.
+    async fn attempt_within_deadline(
+        &self,
+        user: &str,
+        db: Option<&str>,
+        client_addr: &str,
+    ) -> Attempt {
+        let call = self.attempt(self.timeout_ticks, false, user, db, client_addr);
+        tokio::time::timeout(self.deadline(), call)
+            .await
+            .unwrap_or_else(|_| Attempt::of(Err(wasmtime::Trap::Interrupt.into()), 0))
+    }
+
+    /// One call with an epoch deadline of `ticks`: on a fresh instance, or
+    /// on a kept one (a new one, unless `ready_only`: then `result` is
+    /// `None` when none is kept). Dropping the future before it ends
+    /// unwinds the guest and drops its instance.
+    async fn attempt(
         &self,
         ticks: u64,
         ready_only: bool,
@@ -741,21 +787,23 @@ impl Policy {
             None => {
                 let mut store = self.new_store();
                 store.set_epoch_deadline(ticks);
-                let raw = self
-                    .pre
-                    .instantiate(&mut store)
-                    .and_then(|router| router.call_route(&mut store, user, db, client_addr));
+                let raw = match self.pre.instantiate_async(&mut store).await {
+                    Ok(router) => router.call_route(&mut store, user, db, client_addr).await,
+                    Err(e) => Err(e),
+                };
                 Attempt::of(raw, store.data().limits.peak)
             }
             Some(max_calls) => {
                 self.call_reused(max_calls, ticks, ready_only, (user, db, client_addr))
+                    .await
             }
         }
     }
 
     /// A call on a kept instance (or a new one, kept afterwards unless it
-    /// trapped or reached `max_calls`).
-    fn call_reused(
+    /// trapped or reached `max_calls`). An instance whose call is dropped
+    /// is dropped with it, never kept.
+    async fn call_reused(
         &self,
         max_calls: u32,
         ticks: u64,
@@ -775,7 +823,7 @@ impl Policy {
             None => {
                 let mut store = self.new_store();
                 store.set_epoch_deadline(ticks);
-                match self.pre.instantiate(&mut store) {
+                match self.pre.instantiate_async(&mut store).await {
                     Ok(router) => Reusable {
                         store,
                         router,
@@ -790,7 +838,8 @@ impl Policy {
         instance.store.set_epoch_deadline(ticks);
         let raw = instance
             .router
-            .call_route(&mut instance.store, user, db, client_addr);
+            .call_route(&mut instance.store, user, db, client_addr)
+            .await;
         let attempt = Attempt::of(raw, instance.store.data().limits.peak);
         instance.calls += 1;
         // A trap may leave the instance in any state: never reuse it.
@@ -805,28 +854,24 @@ impl Policy {
     }
 }
 
-thread_local! {
-    /// Whether this thread is in a policy call on its event loop.
-    static ON_EVENT_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Runs `call` (a policy call on an event loop) as far as it goes without
+/// waiting: its answer, or `None` when the guest waits in a WASI import
+/// (a clock, a poll), which an event loop does not wait for. The call is
+/// then dropped here, which unwinds the guest.
+fn without_waiting<F: Future>(call: F) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(answer) => Some(answer),
+        Poll::Pending => None,
+    }
 }
 
-/// Runs `call` (a policy call on an event loop); `None` if it panicked,
-/// which a host function of WASI does when it needs the thread's tokio
-/// runtime to block on. Such a panic is not printed.
-fn on_event_loop(call: impl FnOnce() -> Attempt) -> Option<Attempt> {
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    QUIET.call_once(|| {
-        let report = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !ON_EVENT_LOOP.get() {
-                report(info);
-            }
-        }));
-    });
-    ON_EVENT_LOOP.set(true);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
-    ON_EVENT_LOOP.set(false);
-    result.ok()
+/// Runs `call` to its end on this thread, which waits for it: a blocking
+/// thread of a tokio runtime (whose timers then serve the call), or a
+/// thread outside any runtime (start-up, the command-line tools: then
+/// wasmtime-wasi's own runtime serves it). Never on an event loop's thread.
+fn block_on<F: Future>(call: F) -> F::Output {
+    wasmtime_wasi::runtime::in_tokio(call)
 }
 
 /// What one call attempt gave.
@@ -925,6 +970,8 @@ fn build_engine(config: &PolicyConfig, memory_limit: usize) -> wasmtime::Result<
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(4))
         .max_memory_size(memory_limit)
+        // A call runs on a fiber stack of its own (async calls).
+        .total_stacks(slots)
         // Give slot memory back to the kernel a few slots at a time: each
         // madvise costs TLB shootdowns on every core.
         .decommit_batch_size((slots as usize / 2).clamp(1, DECOMMIT_BATCH))

@@ -180,7 +180,7 @@ async fn caching_sha2_exchange(
             // which is refused as a wrong password would be.
             answer
         };
-        key.decrypt_password(&block, nonce)
+        shared.decrypt_rsa_password(key, block, *nonce).await
     };
     let password = match (stored, &cleartext) {
         (Some(stored), Some(text)) if text.len() <= caching_sha2::MAX_PASSWORD_LEN => {

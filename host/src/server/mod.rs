@@ -80,6 +80,8 @@ pub struct Shared {
     /// The RSA key generated for `caching_sha2_password`, when no
     /// `[auth] rsa_private_key` is configured.
     generated_rsa: tokio::sync::OnceCell<Arc<crate::auth::caching_sha2::RsaKey>>,
+    /// RSA decryptions that may run at once (each on a blocking thread).
+    rsa_permits: Arc<tokio::sync::Semaphore>,
     config_path: Option<PathBuf>,
     /// Logged-in sessions by greeting connection id, for KILL.
     sessions: Arc<kill::Registry>,
@@ -120,6 +122,7 @@ impl Shared {
             profile,
             sha2_cache: Default::default(),
             generated_rsa,
+            rsa_permits: Arc::new(tokio::sync::Semaphore::new(threads)),
             config_path,
             sessions: Arc::default(),
             health_wake: Arc::new(Notify::new()),
@@ -159,6 +162,30 @@ impl Shared {
             })
             .await
             .cloned()
+    }
+
+    /// Decrypts a `caching_sha2_password` RSA block with `key` (see
+    /// [`RsaKey::decrypt_password`](crate::auth::caching_sha2::RsaKey::decrypt_password))
+    /// on a blocking thread: the block comes from a client that has not
+    /// logged in, and a private-key operation costs about a millisecond,
+    /// which an event loop does not spend. At most one decryption per
+    /// worker thread runs at once; a flood of blocks waits for a permit
+    /// (under each login's own timeout) instead of taking every blocking
+    /// thread.
+    pub async fn decrypt_rsa_password(
+        &self,
+        key: Arc<crate::auth::caching_sha2::RsaKey>,
+        block: zeroize::Zeroizing<Vec<u8>>,
+        nonce: [u8; crate::auth::NONCE_LEN],
+    ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let permit = Arc::clone(&self.rsa_permits).acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            key.decrypt_password(&block, &nonce)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Reads the configuration file again and swaps in what it describes:

@@ -9,6 +9,9 @@
 //! - `print`: writes a line to stdout (WASI I/O that blocks), then
 //!   answers as below;
 //! - `slow`: computes for 20 ms, then answers as below;
+//! - `sleep`: sleeps through `wasi:clocks` (a monotonic-clock pollable it
+//!   blocks on, as `std::thread::sleep` does) for `sleep_ms.<user>`
+//!   milliseconds (default: an hour), then answers as below;
 //! - `inspect`: logs a line, then refuses with what it saw: its arguments
 //!   and the live figures of every pool (`pools()`);
 //! - anything else, or no setting: the pool named by `user.<user>`.
@@ -50,6 +53,13 @@ impl Guest for Misbehave {
                 while started.elapsed() < std::time::Duration::from_millis(20) {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+                pool_of(&user)
+            }
+            Some("sleep") => {
+                let ms = host::setting(&format!("sleep_ms.{user}"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3_600_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
                 pool_of(&user)
             }
             Some("huge-refusal") => Err("no ".repeat(300_000)),
