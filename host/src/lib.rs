@@ -34,3 +34,10 @@ pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod server;
+
+/// Internals that parse untrusted bytes, re-exported for the fuzz targets
+/// in `fuzz/`; not an interface to build on.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::server::kill::{Place, Registration, Registry, Translated, translate};
+}
