@@ -3,7 +3,7 @@
 bytes: it starts a throwaway mariadbd on a free loopback port, puts a
 recording TCP relay in front of it, runs real clients through the relay
 (the mariadb CLI, and PyMySQL and MySQL Connector/Python when the venv of
-scripts/compat-deps.sh is there), and cuts what went by into seeds:
+scripts/compat-deps.sh is there, or a Python with both in $CAPTURE_PYTHON), and cuts what went by into seeds:
 greetings, handshake responses, auth switch requests, OK and ERR packets,
 COM_CHANGE_USER, query replies, client command streams (with LOAD DATA
 LOCAL INFILE), KILL statements. The configuration seeds are the TOML
@@ -293,8 +293,8 @@ def main():
         relay.run("cli-switch", cli + ["--default-auth=client_ed25519", "-uapp", "-papppw",
                                        "-e", "SELECT 4"])
         relay.run("cli-nodb", cli + ["-uother", "-potherpw", "-e", "SELECT USER()"])
-        py = next((p for p in (os.path.join(ROOT, "target/pyvenv/bin/python"),
-                               "/work/main/target/pyvenv/bin/python") if os.path.exists(p)), None)
+        py = os.environ.get("CAPTURE_PYTHON") or os.path.join(ROOT, "target/pyvenv/bin/python")
+        py = py if os.path.exists(py) else None
         if py:
             relay.run("python", [py, "-c", PY_CLIENTS, str(relay.port)])
         else:
