@@ -36,3 +36,10 @@ pub mod pool;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+
+/// Internals that parse untrusted bytes, re-exported for the fuzz targets
+/// in `fuzz/`; not an interface to build on.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::server::kill::{Place, Registration, Registry, Translated, translate};
+}

@@ -109,11 +109,14 @@ impl HandshakeResponse {
         out.push(0);
         if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
             put_lenenc_bytes(&mut out, &self.auth_response);
-        } else {
+        } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
             // One length byte: at most 255 bytes of auth data.
             let n = self.auth_response.len().min(255);
             out.push(n as u8);
             out.extend_from_slice(&self.auth_response[..n]);
+        } else {
+            out.extend_from_slice(&self.auth_response);
+            out.push(0);
         }
         if caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB) {
             out.extend_from_slice(self.database.as_deref().unwrap_or("").as_bytes());
@@ -230,6 +233,20 @@ mod tests {
         let mut old = bytes.clone();
         old[1] &= !0x02;
         assert!(HandshakeResponse::decode(&old).is_err());
+    }
+
+    #[test]
+    fn round_trips_without_secure_connection() {
+        // Without CLIENT_SECURE_CONNECTION (or lenenc auth data) the auth
+        // response is NUL-terminated, on the way out as on the way in
+        // (found by the handshake_response fuzz target).
+        let mut old = sample();
+        old.capabilities -= CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION;
+        old.auth_response = vec![3, 0xff, 0xff, 0xff];
+        let bytes = old.encode();
+        assert_eq!(&bytes[32..32 + 11 + 5], b"mysqlslave\0\x03\xff\xff\xff\0");
+        assert_eq!(HandshakeResponse::decode(&bytes).unwrap(), old);
     }
 
     #[test]

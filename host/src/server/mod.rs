@@ -9,7 +9,7 @@
 mod authn;
 mod change_user;
 mod codes;
-mod kill;
+pub(crate) mod kill;
 pub mod limits;
 mod profile;
 mod relay;
