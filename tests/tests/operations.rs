@@ -1685,6 +1685,30 @@ fn example_policy(env: &Env, module: &std::path::Path, placeholder: &str) -> Tes
         module.exists(),
         format!("{} is missing: run scripts/test.sh", module.display()),
     )?;
+    // An IPv4 client seen through a dual-stack listener ([::ffff:a.b.c.d])
+    // is denied as that IPv4 client (the examples let it through before).
+    for client in [
+        "10.1.2.3:5000",
+        "[::ffff:10.1.2.3]:5000",
+        "[::FFFF:10.9.9.9]:1",
+    ] {
+        let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+            .args(["policy", "route", "--user", "u", "--client", client])
+            .args([
+                "--setting",
+                "deny=10.0.0.0/8",
+                "--setting",
+                "default=replicas",
+            ])
+            .arg(module)
+            .output()
+            .map_err(fail)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        check(
+            text.contains("are not allowed"),
+            format!("{client} not denied: {text}"),
+        )?;
+    }
     let mut setup = Setup::new(&env.topology());
     let second = free_port();
     // The same module twice: for `listen`, and with loopback denied for a

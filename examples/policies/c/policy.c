@@ -113,9 +113,21 @@ static int parse_ipv4(str_t s, uint32_t *out) {
 }
 
 static int client_ip(str_t addr, uint32_t *out) {
+    str_t host = addr;
     for (size_t i = addr.len; i > 0; i--)
-        if (addr.ptr[i - 1] == ':') return parse_ipv4((str_t){addr.ptr, i - 1}, out);
-    return parse_ipv4(addr, out);
+        if (addr.ptr[i - 1] == ':') {
+            host = (str_t){addr.ptr, i - 1};
+            break;
+        }
+    /* An IPv4 client of a dual-stack listener ([::ffff:a.b.c.d]) is that
+       IPv4 client: matched against IPv4 networks, not let through. */
+    static const char mapped[] = "[::ffff:";
+    size_t n = sizeof mapped - 1, j = 0;
+    if (host.len > n + 1 && host.ptr[host.len - 1] == ']') {
+        while (j < n && (host.ptr[j] | 0x20) == (mapped[j] | 0x20)) j++;
+        if (j == n) host = (str_t){host.ptr + n, host.len - n - 1};
+    }
+    return parse_ipv4(host, out);
 }
 
 static str_t trim(str_t s) {

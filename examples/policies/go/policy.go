@@ -178,6 +178,11 @@ func clientIP(addr string) (uint32, bool) {
 	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
 		addr = addr[:i]
 	}
+	// An IPv4 client of a dual-stack listener ([::ffff:a.b.c.d]) is that
+	// IPv4 client: matched against IPv4 networks, not let through.
+	if len(addr) > 9 && strings.EqualFold(addr[:8], "[::ffff:") && addr[len(addr)-1] == ']' {
+		addr = addr[8 : len(addr)-1]
+	}
 	return parseIPv4(addr)
 }
 

@@ -21,7 +21,12 @@ function ipv4(text) {
 
 function clientIp(addr) {
   const i = addr.lastIndexOf(":");
-  return ipv4(i >= 0 ? addr.slice(0, i) : addr);
+  let host = i >= 0 ? addr.slice(0, i) : addr;
+  // An IPv4 client of a dual-stack listener ([::ffff:a.b.c.d]) is that
+  // IPv4 client: matched against IPv4 networks, not let through.
+  const mapped = /^\[::ffff:([0-9.]+)\]$/i.exec(host);
+  if (mapped) host = mapped[1];
+  return ipv4(host);
 }
 
 function inCidr(ip, cidr) {

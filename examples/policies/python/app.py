@@ -17,9 +17,14 @@ from wit_world.imports import host
 def client_ip(addr: str):
     host_part = addr.rsplit(":", 1)[0].strip("[]")
     try:
-        return ipaddress.ip_address(host_part)
+        ip = ipaddress.ip_address(host_part)
     except ValueError:
         return None
+    # An IPv4 client of a dual-stack listener (::ffff:a.b.c.d) is that
+    # IPv4 client: matched against IPv4 networks, not let through.
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class WitWorld(wit_world.WitWorld):

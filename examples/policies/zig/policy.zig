@@ -93,11 +93,25 @@ fn parseIpv4(text: []const u8) ?u32 {
 }
 
 fn clientIp(addr: []const u8) ?u32 {
+    var host = addr;
     var i = addr.len;
     while (i > 0) : (i -= 1) {
-        if (addr[i - 1] == ':') return parseIpv4(addr[0 .. i - 1]);
+        if (addr[i - 1] == ':') {
+            host = addr[0 .. i - 1];
+            break;
+        }
     }
-    return parseIpv4(addr);
+    // An IPv4 client of a dual-stack listener ([::ffff:a.b.c.d]) is that
+    // IPv4 client: matched against IPv4 networks, not let through.
+    const mapped = "[::ffff:";
+    if (host.len > mapped.len + 1 and host[host.len - 1] == ']') {
+        var same = true;
+        for (mapped, 0..) |c, j| {
+            if ((host[j] | 0x20) != (c | 0x20)) same = false;
+        }
+        if (same) host = host[mapped.len .. host.len - 1];
+    }
+    return parseIpv4(host);
 }
 
 fn trim(s: []const u8) []const u8 {
