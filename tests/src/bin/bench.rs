@@ -38,6 +38,8 @@ use switchyard_e2e::{MariaDb, Proxy, cargo_command, free_port, spawn, workspace_
 
 const USER: (&str, &str) = ("bench", "benchpass");
 const IDLE_SESSIONS: usize = 1000;
+/// The many-sessions row: this many idle sessions held at once.
+const MANY_IDLE_SESSIONS: usize = 5000;
 const CHURN_WORKERS: usize = 8;
 /// How long one streaming measurement reads.
 const STREAMING_FOR: Duration = Duration::from_secs(3);
@@ -543,22 +545,50 @@ fn churn(port: u16, seconds: u64) -> Result<Churn> {
     })
 }
 
-/// KiB of RSS per idle session (each with its backend session), on a
-/// freshly started process.
-fn idle_memory(start: &dyn Fn() -> Result<(u16, u32, Box<dyn std::any::Any>)>) -> Result<f64> {
+/// RSS of a target holding idle sessions: KiB per session and the whole
+/// process's MiB.
+#[derive(Debug, Clone, Copy)]
+struct IdleMemory {
+    per_session_kib: f64,
+    total_mib: f64,
+}
+
+/// KiB of RSS per idle session (each with its backend session) on a
+/// freshly started process, for `n` sessions held at once. Idle means what
+/// users run: each session has run a statement (a point select, its
+/// result read) and waits for the next.
+fn idle_memory(
+    start: &dyn Fn() -> Result<(u16, u32, Box<dyn std::any::Any>)>,
+    n: usize,
+) -> Result<IdleMemory> {
     let (port, pid, guard) = start()?;
-    drop(login(port)?);
+    let mut warm = login(port)?;
+    point_select(&mut warm)?;
+    drop(warm);
     std::thread::sleep(Duration::from_millis(300));
     let base = rss_kib(pid);
-    let mut sessions = Vec::with_capacity(IDLE_SESSIONS);
-    for _ in 0..IDLE_SESSIONS {
-        sessions.push(login(port)?);
+    let mut sessions = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = login(port)?;
+        point_select(&mut c).with_context(|| format!("session {i}"))?;
+        sessions.push(c);
     }
     std::thread::sleep(Duration::from_secs(1));
-    let per = (rss_kib(pid) - base) / IDLE_SESSIONS as f64;
+    let rss = rss_kib(pid);
     drop(sessions);
     drop(guard);
-    Ok(per)
+    Ok(IdleMemory {
+        per_session_kib: (rss - base) / n as f64,
+        total_mib: rss / 1024.0,
+    })
+}
+
+/// One point select on `c`, its result read.
+fn point_select(c: &mut RawClient) -> Result<()> {
+    c.write_raw(&RawClient::query_packet(
+        "SELECT c FROM sbtest1 WHERE id = 4242",
+    ))?;
+    read_result(c).map(drop)
 }
 
 /// Every measurement of one metric, per target.
@@ -599,7 +629,8 @@ fn main() -> Result<()> {
         free_port(),
         &[
             "--skip-log-bin",
-            "--max-connections=4000",
+            // The many-idle-sessions row holds 5,000 at once.
+            "--max-connections=6000",
             "--innodb-buffer-pool-size=256M",
             "--thread-cache-size=128",
             "--max-allowed-packet=128M",
@@ -761,12 +792,17 @@ fn main() -> Result<()> {
         }
     }
     let backend = db.addr();
-    let (mut ha_mem, mut sy_mem) = (f64::NAN, f64::NAN);
+    let mut memory = Vec::new();
     if o.runs("memory") {
-        eprintln!("bench: idle memory");
-        (ha_mem, sy_mem) = measure_idle_memory(backend, &switchyard_bin, &policy)?;
+        for n in [IDLE_SESSIONS, MANY_IDLE_SESSIONS] {
+            eprintln!("bench: idle memory, {n} sessions");
+            memory.push((
+                n,
+                measure_idle_memory(backend, &switchyard_bin, &policy, n)?,
+            ));
+        }
     }
-    let table = report(&targets, &mut samples, ha_mem, sy_mem, &o);
+    let table = report(&targets, &mut samples, &memory, &o);
     println!("{table}");
     save(&table, o.readme)?;
     Ok(())
@@ -776,30 +812,36 @@ fn measure_idle_memory(
     backend: SocketAddr,
     switchyard_bin: &Path,
     policy: &Path,
-) -> Result<(f64, f64)> {
-    let ha_mem = idle_memory(&|| {
-        let h = HaProxy::start(backend)?;
-        Ok((h.port, h.child.id(), Box::new(h) as Box<dyn std::any::Any>))
-    })?;
-    let sy_mem = idle_memory(&|| {
-        let port = free_port();
-        let p = Proxy::start_with(
-            switchyard_bin,
-            &switchyard_config(port, backend, policy, (&[], &[])),
-            port,
-            "warn",
-        )?;
-        let pid = p.pid().context("pid")?;
-        Ok((port, pid, Box::new(p) as Box<dyn std::any::Any>))
-    })?;
+    n: usize,
+) -> Result<(IdleMemory, IdleMemory)> {
+    let ha_mem = idle_memory(
+        &|| {
+            let h = HaProxy::start(backend)?;
+            Ok((h.port, h.child.id(), Box::new(h) as Box<dyn std::any::Any>))
+        },
+        n,
+    )?;
+    let sy_mem = idle_memory(
+        &|| {
+            let port = free_port();
+            let p = Proxy::start_with(
+                switchyard_bin,
+                &switchyard_config(port, backend, policy, (&[], &[])),
+                port,
+                "warn",
+            )?;
+            let pid = p.pid().context("pid")?;
+            Ok((port, pid, Box::new(p) as Box<dyn std::any::Any>))
+        },
+        n,
+    )?;
     Ok((ha_mem, sy_mem))
 }
 
 fn report(
     targets: &[Target],
     samples: &mut [Samples],
-    ha_mem: f64,
-    sy_mem: f64,
+    memory: &[(usize, (IdleMemory, IdleMemory))],
     o: &Options,
 ) -> String {
     let mut t = String::new();
@@ -859,13 +901,17 @@ fn report(
             ratios.join(" | ")
         );
     }
-    let _ = writeln!(
-        t,
-        "| RSS per idle session ({IDLE_SESSIONS} sessions, fresh process), KiB | – | {} | {} |{}",
-        fmt(ha_mem),
-        fmt(sy_mem),
-        " – |".repeat(targets.len() - 3) + &" |".repeat(targets.len() - 1)
-    );
+    for (n, (ha, sy)) in memory {
+        let _ = writeln!(
+            t,
+            "| RSS per idle session after a statement ({n} sessions, fresh process; process RSS HAProxy {} MiB, Switchyard {} MiB), KiB | – | {} | {} |{}",
+            fmt(ha.total_mib),
+            fmt(sy.total_mib),
+            fmt(ha.per_session_kib),
+            fmt(sy.per_session_kib),
+            " – |".repeat(targets.len() - 3) + &" |".repeat(targets.len() - 1)
+        );
+    }
     t
 }
 
