@@ -225,6 +225,12 @@ pub async fn connect(addr: SocketAddr) -> Result<(PacketStream, Greeting), Backe
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(BackendError::Connect)?;
+    greeted(tcp).await
+}
+
+/// Reads the greeting on a connected `tcp` (a refusal in its place is the
+/// backend's ERR).
+async fn greeted(tcp: TcpStream) -> Result<(PacketStream, Greeting), BackendError> {
     let _ = tcp.set_nodelay(true);
     let mut stream = PacketStream::new(tcp, MAX_LOGIN_PACKET);
     let p = stream.read_seq(0).await?;
@@ -256,15 +262,7 @@ pub async fn reach(addr: SocketAddr) -> Result<Greeting, BackendError> {
 /// blocks an address after `max_connect_errors` of them in a row; a refused
 /// login is not one.
 pub async fn greet_and_leave(tcp: TcpStream) -> Result<Greeting, BackendError> {
-    let _ = tcp.set_nodelay(true);
-    let mut stream = PacketStream::new(tcp, MAX_LOGIN_PACKET);
-    let p = stream.read_seq(0).await?;
-    if ErrPacket::is_err(&p.payload) {
-        return Err(BackendError::Refused(
-            ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
-        ));
-    }
-    let greeting = Greeting::decode(&p.payload).map_err(ConnError::from)?;
+    let (mut stream, greeting) = greeted(tcp).await?;
     let response = HandshakeResponse {
         capabilities: CapabilityFlags::CLIENT_PROTOCOL_41
             | CapabilityFlags::CLIENT_SECURE_CONNECTION
