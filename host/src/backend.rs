@@ -471,10 +471,7 @@ pub async fn take_over(
     if stream.has_buffered() {
         return Err(BackendError::NotAtRest("bytes after the last answer"));
     }
-    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
-    let mut query = Vec::with_capacity(token.len() + 10);
-    query.push(crate::protocol::Command::Query as u8);
-    query.extend_from_slice(format!("SELECT '{token}'").as_bytes());
+    let (token, query) = token_query();
     let client = req.client;
     let change = ChangeUser {
         username: client.username.clone(),
@@ -489,25 +486,39 @@ pub async fn take_over(
         .write_packets(&[(0, &query), (0, &change)])
         .await
         .map_err(ConnError::from)?;
-    let answer = tokio::time::timeout(check_within, async {
-        let mut decoder =
-            ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
-        let mut seq = 1u8;
-        loop {
-            let p = stream.read_seq(seq).await?;
-            seq = seq.wrapping_add(1);
-            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
-                return Ok::<_, ConnError>(reply);
-            }
-        }
-    })
-    .await;
+    let answer = tokio::time::timeout(check_within, read_reply(stream, caps)).await;
     match answer {
         Ok(Ok(QueryReply::Rows(t))) if t.rows == [vec![Some(token)]] => {}
         Ok(Ok(_) | Err(_)) => return Err(BackendError::NotAtRest("another answer came first")),
         Err(_) => return Err(BackendError::NotAtRest("no answer in time")),
     }
     follow_login(stream, req.password, 1).await
+}
+
+/// `SELECT '<random token>'` as a COM_QUERY payload, and the token: an
+/// answer that holds it was made after the query was sent.
+fn token_query() -> (String, Vec<u8>) {
+    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
+    let mut query = Vec::with_capacity(token.len() + 10);
+    query.push(crate::protocol::Command::Query as u8);
+    query.extend_from_slice(format!("SELECT '{token}'").as_bytes());
+    (token, query)
+}
+
+/// Reads one text-protocol reply, from sequence id 1 on.
+async fn read_reply(
+    stream: &mut PacketStream,
+    caps: CapabilityFlags,
+) -> Result<QueryReply, ConnError> {
+    let mut decoder = ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+    let mut seq = 1u8;
+    loop {
+        let p = stream.read_seq(seq).await?;
+        seq = seq.wrapping_add(1);
+        if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
+            return Ok(reply);
+        }
+    }
 }
 
 /// Makes a backend session whose client left clean, and checks that it
@@ -525,10 +536,7 @@ pub async fn reset_at_rest(
     if stream.has_buffered() {
         return Err(BackendError::NotAtRest("bytes after the last answer"));
     }
-    let token = format!("switchyard-{}", hex::encode(crate::auth::generate_nonce()));
-    let mut query = Vec::with_capacity(token.len() + 10);
-    query.push(crate::protocol::Command::Query as u8);
-    query.extend_from_slice(format!("SELECT '{token}'").as_bytes());
+    let (token, query) = token_query();
     let reset = [crate::protocol::Command::ResetConnection as u8];
     stream
         .write_packets(&[(0, &reset), (0, &query)])
@@ -539,16 +547,7 @@ pub async fn reset_at_rest(
         if reset.payload.first() != Some(&0x00) {
             return Ok::<_, ConnError>(None);
         }
-        let mut decoder =
-            ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
-        let mut seq = 1u8;
-        loop {
-            let p = stream.read_seq(seq).await?;
-            seq = seq.wrapping_add(1);
-            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
-                return Ok(Some(reply));
-            }
-        }
+        read_reply(stream, caps).await.map(Some)
     })
     .await;
     match answers {
