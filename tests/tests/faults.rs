@@ -69,6 +69,14 @@ fn main() {
             "backend_that_never_greets_or_sends_garbage",
             silent_and_garbage_backends,
         ),
+        (
+            "primary_restarted_while_writers_are_connected",
+            primary_restarted_under_writers,
+        ),
+        (
+            "backend_stopped_by_sigstop_during_a_query_and_logins",
+            stopped_backend_during_query_and_login,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -538,5 +546,237 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
         c.disconnect().await.map_err(fail)
     })?;
     fds_back(&proxy, &fds_before)?;
+    no_panic(&mut proxy)
+}
+
+/// Two writer sessions are connected (idle) when the primary is restarted
+/// (a clean shutdown, then a start on the same data): each one's next
+/// statement fails within a bound, a reader session is undisturbed, and
+/// once the primary is back new writer logins land on it.
+fn primary_restarted_under_writers(env: &Env) -> TestResult {
+    let mut proxy = Proxy::start(&config(&standard_pools(&env.topology()), 200)).map_err(fail)?;
+    let port = proxy.port;
+    let rt = runtime();
+    let mut other = rt
+        .block_on(Conn::new(opts(port, SLAVE_USER, None)))
+        .map_err(fail)?;
+    let other_id = rt.block_on(server_id(&mut other))?;
+    std::thread::sleep(Duration::from_millis(600));
+    let fds_before = fds(&proxy);
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let mut c = rt
+            .block_on(Conn::new(opts(port, MASTER_USER, None)))
+            .map_err(fail)?;
+        check(
+            rt.block_on(server_id(&mut c))? == PRIMARY_ID,
+            "the writer session is on the primary",
+        )?;
+        writers.push(c);
+    }
+    {
+        let restore = RestorePrimary(env);
+        env.topology().primary.stop();
+        for (i, mut c) in writers.into_iter().enumerate() {
+            let started = Instant::now();
+            let next = rt.block_on(async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    c.query_drop("INSERT INTO app.faults VALUES (10, 'restart')"),
+                )
+                .await;
+                drop(c);
+                r
+            });
+            let took = started.elapsed();
+            match next {
+                Err(_) => return Err(format!("writer {i}: no answer in 10 s").into()),
+                Ok(Ok(())) => {
+                    return Err(
+                        format!("writer {i}: a write succeeded with the primary down").into(),
+                    );
+                }
+                Ok(Err(e)) => eprintln!("writer {i}: error after {took:?}: {e}"),
+            }
+            check(
+                took < Duration::from_secs(5),
+                format!("writer {i}'s error took {took:?}"),
+            )?;
+        }
+        check(
+            rt.block_on(server_id(&mut other))? == other_id,
+            "the reader session still answers, on the same server",
+        )?;
+        drop(restore);
+    }
+    wait_until(
+        "a writer login works again",
+        Duration::from_secs(15),
+        || {
+            Ok(rt.block_on(async {
+                match Conn::new(opts(port, MASTER_USER, None)).await {
+                    Ok(mut c) => {
+                        let on_primary = server_id(&mut c).await.ok() == Some(PRIMARY_ID);
+                        let _ = c.disconnect().await;
+                        on_primary
+                    }
+                    Err(_) => false,
+                }
+            }))
+        },
+    )?;
+    {
+        let t = env.topology();
+        for r in &t.replicas {
+            check(
+                r.sql("SELECT COUNT(*) FROM app.faults").trim() == "0",
+                format!("no write reached replica {}", r.server_id),
+            )?;
+        }
+    }
+    fds_back(&proxy, &fds_before)?;
+    rt.block_on(other.disconnect()).map_err(fail)?;
+    no_panic(&mut proxy)
+}
+
+/// Sends SIGCONT to the replica at `index` when dropped (also when the test
+/// failed).
+struct Resume<'a>(&'a Env, usize);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.topology().replicas[self.1].resume();
+    }
+}
+
+/// A reader session's backend is stopped (SIGSTOP) while the session is
+/// idle; the session then sends a query. Meanwhile, with health checks too
+/// rare to notice, new logins fail over to the other replica within
+/// `connect_timeout_ms` (or get ERR 9102), and a session on the other
+/// replica is undisturbed. After SIGCONT the pending query completes with
+/// the right answer. Prints whether any timeout ended the pending query
+/// while the backend was stopped (none covers a session awaiting an
+/// answer: `idle_timeout_ms` applies only while no command waits).
+fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
+    let (r1, r2) = {
+        let t = env.topology();
+        (t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    let pools = format!(
+        "[pools.master]\nrole = \"writer\"\nbackends = [\"{p}\"]\n\
+         [pools.replicas]\nbackends = [\"{r1}\", \"{r2}\"]\n",
+        p = env.topology().primary.addr(),
+    );
+    let mut proxy = Proxy::start(&config(&pools, 600_000).replace(
+        "login_timeout_ms = 5000",
+        "login_timeout_ms = 5000\nidle_timeout_ms = 1000",
+    ))
+    .map_err(fail)?;
+    let port = proxy.port;
+    let rt = runtime();
+    rt.block_on(async {
+        // One session on each replica.
+        let mut sessions = Vec::new();
+        for _ in 0..6 {
+            let mut c = Conn::new(opts(port, SLAVE_USER, None))
+                .await
+                .map_err(fail)?;
+            let id = server_id(&mut c).await?;
+            if sessions.iter().all(|(i, _)| *i != id) {
+                sessions.push((id, c));
+            }
+            if sessions.len() == 2 {
+                break;
+            }
+        }
+        check(sessions.len() == 2, "sessions on both replicas")?;
+        let (other_id, mut other) = sessions.pop().expect("two sessions");
+        let (stopped_id, mut victim) = sessions.pop().expect("two sessions");
+        let index = env
+            .topology()
+            .replicas
+            .iter()
+            .position(|r| r.server_id == stopped_id)
+            .ok_or("the victim's replica")?;
+        env.topology().replicas[index].pause();
+        let resume = Resume(env, index);
+        let started = Instant::now();
+        let mut pending = Box::pin(victim.query_first::<u32, _>("SELECT 41 + 1"));
+        // Six times 500 ms, the other session (which idle_timeout_ms would
+        // close if idle) answering in between.
+        let mut early = None;
+        for _ in 0..6 {
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(500), &mut pending).await {
+                early = Some(r);
+                break;
+            }
+            check(
+                server_id(&mut other).await? == other_id,
+                "the session on the other replica is undisturbed",
+            )?;
+        }
+        let early = early.ok_or(());
+        match &early {
+            Ok(r) => eprintln!(
+                "query to the stopped backend ended after {:?}: {r:?}",
+                started.elapsed()
+            ),
+            Err(_) => eprintln!(
+                "FINDING: a query to a stopped backend is still waiting after 3 s \
+                 (idle_timeout_ms = 1000, connect_timeout_ms = {CONNECT_TIMEOUT_MS}): \
+                 no timeout covers a session awaiting an answer"
+            ),
+        }
+        // New logins avoid the stopped backend within connect_timeout_ms.
+        for i in 0..4 {
+            let t0 = Instant::now();
+            let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut c = Conn::new(opts(port, SLAVE_USER, None)).await?;
+                let id: Option<u32> = c.query_first("SELECT @@server_id").await?;
+                c.disconnect().await?;
+                Ok::<_, mysql_async::Error>(id)
+            })
+            .await
+            .map_err(|_| fail(format!("login {i}: no answer in 10 s")))?;
+            let took = t0.elapsed();
+            match outcome {
+                Ok(id) => check(
+                    id == Some(other_id),
+                    format!("login {i} landed on {id:?}, not the running replica"),
+                )?,
+                Err(e) => {
+                    let (code, _, message) = server_error(e)?;
+                    check(code == 9102, format!("login {i}: ERR {code} {message}"))?;
+                }
+            }
+            check(
+                took < Duration::from_millis(CONNECT_TIMEOUT_MS + 2000),
+                format!("login {i} took {took:?}"),
+            )?;
+            check(
+                server_id(&mut other).await? == other_id,
+                "the session on the other replica is undisturbed",
+            )?;
+        }
+        check(
+            server_id(&mut other).await? == other_id,
+            "the session on the other replica is undisturbed",
+        )?;
+        drop(resume);
+        if early.is_err() {
+            let answer = tokio::time::timeout(Duration::from_secs(10), &mut pending)
+                .await
+                .map_err(|_| fail("the query did not complete after SIGCONT"))?
+                .map_err(fail)?;
+            check(
+                answer == Some(42),
+                format!("the query's answer: {answer:?}"),
+            )?;
+        }
+        drop(pending);
+        let _ = victim.disconnect().await;
+        other.disconnect().await.map_err(fail)
+    })?;
+    let _ = (r1, r2);
     no_panic(&mut proxy)
 }
