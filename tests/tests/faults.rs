@@ -132,6 +132,17 @@ fn fd_count(proxy: &Proxy) -> Result<usize, Failed> {
         .count())
 }
 
+/// The proxy's resident set size in KiB.
+fn rss_kib(proxy: &Proxy) -> Result<u64, Failed> {
+    let pid = proxy.pid().ok_or("the proxy is not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(fail)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
 /// The proxy's open descriptors and what they point to.
 fn fds(proxy: &Proxy) -> Vec<String> {
     let pid = proxy.pid().unwrap_or(0);
@@ -239,6 +250,7 @@ fn killed_mid_result_set(env: &Env) -> TestResult {
     // Settle: the health checker's connections are open.
     std::thread::sleep(Duration::from_millis(600));
     let fds_before = fds(&proxy);
+    let rss_before = rss_kib(&proxy)?;
 
     let _restore = RestorePrimary(env);
     let outcome: Result<(usize, Duration, String), Failed> = rt.block_on(async {
@@ -306,6 +318,14 @@ fn killed_mid_result_set(env: &Env) -> TestResult {
     check(
         rt.block_on(server_id(&mut other))? == other_id,
         "the replica session still answers",
+    )?;
+    let rss_after = rss_kib(&proxy)?;
+    eprintln!("proxy RSS: {rss_before} KiB before, {rss_after} KiB after");
+    // Relaying thousands of rows buffers at most a few packets: the RSS
+    // stays within a few MiB of its level before (allocator slack).
+    check(
+        rss_after < rss_before + 8 * 1024,
+        format!("the proxy's RSS grew from {rss_before} to {rss_after} KiB"),
     )?;
     rt.block_on(other.disconnect()).map_err(fail)?;
     no_panic(&mut proxy)
