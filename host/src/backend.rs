@@ -36,6 +36,11 @@ pub enum BackendError {
     /// The backend answered with an ERR packet.
     #[error("backend error {}: {}", .0.code, .0.message)]
     Refused(ErrPacket),
+    /// The backend sent an ERR packet in place of its greeting (too many
+    /// connections, host blocked or not allowed, or anything else): no user
+    /// was named yet, so it is the server's state, never the user's fault.
+    #[error("backend refused the connection: {} {}", .0.code, .0.message)]
+    RefusedConnection(ErrPacket),
     /// The pool requires TLS and the backend does not offer it.
     #[error("backend does not offer TLS, which its pool requires")]
     TlsUnavailable,
@@ -167,7 +172,11 @@ impl BackendError {
         match self {
             Self::Refused(e) => is_server_fault(e),
             Self::UnsupportedPlugin(_) | Self::NotAtRest(_) => false,
-            Self::Connect(_) | Self::Timeout | Self::Conn(_) | Self::TlsUnavailable => true,
+            Self::Connect(_)
+            | Self::Timeout
+            | Self::Conn(_)
+            | Self::TlsUnavailable
+            | Self::RefusedConnection(_) => true,
         }
     }
 
@@ -235,9 +244,9 @@ async fn greeted(tcp: TcpStream) -> Result<(PacketStream, Greeting), BackendErro
     let mut stream = PacketStream::new(tcp, MAX_LOGIN_PACKET);
     let p = stream.read_seq(0).await?;
     if ErrPacket::is_err(&p.payload) {
-        return Err(BackendError::Refused(
-            ErrPacket::decode(&p.payload).map_err(ConnError::from)?,
-        ));
+        // In place of the greeting (pre-4.1 form, no SQLSTATE).
+        let err = ErrPacket::decode(&p.payload).map_err(ConnError::from)?;
+        return Err(BackendError::RefusedConnection(err));
     }
     let greeting = Greeting::decode(&p.payload).map_err(ConnError::from)?;
     Ok((stream, greeting))

@@ -492,6 +492,9 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
     // A packet whose protocol version byte is no 10 (no greeting, no ERR),
     // then a header announcing 0xFFFFFF bytes.
     let garbage = FakeBackend::start(b"\x0a\x00\x00\x00GARBAGE!!\x00\xff\xff\xff\x01junk")?;
+    // An ERR in place of the greeting (1130, host not allowed): the
+    // server's state, not the user's fault, so logins fail over too.
+    let refusing = FakeBackend::start(b"\x13\x00\x00\x00\xff\x6a\x04Host not allowed")?;
     let (r1, r1_id) = {
         let t = env.topology();
         (t.replicas[0].addr(), t.replicas[0].server_id)
@@ -499,10 +502,11 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
 
     let pools = format!(
         "[pools.master]\nrole = \"writer\"\nbackends = [\"{p}\"]\n\
-         [pools.replicas]\nbackends = [\"{s}\", \"{g}\", \"{r1}\"]\n",
+         [pools.replicas]\nbackends = [\"{s}\", \"{g}\", \"{e}\", \"{r1}\"]\n",
         p = env.topology().primary.addr(),
         s = silent.addr,
         g = garbage.addr,
+        e = refusing.addr,
     );
     let mut proxy = Proxy::start(&config(&pools, 600_000)).map_err(fail)?;
     let port = proxy.port;
@@ -541,10 +545,10 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
                 refused += 1;
             }
         }
-        // Two bad backends, each given connect_timeout_ms at most, plus
+        // Three bad backends, each given connect_timeout_ms at most, plus
         // slack for a loaded machine.
         check(
-            took < Duration::from_millis(2 * CONNECT_TIMEOUT_MS + 2000),
+            took < Duration::from_millis(3 * CONNECT_TIMEOUT_MS + 2000),
             format!("login {i} took {took:?}"),
         )?;
     }
@@ -554,8 +558,8 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
         garbage.accepted()
     );
     check(
-        silent.accepted() > 0 && garbage.accepted() > 0,
-        "the proxy tried both fake backends",
+        silent.accepted() > 0 && garbage.accepted() > 0 && refusing.accepted() > 0,
+        "the proxy tried every fake backend",
     )?;
     // The proxy is healthy: a writer login works.
     rt.block_on(async {
