@@ -143,6 +143,33 @@ fn rss_kib(proxy: &Proxy) -> Result<u64, Failed> {
         .ok_or_else(|| "no VmRSS".into())
 }
 
+/// A proxy on the standard pools, its port, a runtime, and a reader
+/// session on a replica that a fault of the primary must not disturb.
+struct Watched {
+    proxy: Proxy,
+    port: u16,
+    rt: tokio::runtime::Runtime,
+    other: Conn,
+    other_id: u32,
+}
+
+fn watched(env: &Env) -> Result<Watched, Failed> {
+    let proxy = Proxy::start(&config(&standard_pools(&env.topology()), 200)).map_err(fail)?;
+    let port = proxy.port;
+    let rt = runtime();
+    let mut other = rt
+        .block_on(Conn::new(opts(port, SLAVE_USER, None)))
+        .map_err(fail)?;
+    let other_id = rt.block_on(server_id(&mut other))?;
+    Ok(Watched {
+        proxy,
+        port,
+        rt,
+        other,
+        other_id,
+    })
+}
+
 /// The proxy's open descriptors and what they point to.
 fn fds(proxy: &Proxy) -> Vec<String> {
     let pid = proxy.pid().unwrap_or(0);
@@ -239,13 +266,13 @@ impl Drop for RestorePrimary<'_> {
 /// land on a `read_only` replica; the proxy's descriptors return to their
 /// level once the client is gone.
 fn killed_mid_result_set(env: &Env) -> TestResult {
-    let mut proxy = Proxy::start(&config(&standard_pools(&env.topology()), 200)).map_err(fail)?;
-    let port = proxy.port;
-    let rt = runtime();
-    let mut other = rt
-        .block_on(Conn::new(opts(port, SLAVE_USER, None)))
-        .map_err(fail)?;
-    let other_id = rt.block_on(server_id(&mut other))?;
+    let Watched {
+        mut proxy,
+        port,
+        rt,
+        mut other,
+        other_id,
+    } = watched(env)?;
     check(other_id != PRIMARY_ID, "the other client is on a replica")?;
     // Settle: the health checker's connections are open.
     std::thread::sleep(Duration::from_millis(600));
@@ -337,13 +364,13 @@ fn killed_mid_result_set(env: &Env) -> TestResult {
 /// on a replica), a reader session is undisturbed, and once the primary is
 /// back a new writer login works and lands on it.
 fn killed_mid_transaction(env: &Env) -> TestResult {
-    let mut proxy = Proxy::start(&config(&standard_pools(&env.topology()), 200)).map_err(fail)?;
-    let port = proxy.port;
-    let rt = runtime();
-    let mut other = rt
-        .block_on(Conn::new(opts(port, SLAVE_USER, None)))
-        .map_err(fail)?;
-    let other_id = rt.block_on(server_id(&mut other))?;
+    let Watched {
+        mut proxy,
+        port,
+        rt,
+        mut other,
+        other_id,
+    } = watched(env)?;
     std::thread::sleep(Duration::from_millis(600));
     let fds_before = fds(&proxy);
     {
@@ -578,13 +605,13 @@ fn silent_and_garbage_backends(env: &Env) -> TestResult {
 /// statement fails within a bound, a reader session is undisturbed, and
 /// once the primary is back new writer logins land on it.
 fn primary_restarted_under_writers(env: &Env) -> TestResult {
-    let mut proxy = Proxy::start(&config(&standard_pools(&env.topology()), 200)).map_err(fail)?;
-    let port = proxy.port;
-    let rt = runtime();
-    let mut other = rt
-        .block_on(Conn::new(opts(port, SLAVE_USER, None)))
-        .map_err(fail)?;
-    let other_id = rt.block_on(server_id(&mut other))?;
+    let Watched {
+        mut proxy,
+        port,
+        rt,
+        mut other,
+        other_id,
+    } = watched(env)?;
     std::thread::sleep(Duration::from_millis(600));
     let fds_before = fds(&proxy);
     let mut writers = Vec::new();
