@@ -495,7 +495,7 @@ pub async fn take_over(
         .write_packets(&[(0, &query), (0, &change)])
         .await
         .map_err(ConnError::from)?;
-    let answer = tokio::time::timeout(check_within, read_reply(stream, caps)).await;
+    let answer = tokio::time::timeout(check_within, read_reply(stream, decoder_for(caps))).await;
     match answer {
         Ok(Ok(QueryReply::Rows(t))) if t.rows == [vec![Some(token)]] => {}
         Ok(Ok(_) | Err(_)) => return Err(BackendError::NotAtRest("another answer came first")),
@@ -514,12 +514,16 @@ fn token_query() -> (String, Vec<u8>) {
     (token, query)
 }
 
-/// Reads one text-protocol reply, from sequence id 1 on.
+/// The decoder of a reply on a session with these flags.
+fn decoder_for(caps: CapabilityFlags) -> ResultSetDecoder {
+    ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF))
+}
+
+/// Reads one text-protocol reply with `decoder`, from sequence id 1 on.
 async fn read_reply(
     stream: &mut PacketStream,
-    caps: CapabilityFlags,
+    mut decoder: ResultSetDecoder,
 ) -> Result<QueryReply, ConnError> {
-    let mut decoder = ResultSetDecoder::new(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
     let mut seq = 1u8;
     loop {
         let p = stream.read_seq(seq).await?;
@@ -556,7 +560,7 @@ pub async fn reset_at_rest(
         if reset.payload.first() != Some(&0x00) {
             return Ok::<_, ConnError>(None);
         }
-        read_reply(stream, caps).await.map(Some)
+        read_reply(stream, decoder_for(caps)).await.map(Some)
     })
     .await;
     match answers {
@@ -689,15 +693,8 @@ impl MonitorSession {
             .write(0, &payload)
             .await
             .map_err(ConnError::from)?;
-        let mut decoder = ResultSetDecoder::new(false).with_max_rows(max_rows);
-        let mut seq = 1u8;
-        loop {
-            let p = self.stream.read_seq(seq).await?;
-            seq = seq.wrapping_add(1);
-            if let Some(reply) = decoder.feed(&p.payload).map_err(ConnError::from)? {
-                return Ok(reply);
-            }
-        }
+        let decoder = ResultSetDecoder::new(false).with_max_rows(max_rows);
+        Ok(read_reply(&mut self.stream, decoder).await?)
     }
 
     /// Runs `sql` and expects rows.
