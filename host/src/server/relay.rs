@@ -484,10 +484,15 @@ async fn read_ready(
     buf: &mut BytesMut,
     size: &mut usize,
 ) -> std::io::Result<usize> {
-    if buf.is_empty() && buf.capacity() > 0 {
-        give_back(std::mem::take(buf));
-    }
     loop {
+        // Before every wait, including after a spurious wake-up: a read
+        // that fills less than the buffer leaves the readiness set, so the
+        // next wait returns at once and the read would block (on an idle
+        // session, every time). An empty buffer held through the wait
+        // would stay with the session for as long as it is idle.
+        if buf.is_empty() && buf.capacity() > 0 {
+            give_back(std::mem::take(buf));
+        }
         r.readable().await?;
         if buf.capacity() == 0 {
             *buf = take_buffer(*size);
