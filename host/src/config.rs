@@ -64,6 +64,13 @@ pub struct Config {
     /// Default 0.
     #[serde(default)]
     pub idle_timeout_ms: u64,
+    /// A command that waits for its answer while the backend sends nothing
+    /// for this long (a statement that runs too long, a backend that hangs)
+    /// ends the session: the client gets ERR 9105 in place of the answer
+    /// (when none of it has arrived) and both connections are closed
+    /// (milliseconds; 0: never). Default 36000000 (10 hours).
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
     /// On SIGTERM/SIGINT, how long open sessions may go on before they are
     /// closed (milliseconds). Default 30000.
     #[serde(default = "default_shutdown_timeout_ms")]
@@ -703,6 +710,10 @@ fn default_charset() -> u8 {
 fn default_probe_interval_ms() -> u64 {
     2_000
 }
+fn default_query_timeout_ms() -> u64 {
+    36_000_000
+}
+
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }

@@ -30,6 +30,8 @@ type TestFn = fn(&Env) -> TestResult;
 const MONITOR: (&str, &str) = ("monitor", "monitorpass");
 const PRIMARY_ID: u32 = 1;
 const CONNECT_TIMEOUT_MS: u64 = 700;
+/// `query_timeout_ms` where a test sets it.
+const QUERY_TIMEOUT_MS: u64 = 2500;
 
 struct Env {
     topology: Mutex<Topology>,
@@ -360,7 +362,8 @@ fn killed_mid_result_set(env: &Env) -> TestResult {
 
 /// A writer session inside a transaction (one row inserted, not committed)
 /// when the primary is killed: its next statement fails within the
-/// timeouts, the row never appears (not on the primary after recovery, not
+/// timeouts; another writer session whose statement is running gets ERR
+/// 9104 (08S01) in place of its answer at once; the row never appears (not on the primary after recovery, not
 /// on a replica), a reader session is undisturbed, and once the primary is
 /// back a new writer login works and lands on it.
 fn killed_mid_transaction(env: &Env) -> TestResult {
@@ -387,8 +390,33 @@ fn killed_mid_transaction(env: &Env) -> TestResult {
             conn.query_drop("INSERT INTO app.faults VALUES (1, 'uncommitted')")
                 .await
                 .map_err(fail)?;
+            // A second writer whose statement runs when the server dies.
+            let mut sleeper = Conn::new(opts(port, MASTER_USER, None))
+                .await
+                .map_err(fail)?;
+            let mut running = Box::pin(sleeper.query_drop("SELECT SLEEP(60)"));
+            check(
+                tokio::time::timeout(Duration::from_millis(500), &mut running)
+                    .await
+                    .is_err(),
+                "SLEEP(60) is running",
+            )?;
             kill9(&env.topology().primary)?;
             let killed = Instant::now();
+            let lost = tokio::time::timeout(Duration::from_secs(5), &mut running)
+                .await
+                .map_err(|_| fail("the running statement got no answer 5 s after the kill"))?;
+            let (code, state, message) = match lost {
+                Ok(()) => return Err(fail("SLEEP(60) succeeded after the kill")),
+                Err(e) => server_error(e)?,
+            };
+            eprintln!("running statement: ERR {code} ({state}) {message}");
+            check(
+                (code, state.as_str()) == (9104, "08S01"),
+                format!("the running statement's error: {code} ({state}) {message}"),
+            )?;
+            drop(running);
+            drop(sleeper);
             let next = tokio::time::timeout(
                 Duration::from_secs(10),
                 conn.query_drop("INSERT INTO app.faults VALUES (2, 'after the kill')"),
@@ -701,13 +729,14 @@ impl Drop for Resume<'_> {
 }
 
 /// A reader session's backend is stopped (SIGSTOP) while the session is
-/// idle; the session then sends a query. Meanwhile, with health checks too
-/// rare to notice, new logins fail over to the other replica within
-/// `connect_timeout_ms` (or get ERR 9102), and a session on the other
-/// replica is undisturbed. After SIGCONT the pending query completes with
-/// the right answer. Prints whether any timeout ended the pending query
-/// while the backend was stopped (none covers a session awaiting an
-/// answer: `idle_timeout_ms` applies only while no command waits).
+/// idle; the session then sends a query: it gets ERR 9105 (08S01) once
+/// `query_timeout_ms` passes without a byte from the backend (not before,
+/// and not later than the watchdog's granularity allows), and the session
+/// is closed. Meanwhile, with health checks too rare to notice, new logins
+/// fail over to the other replica within `connect_timeout_ms` (or get ERR
+/// 9102), and a session on the other replica is undisturbed (it is never
+/// quiet for `idle_timeout_ms`, and `query_timeout_ms` does not apply to
+/// idle sessions). The proxy's descriptors return to their level.
 fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
     let (r1, r2) = {
         let t = env.topology();
@@ -720,7 +749,9 @@ fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
     );
     let mut proxy = Proxy::start(&config(&pools, 600_000).replace(
         "login_timeout_ms = 5000",
-        "login_timeout_ms = 5000\nidle_timeout_ms = 1000",
+        &format!(
+            "login_timeout_ms = 5000\nidle_timeout_ms = 1000\nquery_timeout_ms = {QUERY_TIMEOUT_MS}"
+        ),
     ))
     .map_err(fail)?;
     let port = proxy.port;
@@ -749,16 +780,17 @@ fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
             .iter()
             .position(|r| r.server_id == stopped_id)
             .ok_or("the victim's replica")?;
+        let fds_before = fds(&proxy);
         env.topology().replicas[index].pause();
         let resume = Resume(env, index);
         let started = Instant::now();
         let mut pending = Box::pin(victim.query_first::<u32, _>("SELECT 41 + 1"));
-        // Six times 500 ms, the other session (which idle_timeout_ms would
+        // Every 500 ms, the other session (which idle_timeout_ms would
         // close if idle) answering in between.
-        let mut early = None;
-        for _ in 0..6 {
+        let mut ended = None;
+        for _ in 0..16 {
             if let Ok(r) = tokio::time::timeout(Duration::from_millis(500), &mut pending).await {
-                early = Some(r);
+                ended = Some(r);
                 break;
             }
             check(
@@ -766,18 +798,27 @@ fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
                 "the session on the other replica is undisturbed",
             )?;
         }
-        let early = early.ok_or(());
-        match &early {
-            Ok(r) => eprintln!(
-                "query to the stopped backend ended after {:?}: {r:?}",
-                started.elapsed()
-            ),
-            Err(_) => eprintln!(
-                "FINDING: a query to a stopped backend is still waiting after 3 s \
-                 (idle_timeout_ms = 1000, connect_timeout_ms = {CONNECT_TIMEOUT_MS}): \
-                 no timeout covers a session awaiting an answer"
-            ),
-        }
+        let took = started.elapsed();
+        let ended = ended.ok_or_else(|| fail(format!("no answer after {took:?}")))?;
+        let (code, state, message) = match ended {
+            Ok(r) => return Err(fail(format!("the stopped backend answered: {r:?}"))),
+            Err(e) => server_error(e)?,
+        };
+        eprintln!("query to the stopped backend: ERR {code} ({state}) {message} after {took:?}");
+        check(
+            (code, state.as_str()) == (9105, "08S01"),
+            format!("the error: {code} ({state}) {message}"),
+        )?;
+        let timeout = Duration::from_millis(QUERY_TIMEOUT_MS);
+        check(
+            took >= timeout && took < timeout * 5 / 4 + Duration::from_millis(1500),
+            format!("ERR 9105 came after {took:?} (query_timeout_ms = {QUERY_TIMEOUT_MS})"),
+        )?;
+        drop(pending);
+        check(
+            victim.ping().await.is_err(),
+            "the session is closed after ERR 9105",
+        )?;
         // New logins avoid the stopped backend within connect_timeout_ms.
         for i in 0..4 {
             let t0 = Instant::now();
@@ -814,18 +855,8 @@ fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
             "the session on the other replica is undisturbed",
         )?;
         drop(resume);
-        if early.is_err() {
-            let answer = tokio::time::timeout(Duration::from_secs(10), &mut pending)
-                .await
-                .map_err(|_| fail("the query did not complete after SIGCONT"))?
-                .map_err(fail)?;
-            check(
-                answer == Some(42),
-                format!("the query's answer: {answer:?}"),
-            )?;
-        }
-        drop(pending);
-        let _ = victim.disconnect().await;
+        drop(victim);
+        fds_back(&proxy, &fds_before)?;
         other.disconnect().await.map_err(fail)
     })?;
     let _ = (r1, r2);

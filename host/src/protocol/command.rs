@@ -62,6 +62,11 @@ pub struct CommandScanner {
     continues: bool,
     /// The client streams data packets (LOAD DATA LOCAL INFILE).
     streaming: bool,
+    /// The sequence id of the last packet header seen.
+    last_seq: u8,
+    /// The last command gets an answer (all but COM_STMT_CLOSE and
+    /// COM_STMT_SEND_LONG_DATA); false before the first command.
+    answered: bool,
 }
 
 impl CommandScanner {
@@ -98,6 +103,7 @@ impl CommandScanner {
                 let Some(&cmd) = buf.get(pos + 4) else {
                     return (pos, None);
                 };
+                self.answered = !matches!(cmd, COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE);
                 let event = match cmd {
                     c if c == Command::Quit as u8 => Some(ScanEvent::Quit),
                     c if c == Command::ChangeUser as u8 => Some(ScanEvent::ChangeUser),
@@ -124,10 +130,42 @@ impl CommandScanner {
             }
             self.continues = len == super::MAX_PAYLOAD_CHUNK;
             self.remaining = len;
+            self.last_seq = seq;
             pos += 4;
         }
     }
+
+    /// What the server owes the client for everything scanned so far.
+    pub fn awaiting(&self) -> Awaiting {
+        if self.remaining > 0 || self.continues || self.streaming {
+            Awaiting::MoreFromClient
+        } else if self.answered {
+            Awaiting::Answer(self.last_seq.wrapping_add(1))
+        } else {
+            Awaiting::Nothing
+        }
+    }
 }
+
+/// What the server owes, by [`CommandScanner::awaiting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// Nothing: no command yet, or the last one gets no answer
+    /// (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).
+    Nothing,
+    /// The answer to a whole command (or to the data of LOAD DATA LOCAL
+    /// INFILE), starting with this sequence id: what an ERR in its place
+    /// carries.
+    Answer(u8),
+    /// The client is in the middle of a packet, of a 16 MiB packet's chunks
+    /// or of streamed data: the server waits for it.
+    MoreFromClient,
+}
+
+/// COM_STMT_SEND_LONG_DATA: no answer.
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+/// COM_STMT_CLOSE: no answer.
+const COM_STMT_CLOSE: u8 = 0x19;
 
 #[cfg(test)]
 mod tests {
@@ -141,6 +179,43 @@ mod tests {
             encode_packet(*seq, payload, &mut out);
         }
         out.to_vec()
+    }
+
+    #[test]
+    fn knows_the_sequence_id_of_the_awaited_answer() {
+        use Awaiting::*;
+        let query = packets(&[(0, b"\x03SELECT 1")]);
+        let mut s = CommandScanner::new();
+        assert_eq!(s.awaiting(), Nothing);
+        // Cut inside the packet: the server waits for the rest.
+        let (n, _) = s.scan(&query[..11]);
+        assert_eq!((n, s.awaiting()), (11, MoreFromClient));
+        s.scan(&query[11..]);
+        assert_eq!(s.awaiting(), Answer(1));
+        // No answer to COM_STMT_CLOSE; COM_STMT_EXECUTE gets one.
+        s.scan(&packets(&[(0, b"\x19\x01\0\0\0")]));
+        assert_eq!(s.awaiting(), Nothing);
+        s.scan(&packets(&[(0, b"\x17\x01\0\0\0\0\x01\0\0\0")]));
+        assert_eq!(s.awaiting(), Answer(1));
+        // LOAD DATA LOCAL INFILE: the file's packets (2, 3), then the empty
+        // one (4); the server's OK is number 5.
+        s.scan(&packets(&[(
+            0,
+            b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t",
+        )]));
+        s.scan(&packets(&[(2, b"1,2\n"), (3, b"3,4\n")]));
+        assert_eq!(s.awaiting(), MoreFromClient);
+        s.scan(&packets(&[(4, b"")]));
+        assert_eq!(s.awaiting(), Answer(5));
+        // A 16 MiB packet: not before its last chunk.
+        let big = vec![0x03; super::super::MAX_PAYLOAD_CHUNK];
+        // Its first chunk, whole, then the empty packet that ends it.
+        let bytes = packets(&[(0, &big)]);
+        let first = 4 + big.len();
+        assert_eq!(s.scan(&bytes[..first]), (first, None));
+        assert_eq!(s.awaiting(), MoreFromClient);
+        s.scan(&bytes[first..]);
+        assert_eq!(s.awaiting(), Answer(2));
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod result;
 mod resultset;
 
 pub use change_user::ChangeUser;
-pub use command::{Command, CommandScanner, MAX_KILL_PAYLOAD, ScanEvent};
+pub use command::{Awaiting, Command, CommandScanner, MAX_KILL_PAYLOAD, ScanEvent};
 pub use flags::{CapabilityFlags, MariaDbCapabilities, StatusFlags};
 pub use greeting::Greeting;
 pub use packet::{MAX_PAYLOAD_CHUNK, Packet, PacketCodec, encode_packet};

@@ -23,6 +23,10 @@ pub const POLICY_FAILED: u16 = 9101;
 pub const NO_BACKEND: u16 = 9102;
 /// A backend needs something Switchyard cannot provide (e.g. an auth plugin).
 pub const BACKEND_UNSUPPORTED: u16 = 9103;
+/// The backend session ended while a command waited for its answer.
+pub const BACKEND_LOST: u16 = 9104;
+/// The backend sent nothing for `query_timeout_ms` while a command waited.
+pub const QUERY_TIMEOUT: u16 = 9105;
 
 /// ERR 1045 / 28000, as MySQL words it.
 pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrPacket {
@@ -115,4 +119,26 @@ pub fn no_backend(pool: &str, tried: usize) -> ErrPacket {
 /// ERR 9103 / HY000.
 pub fn backend_unsupported(why: &str) -> ErrPacket {
     ErrPacket::new(BACKEND_UNSUPPORTED, "HY000", format!("Switchyard: {why}"))
+}
+
+/// ERR 9104 / 08S01 (a communication failure: the session is closed).
+pub fn backend_lost(backend: std::net::SocketAddr) -> ErrPacket {
+    ErrPacket::new(
+        BACKEND_LOST,
+        "08S01",
+        format!(
+            "Switchyard: lost the backend session ({backend}) before its answer; the session is closed"
+        ),
+    )
+}
+
+/// ERR 9105 / 08S01 (the session is closed).
+pub fn query_timeout(backend: std::net::SocketAddr, timeout_ms: u64) -> ErrPacket {
+    ErrPacket::new(
+        QUERY_TIMEOUT,
+        "08S01",
+        format!(
+            "Switchyard: the backend ({backend}) sent nothing for query_timeout_ms ({timeout_ms} ms); the session is closed"
+        ),
+    )
 }

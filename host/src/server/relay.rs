@@ -15,7 +15,7 @@
 //! to socket without being copied through the proxy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -25,21 +25,27 @@ use tokio::sync::Notify;
 
 use crate::conn::Stream;
 
+use super::codes;
 use super::kill::{self, Registry};
 use super::splice::Pipe;
 use crate::metrics::Metrics;
-use crate::protocol::{CommandScanner, ScanEvent, encode_packet};
+use crate::protocol::{Awaiting, CommandScanner, ErrPacket, ScanEvent, encode_packet};
 
 /// Smallest read, and where a direction's read size starts.
 const MIN_READ: usize = 16 * 1024;
 /// Largest read: a direction that keeps filling its reads (a large result
 /// set, a bulk insert) grows to this, so that it moves in few syscalls.
 const MAX_READ: usize = 1024 * 1024;
+/// How long a backend session may take to close once its client has left
+/// (it answers what the client sent before, to no one).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// COM_QUIT, as a whole packet.
 const COM_QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, 0x01];
 
 /// How a session closed by `idle_timeout_ms` ends.
 pub const IDLE_END: &str = "idle timeout";
+/// How a session closed by `query_timeout_ms` ends.
+pub const QUERY_TIMEOUT_END: &str = "query timeout";
 /// How a relay stopped by COM_CHANGE_USER ends.
 pub const CHANGE_USER_END: &str = "COM_CHANGE_USER";
 /// How a session whose client sent COM_QUIT ends.
@@ -69,12 +75,33 @@ pub enum After {
     },
 }
 
+/// When a relay gives up on a quiet session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Close the session after this long without traffic while no command
+    /// waits for its answer (`idle_timeout_ms`).
+    pub idle: Option<Duration>,
+    /// Close the session after this long without traffic while a command
+    /// waits for its answer (`query_timeout_ms`).
+    pub query: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The configured ones (0: none).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        Self {
+            idle: ms(config.idle_timeout_ms),
+            query: ms(config.query_timeout_ms),
+        }
+    }
+}
+
 /// How to relay.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
-    /// Close the session after this long without traffic while no command
-    /// waits for its answer.
-    pub idle_timeout: Option<Duration>,
+    /// When to give up on a quiet session.
+    pub timeouts: Timeouts,
     /// Where relayed bytes are counted.
     pub metrics: &'a Metrics,
     /// Where sessions are, for `KILL <greeting id>`, and this session's
@@ -220,11 +247,12 @@ async fn relay_halves(
     let change_user = Notify::new();
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
-    // Reads in either direction, and whether the last one came from the
-    // client (a command waiting for its answer): what the idle watchdog
-    // looks at.
+    // Reads in either direction, and what the backend owes the client
+    // ([`Awaiting`], set by what the client sent, cleared by any byte
+    // from the backend): what the watchdog looks at.
     let moves = AtomicU64::new(0);
-    let awaiting_answer = AtomicBool::new(false);
+    let awaiting = AtomicU16::new(bits(Awaiting::Nothing));
+    let backend_addr = options.kills.1;
     let metrics = options.metrics;
     let (end, rest) = {
         let up = async {
@@ -242,6 +270,7 @@ async fn relay_halves(
                     from_client.fetch_add(n as u64, Ordering::Relaxed);
                     metrics.bytes_from_clients.add(n as u64);
                     buf.advance(n);
+                    awaiting.store(bits(scanner.awaiting()), Ordering::Relaxed);
                 }
                 match event {
                     Some(ScanEvent::Kill) => {
@@ -268,6 +297,7 @@ async fn relay_halves(
                             from_client.fetch_add(len as u64, Ordering::Relaxed);
                             metrics.bytes_from_clients.add(len as u64);
                             buf.advance(len);
+                            awaiting.store(bits(Awaiting::Answer(1)), Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -288,7 +318,6 @@ async fn relay_halves(
                     Ok(0) => break "client closed",
                     Ok(_) => {
                         moves.fetch_add(1, Ordering::Relaxed);
-                        awaiting_answer.store(true, Ordering::Relaxed);
                     }
                     Err(_) => break "client read failed",
                 }
@@ -333,7 +362,7 @@ async fn relay_halves(
                         Err(_) => break "backend read failed",
                     };
                     moves.fetch_add(1, Ordering::Relaxed);
-                    awaiting_answer.store(false, Ordering::Relaxed);
+                    awaiting.store(bits(Awaiting::Nothing), Ordering::Relaxed);
                     if pipe.drain(to.as_ref()).await.is_err() {
                         break "client write failed";
                     }
@@ -351,7 +380,7 @@ async fn relay_halves(
                     Ok(0) => break "backend closed",
                     Ok(n) => {
                         moves.fetch_add(1, Ordering::Relaxed);
-                        awaiting_answer.store(false, Ordering::Relaxed);
+                        awaiting.store(bits(Awaiting::Nothing), Ordering::Relaxed);
                         if n >= MIN_READ && pipe.is_none() && splices(backend_r, client_w) {
                             // A large answer: the rest of it (and of later
                             // ones) moves by splice(2), kernel to kernel.
@@ -364,19 +393,30 @@ async fn relay_halves(
                     Err(_) => break "backend read failed",
                 }
             };
+            if end.starts_with("backend")
+                && let Awaiting::Answer(seq) = unbits(awaiting.load(Ordering::Relaxed))
+            {
+                // Gone before any of the answer a command waits for: the
+                // client gets an ERR in its place rather than a bare close.
+                tracing::warn!(backend = %backend_addr, "backend session lost while a command waited for its answer");
+                let _ = answer_with(client_w, seq, codes::backend_lost(backend_addr)).await;
+            }
             let _ = client_w.shutdown().await;
             end
         };
 
-        let idle = async {
-            match options.idle_timeout {
-                // Boxed: only sessions with an idle timeout pay for its timer.
-                Some(timeout) => Box::pin(idle_watch(timeout, &moves, &awaiting_answer)).await,
-                None => std::future::pending().await,
+        let watch = async {
+            match options.timeouts {
+                Timeouts {
+                    idle: None,
+                    query: None,
+                } => std::future::pending().await,
+                // Boxed: only sessions with a timeout pay for its timer.
+                timeouts => Box::pin(watch(timeouts, &moves, &awaiting)).await,
             }
         };
 
-        tokio::pin!(up, down, idle);
+        tokio::pin!(up, down, watch);
         tokio::select! {
             // The backend is gone or the client cannot be written: done.
             end = &mut down => {
@@ -388,19 +428,53 @@ async fn relay_halves(
                 }
             }
             // The client is done sending: let the backend finish and close
-            // (or, for COM_CHANGE_USER, stop at a safe point).
+            // (or, for COM_CHANGE_USER, stop at a safe point), within the
+            // timeouts; a client that left waits for no answer, so its
+            // backend session gets [`CLOSE_GRACE`] to close.
             (end, rest) = &mut up => {
-                let down_end = down.await;
-                if rest.is_some() && down_end != CHANGE_USER_END {
-                    // The backend went away meanwhile.
-                    (down_end, None)
-                } else {
-                    (end, rest)
+                let grace = async {
+                    if rest.is_some() {
+                        std::future::pending().await
+                    } else {
+                        tokio::time::sleep(CLOSE_GRACE).await
+                    }
+                };
+                tokio::select! {
+                    down_end = &mut down => {
+                        if rest.is_some() && down_end != CHANGE_USER_END {
+                            // The backend went away meanwhile.
+                            (down_end, None)
+                        } else {
+                            (end, rest)
+                        }
+                    }
+                    timed_out = &mut watch => (timed_out, None),
+                    () = grace => (end, None),
                 }
             }
-            () = &mut idle => (IDLE_END, None),
+            end = &mut watch => (end, None),
         }
     };
+    if end == QUERY_TIMEOUT_END {
+        // The backend owes an answer and sends nothing: its session is
+        // dropped (not told to quit: it is not listening), and the client
+        // gets an ERR in place of the answer if none of it has arrived.
+        let timeout_ms = options.timeouts.query.unwrap_or_default().as_millis() as u64;
+        tracing::warn!(backend = %backend_addr, query_timeout_ms = timeout_ms, "the backend sent nothing for query_timeout_ms while a command waited; closing the session");
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = backend_w.shutdown().await;
+            if let Awaiting::Answer(seq) = unbits(awaiting.load(Ordering::Relaxed)) {
+                let _ = answer_with(
+                    client_w,
+                    seq,
+                    codes::query_timeout(backend_addr, timeout_ms),
+                )
+                .await;
+            }
+            let _ = client_w.shutdown().await;
+        })
+        .await;
+    }
     if end == IDLE_END {
         // Both directions are dropped at a command boundary: close the
         // backend session politely, then the client (as a server closing
@@ -442,24 +516,60 @@ async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::i
     w.flush().await
 }
 
-/// Completes once a session has had no traffic for `timeout` while no
-/// command waited for its answer. It looks four times per timeout, so a
-/// session is closed between 1 and 1.25 timeouts after its last traffic.
-async fn idle_watch(timeout: Duration, moves: &AtomicU64, awaiting_answer: &AtomicBool) {
-    let tick = timeout / 4;
-    let mut quiet = 0;
+/// [`Awaiting`] as the bits of an atomic.
+fn bits(a: Awaiting) -> u16 {
+    match a {
+        Awaiting::Nothing => 0,
+        Awaiting::MoreFromClient => 1,
+        Awaiting::Answer(seq) => 0x100 | u16::from(seq),
+    }
+}
+
+/// The [`Awaiting`] of [`bits`].
+fn unbits(b: u16) -> Awaiting {
+    match b {
+        0 => Awaiting::Nothing,
+        1 => Awaiting::MoreFromClient,
+        b => Awaiting::Answer(b as u8),
+    }
+}
+
+/// Sends `err` as the packet numbered `seq` (in place of an answer).
+async fn answer_with(w: &mut Writer, seq: u8, err: ErrPacket) -> std::io::Result<()> {
+    let mut packet = BytesMut::new();
+    encode_packet(seq, &err.encode(), &mut packet);
+    write_flushed(w, &packet).await
+}
+
+/// Completes with [`IDLE_END`] once a session has had no traffic for the
+/// idle timeout while the backend owed nothing (or the client was in the
+/// middle of a command), or with [`QUERY_TIMEOUT_END`] once it has had none
+/// for the query timeout while a command waited for its answer. It looks
+/// four times per (shorter) timeout, so a session is closed between 1 and
+/// 1.25 timeouts after its last traffic.
+async fn watch(timeouts: Timeouts, moves: &AtomicU64, awaiting: &AtomicU16) -> &'static str {
+    let shortest = match (timeouts.idle, timeouts.query) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(Duration::MAX),
+    };
+    let tick = (shortest / 4).max(Duration::from_millis(1));
     let mut seen = moves.load(Ordering::Relaxed);
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(tick).await;
         let now = moves.load(Ordering::Relaxed);
-        if now != seen || awaiting_answer.load(Ordering::Relaxed) {
+        if now != seen {
             seen = now;
-            quiet = 0;
-        } else {
-            quiet += 1;
-            if quiet >= 4 {
-                return;
-            }
+            quiet_since = tokio::time::Instant::now();
+            continue;
+        }
+        let quiet = quiet_since.elapsed();
+        let (limit, end) = match unbits(awaiting.load(Ordering::Relaxed)) {
+            Awaiting::Answer(_) => (timeouts.query, QUERY_TIMEOUT_END),
+            Awaiting::Nothing | Awaiting::MoreFromClient => (timeouts.idle, IDLE_END),
+        };
+        if limit.is_some_and(|limit| quiet >= limit) {
+            return end;
         }
     }
 }

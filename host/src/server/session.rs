@@ -152,7 +152,7 @@ pub(super) async fn serve(
             mut backend_rest,
             mut lease,
             mut user,
-            idle_timeout,
+            timeouts,
             mut ctx,
         } = ready;
         let metrics = &shared.metrics;
@@ -164,7 +164,7 @@ pub(super) async fn serve(
         let (mut from_client, mut to_client) = (0, 0);
         let end = loop {
             let options = relay::Options {
-                idle_timeout,
+                timeouts,
                 metrics,
                 kills: (&shared.sessions, lease.backend().addr),
                 keep_backend: ctx.pool.idle_sessions > 0,
@@ -240,7 +240,7 @@ struct Ready {
     backend_rest: bytes::BytesMut,
     lease: BackendLease,
     user: UserClaim,
-    idle_timeout: Option<std::time::Duration>,
+    timeouts: relay::Timeouts,
     ctx: SessionCtx,
 }
 
@@ -326,10 +326,7 @@ async fn log_in(
         lease,
         user: _user,
         ctx,
-        idle_timeout: match state.config.idle_timeout_ms {
-            0 => None,
-            ms => Some(std::time::Duration::from_millis(ms)),
-        },
+        timeouts: relay::Timeouts::from_config(&state.config),
     })
 }
 
