@@ -138,6 +138,7 @@ fn main() {
             tls_for_clients,
         ),
         ("tls_towards_backends", tls_towards_backends),
+        ("kept_sessions_keep_their_tls", kept_sessions_keep_their_tls),
         (
             "kept_backend_sessions_are_taken_over_and_reset",
             kept_backend_sessions,
@@ -1892,13 +1893,89 @@ fn tls_for_clients(env: &Env) -> TestResult {
     )
 }
 
-fn tls_towards_backends(env: &Env) -> TestResult {
-    let dir = tempfile::tempdir().map_err(fail)?;
-    let (cert, key) = certificate(dir.path(), "backend")?;
-    // A server with TLS, and an account that must use it.
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> TestResult {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(fail)?;
+    check(
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A CA (`ca.crt`) and a server certificate it signed for IP 127.0.0.1
+/// (`server.crt`, `server.key`), in `dir`.
+fn ca_and_server_certificate(dir: &std::path::Path) -> TestResult {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=switchyard-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=backend",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    )?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").map_err(fail)?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    )
+}
+
+/// A standalone server with TLS (a certificate for IP 127.0.0.1 signed by
+/// a CA, both kept in `dir`), an account `tlsuser` and the monitor account
+/// that must use it; its port and the CA's certificate.
+fn tls_server(
+    dir: &std::path::Path,
+) -> Result<(switchyard_e2e::MariaDb, u16, std::path::PathBuf), Failed> {
+    ca_and_server_certificate(dir)?;
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let port = free_port();
     let server = switchyard_e2e::MariaDb::standalone(
-        &dir.path().join("secure"),
+        &dir.join("secure"),
         port,
         &[
             &format!("--ssl-cert={}", cert.display()),
@@ -1913,6 +1990,84 @@ fn tls_towards_backends(env: &Env) -> TestResult {
         m = MONITOR.0,
         p = MONITOR.1
     ));
+    Ok((server, port, dir.join("ca.crt")))
+}
+
+/// Kept backend sessions carry the TLS they were opened with: a login
+/// through a pool whose TLS settings differ (certificate verification on,
+/// with the server's CA) never takes over a session opened without
+/// verification, while a login through that same pool does.
+fn kept_sessions_keep_their_tls(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let (server, port, ca) = tls_server(dir.path())?;
+    server.sql("CREATE USER 'laxuser'@'%' IDENTIFIED BY 'laxpass' REQUIRE SSL;");
+    let mut setup = Setup::new(&env.topology());
+    // One worker: kept sessions and later logins meet on it.
+    setup.top = format!(
+        "threads = 1\n[[users]]\nname = \"tlsuser\"\npassword_hash = \"{}\"\n\
+         [[users]]\nname = \"laxuser\"\npassword_hash = \"{}\"\n",
+        PasswordHash::of_password(b"tlspass"),
+        PasswordHash::of_password(b"laxpass"),
+    );
+    let keep = "idle_sessions = 2\nidle_session_ms = 60000\n";
+    setup.pools += &format!(
+        "[pools.lax]\nbackends = [\"127.0.0.1:{port}\"]\ntls = \"required\"\ntls_verify = false\n{keep}\
+         [pools.strict]\nbackends = [\"127.0.0.1:{port}\"]\ntls = \"required\"\ntls_verify = true\n\
+         tls_ca = \"{}\"\n{keep}",
+        ca.display()
+    );
+    setup.tail = "\"user.tlsuser\" = \"strict\"\n\"user.laxuser\" = \"lax\"\n".into();
+    let proxy = Proxy::start(&setup.config()).map_err(fail)?;
+    // The backend's thread id (the same after a takeover) and the cipher.
+    let session = |user: (&str, &str)| {
+        block_on(async {
+            let mut c = Conn::new(opts(proxy.port, user, None))
+                .await
+                .map_err(fail)?;
+            let id: Option<u64> = c
+                .query_first("SELECT CONNECTION_ID()")
+                .await
+                .map_err(fail)?;
+            let cipher: Option<(String, String)> = c
+                .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                .await
+                .map_err(fail)?;
+            c.disconnect().await.map_err(fail)?;
+            Ok::<_, Failed>((id.unwrap_or(0), cipher.map(|c| c.1).unwrap_or_default()))
+        })
+    };
+    let kept = "switchyard_backend_sessions_kept_total{result=\"kept\"}";
+    let (lax, _) = session(("laxuser", "laxpass"))?;
+    wait_for_metric(&setup, kept, 1.0)?;
+    // The same pool takes its kept session over.
+    let (again, _) = session(("laxuser", "laxpass"))?;
+    check(
+        again == lax,
+        format!("lax pool: thread {again}, kept {lax}"),
+    )?;
+    wait_for_metric(&setup, kept, 2.0)?;
+    // The verifying pool opens its own.
+    let (strict, cipher) = session(("tlsuser", "tlspass"))?;
+    check(
+        strict != lax && !cipher.is_empty(),
+        format!("strict pool: thread {strict} (lax kept {lax}), cipher '{cipher}'"),
+    )?;
+    wait_for_metric(&setup, kept, 3.0)?;
+    // The lax session was left alone.
+    let (last, _) = session(("laxuser", "laxpass"))?;
+    check(
+        last == lax,
+        format!("lax pool again: thread {last}, kept {lax}"),
+    )?;
+    drop(proxy);
+    drop(server);
+    Ok(())
+}
+
+fn tls_towards_backends(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    // A server with TLS, and an account that must use it.
+    let (server, port, _) = tls_server(dir.path())?;
     let mut setup = Setup::new(&env.topology());
     let addrs = {
         let t = env.topology();
