@@ -26,10 +26,19 @@ fn main() -> Result<()> {
          \x20     mariadb -h 127.0.0.1 -P 6033 -u mysqlmaster -pmasterpass app\n\
          Ctrl-C stops Switchyard and the servers."
     );
+    // The configuration holds password hashes: Switchyard warns about a
+    // file others may read, and a checkout leaves it 0644 (git records no
+    // more than the executable bit, so this changes nothing it tracks).
+    let config = root.join("examples/switchyard.toml");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", config.display()))?;
+    }
     let mut cmd = Command::new(&artifacts.switchyard);
     cmd.arg("run")
         .arg("--config")
-        .arg(root.join("examples/switchyard.toml"))
+        .arg(&config)
         .current_dir(&root);
     let mut proxy = spawn(cmd).context("starting switchyard")?;
     let status = proxy.wait()?;
