@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::auth::PasswordHash;
@@ -416,7 +416,7 @@ pub struct UserConfig {
 }
 
 /// How a pool chooses a backend for a new session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// The backend with the fewest active sessions; ties go round-robin.
@@ -433,7 +433,7 @@ pub enum Balance {
 }
 
 /// Which backends of a pool may take its sessions, by their `read_only`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Any backend.
@@ -447,7 +447,7 @@ pub enum Role {
 }
 
 /// What a pool does when none of its backends qualifies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenAllDown {
     /// Use the least bad backend: lagging before failing, then by lag.
@@ -1183,6 +1183,22 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
         assert_eq!(c.policy.settings["user.mysqlslave"], "replicas");
         assert_eq!(c.max_connections, 4096);
         assert_eq!(c.policy.timeout_ms, 50);
+        assert_eq!((c.idle_timeout_ms, c.query_timeout_ms), (0, 36_000_000));
+    }
+
+    #[test]
+    fn pool_settings_serialize_as_they_are_written() {
+        let text = EXAMPLE.replace(
+            "balance = \"least-connections\"",
+            "balance = \"round-robin\"\nwhen_all_down = \"refuse\"",
+        );
+        let c = parse(&text).unwrap();
+        let p = &c.pools["replicas"];
+        let written = serde_json::json!([p.balance, Role::Reader, p.when_all_down]);
+        assert_eq!(
+            written,
+            serde_json::json!(["round-robin", "reader", "refuse"])
+        );
     }
 
     #[test]
@@ -1390,5 +1406,6 @@ when_all_down = "refuse""#,
         let c = parse(text).unwrap();
         assert!(c.admin.is_some());
         assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.monitor.as_ref().map(|m| m.user.as_str()), Some("monitor"));
     }
 }

@@ -412,6 +412,11 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
             pool["name"] == "replicas" && pool["healthy_backends"] == 1,
             format!("{pool}"),
         )?;
+        // Settings as the configuration spells them.
+        check(
+            pool["balance"] == "least-connections" && pool["role"] == "any",
+            format!("{pool}"),
+        )?;
         check(
             backend_status(&setup, r1)?["state"] == "up",
             "lagging is not down",

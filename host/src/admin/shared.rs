@@ -91,10 +91,11 @@ fn status(shared: &Shared) -> Value {
             let cfg = &state.config.pools[&p.name];
             json!({
                 "name": p.name,
-                "balance": format!("{:?}", cfg.balance),
-                "role": format!("{:?}", cfg.role),
+                // As the configuration spells them.
+                "balance": cfg.balance,
+                "role": cfg.role,
                 "max_lag": cfg.max_lag,
-                "when_all_down": format!("{:?}", cfg.when_all_down),
+                "when_all_down": cfg.when_all_down,
                 "healthy_backends": s.healthy_backends,
                 "total_backends": s.total_backends,
                 "active_sessions": s.active_sessions,
