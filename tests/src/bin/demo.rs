@@ -20,6 +20,11 @@ fn main() -> Result<()> {
     eprintln!("starting MariaDB: primary 127.0.0.1:13306, replicas 13307 and 13308 ...");
     let topology = Topology::start(2, Some(&[13306, 13307, 13308]))
         .context("starting the demo topology (are ports 13306-13308 free?)")?;
+    // The monitor account of `examples/switchyard.toml` (it replicates).
+    topology.primary.sql(
+        "CREATE USER 'monitor'@'127.0.0.1' IDENTIFIED BY 'monitorpass';
+         GRANT SLAVE MONITOR ON *.* TO 'monitor'@'127.0.0.1';",
+    );
     eprintln!(
         "replication is running (server_id 1 → 2, 3). Starting Switchyard on 127.0.0.1:6033.\n\
          Try:  mariadb -h 127.0.0.1 -P 6033 -u mysqlslave -pslavepass -e 'SELECT @@server_id'\n\
