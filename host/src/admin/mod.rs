@@ -19,9 +19,8 @@
 //! One request per connection, at most [`Limits::max_connections`]
 //! connections at once (further ones get 503), a deadline for the head and
 //! one for the whole request. What the requests do goes through
-//! [`Control`]; [`shared`] implements it for the running server.
-
-mod shared;
+//! [`Control`], which the server implements (`server/control.rs`): this
+//! module imports nothing of the server's.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,7 +40,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::server::state::token_digest;
+/// SHA-256 of a bearer token: what is kept and compared (in constant time).
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token).into()
+}
 
 /// What the admin endpoint can see and do in the running proxy.
 pub trait Control: Send + Sync + 'static {

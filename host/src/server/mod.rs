@@ -9,6 +9,7 @@
 mod authn;
 mod change_user;
 mod codes;
+mod control;
 pub(crate) mod kill;
 pub mod limits;
 mod profile;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::admin::token_digest;
 use crate::auth::PasswordHash;
 use crate::auth::caching_sha2::RsaKey;
 use crate::config::{Config, PolicyConfig};
@@ -243,12 +244,6 @@ fn rsa_key(path: &Path) -> anyhow::Result<Arc<RsaKey>> {
     RsaKey::from_pem_file(path)
         .map(Arc::new)
         .context("[auth] rsa_private_key")
-}
-
-/// SHA-256 of a token: tokens are compared as digests, in constant time.
-pub fn token_digest(token: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token).into()
 }
 
 fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::Control;
+use super::Shared;
+use crate::admin::Control;
 use crate::metrics::{self, Outcome, header, label};
 use crate::pool::Lag;
-use crate::server::Shared;
 
 impl Control for Shared {
     fn token_digest(&self) -> Option<[u8; 32]> {
