@@ -173,7 +173,7 @@ pub(super) async fn serve(
                 relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
             from_client += stats.from_client;
             to_client += stats.to_client;
-            if stats.end == relay::IDLE_END {
+            if stats.end == relay::End::IdleTimeout {
                 metrics
                     .idle_closed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -209,7 +209,7 @@ pub(super) async fn serve(
             let Some(next) =
                 Box::pin(change_user::handle(bound, &mut ctx, shared, peer, policy)).await
             else {
-                break relay::CHANGE_USER_END;
+                break relay::End::ChangeUser;
             };
             client_tcp = next.client;
             client_rest = next.client_rest;
@@ -223,7 +223,7 @@ pub(super) async fn serve(
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_from_client = from_client,
             bytes_to_client = to_client,
-            end,
+            end = end.as_str(),
             "session finished"
         );
     }
