@@ -42,6 +42,8 @@ pub(super) async fn backend_to_client(
             }
             match splice_once(pipe, (from, to), progress).await {
                 Ok(()) => continue,
+                // Both streams go on, to the session.
+                Err(End::ChangeUser) => return End::ChangeUser,
                 Err(end) => break end,
             }
         }

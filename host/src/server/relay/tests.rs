@@ -76,7 +76,13 @@ async fn start(timeouts: Timeouts, keep_backend: bool) -> Harness {
             options,
         )
         .await;
-        (stats, !matches!(after, After::Close))
+        let handed_back = match after {
+            After::Close => false,
+            After::Quit { .. } => true,
+            // The client's stream still writes: a marker the test reads.
+            After::ChangeUser { mut client, .. } => client.write_all(MARK).await.is_ok(),
+        };
+        (stats, handed_back)
     });
     Harness {
         client,
@@ -93,6 +99,9 @@ async fn finish(relay: tokio::task::JoinHandle<(RelayStats, bool)>) -> (RelaySta
 }
 
 const OK: &[u8] = b"\x00\x00\x00\x02\x00\x00\x00";
+/// What the harness writes to a client stream handed back for
+/// COM_CHANGE_USER.
+const MARK: &[u8] = b"still open";
 
 #[tokio::test]
 async fn pipelined_commands_and_split_packets_pass_whole_then_quit_closes_the_backend() {
@@ -157,18 +166,24 @@ async fn payloads_over_16_mib_pass_both_ways_by_splice_too() {
 
 #[tokio::test]
 async fn com_change_user_stops_the_relay_at_its_packet_with_both_streams() {
-    let mut h = start(Timeouts::default(), false).await;
-    let query = packet(0, b"\x03SELECT 1");
-    h.client.write_all(&query).await.unwrap();
-    assert_eq!(read_n(&mut h.backend, query.len()).await, query);
-    h.backend.write_all(&packet(1, OK)).await.unwrap();
-    read_n(&mut h.client, 11).await;
-    let change = packet(0, b"\x11bob\0");
-    h.client.write_all(&change).await.unwrap();
-    let (stats, handed_back) = finish(h.relay).await;
-    assert_eq!((stats.end, handed_back), (End::ChangeUser, true));
-    // The COM_CHANGE_USER is the session's, not forwarded.
-    assert_eq!(stats.from_client, query.len() as u64);
+    for answer_len in [11, 4 << 20] {
+        let mut h = start(Timeouts::default(), false).await;
+        let query = packet(0, b"\x03SELECT 1");
+        h.client.write_all(&query).await.unwrap();
+        assert_eq!(read_n(&mut h.backend, query.len()).await, query);
+        // A short answer, or a long one (which moves by splice).
+        let answer: Vec<u8> = (0..answer_len).map(|i| i as u8).collect();
+        h.backend.write_all(&answer).await.unwrap();
+        assert!(read_n(&mut h.client, answer_len).await == answer);
+        let change = packet(0, b"\x11bob\0");
+        h.client.write_all(&change).await.unwrap();
+        let (stats, handed_back) = finish(h.relay).await;
+        assert_eq!((stats.end, handed_back), (End::ChangeUser, true));
+        // The COM_CHANGE_USER is the session's, not forwarded; the
+        // client's stream is open for it.
+        assert_eq!(stats.from_client, query.len() as u64);
+        assert_eq!(read_n(&mut h.client, MARK.len()).await, MARK);
+    }
 }
 
 #[tokio::test]
