@@ -71,8 +71,9 @@ pub struct Config {
     /// (milliseconds; 0: never). Default 36000000 (10 hours).
     #[serde(default = "default_query_timeout_ms")]
     pub query_timeout_ms: u64,
-    /// On SIGTERM/SIGINT, how long open sessions may go on before they are
-    /// closed (milliseconds). Default 30000.
+    /// On SIGTERM/SIGINT, how long a statement under way may go on before
+    /// its session is closed (sessions that wait for nothing close at once;
+    /// milliseconds). Default 30000.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
     /// Accounts clients log in with (`mysql_native_password`): an array of

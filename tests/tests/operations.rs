@@ -581,67 +581,99 @@ fn sighup_reload_keeps_sessions(env: &Env) -> TestResult {
     )
 }
 
+/// SIGTERM: no new clients; a session in the middle of a statement gets
+/// its answer, one that waits for nothing is closed at once (not held for
+/// `shutdown_timeout_ms`), and the daemon exits once the last is done. A
+/// statement that outlives `shutdown_timeout_ms` gets ERR 1053 then. A
+/// second signal does not wait for the drain.
 fn sigterm_drains_sessions(env: &Env) -> TestResult {
     let mut setup = Setup::new(&env.topology());
     setup.top = "shutdown_timeout_ms = 20000".into();
     let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
     let rt = runtime();
-    let mut conn = rt
-        .block_on(Conn::new(opts(proxy.port, SLAVE_USER, None)))
-        .map_err(fail)?;
+    let connect = |proxy: &Proxy, user| rt.block_on(Conn::new(opts(proxy.port, user, None)));
+    let mut idle = connect(&proxy, SLAVE_USER).map_err(fail)?;
+    let mut busy = connect(&proxy, SLAVE_USER).map_err(fail)?;
+    rt.block_on(server_id(&mut idle))?;
     let started = Instant::now();
-    proxy.signal(libc::SIGTERM);
-    proxy.wait_for_log("draining sessions", Duration::from_secs(5))?;
-    // No new clients...
-    wait_until("the listener is closed", Duration::from_secs(5), || {
-        Ok(std::net::TcpStream::connect(proxy.addr()).is_err())
+    let (answer, idle_after) = rt.block_on(async {
+        let mut running =
+            Box::pin(busy.query_first::<(u32, u32), _>("SELECT SLEEP(3), @@server_id"));
+        check(
+            tokio::time::timeout(Duration::from_millis(300), &mut running)
+                .await
+                .is_err(),
+            "the statement runs",
+        )?;
+        proxy.signal(libc::SIGTERM);
+        // The idle session is closed within a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_after = idle.ping().await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .map_err(|_| fail("no answer to the running statement"))?;
+        Ok::<_, Failed>((answer, idle_after))
     })?;
-    // ...but the open session goes on, also with a query longer than the
-    // time it took to get here.
-    let id: Option<(u32, u32)> = rt
-        .block_on(conn.query_first("SELECT SLEEP(1), @@server_id"))
-        .map_err(fail)?;
     check(
-        matches!(id, Some((0, sid)) if REPLICA_IDS.contains(&sid)),
-        format!("{id:?}"),
+        matches!(answer, Ok(Some((0, sid))) if REPLICA_IDS.contains(&sid)),
+        format!("the running statement's answer: {answer:?}"),
     )?;
-    check(proxy.is_running(), "still running while a session is open")?;
-    rt.block_on(conn.disconnect()).map_err(fail)?;
+    check(idle_after.is_err(), "the idle session was closed at once")?;
+    check(
+        std::net::TcpStream::connect(proxy.addr()).is_err(),
+        "the listener is closed",
+    )?;
     let status = proxy
         .wait_exit(Duration::from_secs(5))
-        .ok_or("no exit after the last session closed")?;
+        .ok_or("no exit after the last session's statement")?;
     check(status.success(), format!("exit status {status}"))?;
     check(
-        started.elapsed() < Duration::from_secs(15),
-        "exited when drained, not at the timeout",
+        started.elapsed() < Duration::from_secs(10),
+        format!("exited after {:?}, not at the timeout", started.elapsed()),
     )?;
-    // A session that never ends is closed at the timeout.
+    // A statement that outlives the timeout: ERR 1053 at the timeout.
     setup.top = "shutdown_timeout_ms = 1000".into();
     let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
-    let mut conn = rt
-        .block_on(Conn::new(opts(proxy.port, MASTER_USER, None)))
-        .map_err(fail)?;
-    let started = Instant::now();
-    proxy.signal(libc::SIGTERM);
+    let mut conn = connect(&proxy, MASTER_USER).map_err(fail)?;
+    let (took, outcome) = rt.block_on(async {
+        let mut running = Box::pin(conn.query_drop("SELECT SLEEP(30)"));
+        check(
+            tokio::time::timeout(Duration::from_millis(300), &mut running)
+                .await
+                .is_err(),
+            "the statement runs",
+        )?;
+        let started = Instant::now();
+        proxy.signal(libc::SIGTERM);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .map_err(|_| fail("no answer 10 s after SIGTERM"))?;
+        Ok::<_, Failed>((started.elapsed(), outcome))
+    })?;
+    let (code, state, message) = match outcome {
+        Ok(()) => return Err(fail("SLEEP(30) finished")),
+        Err(e) => server_error(e)?,
+    };
+    check(
+        (code, state.as_str()) == (1053, "08S01"),
+        format!("{code} ({state}) {message}"),
+    )?;
+    check(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        format!("ERR 1053 after {took:?}"),
+    )?;
     let status = proxy
         .wait_exit(Duration::from_secs(10))
         .ok_or("no exit after the shutdown timeout")?;
     check(status.success(), format!("exit status {status}"))?;
-    let took = started.elapsed();
-    check(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        format!("exited after {took:?}"),
-    )?;
-    check(
-        rt.block_on(conn.query_drop("SELECT 1")).is_err(),
-        "the session was closed",
-    )?;
-    // A second signal does not wait for the drain.
+    // A second signal does not wait for the drain (a statement runs).
     setup.top = "shutdown_timeout_ms = 60000".into();
     let mut proxy = Proxy::start(&setup.config()).map_err(fail)?;
-    let _conn = rt
-        .block_on(Conn::new(opts(proxy.port, MASTER_USER, None)))
-        .map_err(fail)?;
+    let mut conn = connect(&proxy, MASTER_USER).map_err(fail)?;
+    rt.block_on(async {
+        let running = conn.query_drop("SELECT SLEEP(60)");
+        let _ = tokio::time::timeout(Duration::from_millis(300), running).await;
+    });
     proxy.signal(libc::SIGTERM);
     proxy.wait_for_log("draining sessions", Duration::from_secs(5))?;
     let started = Instant::now();

@@ -23,7 +23,7 @@ pub mod users;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use codes::*;
@@ -88,8 +90,12 @@ pub struct Shared {
     sessions: Arc<kill::Registry>,
     health_wake: Arc<Notify>,
     reload_lock: tokio::sync::Mutex<()>,
-    shutting_down: AtomicBool,
-    force_stop: AtomicBool,
+    /// Cancelled on SIGTERM/SIGINT: listeners close, sessions that wait
+    /// for nothing close, the others finish their command first.
+    stopping: CancellationToken,
+    /// Cancelled by a second signal or at `shutdown_timeout_ms`: every
+    /// session closes now.
+    force_stop: CancellationToken,
     started: Instant,
     /// Per worker thread: milliseconds since start at its last heartbeat.
     heartbeats: Vec<AtomicU64>,
@@ -128,8 +134,8 @@ impl Shared {
             sessions: Arc::default(),
             health_wake: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
-            shutting_down: AtomicBool::new(false),
-            force_stop: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            force_stop: CancellationToken::new(),
             started: Instant::now(),
             heartbeats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -307,7 +313,7 @@ impl Shared {
 
     /// Whether the proxy is draining for shutdown.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.stopping.is_cancelled()
     }
 }
 
@@ -377,16 +383,22 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
         }
     });
     let mut workers = Vec::with_capacity(threads);
+    // Each worker sends one message when it is done.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(threads.max(1));
     for (i, socket) in sockets.into_iter().enumerate() {
         let (shared, limit, mut stop) = (Arc::clone(&shared), Arc::clone(&limit), stop_rx.clone());
+        let done = done_tx.clone();
         let worker = std::thread::Builder::new()
             .name(format!("switchyard-{i}"))
             .spawn(move || -> std::io::Result<()> {
+                // Dropped when the thread ends, however it ends.
+                let _done = done;
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
                 runtime.block_on(async {
                     let mut accepting = tokio::task::JoinSet::new();
+                    let sessions = TaskTracker::new();
                     for (socket, policy) in socket {
                         let listener = socket.listen(1024)?;
                         let policy: Option<Arc<str>> = policy.map(Into::into);
@@ -395,6 +407,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
                             Arc::clone(&shared),
                             Arc::clone(&limit),
                             policy,
+                            sessions.clone(),
                         ));
                     }
                     tokio::spawn(heartbeat(Arc::clone(&shared), i));
@@ -406,7 +419,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
                     // Closes the listeners.
                     accepting.abort_all();
                     while accepting.join_next().await.is_some() {}
-                    drain(&shared).await;
+                    drain(&shared, &sessions).await;
                     sweeping.abort();
                     reuse::close_all(&shared.metrics).await;
                     std::io::Result::Ok(())
@@ -454,7 +467,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
         );
         notify::ready();
         shutdown.await;
-        shared.shutting_down.store(true, Ordering::Relaxed);
+        shared.stopping.cancel();
         notify::stopping();
         let open = shared.metrics.sessions.load(Ordering::Relaxed);
         info!(
@@ -464,17 +477,15 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
         );
         background.abort_all();
         let _ = stop_tx.send(true);
-        // Wait for the workers to drain; a second SIGTERM/SIGINT closes
-        // what is still open at once.
+        // Wait for the workers to drain (each drops its sender when done:
+        // `recv` then gives `None`); a second SIGTERM/SIGINT closes what is
+        // still open at once.
+        drop(done_tx);
         tokio::select! {
-            _ = async {
-                while !workers.iter().all(|w| w.is_finished()) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            } => {}
+            _ = done_rx.recv() => {}
             _ = second_signal() => {
                 warn!("second stop signal: closing open sessions now");
-                shared.force_stop.store(true, Ordering::Relaxed);
+                shared.force_stop.cancel();
             }
         }
     });
@@ -489,17 +500,21 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
     Ok(())
 }
 
-/// Waits (on a worker's event loop, its listener closed) until no session
-/// is open or `shutdown_timeout_ms` has passed.
-async fn drain(shared: &Shared) {
+/// Waits (on a worker's event loop, its listeners closed) until its
+/// sessions are over: those that wait for nothing close at once (they
+/// watch `Shared::stopping`), the others after their command. At
+/// `shutdown_timeout_ms` (or a second signal) every session is told to
+/// close now, and gets a moment to.
+async fn drain(shared: &Shared, sessions: &TaskTracker) {
+    sessions.close();
     let timeout = Duration::from_millis(shared.state().config.shutdown_timeout_ms);
-    let deadline = tokio::time::Instant::now() + timeout;
-    while shared.metrics.sessions.load(Ordering::Relaxed) > 0
-        && tokio::time::Instant::now() < deadline
-        && !shared.force_stop.load(Ordering::Relaxed)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::select! {
+        () = sessions.wait() => return,
+        () = tokio::time::sleep(timeout) => {}
+        () = shared.force_stop.cancelled() => {}
     }
+    shared.force_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(500), sessions.wait()).await;
 }
 
 /// Marks worker `i` alive every 100 ms, for the systemd watchdog.
@@ -632,6 +647,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     policy: Option<Arc<str>>,
+    sessions: TaskTracker,
 ) {
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -668,7 +684,7 @@ async fn accept_loop(
             Ok(permit) => {
                 let shared = Arc::clone(&shared);
                 let policy = policy.clone();
-                tokio::spawn(async move {
+                sessions.spawn(async move {
                     let _gauge = SessionGauge::new(&shared.metrics);
                     session::serve(socket, peer, &shared, policy.as_deref(), pending).await;
                     drop(permit);

@@ -164,6 +164,10 @@ pub(super) async fn serve(
         let (mut from_client, mut to_client) = (0, 0);
         let end = loop {
             let options = relay::Options {
+                stop: relay::Stop {
+                    drain: &shared.stopping,
+                    now: &shared.force_stop,
+                },
                 timeouts,
                 metrics,
                 kills: (&shared.sessions, lease.backend().addr),

@@ -31,6 +31,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::codes;
 use super::kill::Registry;
@@ -69,6 +70,9 @@ pub enum End {
     IdleTimeout,
     /// `query_timeout_ms` passed without traffic while an answer was.
     QueryTimeout,
+    /// The proxy is stopping: the session waited for nothing, or
+    /// `shutdown_timeout_ms` passed.
+    Shutdown,
 }
 
 impl End {
@@ -85,6 +89,7 @@ impl End {
             Self::ChangeUser => "COM_CHANGE_USER",
             Self::IdleTimeout => "idle timeout",
             Self::QueryTimeout => "query timeout",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -149,9 +154,20 @@ impl Timeouts {
     }
 }
 
+/// How the proxy tells sessions to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop<'a> {
+    /// Stopping: close once the session waits for nothing.
+    pub drain: &'a CancellationToken,
+    /// Close now.
+    pub now: &'a CancellationToken,
+}
+
 /// How to relay.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
+    /// When to stop because the proxy does.
+    pub stop: Stop<'a>,
     /// When to give up on a quiet session.
     pub timeouts: Timeouts,
     /// Where relayed bytes are counted.
@@ -409,6 +425,7 @@ async fn relay_halves(
                 }
             }
             end = &mut watch => (end, None),
+            end = watch::stop(options.stop, &progress.moves, &progress.awaiting) => (end, None),
         }
     };
     close_quiet(end, (backend_w, client_w), &progress, &options).await;
@@ -441,6 +458,21 @@ async fn close_quiet(
                 if let Awaiting::Answer(seq) = progress.awaiting() {
                     let err = codes::query_timeout(backend_addr, timeout_ms);
                     let _ = answer_with(client_w, seq, err).await;
+                }
+                let _ = client_w.shutdown().await;
+            })
+            .await;
+        }
+        End::Shutdown => {
+            // Nothing awaited (or `shutdown_timeout_ms` passed: then the
+            // client gets ERR 1053 in place of an answer it waits for).
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if let Awaiting::Answer(seq) = progress.awaiting() {
+                    let _ = backend_w.shutdown().await;
+                    let _ = answer_with(client_w, seq, codes::shutting_down()).await;
+                } else {
+                    let _ = backend_w.write_all(&COM_QUIT_PACKET).await;
+                    let _ = backend_w.shutdown().await;
                 }
                 let _ = client_w.shutdown().await;
             })

@@ -62,7 +62,12 @@ async fn start(timeouts: Timeouts, keep_backend: bool) -> Harness {
     let relay = tokio::spawn(async move {
         let metrics = Metrics::default();
         let registry = Registry::default();
+        let never = tokio_util::sync::CancellationToken::new();
         let options = Options {
+            stop: Stop {
+                drain: &never,
+                now: &never,
+            },
             timeouts,
             metrics: &metrics,
             kills: (&registry, backend_addr),

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{End, Timeouts};
+use super::{End, Stop, Timeouts};
 use crate::protocol::Awaiting;
 
 /// [`Awaiting`] as the bits of an atomic.
@@ -57,9 +57,48 @@ pub(super) async fn watch(timeouts: Timeouts, moves: &AtomicU64, awaiting: &Atom
     }
 }
 
+/// How long a stopping session must be quiet, with nothing awaited, before
+/// it is closed: an answer arrives in bursts, and the last burst may still
+/// be on its way when the first bytes cleared what was awaited.
+const QUIET_BEFORE_STOP: Duration = Duration::from_millis(300);
+
+/// Completes with [`End::Shutdown`] when the proxy stops: at once when told
+/// to close now, else once the session has been quiet for
+/// [`QUIET_BEFORE_STOP`] with nothing awaited (a command under way is
+/// finished first).
+pub(super) async fn stop(stop: Stop<'_>, moves: &AtomicU64, awaiting: &AtomicU16) -> End {
+    tokio::select! {
+        () = stop.now.cancelled() => return End::Shutdown,
+        () = stop.drain.cancelled() => {}
+    }
+    // Boxed: only a stopping session pays for its timer.
+    let until_quiet = Box::pin(async {
+        let tick = QUIET_BEFORE_STOP / 3;
+        let mut seen = moves.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
+        while quiet < QUIET_BEFORE_STOP {
+            tokio::time::sleep(tick).await;
+            let now = moves.load(Ordering::Relaxed);
+            let idle = unbits(awaiting.load(Ordering::Relaxed)) == Awaiting::Nothing;
+            if now != seen || !idle {
+                seen = now;
+                quiet = Duration::ZERO;
+            } else {
+                quiet += tick;
+            }
+        }
+    });
+    tokio::select! {
+        () = stop.now.cancelled() => {}
+        () = until_quiet => {}
+    }
+    End::Shutdown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn awaiting_survives_the_atomic() {
@@ -72,6 +111,39 @@ mod tests {
         ] {
             assert_eq!(unbits(bits(a)), a);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_session_closes_once_quiet_with_nothing_awaited() {
+        let (drain, now) = (CancellationToken::new(), CancellationToken::new());
+        let stop_on = Stop {
+            drain: &drain,
+            now: &now,
+        };
+        let moves = AtomicU64::new(0);
+        let awaiting = AtomicU16::new(bits(Awaiting::Answer(1)));
+        let started = tokio::time::Instant::now();
+        let (end, ()) = tokio::join!(stop(stop_on, &moves, &awaiting), async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drain.cancel();
+            // The command's answer comes 5 s later.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            moves.fetch_add(1, Ordering::Relaxed);
+            awaiting.store(bits(Awaiting::Nothing), Ordering::Relaxed);
+        });
+        assert_eq!(end, End::Shutdown);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(6) + QUIET_BEFORE_STOP
+                && took <= Duration::from_millis(6_500),
+            "{took:?}"
+        );
+        // Told to close now: at once, whatever is awaited.
+        awaiting.store(bits(Awaiting::Answer(1)), Ordering::Relaxed);
+        now.cancel();
+        let started = tokio::time::Instant::now();
+        assert_eq!(stop(stop_on, &moves, &awaiting).await, End::Shutdown);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
