@@ -138,6 +138,10 @@ fn main() {
             tls_for_clients,
         ),
         ("tls_towards_backends", tls_towards_backends),
+        (
+            "both_logins_share_the_tls_rule_and_the_throttle",
+            both_logins_share_the_tls_rule_and_the_throttle,
+        ),
         ("kept_sessions_keep_their_tls", kept_sessions_keep_their_tls),
         (
             "kept_backend_sessions_are_taken_over_and_reset",
@@ -1845,6 +1849,71 @@ fn presented_subject(port: u16) -> Result<String, Failed> {
         .find(|l| l.starts_with("subject="))
         .map(str::to_owned)
         .ok_or_else(|| fail(format!("no certificate from s_client: {text}")))
+}
+
+/// The first login and COM_CHANGE_USER go through one login gate: a user
+/// that must use TLS, with the right password over plaintext, gets the same
+/// 1045 on both, and both count towards the address's throttle (with
+/// `max_failures = 2`, one of each blocks the address). Counting the right
+/// password too keeps the throttle from telling it from a wrong one.
+fn both_logins_share_the_tls_rule_and_the_throttle(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let (cert, key) = certificate(dir.path(), "switchyard-gate")?;
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [throttle]\nmax_failures = 2\nwindow_ms = 60000\nblock_ms = 60000\n",
+        cert.display(),
+        key.display()
+    );
+    let config = setup.config().replacen(
+        &format!("name = \"{}\"\n", MASTER_USER.0),
+        &format!("name = \"{}\"\nrequire_tls = true\n", MASTER_USER.0),
+        1,
+    );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let me: std::net::IpAddr = "127.0.0.31".parse().map_err(fail)?;
+    let native = "mysql_native_password";
+    // A plaintext session of a user that may use it, for COM_CHANGE_USER.
+    let mut session = RawClient::connect_from(proxy.addr(), me)?;
+    match session.login(SLAVE_USER.0, SLAVE_USER.1, None, native)? {
+        LoginOutcome::Ok(_) => {}
+        other => return Err(format!("plaintext login: {other:?}").into()),
+    }
+    // The first login: the right password, no TLS.
+    let mut first = RawClient::connect_from(proxy.addr(), me)?;
+    let first_err = match first.login(MASTER_USER.0, MASTER_USER.1, None, native)? {
+        LoginOutcome::Err(e, _) => e,
+        other => return Err(format!("plaintext login of the TLS user: {other:?}").into()),
+    };
+    // COM_CHANGE_USER to the same user, right password, no TLS.
+    let nonce = session.nonce.clone();
+    session.write_raw(&RawClient::change_user_packet(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        &nonce,
+        None,
+    ))?;
+    let p = session.expect_packet()?;
+    let change_err = ErrPacket::decode(&p.payload).map_err(|e| fail(format!("{e}: {p:?}")))?;
+    for (path, e) in [("login", &first_err), ("COM_CHANGE_USER", &change_err)] {
+        check(
+            e.code == 1045
+                && e.message
+                    == format!(
+                        "Access denied for user '{}'@'127.0.0.31' (using password: YES)",
+                        MASTER_USER.0
+                    ),
+            format!("{path}: {e:?}"),
+        )?;
+    }
+    // One failure on each path: the address is blocked.
+    let mut after = RawClient::connect_from(proxy.addr(), me)?;
+    let p = after.expect_packet()?;
+    check(
+        ErrPacket::is_err(&p.payload) && u16::from_le_bytes([p.payload[1], p.payload[2]]) == 1129,
+        format!("after one failure on each path: {p:?}"),
+    )
 }
 
 fn tls_for_clients(env: &Env) -> TestResult {

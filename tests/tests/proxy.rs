@@ -366,12 +366,17 @@ fn connections(topology: &Topology) -> Vec<u64> {
 }
 
 /// Fails if any server saw a login attempt since `before` was counted
-/// (each count includes only the query that read it).
+/// (each count includes only the query that read it). Switchyard's health
+/// checks (no monitor account: each one logs in as `switchyard-check` and
+/// is refused) reach every server once per second, so a round of them in
+/// the window shows as the same extra count on all three servers; a login
+/// that reached a backend shows on that backend alone.
 fn no_connections_since(env: &Env, before: &[u64]) -> TestResult {
     let after = connections(&env.topology());
     let deltas: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let rounds = deltas[0].saturating_sub(1);
     check(
-        deltas == [1, 1, 1],
+        deltas.iter().all(|&d| d == 1 + rounds) && rounds <= 3,
         format!("servers saw new connections: {deltas:?}"),
     )
 }

@@ -27,11 +27,8 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
-use super::session::{
-    LoginError, SessionCtx, claim_user, client_key, lookup_account, open_backend, route,
-    throttle_failure, throttle_gate,
-};
-use super::{Shared, authn, codes, reuse};
+use super::login::{self, Admitted, Gate, LoginError, SessionCtx};
+use super::{Shared, reuse};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::{PacketStream, Stream};
 use crate::metrics::{ChangeUserOutcome, Metrics};
@@ -216,55 +213,34 @@ async fn exchange(
         .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
     let state = shared.state();
     let user = request.username.as_str();
-    throttle_gate(shared, &state, peer, 1)?;
-    let stored = lookup_account(shared, &state, user, peer);
     let plugin_auth = ctx
         .capabilities
         .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
-    let verdict = authn::exchange(
-        client,
-        shared,
-        &state,
-        stored.as_ref(),
-        authn::Attempt {
-            user,
-            client_plugin: plugin_auth.then(|| {
-                request
-                    .auth_plugin
-                    .as_deref()
-                    .unwrap_or(NATIVE_PASSWORD_PLUGIN)
-            }),
-            data: request.auth_response.clone(),
-            can_switch: plugin_auth,
-            nonce: &ctx.nonce,
-            seq: 1,
-        },
-    )
-    .await?;
-    let seq = verdict.seq;
-    let host = peer.ip().to_string();
-    let password = match verdict.password {
-        Some(p) if !state.config.requires_tls(user) || client.is_tls() => p,
-        _ => {
-            throttle_failure(shared, &state, peer);
-            return Err(LoginError::deny(
-                codes::access_denied(user, &host, verdict.used_password),
-                seq,
-                crate::metrics::Outcome::AccessDenied,
-                format!("access denied for user '{user}'"),
-            ));
-        }
+    let attempt = login::Attempt {
+        user,
+        client_plugin: plugin_auth.then(|| {
+            request
+                .auth_plugin
+                .as_deref()
+                .unwrap_or(NATIVE_PASSWORD_PLUGIN)
+        }),
+        data: request.auth_response.clone(),
+        can_switch: plugin_auth,
+        nonce: &ctx.nonce,
+        seq: 1,
     };
-    let claim = claim_user(shared, &state, user, seq)?;
-    let pool = route(
+    let gate = Gate {
         shared,
-        &state,
-        policy,
-        (user, request.database.as_deref()),
+        state: &state,
         peer,
+        policy,
+    };
+    let Admitted {
+        password,
+        claim,
+        pool,
         seq,
-    )
-    .await?;
+    } = login::admit(client, gate, attempt, request.database.as_deref()).await?;
     let span = tracing::Span::current();
     if Arc::ptr_eq(&pool, &ctx.pool) {
         let ok = backend::change_user(
@@ -277,7 +253,7 @@ async fn exchange(
         .await;
         return match ok {
             Ok(ok) => {
-                shared.throttle.success(client_key(&state, peer));
+                shared.throttle.success(login::client_key(&state, peer));
                 client
                     .write(seq, &ok)
                     .await
@@ -313,15 +289,21 @@ async fn exchange(
         auth_plugin: None,
         connect_attrs: request.connect_attrs.clone(),
     };
-    let login = LoginRequest {
+    let request_login = LoginRequest {
         client: &response,
         password: &password,
         offered: ctx.offered,
         offered_mariadb: ctx.offered_mariadb,
     };
-    let (lease, session) =
-        open_backend(&pool, &login, seq, (&state, &shared.metrics), deadline).await?;
-    shared.throttle.success(client_key(&state, peer));
+    let (lease, session) = login::open_backend(
+        &pool,
+        &request_login,
+        seq,
+        (&state, &shared.metrics),
+        deadline,
+    )
+    .await?;
+    shared.throttle.success(login::client_key(&state, peer));
     client
         .write(seq, &session.ok)
         .await

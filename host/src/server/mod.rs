@@ -6,12 +6,12 @@
 //! the health checker, configuration reloads (SIGHUP, admin endpoint), the
 //! admin endpoint itself, systemd notifications and the drain on shutdown.
 
-mod authn;
 mod change_user;
 mod codes;
 mod control;
 pub(crate) mod kill;
 pub mod limits;
+mod login;
 mod profile;
 mod relay;
 mod reuse;

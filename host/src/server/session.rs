@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -14,58 +13,20 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
+use super::login::{self, Admitted, Gate, LoginError, SessionCtx};
 use super::profile::ServerProfile;
-use super::{Shared, State, authn, change_user, codes, kill, relay, reuse};
+use super::{Shared, State, change_user, kill, relay, reuse};
 use crate::auth::{self, Sha1Password};
-use crate::backend::{self, BackendError, BackendSession, LoginRequest};
-use crate::conn::{ConnError, PacketStream};
+use crate::backend::{BackendSession, LoginRequest};
+use crate::conn::PacketStream;
 use crate::metrics::Outcome;
-use crate::policy::RouteError;
 use crate::pool::{BackendLease, Pool};
 use crate::protocol::{
-    CapabilityFlags, ErrPacket, Greeting, HandshakeResponse, MariaDbCapabilities,
-    NATIVE_PASSWORD_PLUGIN, SSL_REQUEST_LEN,
+    CapabilityFlags, Greeting, HandshakeResponse, NATIVE_PASSWORD_PLUGIN, SSL_REQUEST_LEN,
 };
 
 /// Largest packet a client may send before it is logged in.
 const MAX_CLIENT_LOGIN_PACKET: usize = 16 * 1024;
-
-/// Why a login (or a COM_CHANGE_USER) did not complete.
-#[derive(Debug)]
-pub(super) enum LoginError {
-    /// Answer the client with `err` at sequence id `seq`, then close.
-    Deny {
-        err: ErrPacket,
-        seq: u8,
-        outcome: Outcome,
-        reason: String,
-    },
-    /// Close without an answer (the client broke the protocol or left).
-    Close(String),
-}
-
-impl LoginError {
-    pub(super) fn deny(
-        err: ErrPacket,
-        seq: u8,
-        outcome: Outcome,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self::Deny {
-            err,
-            seq,
-            outcome,
-            reason: reason.into(),
-        }
-    }
-
-    pub(super) fn client(e: ConnError) -> Self {
-        match e {
-            ConnError::Closed => Self::Close("client closed the connection during login".into()),
-            e => Self::Close(format!("client: {e}")),
-        }
-    }
-}
 
 /// A client that has logged in and the backend session it is bound to.
 struct Established {
@@ -76,48 +37,12 @@ struct Established {
     ctx: SessionCtx,
 }
 
-/// What a logged-in session keeps for a COM_CHANGE_USER: little, since
-/// every idle session holds it.
-#[derive(Debug)]
-pub(super) struct SessionCtx {
-    /// The backend session's thread id.
-    pub backend_thread: u32,
-    /// The nonce the client's login (and its COM_CHANGE_USER) answers.
-    pub nonce: [u8; auth::NONCE_LEN],
-    /// The client's capabilities, as it logged in.
-    pub capabilities: CapabilityFlags,
-    /// Its MariaDB extended capabilities.
-    pub mariadb_capabilities: MariaDbCapabilities,
-    /// Its max packet size.
-    pub max_packet_size: u32,
-    /// Its character set.
-    pub charset: u8,
-    /// What Switchyard offered it.
-    pub offered: CapabilityFlags,
-    /// The MariaDB extended capabilities offered.
-    pub offered_mariadb: MariaDbCapabilities,
-    /// The pool the session is in.
-    pub pool: Arc<Pool>,
-    /// The backend session's greeting nonce.
-    pub backend_nonce: Box<[u8]>,
-    /// The backend session's capabilities.
-    pub backend_caps: CapabilityFlags,
-}
-
-impl SessionCtx {
-    /// The shape of this client session, for a kept backend session.
-    pub(super) fn shape(&self) -> reuse::Shape {
-        reuse::Shape::of(
-            (self.capabilities, self.offered),
-            (self.mariadb_capabilities, self.offered_mariadb),
-        )
-    }
-}
-
-/// The client's verified login.
+/// The client's verified login, routed.
 struct Authenticated {
     response: HandshakeResponse,
     password: Sha1Password,
+    claim: UserClaim,
+    pool: Arc<Pool>,
     next_seq: u8,
 }
 
@@ -303,7 +228,7 @@ async fn log_in(
         Err(_) => {
             metrics.login(Outcome::Timeout);
             // Silent connections that hold a login slot count as failures.
-            throttle_failure(shared, &state, peer);
+            login::throttle_failure(shared, &state, peer);
             warn!("login timed out; closing");
             return None;
         }
@@ -356,20 +281,15 @@ async fn login(
         state.config.auth.default_plugin.name(),
     )
     .await?;
-    let auth = authenticate(client, peer, shared, state, &nonce).await?;
-    let span = tracing::Span::current();
-    let user = auth.response.username.as_str();
-    span.record("user", user);
-    let claim = claim_user(shared, state, user, auth.next_seq)?;
-    let pool = route(
+    let gate = Gate {
         shared,
         state,
-        policy,
-        (user, auth.response.database.as_deref()),
         peer,
-        auth.next_seq,
-    )
-    .await?;
+        policy,
+    };
+    let auth = authenticate(client, gate, &nonce).await?;
+    let span = tracing::Span::current();
+    let pool = auth.pool;
     span.record("pool", pool.name.as_str());
     let request = LoginRequest {
         client: &auth.response,
@@ -377,7 +297,7 @@ async fn login(
         offered: profile.capabilities,
         offered_mariadb: profile.mariadb_capabilities,
     };
-    let (lease, mut backend) = open_backend(
+    let (lease, mut backend) = login::open_backend(
         &pool,
         &request,
         auth.next_seq,
@@ -388,7 +308,7 @@ async fn login(
     span.record("backend", field::display(lease.backend().addr));
     // The backend accepted the login: only now are the address's failures
     // forgotten.
-    shared.throttle.success(client_key(state, peer));
+    shared.throttle.success(login::client_key(state, peer));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
     client
@@ -412,7 +332,7 @@ async fn login(
         registration,
         backend,
         lease,
-        _user: claim,
+        _user: auth.claim,
         ctx,
     })
 }
@@ -444,13 +364,11 @@ async fn greet(
         .map_err(|e| LoginError::client(e.into()))
 }
 
-/// Phase 2: the handshake response, an auth switch when the client started
-/// with another plugin, and the check against the stored hash.
+/// Phase 2: the handshake response (after TLS, if the client asks for
+/// it), then the login gate: authentication and route.
 async fn authenticate(
     client: &mut PacketStream,
-    peer: SocketAddr,
-    shared: &Shared,
-    state: &State,
+    gate: Gate<'_>,
     nonce: &[u8; auth::NONCE_LEN],
 ) -> Result<Authenticated, LoginError> {
     let mut packet = client.read_seq(1).await.map_err(LoginError::client)?;
@@ -466,7 +384,7 @@ async fn authenticate(
         ]))
         .contains(CapabilityFlags::CLIENT_SSL)
     {
-        let Some(tls) = &state.tls else {
+        let Some(tls) = &gate.state.tls else {
             return Err(LoginError::Close(
                 "client asked for TLS, which is not configured".into(),
             ));
@@ -480,336 +398,33 @@ async fn authenticate(
     }
     let response = HandshakeResponse::decode(&packet.payload)
         .map_err(|e| LoginError::Close(format!("bad handshake response: {e}")))?;
-    let host = peer.ip().to_string();
-    let user = response.username.as_str();
-    // Blocked since the connection was accepted: no more guesses.
-    throttle_gate(shared, state, peer, seq + 1)?;
-    let stored = lookup_account(shared, state, user, peer);
-    let verdict = authn::exchange(
-        client,
-        shared,
-        state,
-        stored.as_ref(),
-        authn::Attempt {
-            user,
-            client_plugin: response
-                .capabilities
-                .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH)
-                .then(|| {
-                    response
-                        .auth_plugin
-                        .as_deref()
-                        .unwrap_or(NATIVE_PASSWORD_PLUGIN)
-                }),
-            data: response.auth_response.clone(),
-            can_switch: response
-                .capabilities
-                .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH),
-            nonce,
-            seq: seq + 1,
-        },
-    )
-    .await?;
-    let next_seq = verdict.seq;
-    let used_password = verdict.used_password;
-    match verdict.password {
-        Some(_) if state.config.requires_tls(user) && !client.is_tls() => {
-            // As a wrong password would be answered: nothing tells the
-            // client more than that the login failed.
-            Err(LoginError::deny(
-                codes::access_denied(user, &host, used_password),
-                next_seq,
-                Outcome::AccessDenied,
-                format!("user '{user}' must log in over TLS"),
-            ))
-        }
-        Some(password) => Ok(Authenticated {
-            password,
-            next_seq,
-            response,
+    let plugin_auth = response
+        .capabilities
+        .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
+    let attempt = login::Attempt {
+        user: response.username.as_str(),
+        client_plugin: plugin_auth.then(|| {
+            response
+                .auth_plugin
+                .as_deref()
+                .unwrap_or(NATIVE_PASSWORD_PLUGIN)
         }),
-        None => {
-            throttle_failure(shared, state, peer);
-            Err(LoginError::deny(
-                codes::access_denied(user, &host, used_password),
-                next_seq,
-                Outcome::AccessDenied,
-                format!("access denied for user '{user}'"),
-            ))
-        }
-    }
-}
-
-/// The stored verifier of `user` for a client at `peer`: from the file,
-/// else loaded from the primary. A user not known yet has the accounts read
-/// again in the background (rate-limited): the answer does not wait for
-/// it, so how long a login takes does not tell whether the user exists.
-pub(super) fn lookup_account(
-    shared: &Shared,
-    state: &State,
-    user: &str,
-    peer: SocketAddr,
-) -> Option<crate::auth::PasswordHash> {
-    if let Some(h) = state.users.get(user) {
-        return Some(h.clone());
-    }
-    state.config.users.from_backend()?;
-    let found = shared.loaded_users.get(user, peer.ip());
-    if found.is_none() {
-        shared.loaded_users.request_refresh();
-    }
-    found
-}
-
-/// Counts a session of `user`, or the ERR 1226 (at `seq`) if it has as
-/// many as it may.
-pub(super) fn claim_user(
-    shared: &Shared,
-    state: &State,
-    user: &str,
-    seq: u8,
-) -> Result<UserClaim, LoginError> {
-    shared
-        .user_sessions
-        .claim(user, state.config.user_limit(user))
-        .map_err(|limit| {
-            LoginError::deny(
-                codes::user_limit(user, limit),
-                seq,
-                Outcome::UserLimit,
-                format!("user '{user}' has {limit} sessions already"),
-            )
-        })
-}
-
-/// The address `peer` is counted by in the throttle and the pending
-/// logins.
-pub(super) fn client_key(state: &State, peer: SocketAddr) -> std::net::IpAddr {
-    super::limits::client_key(peer.ip(), state.config.throttle.ipv6_prefix)
-}
-
-/// Refuses (ERR 1129 at `seq`) an address the throttle blocks: checked at
-/// every authentication, the first login's and COM_CHANGE_USER's, not only
-/// when the connection was accepted.
-pub(super) fn throttle_gate(
-    shared: &Shared,
-    state: &State,
-    peer: SocketAddr,
-    seq: u8,
-) -> Result<(), LoginError> {
-    match shared
-        .throttle
-        .check(client_key(state, peer), Instant::now())
-    {
-        super::limits::Verdict::Allow => Ok(()),
-        super::limits::Verdict::Blocked(left) => Err(LoginError::deny(
-            codes::host_blocked(&peer.ip().to_string(), left),
-            seq,
-            Outcome::Throttled,
-            "client address blocked after failed logins",
-        )),
-    }
-}
-
-/// Counts a failed login of `peer` towards the throttle.
-pub(super) fn throttle_failure(shared: &Shared, state: &State, peer: SocketAddr) {
-    if shared.throttle.failure(
-        client_key(state, peer),
-        &state.config.throttle,
-        Instant::now(),
-    ) {
-        shared
-            .metrics
-            .throttle_blocks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        warn!(
-            client_ip = %peer.ip(),
-            failures = state.config.throttle.max_failures,
-            block_ms = state.config.throttle.block_ms,
-            "client address blocked after repeated failed logins"
-        );
-    }
-}
-
-/// Phase 3: the policy chooses the pool.
-pub(super) async fn route(
-    shared: &Shared,
-    state: &State,
-    policy_name: Option<&str>,
-    (user, db): (&str, Option<&str>),
-    peer: SocketAddr,
-    seq: u8,
-) -> Result<Arc<Pool>, LoginError> {
-    let policy = state.policy_named(policy_name);
-    let metrics = &shared.metrics;
-    let started = Instant::now();
-    let answer = policy.route(user, db, &peer.to_string()).await;
-    metrics.policy_latency.observe(started.elapsed());
-    let counted = |c: &std::sync::atomic::AtomicU64| {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        data: response.auth_response.clone(),
+        can_switch: plugin_auth,
+        nonce,
+        seq: seq + 1,
     };
-    // A failure is routed per `on_error`, when it names a pool.
-    // `why` goes to the log; the client is told only what the host itself
-    // knows (`told`), never the engine's error text.
-    let on_error = |why: String, told: &str| {
-        counted(&metrics.policy_errors);
-        match state
-            .config
-            .policy_config(policy_name)
-            .on_error_pool()
-            .and_then(|p| state.pools.get(p))
-        {
-            Some(pool) => {
-                warn!(
-                    "policy {} failed: {}; routed to pool '{}' per on_error",
-                    policy.name(),
-                    crate::logging::escape_controls(&why),
-                    pool.name
-                );
-                Ok(Arc::clone(pool))
-            }
-            None => Err(LoginError::deny(
-                codes::policy_failed(user, told),
-                seq,
-                Outcome::PolicyFailed,
-                format!("policy {} failed: {why}", policy.name()),
-            )),
-        }
-    };
-    match answer {
-        Ok(name) => match state.pools.get(&name) {
-            Some(pool) => Ok(Arc::clone(pool)),
-            None => {
-                let why = format!("it chose pool '{name}', which is not configured");
-                on_error(why.clone(), &why)
-            }
-        },
-        Err(RouteError::Refused(text)) => {
-            counted(&metrics.policy_refusals);
-            Err(LoginError::deny(
-                codes::policy_refused(&text),
-                seq,
-                Outcome::PolicyRefused,
-                format!("policy {} refused: {text}", policy.name()),
-            ))
-        }
-        Err(RouteError::Failed(why)) => {
-            let told = if why == "did not answer in time" {
-                "it did not answer in time"
-            } else {
-                "it failed (the proxy's log says why)"
-            };
-            on_error(why, told)
-        }
-    }
-}
-
-/// A kept backend session of `addr` logged in to for `request`, if the
-/// pool keeps them and one fits: `Some(Ok)` to use, `Some(Err)` the
-/// backend's refusal of the user (`BackendError::Refused`, as a new login
-/// would have been refused), `None` to open a new session (none kept, or
-/// the kept one failed).
-async fn take_kept(
-    pool: &Pool,
-    addr: std::net::SocketAddr,
-    request: &LoginRequest<'_>,
-    metrics: &crate::metrics::Metrics,
-    deadline: Deadline,
-) -> Option<Result<BackendSession, BackendError>> {
-    if pool.idle_sessions == 0 {
-        return None;
-    }
-    let shape = reuse::Shape::of(
-        (request.client.capabilities, request.offered),
-        (request.client.mariadb_capabilities, request.offered_mariadb),
-    );
-    while let Some(kept) = reuse::take(addr, shape, pool.tls.as_ref(), metrics) {
-        match timeout_at(deadline, reuse::take_over(kept, request)).await {
-            Ok(Ok(session)) => {
-                metrics.backend_reused.fetch_add(1, Ordering::Relaxed);
-                return Some(Ok(session));
-            }
-            Ok(Err(BackendError::NotAtRest(why))) => {
-                metrics.backend_not_at_rest.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(backend = %addr, why, "a kept backend session was not at rest; closed");
-            }
-            Ok(Err(e)) => match e.into_refusal() {
-                Ok(err) => return Some(Err(BackendError::Refused(err))),
-                Err(e) => {
-                    info!(backend = %addr, error = %e, "a kept backend session failed; opening a new one");
-                    return None;
-                }
-            },
-            Err(_) => {
-                info!(backend = %addr, "a kept backend session did not answer; opening a new one");
-                return None;
-            }
-        }
-    }
-    None
-}
-
-/// Phase 4: a backend of the pool, by the pool's balancing order; a backend
-/// that cannot be reached is skipped for the next one.
-pub(super) async fn open_backend(
-    pool: &Pool,
-    request: &LoginRequest<'_>,
-    seq: u8,
-    (state, metrics): (&State, &crate::metrics::Metrics),
-    deadline: Deadline,
-) -> Result<(BackendLease, BackendSession), LoginError> {
-    let mut tried = 0;
-    for candidate in pool.candidates() {
-        let now = Deadline::now();
-        if now >= deadline {
-            break;
-        }
-        let Some(lease) = pool.lease(&candidate) else {
-            // It reached its max_connections meanwhile.
-            continue;
-        };
-        tried += 1;
-        let backend = &candidate.backend;
-        let attempt_deadline = deadline.min(now + state.config.connect_timeout());
-        let result = match take_kept(pool, backend.addr, request, metrics, attempt_deadline).await {
-            Some(kept) => kept,
-            None => timeout_at(
-                attempt_deadline,
-                backend::open(backend.addr, request, pool.tls.as_ref()),
-            )
-            .await
-            .unwrap_or(Err(BackendError::Timeout)),
-        };
-        match result {
-            Ok(session) => return Ok((lease, session)),
-            Err(e) if e.is_backend_fault() => {
-                if backend.mark_failed(format!("login attempt: {e}")) {
-                    warn!(backend = %backend.addr, error = %e, "backend failed a login; out of service until its checks pass; trying the next one");
-                } else {
-                    info!(backend = %backend.addr, error = %e, "backend still failing; trying the next one");
-                }
-            }
-            Err(BackendError::Refused(err)) => {
-                let reason = format!(
-                    "backend {} refused: {} {}",
-                    backend.addr, err.code, err.message
-                );
-                return Err(LoginError::deny(err, seq, Outcome::BackendRefused, reason));
-            }
-            Err(e) => {
-                return Err(LoginError::deny(
-                    codes::backend_unsupported(&e.to_string()),
-                    seq,
-                    Outcome::BackendUnsupported,
-                    format!("backend {}: {e}", backend.addr),
-                ));
-            }
-        }
-    }
-    Err(LoginError::deny(
-        codes::no_backend(&pool.name, tried),
+    let Admitted {
+        password,
+        claim,
+        pool,
         seq,
-        Outcome::NoBackend,
-        format!("no backend of pool '{}' available", pool.name),
-    ))
+    } = login::admit(client, gate, attempt, response.database.as_deref()).await?;
+    Ok(Authenticated {
+        response,
+        password,
+        claim,
+        pool,
+        next_seq: seq,
+    })
 }

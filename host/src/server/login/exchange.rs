@@ -8,19 +8,19 @@
 
 use zeroize::Zeroizing;
 
-use super::{Shared, State, codes};
 use crate::auth::caching_sha2::{self, MORE_DATA};
 use crate::auth::{self, PasswordHash, Sha1Password};
 use crate::config::AuthPlugin;
 use crate::conn::PacketStream;
 use crate::metrics::{Outcome, Sha2Path};
 use crate::protocol::AuthSwitchRequest;
+use crate::server::{Shared, State, codes};
 
-use super::session::LoginError;
+use super::LoginError;
 
 /// A client's first proof of its password, and where the exchange stands.
 #[derive(Debug)]
-pub(super) struct Attempt<'a> {
+pub(in crate::server) struct Attempt<'a> {
     /// The user name.
     pub user: &'a str,
     /// The plugin `data` was computed for; `None` when the client has no
@@ -38,7 +38,7 @@ pub(super) struct Attempt<'a> {
 
 /// How an exchange ended.
 #[derive(Debug)]
-pub(super) struct Verdict {
+pub(in crate::server) struct Verdict {
     /// `SHA1(password)` when the password was right.
     pub password: Option<Sha1Password>,
     /// The sequence id of the OK or ERR that ends the exchange.
@@ -48,7 +48,7 @@ pub(super) struct Verdict {
 }
 
 /// Runs the exchange for `attempt` against `stored` (`None`: no such user).
-pub(super) async fn exchange(
+pub(in crate::server) async fn exchange(
     client: &mut PacketStream,
     shared: &Shared,
     state: &State,
