@@ -348,41 +348,65 @@ fn slave_is_spread_across_replicas(env: &Env) -> TestResult {
     })
 }
 
-/// Per server, the connections that got as far as a login attempt: all
-/// connections less those closed before authenticating (Switchyard's
-/// health checks and greeting probes, which run on their own schedule).
-fn connections(topology: &Topology) -> Vec<u64> {
-    std::iter::once(&topology.primary)
-        .chain(topology.replicas.iter())
-        .map(|s| {
-            let v = s.sql(
-                "SELECT SUM(IF(VARIABLE_NAME = 'CONNECTIONS', VARIABLE_VALUE, -VARIABLE_VALUE)) \
-                 FROM information_schema.GLOBAL_STATUS \
-                 WHERE VARIABLE_NAME IN ('CONNECTIONS', 'ABORTED_CONNECTS_PREAUTH')",
-            );
-            v.trim().parse().expect("Connections")
-        })
-        .collect()
+/// What the servers and the shared proxy have seen of backend logins.
+struct Seen {
+    /// Per server, the logins it accepted: connections less the failed
+    /// ones (Switchyard's greeting probes and health checks, which log in
+    /// as `switchyard-check` and are refused, on their own schedule).
+    accepted: Vec<u64>,
+    /// Logins the shared proxy sent on and a backend refused (its log).
+    refused: usize,
 }
 
-/// Fails if any server saw a login attempt since `before` was counted
-/// (each count includes only the query that read it). Switchyard's health
-/// checks (no monitor account: each one logs in as `switchyard-check` and
-/// is refused) reach every server once per second, so a round of them in
-/// the window shows as the same extra count on all three servers; a login
-/// that reached a backend shows on that backend alone.
-fn no_connections_since(env: &Env, before: &[u64]) -> TestResult {
-    let after = connections(&env.topology());
-    let deltas: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    let rounds = deltas[0].saturating_sub(1);
+fn seen(env: &Env) -> Seen {
+    let accepted = {
+        let topology = env.topology();
+        std::iter::once(&topology.primary)
+            .chain(topology.replicas.iter())
+            .map(|s| {
+                let v = s.sql(
+                    "SELECT SUM(IF(VARIABLE_NAME = 'CONNECTIONS', VARIABLE_VALUE, -VARIABLE_VALUE)) \
+                     FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME IN ('CONNECTIONS', 'ABORTED_CONNECTS')",
+                );
+                v.trim().parse().expect("Connections")
+            })
+            .collect()
+    };
+    let refused = backend_refusals(&env.proxy.log());
+    Seen { accepted, refused }
+}
+
+/// The proxy log's lines of logins a backend refused.
+fn backend_refusals(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("login refused") && l.contains("backend") && l.contains("refused:"))
+        .count()
+}
+
+/// Fails if a login reached a backend since `before`: no server accepted
+/// one (each count includes only the query that read it), and none was
+/// sent on and refused. Health checks, which every server refuses, do not
+/// count, so the windows need no quiet from them.
+fn no_connections_since(env: &Env, before: &Seen) -> TestResult {
+    let after = seen(env);
+    let deltas: Vec<u64> = after
+        .accepted
+        .iter()
+        .zip(&before.accepted)
+        .map(|(a, b)| a - b)
+        .collect();
     check(
-        deltas.iter().all(|&d| d == 1 + rounds) && rounds <= 3,
-        format!("servers saw new connections: {deltas:?}"),
+        deltas == [1, 1, 1] && after.refused == before.refused,
+        format!(
+            "servers accepted new logins: {deltas:?}; backend refusals {} -> {}",
+            before.refused, after.refused
+        ),
     )
 }
 
 fn bad_credentials_get_1045(env: &Env) -> TestResult {
-    let before = connections(&env.topology());
+    let before = seen(env);
     block_on(async {
         let (code, state, msg) = login_error(env, (SLAVE_USER.0, "wrong"), None).await?;
         check(
@@ -967,7 +991,7 @@ fn large_results_around_change_user(env: &Env) -> TestResult {
 }
 
 fn com_change_user_refused_ends_the_session(env: &Env) -> TestResult {
-    let before = connections(&env.topology());
+    let before = seen(env);
     // A wrong password, and an unknown user: ERR 1045 in the client's
     // sequence, no backend connection, and the session is over (as MariaDB
     // leaves it): one session cannot be used to guess password after
@@ -978,7 +1002,7 @@ fn com_change_user_refused_ends_the_session(env: &Env) -> TestResult {
             LoginOutcome::Ok(_) => raw.nonce.clone(),
             other => return Err(format!("{other:?}").into()),
         };
-        let opened = connections(&env.topology());
+        let opened = seen(env);
         raw.write_raw(&RawClient::change_user_packet(user, pass, &nonce, None))?;
         let p = raw.expect_packet()?;
         check(
@@ -1174,7 +1198,7 @@ fn caching_sha2_full_then_fast(env: &Env) -> TestResult {
         let mut raw = RawClient::connect(proxy.addr())?;
         Ok(raw.login_caching_sha2(user, pass, None)?)
     };
-    let before = connections(&env.topology());
+    let before = seen(env);
     // Cold cache: full authentication over RSA; a wrong password, an
     // unknown user and a wrong password on the fast path all get 1045 in
     // the client's sequence and open no backend connection.

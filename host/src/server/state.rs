@@ -19,13 +19,38 @@ use crate::pool::health::Monitor;
 use crate::pool::{Pools, Registry};
 use crate::secret::Secret;
 
+/// What a login needs of an account of the file.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The stored verifier.
+    pub hash: PasswordHash,
+    /// The plugin it must authenticate with, if the file says.
+    pub plugin: Option<crate::config::AuthPlugin>,
+    /// It must log in over TLS.
+    pub require_tls: bool,
+    /// Its own session limit, if the file sets one.
+    pub max_connections: Option<u32>,
+}
+
+impl Account {
+    fn of(u: &crate::config::UserConfig) -> Self {
+        Self {
+            hash: u.password_hash.clone(),
+            plugin: u.plugin,
+            require_tls: u.require_tls,
+            max_connections: u.max_connections,
+        }
+    }
+}
+
 /// Everything built from one configuration.
 #[derive(Debug)]
 pub struct State {
     /// The configuration.
     pub config: Config,
-    /// Accounts by name.
-    pub users: Arc<HashMap<String, PasswordHash>>,
+    /// The file's accounts by name, indexed once per state: a login looks
+    /// its user up once.
+    pub users: Arc<HashMap<String, Account>>,
     /// Backend pools.
     pub pools: Arc<Pools>,
     /// The routing policy of `listen`.
@@ -67,7 +92,7 @@ impl State {
             .users
             .accounts()
             .iter()
-            .map(|u| (u.name.get_ref().clone(), u.password_hash.clone()))
+            .map(|u| (u.name.get_ref().clone(), Account::of(u)))
             .collect();
         let mut pools = Pools::from_config(&config, registry);
         pools.attach_tls(&config)?;

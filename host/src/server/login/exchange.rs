@@ -52,7 +52,7 @@ pub(in crate::server) async fn exchange(
     client: &mut PacketStream,
     shared: &Shared,
     state: &State,
-    stored: Option<&PasswordHash>,
+    (stored, plugin): (Option<&PasswordHash>, AuthPlugin),
     attempt: Attempt<'_>,
 ) -> Result<Verdict, LoginError> {
     let Attempt {
@@ -67,12 +67,7 @@ pub(in crate::server) async fn exchange(
         None => Some(AuthPlugin::Native),
         Some(name) => AuthPlugin::from_name(name),
     };
-    // The account's own plugin, else the default; a client that started
-    // with another is switched to it.
-    let plugin = state
-        .config
-        .user_plugin(user)
-        .unwrap_or(state.config.auth.default_plugin);
+    // A client that started with another plugin is switched to it.
     if started_with != Some(plugin) {
         if !can_switch {
             return Err(LoginError::deny(

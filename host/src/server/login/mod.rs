@@ -144,12 +144,24 @@ pub(super) async fn admit(
     } = gate;
     let user = attempt.user;
     throttle_gate(shared, state, peer, attempt.seq)?;
-    let stored = lookup_account(shared, state, user, peer);
-    let verdict = exchange::exchange(client, shared, state, stored.as_ref(), attempt).await?;
+    // The one lookup of the file's account.
+    let account = state.users.get(user);
+    let stored = match account {
+        Some(a) => Some(a.hash.clone()),
+        None => lookup_loaded(shared, state, user, peer),
+    };
+    // The account's own plugin, else the default.
+    let plugin = account
+        .and_then(|a| a.plugin)
+        .unwrap_or(state.config.auth.default_plugin);
+    let verdict =
+        exchange::exchange(client, shared, state, (stored.as_ref(), plugin), attempt).await?;
     let seq = verdict.seq;
     let host = peer.ip().to_string();
+    let require_tls = state.config.tls.as_ref().is_some_and(|t| t.require)
+        || account.is_some_and(|a| a.require_tls);
     let password = match verdict.password {
-        Some(p) if !state.config.requires_tls(user) || client.is_tls() => p,
+        Some(p) if !require_tls || client.is_tls() => p,
         right => {
             throttle_failure(shared, state, peer);
             let reason = if right.is_some() {
@@ -166,7 +178,14 @@ pub(super) async fn admit(
         }
     };
     tracing::Span::current().record("user", user);
-    let claim = claim_user(shared, state, user, seq)?;
+    let limit = match account
+        .and_then(|a| a.max_connections)
+        .unwrap_or(state.config.max_connections_per_user)
+    {
+        0 => None,
+        n => Some(n),
+    };
+    let claim = claim_user(shared, (user, limit), seq)?;
     let pool = route(shared, state, policy, (user, db), peer, seq).await?;
     Ok(Admitted {
         password,
@@ -176,19 +195,16 @@ pub(super) async fn admit(
     })
 }
 
-/// The stored verifier of `user` for a client at `peer`: from the file,
-/// else loaded from the primary. A user not known yet has the accounts read
+/// The stored verifier of `user` (not in the file) for a client at `peer`,
+/// loaded from the primary. A user not known yet has the accounts read
 /// again in the background (rate-limited): the answer does not wait for
 /// it, so how long a login takes does not tell whether the user exists.
-fn lookup_account(
+fn lookup_loaded(
     shared: &Shared,
     state: &State,
     user: &str,
     peer: SocketAddr,
 ) -> Option<crate::auth::PasswordHash> {
-    if let Some(h) = state.users.get(user) {
-        return Some(h.clone());
-    }
     state.config.users.from_backend()?;
     let found = shared.loaded_users.get(user, peer.ip());
     if found.is_none() {
@@ -201,21 +217,17 @@ fn lookup_account(
 /// many as it may.
 fn claim_user(
     shared: &Shared,
-    state: &State,
-    user: &str,
+    (user, limit): (&str, Option<u32>),
     seq: u8,
 ) -> Result<UserClaim, LoginError> {
-    shared
-        .user_sessions
-        .claim(user, state.config.user_limit(user))
-        .map_err(|limit| {
-            LoginError::deny(
-                codes::user_limit(user, limit),
-                seq,
-                Outcome::UserLimit,
-                format!("user '{user}' has {limit} sessions already"),
-            )
-        })
+    shared.user_sessions.claim(user, limit).map_err(|limit| {
+        LoginError::deny(
+            codes::user_limit(user, limit),
+            seq,
+            Outcome::UserLimit,
+            format!("user '{user}' has {limit} sessions already"),
+        )
+    })
 }
 
 /// The address `peer` is counted by in the throttle and the pending
