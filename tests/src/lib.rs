@@ -270,6 +270,25 @@ impl MariaDb {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGSTOP);
             }
+            // The signal is only queued when kill returns: wait until every
+            // thread has stopped, or a request sent right after could still
+            // be served (up to 2 s).
+            let task = format!("/proc/{}/task", child.id());
+            let stopped = || {
+                std::fs::read_dir(&task).is_ok_and(|threads| {
+                    threads.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                            // The state follows the command name's ')'.
+                            stat.rsplit_once(')')
+                                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                        })
+                    })
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !stopped() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 

@@ -22,38 +22,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
-use super::login::{self, Admitted, Gate, LoginError, SessionCtx};
+use super::login::{self, Admitted, Bound, Gate, LoginError, SessionCtx};
 use super::{Shared, reuse};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
-use crate::conn::{PacketStream, Stream};
+use crate::conn::PacketStream;
 use crate::metrics::{ChangeUserOutcome, Metrics};
 use crate::pool::{BackendLease, Pool};
 use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
 
 /// Largest COM_CHANGE_USER accepted.
 const MAX_CHANGE_USER_PACKET: usize = 16 * 1024;
-
-/// A session bound to its backend: what the relay runs on.
-#[derive(Debug)]
-pub(super) struct Bound {
-    /// The client's stream.
-    pub client: Stream,
-    /// Bytes read from the client and not relayed yet.
-    pub client_rest: BytesMut,
-    /// The backend's stream.
-    pub backend: Stream,
-    /// Bytes read from the backend and not relayed yet.
-    pub backend_rest: BytesMut,
-    /// The backend's count of this session.
-    pub lease: BackendLease,
-    /// The user's count of this session.
-    pub user: UserClaim,
-}
 
 /// What a step of the exchange decided.
 enum Step {
@@ -241,40 +223,85 @@ async fn exchange(
         pool,
         seq,
     } = login::admit(client, gate, attempt, request.database.as_deref()).await?;
-    let span = tracing::Span::current();
-    if Arc::ptr_eq(&pool, &ctx.pool) {
-        let ok = backend::change_user(
-            backend,
-            &ctx.backend_nonce,
-            ctx.backend_caps,
-            &request,
-            &password,
-        )
-        .await;
-        return match ok {
-            Ok(ok) => {
-                shared.throttle.success(login::client_key(&state, peer));
-                client
-                    .write(seq, &ok)
-                    .await
-                    .map_err(|e| LoginError::client(e.into()))?;
-                span.record("user", user);
-                info!(pool = %pool.name, "COM_CHANGE_USER: re-authenticated the backend session");
-                Ok(Step::Reauthenticated { user: claim })
-            }
-            Err(BackendError::Refused(err)) => {
-                // The backend's session is in no known state: answer and end.
-                let _ = client.write(seq, &err.encode()).await;
-                Err(LoginError::Close(format!(
-                    "the backend refused COM_CHANGE_USER: {} {}",
-                    err.code, err.message
-                )))
-            }
-            Err(e) => Err(LoginError::Close(format!(
-                "backend COM_CHANGE_USER failed: {e}"
-            ))),
-        };
+    let admitted = Admitted {
+        password,
+        claim,
+        pool,
+        seq,
+    };
+    if Arc::ptr_eq(&admitted.pool, &ctx.pool) {
+        in_place(client, backend, (ctx, &request), admitted, gate).await
+    } else {
+        move_to_pool(client, (ctx, &request), admitted, gate, deadline).await
     }
+}
+
+/// Same pool: the backend session re-authenticates as the new user
+/// (COM_CHANGE_USER with a token for its own nonce).
+async fn in_place(
+    client: &mut PacketStream,
+    backend: &mut PacketStream,
+    (ctx, request): (&SessionCtx, &ChangeUser),
+    admitted: Admitted,
+    gate: Gate<'_>,
+) -> Result<Step, LoginError> {
+    let Admitted {
+        password,
+        claim,
+        pool,
+        seq,
+    } = admitted;
+    let ok = backend::change_user(
+        backend,
+        &ctx.backend_nonce,
+        ctx.backend_caps,
+        request,
+        &password,
+    )
+    .await;
+    match ok {
+        Ok(ok) => {
+            gate.shared
+                .throttle
+                .success(login::client_key(gate.state, gate.peer));
+            client
+                .write(seq, &ok)
+                .await
+                .map_err(|e| LoginError::client(e.into()))?;
+            tracing::Span::current().record("user", request.username.as_str());
+            info!(pool = %pool.name, "COM_CHANGE_USER: re-authenticated the backend session");
+            Ok(Step::Reauthenticated { user: claim })
+        }
+        Err(BackendError::Refused(err)) => {
+            // The backend's session is in no known state: answer and end.
+            let _ = client.write(seq, &err.encode()).await;
+            Err(LoginError::Close(format!(
+                "the backend refused COM_CHANGE_USER: {} {}",
+                err.code, err.message
+            )))
+        }
+        Err(e) => Err(LoginError::Close(format!(
+            "backend COM_CHANGE_USER failed: {e}"
+        ))),
+    }
+}
+
+/// Another pool: a backend session there, logged in as the new user, before
+/// the old one is let go.
+async fn move_to_pool(
+    client: &mut PacketStream,
+    (ctx, request): (&mut SessionCtx, &ChangeUser),
+    admitted: Admitted,
+    gate: Gate<'_>,
+    deadline: Deadline,
+) -> Result<Step, LoginError> {
+    let Admitted {
+        password,
+        claim,
+        pool,
+        seq,
+    } = admitted;
+    let (shared, state) = (gate.shared, gate.state);
     let response = HandshakeResponse {
         capabilities: ctx.capabilities,
         max_packet_size: ctx.max_packet_size,
@@ -299,16 +326,17 @@ async fn exchange(
         &pool,
         &request_login,
         seq,
-        (&state, &shared.metrics),
+        (state, &shared.metrics),
         deadline,
     )
     .await?;
-    shared.throttle.success(login::client_key(&state, peer));
+    shared.throttle.success(login::client_key(state, gate.peer));
     client
         .write(seq, &session.ok)
         .await
         .map_err(|e| LoginError::client(e.into()))?;
-    span.record("user", user);
+    let span = tracing::Span::current();
+    span.record("user", request.username.as_str());
     span.record("pool", pool.name.as_str());
     span.record("backend", field::display(lease.backend().addr));
     info!("COM_CHANGE_USER: moved the session to another pool");

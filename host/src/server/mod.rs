@@ -342,7 +342,6 @@ impl Drop for SessionGauge<'_> {
 /// the calling thread runs health checks, reloads (SIGHUP), the admin
 /// endpoint and systemd notifications.
 pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let initial = shared.state();
     let limit = Arc::new(Semaphore::new(initial.config.max_connections));
     let threads = shared.heartbeats.len();
@@ -364,123 +363,35 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // The first health round decides which backends take the first
-    // sessions (and which one is the writer).
+    control.block_on(first_round(&shared));
+    // Each worker holds a sender, dropped when its thread ends.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let workers = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, sockets)| {
+            let (shared, limit, done) = (Arc::clone(&shared), Arc::clone(&limit), done_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("switchyard-{i}"))
+                .spawn(move || worker(i, sockets, &shared, limit, done))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    drop(done_tx);
     control.block_on(async {
-        let state = shared.state();
-        let timeout = Duration::from_millis(state.config.health.timeout_ms + 200);
-        let mut checker = crate::pool::health::Checker::default();
-        let _ = tokio::time::timeout(
-            timeout,
-            checker.round(&state.pools, &state.config.health, state.monitor.as_ref()),
-        )
-        .await;
-        if state.config.users.from_backend().is_some() {
-            shared
-                .loaded_users
-                .refresh_if_due(&state, Duration::ZERO)
-                .await;
-        }
-    });
-    let mut workers = Vec::with_capacity(threads);
-    // Each worker sends one message when it is done.
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(threads.max(1));
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, limit, mut stop) = (Arc::clone(&shared), Arc::clone(&limit), stop_rx.clone());
-        let done = done_tx.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("switchyard-{i}"))
-            .spawn(move || -> std::io::Result<()> {
-                // Dropped when the thread ends, however it ends.
-                let _done = done;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async {
-                    let mut accepting = tokio::task::JoinSet::new();
-                    let sessions = TaskTracker::new();
-                    for (socket, policy) in socket {
-                        let listener = socket.listen(1024)?;
-                        let policy: Option<Arc<str>> = policy.map(Into::into);
-                        accepting.spawn(accept_loop(
-                            listener,
-                            Arc::clone(&shared),
-                            Arc::clone(&limit),
-                            policy,
-                            sessions.clone(),
-                        ));
-                    }
-                    tokio::spawn(heartbeat(Arc::clone(&shared), i));
-                    let sweeping = {
-                        let shared = Arc::clone(&shared);
-                        tokio::spawn(async move { reuse::sweep(&shared.metrics).await })
-                    };
-                    let _ = stop.wait_for(|stop| *stop).await;
-                    // Closes the listeners.
-                    accepting.abort_all();
-                    while accepting.join_next().await.is_some() {}
-                    drain(&shared, &sessions).await;
-                    sweeping.abort();
-                    reuse::close_all(&shared.metrics).await;
-                    std::io::Result::Ok(())
-                })?;
-                runtime.shutdown_timeout(Duration::from_millis(500));
-                Ok(())
-            })?;
-        workers.push(worker);
-    }
-    control.block_on(async {
-        let state = shared.state();
-        let mut background = tokio::task::JoinSet::new();
-        background.spawn(profile::probe_until_known(Arc::clone(&shared)));
-        let for_health = Arc::clone(&shared);
-        background.spawn(crate::pool::health::run(
-            move || {
-                let s = for_health.state();
-                (
-                    Arc::clone(&s.pools),
-                    s.config.health.clone(),
-                    s.monitor.clone(),
-                )
-            },
-            Arc::clone(&shared.health_wake),
-        ));
-        background.spawn(reload_on_sighup(Arc::clone(&shared)));
-        background.spawn(watch_policy_files(Arc::clone(&shared)));
-        background.spawn(users::refresh_loop(Arc::clone(&shared)));
-        background.spawn(watchdog(Arc::clone(&shared)));
-        background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
-        if let Some(listener) = admin_listener {
-            match crate::admin::serve(listener, Arc::clone(&shared)) {
-                Ok(task) => {
-                    background.spawn(task);
-                }
-                Err(e) => warn!(error = %e, "admin endpoint could not start"),
-            }
-        }
-        info!(
-            listen = ?state.config.listen_addrs().iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
-            admin = ?state.config.admin.as_ref().map(|a| *a.listen.get_ref()),
-            policy = state.policy.name(),
-            threads,
-            "switchyard is serving"
-        );
-        notify::ready();
+        let mut background = spawn_background(&shared, admin_listener);
+        serving(&shared, threads);
         shutdown.await;
         shared.stopping.cancel();
         notify::stopping();
-        let open = shared.metrics.sessions.load(Ordering::Relaxed);
         info!(
-            open_sessions = open,
+            open_sessions = shared.metrics.sessions.load(Ordering::Relaxed),
             shutdown_timeout_ms = shared.state().config.shutdown_timeout_ms,
             "shutting down: no longer accepting clients; draining sessions"
         );
         background.abort_all();
-        let _ = stop_tx.send(true);
-        // Wait for the workers to drain (each drops its sender when done:
-        // `recv` then gives `None`); a second SIGTERM/SIGINT closes what is
-        // still open at once.
-        drop(done_tx);
+        // Wait for the workers to drain (`recv` gives `None` once every
+        // worker has dropped its sender); a second SIGTERM/SIGINT closes
+        // what is still open at once.
         tokio::select! {
             _ = done_rx.recv() => {}
             _ = second_signal() => {
@@ -498,6 +409,121 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
     let left = shared.metrics.sessions.load(Ordering::Relaxed);
     info!(sessions_closed = left, "switchyard stopped");
     Ok(())
+}
+
+/// The first health round, which decides which backends take the first
+/// sessions (and which one is the writer), and the first read of the
+/// primary's accounts.
+async fn first_round(shared: &Shared) {
+    let state = shared.state();
+    let timeout = Duration::from_millis(state.config.health.timeout_ms + 200);
+    let mut checker = crate::pool::health::Checker::default();
+    let _ = tokio::time::timeout(
+        timeout,
+        checker.round(&state.pools, &state.config.health, state.monitor.as_ref()),
+    )
+    .await;
+    if state.config.users.from_backend().is_some() {
+        shared
+            .loaded_users
+            .refresh_if_due(&state, Duration::ZERO)
+            .await;
+    }
+}
+
+/// A worker thread: its own event loop, its listeners and their sessions,
+/// until the proxy stops and its sessions are drained. `_done` is dropped
+/// when it returns, however it returns.
+fn worker(
+    i: usize,
+    sockets: Vec<(tokio::net::TcpSocket, Option<String>)>,
+    shared: &Arc<Shared>,
+    limit: Arc<Semaphore>,
+    _done: tokio::sync::mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut accepting = tokio::task::JoinSet::new();
+        let sessions = TaskTracker::new();
+        for (socket, policy) in sockets {
+            let listener = socket.listen(1024)?;
+            let policy: Option<Arc<str>> = policy.map(Into::into);
+            accepting.spawn(accept_loop(
+                listener,
+                Arc::clone(shared),
+                Arc::clone(&limit),
+                policy,
+                sessions.clone(),
+            ));
+        }
+        tokio::spawn(heartbeat(Arc::clone(shared), i));
+        let sweeping = {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move { reuse::sweep(&shared.metrics).await })
+        };
+        shared.stopping.cancelled().await;
+        // Closes the listeners.
+        accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
+        drain(shared, &sessions).await;
+        sweeping.abort();
+        reuse::close_all(&shared.metrics).await;
+        std::io::Result::Ok(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    Ok(())
+}
+
+/// The control thread's tasks: probes, health checks, reloads, policy
+/// files, the primary's accounts, the watchdog, suppressed-log reports and
+/// the admin endpoint.
+fn spawn_background(
+    shared: &Arc<Shared>,
+    admin_listener: Option<std::net::TcpListener>,
+) -> tokio::task::JoinSet<()> {
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(profile::probe_until_known(Arc::clone(shared)));
+    let for_health = Arc::clone(shared);
+    background.spawn(crate::pool::health::run(
+        move || {
+            let s = for_health.state();
+            (
+                Arc::clone(&s.pools),
+                s.config.health.clone(),
+                s.monitor.clone(),
+            )
+        },
+        Arc::clone(&shared.health_wake),
+    ));
+    background.spawn(reload_on_sighup(Arc::clone(shared)));
+    background.spawn(watch_policy_files(Arc::clone(shared)));
+    background.spawn(users::refresh_loop(Arc::clone(shared)));
+    background.spawn(watchdog(Arc::clone(shared)));
+    background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
+    if let Some(listener) = admin_listener {
+        match crate::admin::serve(listener, Arc::clone(shared)) {
+            Ok(task) => {
+                background.spawn(task);
+            }
+            Err(e) => warn!(error = %e, "admin endpoint could not start"),
+        }
+    }
+    background
+}
+
+/// Says so: the log line and systemd's READY=1.
+fn serving(shared: &Shared, threads: usize) {
+    let state = shared.state();
+    info!(
+        listen = ?state.config.listen_addrs().iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+        admin = ?state.config.admin.as_ref().map(|a| *a.listen.get_ref()),
+        policy = state.policy.name(),
+        threads,
+        "switchyard is serving"
+    );
+    notify::ready();
 }
 
 /// Waits (on a worker's event loop, its listeners closed) until its

@@ -13,7 +13,7 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
-use super::login::{self, Admitted, Gate, LoginError, SessionCtx};
+use super::login::{self, Admitted, Bound, Gate, LoginError, SessionCtx};
 use super::profile::ServerProfile;
 use super::{Shared, State, change_user, kill, relay, reuse};
 use crate::auth::{self, Sha1Password};
@@ -71,87 +71,36 @@ pub(super) async fn serve(
         };
         let Ready {
             registration,
-            mut client_tcp,
-            mut client_rest,
-            mut backend_tcp,
-            mut backend_rest,
-            mut lease,
-            mut user,
+            mut bound,
             timeouts,
             mut ctx,
         } = ready;
-        let metrics = &shared.metrics;
         let place = |lease: &BackendLease, ctx: &SessionCtx| kill::Place {
             backend: lease.backend().addr,
             thread: ctx.backend_thread,
         };
-        registration.moved(place(&lease, &ctx));
-        let (mut from_client, mut to_client) = (0, 0);
+        registration.moved(place(&bound.lease, &ctx));
+        let mut totals = (0, 0);
         let end = loop {
-            let options = relay::Options {
-                stop: relay::Stop {
-                    drain: &shared.stopping,
-                    now: &shared.force_stop,
-                },
-                timeouts,
-                metrics,
-                kills: (&shared.sessions, lease.backend().addr),
-                keep_backend: ctx.pool.idle_sessions > 0,
-            };
-            let (stats, after) =
-                relay::relay(client_tcp, client_rest, backend_tcp, backend_rest, options).await;
-            from_client += stats.from_client;
-            to_client += stats.to_client;
-            if stats.end == relay::End::IdleTimeout {
-                metrics
-                    .idle_closed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            let (client, rest, backend) = match after {
-                relay::After::ChangeUser {
-                    client,
-                    client_rest,
-                    backend,
-                } => (client, client_rest, backend),
-                relay::After::Quit { backend } => {
-                    let quitting = reuse::Quitting {
-                        stream: backend,
-                        thread_id: ctx.backend_thread,
-                        nonce: &ctx.backend_nonce,
-                        capabilities: ctx.backend_caps,
-                        shape: ctx.shape(),
-                    };
-                    reuse::keep(quitting, lease.backend().addr, &ctx.pool, metrics).await;
-                    break stats.end;
-                }
-                relay::After::Close => break stats.end,
-            };
-            let bound = change_user::Bound {
-                client,
-                client_rest: rest,
-                backend,
-                backend_rest: bytes::BytesMut::new(),
-                lease,
-                user,
+            let changing = match relay_once(bound, &ctx, timeouts, shared, &mut totals).await {
+                Ok(changing) => changing,
+                Err(end) => break end,
             };
             // Boxed: rare, and its state is large.
-            let Some(next) =
-                Box::pin(change_user::handle(bound, &mut ctx, shared, peer, policy)).await
-            else {
-                break relay::End::ChangeUser;
-            };
-            client_tcp = next.client;
-            client_rest = next.client_rest;
-            backend_tcp = next.backend;
-            backend_rest = next.backend_rest;
-            lease = next.lease;
-            user = next.user;
-            registration.moved(place(&lease, &ctx));
+            match Box::pin(change_user::handle(
+                changing, &mut ctx, shared, peer, policy,
+            ))
+            .await
+            {
+                Some(next) => bound = next,
+                None => break relay::End::ChangeUser,
+            }
+            registration.moved(place(&bound.lease, &ctx));
         };
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
-            bytes_from_client = from_client,
-            bytes_to_client = to_client,
+            bytes_from_client = totals.0,
+            bytes_to_client = totals.1,
             end = end.as_str(),
             "session finished"
         );
@@ -163,14 +112,75 @@ pub(super) async fn serve(
 /// A logged-in session, ready to relay.
 struct Ready {
     registration: kill::Registration,
-    client_tcp: crate::conn::Stream,
-    client_rest: bytes::BytesMut,
-    backend_tcp: crate::conn::Stream,
-    backend_rest: bytes::BytesMut,
-    lease: BackendLease,
-    user: UserClaim,
+    bound: Bound,
     timeouts: relay::Timeouts,
     ctx: SessionCtx,
+}
+
+/// Relays `bound` until the session ends (`Err`, why) or its client sends
+/// COM_CHANGE_USER (`Ok`, the streams with that command first); adds the
+/// bytes relayed to `totals`. A client that quits leaves its backend
+/// session kept, if its pool keeps them.
+async fn relay_once(
+    bound: Bound,
+    ctx: &SessionCtx,
+    timeouts: relay::Timeouts,
+    shared: &Shared,
+    totals: &mut (u64, u64),
+) -> Result<Bound, relay::End> {
+    let metrics = &shared.metrics;
+    let Bound {
+        client,
+        client_rest,
+        backend,
+        backend_rest,
+        lease,
+        user,
+    } = bound;
+    let options = relay::Options {
+        stop: relay::Stop {
+            drain: &shared.stopping,
+            now: &shared.force_stop,
+        },
+        timeouts,
+        metrics,
+        kills: (&shared.sessions, lease.backend().addr),
+        keep_backend: ctx.pool.idle_sessions > 0,
+    };
+    let (stats, after) = relay::relay(client, client_rest, backend, backend_rest, options).await;
+    totals.0 += stats.from_client;
+    totals.1 += stats.to_client;
+    if stats.end == relay::End::IdleTimeout {
+        metrics
+            .idle_closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    match after {
+        relay::After::ChangeUser {
+            client,
+            client_rest,
+            backend,
+        } => Ok(Bound {
+            client,
+            client_rest,
+            backend,
+            backend_rest: bytes::BytesMut::new(),
+            lease,
+            user,
+        }),
+        relay::After::Quit { backend } => {
+            let quitting = reuse::Quitting {
+                stream: backend,
+                thread_id: ctx.backend_thread,
+                nonce: &ctx.backend_nonce,
+                capabilities: ctx.backend_caps,
+                shape: ctx.shape(),
+            };
+            reuse::keep(quitting, lease.backend().addr, &ctx.pool, metrics).await;
+            Err(stats.end)
+        }
+        relay::After::Close => Err(stats.end),
+    }
 }
 
 /// Runs the login under its deadline and answers a refusal; `None` when the
@@ -248,12 +258,14 @@ async fn log_in(
     // state it logged in with (a reload frees what it replaced).
     Some(Ready {
         registration,
-        client_tcp,
-        client_rest,
-        backend_tcp,
-        backend_rest,
-        lease,
-        user: _user,
+        bound: Bound {
+            client: client_tcp,
+            client_rest,
+            backend: backend_tcp,
+            backend_rest,
+            lease,
+            user: _user,
+        },
         ctx,
         timeouts: relay::Timeouts::from_config(&state.config),
     })

@@ -14,15 +14,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use tracing::warn;
 
 use super::limits::UserClaim;
 use super::{Shared, State, codes, reuse};
 use crate::auth::{self, Sha1Password};
+use crate::conn::Stream;
 use crate::conn::{ConnError, PacketStream};
 use crate::metrics::Outcome;
 use crate::policy::RouteError;
-use crate::pool::Pool;
+use crate::pool::{BackendLease, Pool};
 use crate::protocol::{CapabilityFlags, ErrPacket, MariaDbCapabilities};
 
 pub(super) use backend::open_backend;
@@ -101,6 +103,23 @@ impl SessionCtx {
             (self.mariadb_capabilities, self.offered_mariadb),
         )
     }
+}
+
+/// A session bound to its backend: what the relay runs on.
+#[derive(Debug)]
+pub(in crate::server) struct Bound {
+    /// The client's stream.
+    pub client: Stream,
+    /// Bytes read from the client and not relayed yet.
+    pub client_rest: BytesMut,
+    /// The backend's stream.
+    pub backend: Stream,
+    /// Bytes read from the backend and not relayed yet.
+    pub backend_rest: BytesMut,
+    /// The backend's count of this session.
+    pub lease: BackendLease,
+    /// The user's count of this session.
+    pub user: UserClaim,
 }
 
 /// Where a login comes from: the proxy, the state in force, the client's
