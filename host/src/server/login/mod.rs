@@ -174,7 +174,7 @@ pub(super) async fn admit(
         .and_then(|a| a.plugin)
         .unwrap_or(state.config.auth.default_plugin);
     let verdict =
-        exchange::exchange(client, shared, state, (stored.as_ref(), plugin), attempt).await?;
+        exchange::exchange(client, (shared, state), (stored.as_ref(), plugin), attempt).await?;
     let seq = verdict.seq;
     let host = peer.ip().to_string();
     let require_tls = state.config.tls.as_ref().is_some_and(|t| t.require)
