@@ -852,6 +852,34 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        self.validate_users()?;
+        if self.throttle.ipv6_prefix > 128 {
+            return Err((None, "[throttle] ipv6_prefix must be at most 128".into()));
+        }
+        self.validate_pools()?;
+        self.validate_backend_users()?;
+        for policy in std::iter::once(&self.policy).chain(self.policies.values()) {
+            self.validate_policy(policy)?;
+        }
+        self.validate_listeners()?;
+        self.validate_monitor()?;
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 || h.fall == 0 || h.rise == 0 {
+            return Err((
+                None,
+                "[health] interval_ms, timeout_ms, fall and rise must be at least 1".into(),
+            ));
+        }
+        self.validate_admin()?;
+        if self.max_connections == 0 {
+            return Err((None, "max_connections must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// `[[users]]`: names present and unique, `[tls]` configured when a
+    /// user requires TLS.
+    fn validate_users(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         let mut names = HashSet::new();
         if self.tls.is_none()
             && let Some(u) = self.users.accounts().iter().find(|u| u.require_tls)
@@ -875,47 +903,64 @@ impl Config {
                 ));
             }
         }
-        if self.throttle.ipv6_prefix > 128 {
-            return Err((None, "[throttle] ipv6_prefix must be at most 128".into()));
-        }
+        Ok(())
+    }
+
+    /// `[pools]`: at least one, each valid.
+    fn validate_pools(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if self.pools.is_empty() {
             return Err((None, "at least one pool must be configured".into()));
         }
         for (name, pool) in &self.pools {
-            let span = Some(pool.backends.span());
-            if pool.backends.get_ref().is_empty() {
-                return Err((span, format!("pool '{name}' has no backends")));
-            }
-            let mut addrs = HashSet::new();
-            for b in pool.backends.get_ref() {
-                if !addrs.insert(b.addr()) {
-                    return Err((
-                        span,
-                        format!("pool '{name}' lists backend {} twice", b.addr()),
-                    ));
-                }
-                if b.weight() == 0 {
-                    return Err((
-                        span,
-                        format!("pool '{name}': backend {} has weight 0", b.addr()),
-                    ));
-                }
-            }
-            if pool.tls != BackendTlsMode::Off && pool.tls_verify && pool.tls_ca.is_none() {
+            self.validate_pool(name, pool)?;
+        }
+        Ok(())
+    }
+
+    /// One pool: backends listed once with a weight, TLS verification
+    /// with a CA, `role`/`max_lag` with a monitor.
+    fn validate_pool(
+        &self,
+        name: &str,
+        pool: &PoolConfig,
+    ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let span = Some(pool.backends.span());
+        if pool.backends.get_ref().is_empty() {
+            return Err((span, format!("pool '{name}' has no backends")));
+        }
+        let mut addrs = HashSet::new();
+        for b in pool.backends.get_ref() {
+            if !addrs.insert(b.addr()) {
                 return Err((
                     span,
-                    format!("pool '{name}': tls_verify needs tls_ca (or set tls_verify = false)"),
+                    format!("pool '{name}' lists backend {} twice", b.addr()),
                 ));
             }
-            if self.monitor.is_none() && (pool.role != Role::Any || pool.max_lag.is_some()) {
+            if b.weight() == 0 {
                 return Err((
                     span,
-                    format!(
-                        "pool '{name}' uses `role` or `max_lag`, which need a [monitor] account"
-                    ),
+                    format!("pool '{name}': backend {} has weight 0", b.addr()),
                 ));
             }
         }
+        if pool.tls != BackendTlsMode::Off && pool.tls_verify && pool.tls_ca.is_none() {
+            return Err((
+                span,
+                format!("pool '{name}': tls_verify needs tls_ca (or set tls_verify = false)"),
+            ));
+        }
+        if self.monitor.is_none() && (pool.role != Role::Any || pool.max_lag.is_some()) {
+            return Err((
+                span,
+                format!("pool '{name}' uses `role` or `max_lag`, which need a [monitor] account"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `users.source = "backend"`: a pool to read the users from, and an
+    /// account to read them with.
+    fn validate_backend_users(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if let Some(t) = self.users.from_backend() {
             let pool = t.pool.as_ref().map(|p| p.get_ref().as_str()).or_else(|| {
                 self.pools
@@ -959,9 +1004,11 @@ impl Config {
                 }
             }
         }
-        for policy in std::iter::once(&self.policy).chain(self.policies.values()) {
-            self.validate_policy(policy)?;
-        }
+        Ok(())
+    }
+
+    /// `[[listeners]]`: addresses listened on once, policies that exist.
+    fn validate_listeners(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         let mut addrs = HashSet::from([self.listen]);
         for l in &self.listeners {
             if !addrs.insert(*l.listen.get_ref()) {
@@ -982,6 +1029,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[monitor]`: its password hash.
+    fn validate_monitor(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if let Some(m) = &self.monitor {
             let hex = m.password_sha1.get_ref();
             if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -992,13 +1044,11 @@ impl Config {
                 ));
             }
         }
-        let h = &self.health;
-        if h.interval_ms == 0 || h.timeout_ms == 0 || h.fall == 0 || h.rise == 0 {
-            return Err((
-                None,
-                "[health] interval_ms, timeout_ms, fall and rise must be at least 1".into(),
-            ));
-        }
+        Ok(())
+    }
+
+    /// `[admin]`: one token source, and one at all off loopback.
+    fn validate_admin(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if let Some(admin) = &self.admin {
             let span = Some(admin.listen.span());
             if admin.token.is_some() && admin.token_file.is_some() {
@@ -1016,9 +1066,6 @@ impl Config {
                     "[admin] on a non-loopback address needs `token` or `token_file`".into(),
                 ));
             }
-        }
-        if self.max_connections == 0 {
-            return Err((None, "max_connections must be at least 1".into()));
         }
         Ok(())
     }
