@@ -297,6 +297,22 @@ impl Metrics {
     /// Renders the process-wide figures; `extra` appends the rest (pools,
     /// backends) in the same format.
     pub fn render(&self, out: &mut String) {
+        self.render_logins(out);
+        self.render_policy_calls(out);
+        self.render_relay(out);
+        self.render_kept_backend_sessions(out);
+        self.render_operations(out);
+        self.render_commands(out);
+        counter(
+            out,
+            "switchyard_log_lines_suppressed_total",
+            "Log lines dropped by the rate limiter.",
+            crate::logging::SUPPRESSED.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Sessions and logins.
+    fn render_logins(&self, out: &mut String) {
         gauge(
             out,
             "switchyard_sessions",
@@ -322,6 +338,10 @@ impl Metrics {
             "switchyard_login_duration_seconds",
             "Time from accept to the client's OK, for successful logins.",
         );
+    }
+
+    /// Policy calls: their duration, failures and refusals.
+    fn render_policy_calls(&self, out: &mut String) {
         self.policy_latency.render(
             out,
             "switchyard_policy_call_duration_seconds",
@@ -339,6 +359,10 @@ impl Metrics {
             "Policy calls that refused the login.",
             self.policy_refusals.load(Ordering::Relaxed),
         );
+    }
+
+    /// Relayed traffic and idle sessions closed.
+    fn render_relay(&self, out: &mut String) {
         labeled(
             out,
             "switchyard_bytes_total",
@@ -355,6 +379,10 @@ impl Metrics {
             "Sessions closed by idle_timeout_ms.",
             self.idle_closed.load(Ordering::Relaxed),
         );
+    }
+
+    /// Backend sessions kept for later logins (`idle_sessions`).
+    fn render_kept_backend_sessions(&self, out: &mut String) {
         labeled(
             out,
             "switchyard_backend_sessions_kept_total",
@@ -382,6 +410,10 @@ impl Metrics {
             "Backend sessions kept for later logins now.",
             self.backend_idle.load(Ordering::Relaxed),
         );
+    }
+
+    /// Reloads, policy swaps and throttling.
+    fn render_operations(&self, out: &mut String) {
         labeled(
             out,
             "switchyard_reloads_total",
@@ -408,6 +440,11 @@ impl Metrics {
             "Times a client address was blocked after failed logins.",
             self.throttle_blocks.load(Ordering::Relaxed),
         );
+    }
+
+    /// Commands the proxy takes part in: COM_CHANGE_USER,
+    /// caching_sha2_password exchanges, KILL.
+    fn render_commands(&self, out: &mut String) {
         labeled(
             out,
             "switchyard_change_user_total",
@@ -434,12 +471,6 @@ impl Metrics {
                 ("translated", self.kills_translated.load(Ordering::Relaxed)),
                 ("unknown", self.kills_unknown.load(Ordering::Relaxed)),
             ],
-        );
-        counter(
-            out,
-            "switchyard_log_lines_suppressed_total",
-            "Log lines dropped by the rate limiter.",
-            crate::logging::SUPPRESSED.load(Ordering::Relaxed),
         );
     }
 }
@@ -540,5 +571,38 @@ mod tests {
             value.parse::<f64>().unwrap();
         }
         assert_eq!(label("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn renders_the_families_in_order() {
+        let mut out = String::new();
+        Metrics::default().render(&mut out);
+        let families: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "switchyard_sessions gauge",
+                "switchyard_logins_total counter",
+                "switchyard_login_duration_seconds histogram",
+                "switchyard_policy_call_duration_seconds histogram",
+                "switchyard_policy_errors_total counter",
+                "switchyard_policy_refusals_total counter",
+                "switchyard_bytes_total counter",
+                "switchyard_idle_sessions_closed_total counter",
+                "switchyard_backend_sessions_kept_total counter",
+                "switchyard_backend_sessions_reused_total counter",
+                "switchyard_backend_sessions_idle gauge",
+                "switchyard_reloads_total counter",
+                "switchyard_policy_swaps_total counter",
+                "switchyard_throttle_blocks_total counter",
+                "switchyard_change_user_total counter",
+                "switchyard_caching_sha2_exchanges_total counter",
+                "switchyard_kills_total counter",
+                "switchyard_log_lines_suppressed_total counter",
+            ]
+        );
     }
 }
