@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::Shared;
+use super::state::State;
 use crate::admin::Control;
 use crate::metrics::{self, Outcome, header, label};
-use crate::pool::Lag;
+use crate::pool::{Backend, Lag, Pools};
 
 impl Control for Shared {
     fn token_digest(&self) -> Option<[u8; 32]> {
@@ -139,30 +140,51 @@ fn render_metrics(shared: &Shared) -> String {
     let mut out = String::with_capacity(8192);
     shared.metrics.render(&mut out);
     let state = shared.state();
-    let backends = shared.registry.alive();
-    let per_backend = |out: &mut String,
-                       name: &str,
-                       help: &str,
-                       f: &dyn Fn(&crate::pool::Backend) -> Option<f64>| {
-        header(out, name, help, "gauge");
-        for b in &backends {
-            if let Some(v) = f(b) {
-                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
-            }
-        }
-    };
-    per_backend(
+    render_backends(&mut out, &shared.registry.alive(), &state.pools);
+    render_pools(&mut out, &state.pools);
+    render_users_and_clients(&mut out, shared);
+    render_policies(&mut out, &state);
+    metrics::gauge(
         &mut out,
+        "switchyard_uptime_seconds",
+        "Time since the process started serving.",
+        shared.uptime().as_secs() as i64,
+    );
+    out
+}
+
+/// A gauge with one line per backend (of those `f` gives a value for).
+fn per_backend(
+    out: &mut String,
+    backends: &[Arc<Backend>],
+    name: &str,
+    help: &str,
+    f: &dyn Fn(&Backend) -> Option<f64>,
+) {
+    header(out, name, help, "gauge");
+    for b in backends {
+        if let Some(v) = f(b) {
+            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
+        }
+    }
+}
+
+/// The backends still in use: health, draining, sessions, replication.
+fn render_backends(out: &mut String, backends: &[Arc<Backend>], pools: &Pools) {
+    per_backend(
+        out,
+        backends,
         "switchyard_backend_up",
         "Whether the backend passes its health checks (1) or not (0).",
         &|b| Some(if b.is_up() { 1.0 } else { 0.0 }),
     );
     per_backend(
-        &mut out,
+        out,
+        backends,
         "switchyard_backend_draining",
         "Whether the backend takes no new sessions (drained, or removed from the configuration).",
         &|b| {
-            let configured = state.pools.backend(b.addr).is_some();
+            let configured = pools.backend(b.addr).is_some();
             Some(if b.is_draining() || !configured {
                 1.0
             } else {
@@ -171,13 +193,15 @@ fn render_metrics(shared: &Shared) -> String {
         },
     );
     per_backend(
-        &mut out,
+        out,
+        backends,
         "switchyard_backend_sessions",
         "Sessions relayed to the backend (including logins in progress).",
         &|b| Some(f64::from(b.active_sessions())),
     );
     per_backend(
-        &mut out,
+        out,
+        backends,
         "switchyard_backend_replication_lag_seconds",
         "Replication lag as last measured (absent when unknown or stopped).",
         &|b| match b.lag() {
@@ -187,18 +211,23 @@ fn render_metrics(shared: &Shared) -> String {
         },
     );
     per_backend(
-        &mut out,
+        out,
+        backends,
         "switchyard_backend_read_only",
         "The backend's read_only as last read (absent when unknown).",
         &|b| b.read_only().map(|r| if r { 1.0 } else { 0.0 }),
     );
+}
+
+/// The pools: their healthy backends.
+fn render_pools(out: &mut String, pools: &Pools) {
     header(
-        &mut out,
+        out,
         "switchyard_pool_healthy_backends",
         "Backends of the pool that qualify for a new session.",
         "gauge",
     );
-    for p in state.pools.iter() {
+    for p in pools.iter() {
         let _ = writeln!(
             out,
             "switchyard_pool_healthy_backends{{pool=\"{}\"}} {}",
@@ -206,8 +235,12 @@ fn render_metrics(shared: &Shared) -> String {
             p.status().healthy_backends
         );
     }
+}
+
+/// Sessions per user, accounts loaded, client addresses throttled.
+fn render_users_and_clients(out: &mut String, shared: &Shared) {
     header(
-        &mut out,
+        out,
         "switchyard_user_sessions",
         "Sessions per user.",
         "gauge",
@@ -220,19 +253,23 @@ fn render_metrics(shared: &Shared) -> String {
         );
     }
     metrics::gauge(
-        &mut out,
+        out,
         "switchyard_accounts_loaded",
         "Accounts loaded from the primary (users.source = \"backend\").",
         shared.loaded_users.len() as i64,
     );
     metrics::gauge(
-        &mut out,
+        out,
         "switchyard_throttled_addresses",
         "Client addresses blocked after failed logins.",
         shared.throttle.blocked(std::time::Instant::now()) as i64,
     );
+}
+
+/// The policies in use: the one of `listen`, and the named ones.
+fn render_policies(out: &mut String, state: &State) {
     header(
-        &mut out,
+        out,
         "switchyard_policy_info",
         "The routing policy in use.",
         "gauge",
@@ -248,11 +285,4 @@ fn render_metrics(shared: &Shared) -> String {
             p.hash()
         );
     }
-    metrics::gauge(
-        &mut out,
-        "switchyard_uptime_seconds",
-        "Time since the process started serving.",
-        shared.uptime().as_secs() as i64,
-    );
-    out
 }
