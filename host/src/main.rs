@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use switchyard::auth::{PasswordHash, Sha1Password};
 use switchyard::config::Config;
+use switchyard::policy::{Policy, PoolSource, RouteError};
 use switchyard::server::{self, Shared};
 
 /// A MySQL/MariaDB proxy whose routing decisions come from WebAssembly
@@ -170,41 +171,8 @@ fn policy_config(
 }
 
 fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
-    use switchyard::policy::{Policy, PoolSource};
     match command {
-        PolicyCommand::Check { file, config } => {
-            let (policy_config, _) = policy_config(&file, config.as_ref())?;
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let started = std::time::Instant::now();
-            let policy =
-                Policy::with_pools(&bytes, &file, &policy_config, PoolSource::Fixed(Vec::new()))?;
-            println!("policy:   {}", policy.name());
-            println!("sha256:   {}", policy.hash());
-            println!("size:     {} bytes", bytes.len());
-            println!(
-                "load:     {} ms ({})",
-                started.elapsed().as_millis(),
-                policy.origin().as_str()
-            );
-            println!(
-                "instance: {} µs to instantiate; {}",
-                policy.instantiation_time().as_micros(),
-                if policy.reuses_instances() {
-                    "instances are reused"
-                } else {
-                    "a fresh instance per call"
-                }
-            );
-            println!("exports:  route (switchyard:policy/router)");
-            for import in policy.imports() {
-                println!("imports:  {import}");
-            }
-            let cases = &policy_config.selftest;
-            policy.self_test(cases).map_err(anyhow::Error::msg)?;
-            println!("selftest: {} case(s) passed", cases.len());
-            Ok(())
-        }
+        PolicyCommand::Check { file, config } => policy_check(&file, config.as_ref()),
         PolicyCommand::Route {
             file,
             user,
@@ -224,65 +192,116 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
             }
             let pools = match pools_json {
                 Some(path) => read_pools_json(&path)?,
-                // The configured pools, all healthy and idle.
-                None => config
-                    .iter()
-                    .flat_map(|c| c.pools.iter())
-                    .map(|(name, p)| {
-                        let n = p.backends.get_ref().len() as u32;
-                        switchyard::pool::PoolStatus {
-                            name: name.clone(),
-                            healthy_backends: n,
-                            total_backends: n,
-                            active_sessions: 0,
-                            max_lag_ms: None,
-                        }
-                    })
-                    .collect(),
+                None => configured_pools(config.as_ref()),
             };
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let policy =
                 Policy::with_pools(&bytes, &file, &policy_config, PoolSource::Fixed(pools))?;
-            let (answer, cost) = policy.route_measured(&user, db.as_deref(), &client);
-            match &answer {
-                Ok(pool) => println!("pool:    {pool}"),
-                Err(switchyard::policy::RouteError::Refused(text)) => {
-                    println!("refused: {text}")
-                }
-                Err(switchyard::policy::RouteError::Failed(why)) => println!("failed:  {why}"),
-            }
-            println!("time:    {} µs", cost.duration.as_micros());
-            println!("memory:  {} KiB", cost.peak_memory / 1024);
-            if calls > 1 {
-                let mut times: Vec<u128> = (1..calls)
-                    .map(|_| {
-                        policy
-                            .route_measured(&user, db.as_deref(), &client)
-                            .1
-                            .duration
-                            .as_micros()
-                    })
-                    .collect();
-                times.sort_unstable();
-                println!(
-                    "median:  {} µs over {} more calls ({})",
-                    times[times.len() / 2],
-                    times.len(),
-                    if policy.reuses_instances() {
-                        "reused instances"
-                    } else {
-                        "fresh instances"
-                    }
-                );
-            }
-            match answer {
-                Err(switchyard::policy::RouteError::Failed(_)) => {
-                    anyhow::bail!("the policy failed")
-                }
-                _ => Ok(()),
-            }
+            policy_route(&policy, &user, db.as_deref(), &client, calls)
         }
+    }
+}
+
+/// `switchyard policy check`: loads the policy, describes it and runs the
+/// configuration's self-tests.
+fn policy_check(file: &std::path::Path, config: Option<&PathBuf>) -> anyhow::Result<()> {
+    let (policy_config, _) = policy_config(file, config)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let started = std::time::Instant::now();
+    let policy = Policy::with_pools(&bytes, file, &policy_config, PoolSource::Fixed(Vec::new()))?;
+    println!("policy:   {}", policy.name());
+    println!("sha256:   {}", policy.hash());
+    println!("size:     {} bytes", bytes.len());
+    println!(
+        "load:     {} ms ({})",
+        started.elapsed().as_millis(),
+        policy.origin().as_str()
+    );
+    println!(
+        "instance: {} µs to instantiate; {}",
+        policy.instantiation_time().as_micros(),
+        if policy.reuses_instances() {
+            "instances are reused"
+        } else {
+            "a fresh instance per call"
+        }
+    );
+    println!("exports:  route (switchyard:policy/router)");
+    for import in policy.imports() {
+        println!("imports:  {import}");
+    }
+    let cases = &policy_config.selftest;
+    policy.self_test(cases).map_err(anyhow::Error::msg)?;
+    println!("selftest: {} case(s) passed", cases.len());
+    Ok(())
+}
+
+/// The configured pools, all healthy and idle.
+fn configured_pools(config: Option<&Config>) -> Vec<switchyard::pool::PoolStatus> {
+    config
+        .iter()
+        .flat_map(|c| c.pools.iter())
+        .map(|(name, p)| {
+            let n = p.backends.get_ref().len() as u32;
+            switchyard::pool::PoolStatus {
+                name: name.clone(),
+                healthy_backends: n,
+                total_backends: n,
+                active_sessions: 0,
+                max_lag_ms: None,
+            }
+        })
+        .collect()
+}
+
+/// `switchyard policy route`: one call of `policy`, its answer and cost,
+/// and the median time of `calls - 1` more; an error when the policy
+/// failed.
+fn policy_route(
+    policy: &Policy,
+    user: &str,
+    db: Option<&str>,
+    client: &str,
+    calls: u32,
+) -> anyhow::Result<()> {
+    let (answer, cost) = policy.route_measured(user, db, client);
+    match &answer {
+        Ok(pool) => println!("pool:    {pool}"),
+        Err(RouteError::Refused(text)) => {
+            println!("refused: {text}")
+        }
+        Err(RouteError::Failed(why)) => println!("failed:  {why}"),
+    }
+    println!("time:    {} µs", cost.duration.as_micros());
+    println!("memory:  {} KiB", cost.peak_memory / 1024);
+    if calls > 1 {
+        let mut times: Vec<u128> = (1..calls)
+            .map(|_| {
+                policy
+                    .route_measured(user, db, client)
+                    .1
+                    .duration
+                    .as_micros()
+            })
+            .collect();
+        times.sort_unstable();
+        println!(
+            "median:  {} µs over {} more calls ({})",
+            times[times.len() / 2],
+            times.len(),
+            if policy.reuses_instances() {
+                "reused instances"
+            } else {
+                "fresh instances"
+            }
+        );
+    }
+    match answer {
+        Err(RouteError::Failed(_)) => {
+            anyhow::bail!("the policy failed")
+        }
+        _ => Ok(()),
     }
 }
 
