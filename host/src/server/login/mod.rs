@@ -370,3 +370,6 @@ async fn route(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
