@@ -28,13 +28,86 @@ use crate::protocol::{
 /// Largest packet a client may send before it is logged in.
 const MAX_CLIENT_LOGIN_PACKET: usize = 16 * 1024;
 
-/// A client that has logged in and the backend session it is bound to.
-struct Established {
+/// A logged-in client session, to its close: its greeting id (for KILL),
+/// its streams bound to its backend session with their claims (the part
+/// the relay and COM_CHANGE_USER pass back and forth), what
+/// COM_CHANGE_USER needs, its timeouts and what it relayed. Nothing of
+/// the login is kept, not even the state it logged in with (a reload
+/// frees what it replaced).
+struct Session {
     registration: kill::Registration,
-    backend: BackendSession,
-    lease: BackendLease,
-    _user: UserClaim,
+    bound: Bound,
     ctx: SessionCtx,
+    timeouts: relay::Timeouts,
+    /// Bytes relayed from and to the client.
+    relayed: (u64, u64),
+}
+
+impl Session {
+    /// The session of `client`, logged in on `backend`.
+    fn new(
+        client: PacketStream,
+        (backend, lease, user): (BackendSession, BackendLease, UserClaim),
+        (registration, ctx, timeouts): (kill::Registration, SessionCtx, relay::Timeouts),
+    ) -> Self {
+        let (client, client_rest) = client.into_parts();
+        let (backend, backend_rest) = backend.stream.into_parts();
+        Self {
+            registration,
+            bound: Bound {
+                client,
+                client_rest,
+                backend,
+                backend_rest,
+                lease,
+                user,
+            },
+            ctx,
+            timeouts,
+            relayed: (0, 0),
+        }
+    }
+
+    /// Relays, and handles each COM_CHANGE_USER, until the session ends;
+    /// why it ended.
+    async fn run(
+        mut self,
+        shared: &Arc<Shared>,
+        peer: SocketAddr,
+        policy: Option<&str>,
+    ) -> (relay::End, (u64, u64)) {
+        loop {
+            self.registration.moved(kill::Place {
+                backend: self.bound.lease.backend().addr,
+                thread: self.ctx.backend_thread,
+            });
+            let changing = match relay_once(
+                self.bound,
+                &self.ctx,
+                self.timeouts,
+                shared,
+                &mut self.relayed,
+            )
+            .await
+            {
+                Ok(changing) => changing,
+                Err(end) => return (end, self.relayed),
+            };
+            // Boxed: rare, and its state is large.
+            match Box::pin(change_user::handle(
+                changing,
+                &mut self.ctx,
+                shared,
+                peer,
+                policy,
+            ))
+            .await
+            {
+                Some(next) => self.bound = next,
+                None => return (relay::End::ChangeUser, self.relayed),
+            }
+        }
+    }
 }
 
 /// The client's verified login, routed.
@@ -65,56 +138,21 @@ pub(super) async fn serve(
         let started = Instant::now();
         // Boxed: the login's state is freed once it is over, so that an
         // idle session's task holds only the relay's.
-        let Some(ready) = Box::pin(log_in(socket, peer, shared, policy, started, pending)).await
+        let Some(session) = Box::pin(log_in(socket, peer, shared, policy, started, pending)).await
         else {
             return;
         };
-        let Ready {
-            registration,
-            mut bound,
-            timeouts,
-            mut ctx,
-        } = ready;
-        let place = |lease: &BackendLease, ctx: &SessionCtx| kill::Place {
-            backend: lease.backend().addr,
-            thread: ctx.backend_thread,
-        };
-        registration.moved(place(&bound.lease, &ctx));
-        let mut totals = (0, 0);
-        let end = loop {
-            let changing = match relay_once(bound, &ctx, timeouts, shared, &mut totals).await {
-                Ok(changing) => changing,
-                Err(end) => break end,
-            };
-            // Boxed: rare, and its state is large.
-            match Box::pin(change_user::handle(
-                changing, &mut ctx, shared, peer, policy,
-            ))
-            .await
-            {
-                Some(next) => bound = next,
-                None => break relay::End::ChangeUser,
-            }
-            registration.moved(place(&bound.lease, &ctx));
-        };
+        let (end, (from_client, to_client)) = session.run(shared, peer, policy).await;
         info!(
             duration_ms = started.elapsed().as_millis() as u64,
-            bytes_from_client = totals.0,
-            bytes_to_client = totals.1,
+            bytes_from_client = from_client,
+            bytes_to_client = to_client,
             end = end.as_str(),
             "session finished"
         );
     }
     .instrument(span)
     .await
-}
-
-/// A logged-in session, ready to relay.
-struct Ready {
-    registration: kill::Registration,
-    bound: Bound,
-    timeouts: relay::Timeouts,
-    ctx: SessionCtx,
 }
 
 /// Relays `bound` until the session ends (`Err`, why) or its client sends
@@ -192,26 +230,29 @@ async fn log_in(
     policy: Option<&str>,
     started: Instant,
     pending: super::limits::PendingClaim,
-) -> Option<Ready> {
+) -> Option<Session> {
     let state = shared.state();
     let metrics = &shared.metrics;
     let deadline = Deadline::now() + state.config.login_timeout();
-    let mut client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
+    let client = PacketStream::new(socket, MAX_CLIENT_LOGIN_PACKET);
     let outcome = timeout_at(
         deadline,
-        login(&mut client, peer, shared, &state, policy, deadline),
+        login(client, peer, shared, &state, policy, deadline),
     )
     .await;
     // The login is over, either way: no longer pending.
     drop(pending);
-    let established = match outcome {
-        Ok(Ok(e)) => e,
-        Ok(Err(LoginError::Deny {
-            err,
-            seq,
-            outcome,
-            reason,
-        })) => {
+    let session = match outcome {
+        Ok(Ok(session)) => session,
+        Ok(Err((
+            mut client,
+            LoginError::Deny {
+                err,
+                seq,
+                outcome,
+                reason,
+            },
+        ))) => {
             metrics.login(outcome);
             // Reasons hold client-chosen text (user names): escaped, so a
             // name cannot start a log line of its own.
@@ -227,7 +268,7 @@ async fn log_in(
             .await;
             return None;
         }
-        Ok(Err(LoginError::Close(reason))) => {
+        Ok(Err((_, LoginError::Close(reason)))) => {
             metrics.login(Outcome::Abandoned);
             warn!(
                 "login abandoned: {}",
@@ -245,61 +286,47 @@ async fn log_in(
     };
     metrics.login(Outcome::Ok);
     metrics.login_latency.observe(started.elapsed());
-    let Established {
-        registration,
-        backend,
-        lease,
-        _user,
-        ctx,
-    } = established;
-    let (client_tcp, client_rest) = client.into_parts();
-    let (backend_tcp, backend_rest) = backend.stream.into_parts();
-    // Nothing of the login is kept while the session relays, not even the
-    // state it logged in with (a reload frees what it replaced).
-    Some(Ready {
-        registration,
-        bound: Bound {
-            client: client_tcp,
-            client_rest,
-            backend: backend_tcp,
-            backend_rest,
-            lease,
-            user: _user,
-        },
-        ctx,
-        timeouts: relay::Timeouts::from_config(&state.config),
-    })
+    Some(session)
 }
 
+/// Returns the client's stream with an error, for the answer.
+macro_rules! or_answer {
+    ($client:ident, $step:expr) => {
+        match $step {
+            Ok(v) => v,
+            Err(e) => return Err(($client, e)),
+        }
+    };
+}
+
+/// Greets, authenticates and routes the client, logs in to a backend and
+/// answers OK; the session, or the client's stream and why not.
 async fn login(
-    client: &mut PacketStream,
+    mut client: PacketStream,
     peer: SocketAddr,
     shared: &Shared,
     state: &State,
     policy: Option<&str>,
     deadline: Deadline,
-) -> Result<Established, LoginError> {
+) -> Result<Session, (PacketStream, LoginError)> {
     let nonce = auth::generate_nonce();
     let profile = shared.profile.get();
     // The greeting's connection id, held until the session ends.
     let registration = shared.sessions.reserve();
     let id = registration.id();
-    greet(
+    let plugin = state.config.auth.default_plugin.name();
+    let tls = state.tls.is_some();
+    or_answer!(
         client,
-        &profile,
-        &nonce,
-        id,
-        state.tls.is_some(),
-        state.config.auth.default_plugin.name(),
-    )
-    .await?;
+        greet(&mut client, &profile, &nonce, id, tls, plugin).await
+    );
     let gate = Gate {
         shared,
         state,
         peer,
         policy,
     };
-    let auth = authenticate(client, gate, &nonce).await?;
+    let auth = or_answer!(client, authenticate(&mut client, gate, &nonce).await);
     let span = tracing::Span::current();
     let pool = auth.pool;
     span.record("pool", pool.name.as_str());
@@ -309,24 +336,18 @@ async fn login(
         offered: profile.capabilities,
         offered_mariadb: profile.mariadb_capabilities,
     };
-    let (lease, mut backend) = login::open_backend(
-        &pool,
-        &request,
-        auth.next_seq,
-        (state, &shared.metrics),
-        deadline,
-    )
-    .await?;
+    let metrics = &shared.metrics;
+    let opened =
+        login::open_backend(&pool, &request, auth.next_seq, (state, metrics), deadline).await;
+    let (lease, mut backend) = or_answer!(client, opened);
     span.record("backend", field::display(lease.backend().addr));
     // The backend accepted the login: only now are the address's failures
     // forgotten.
     shared.throttle.success(login::client_key(state, peer));
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
-    client
-        .write(auth.next_seq, &backend.ok)
-        .await
-        .map_err(|e| LoginError::client(e.into()))?;
+    let answered = client.write(auth.next_seq, &backend.ok).await;
+    or_answer!(client, answered.map_err(|e| LoginError::client(e.into())));
     let ctx = SessionCtx {
         backend_thread: backend.thread_id,
         nonce,
@@ -340,13 +361,12 @@ async fn login(
         backend_nonce: std::mem::take(&mut backend.nonce).into_boxed_slice(),
         backend_caps: backend.capabilities,
     };
-    Ok(Established {
-        registration,
-        backend,
-        lease,
-        _user: auth.claim,
-        ctx,
-    })
+    let timeouts = relay::Timeouts::from_config(&state.config);
+    Ok(Session::new(
+        client,
+        (backend, lease, auth.claim),
+        (registration, ctx, timeouts),
+    ))
 }
 
 /// Phase 1: the greeting, with a fresh nonce and the backends' identity.
