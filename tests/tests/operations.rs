@@ -2002,86 +2002,13 @@ fn tls_for_clients(env: &Env) -> TestResult {
     )
 }
 
-/// Runs openssl with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> TestResult {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(fail)?;
-    check(
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A CA (`ca.crt`) and a server certificate it signed for IP 127.0.0.1
-/// (`server.crt`, `server.key`), in `dir`.
-fn ca_and_server_certificate(dir: &std::path::Path) -> TestResult {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=switchyard-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=backend",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    )?;
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").map_err(fail)?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ],
-    )
-}
-
 /// A standalone server with TLS (a certificate for IP 127.0.0.1 signed by
 /// a CA, both kept in `dir`), an account `tlsuser` and the monitor account
 /// that must use it; its port and the CA's certificate.
 fn tls_server(
     dir: &std::path::Path,
 ) -> Result<(switchyard_e2e::MariaDb, u16, std::path::PathBuf), Failed> {
-    ca_and_server_certificate(dir)?;
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let TlsFiles { cert, key, ca } = ca_signed_certificate(dir)?;
     let port = free_port();
     let server = switchyard_e2e::MariaDb::standalone(
         &dir.join("secure"),
@@ -2099,7 +2026,7 @@ fn tls_server(
         m = MONITOR.0,
         p = MONITOR.1
     ));
-    Ok((server, port, dir.join("ca.crt")))
+    Ok((server, port, ca))
 }
 
 /// Kept backend sessions carry the TLS they were opened with: a login
