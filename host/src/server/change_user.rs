@@ -168,16 +168,7 @@ pub(super) async fn handle(
             (new_backend, new_lease, new_user)
         }
     };
-    let (client, client_rest) = client.into_parts();
-    let (backend, backend_rest) = backend.into_parts();
-    Some(Bound {
-        client,
-        client_rest,
-        backend,
-        backend_rest,
-        lease,
-        user,
-    })
+    Some(Bound::new((client, backend), lease, user))
 }
 
 /// Verify, route, re-authenticate or reconnect.

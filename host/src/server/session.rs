@@ -50,18 +50,9 @@ impl Session {
         (backend, lease, user): (BackendSession, BackendLease, UserClaim),
         (registration, ctx, timeouts): (kill::Registration, SessionCtx, relay::Timeouts),
     ) -> Self {
-        let (client, client_rest) = client.into_parts();
-        let (backend, backend_rest) = backend.stream.into_parts();
         Self {
             registration,
-            bound: Bound {
-                client,
-                client_rest,
-                backend,
-                backend_rest,
-                lease,
-                user,
-            },
+            bound: Bound::new((client, backend.stream), lease, user),
             ctx,
             timeouts,
             relayed: (0, 0),

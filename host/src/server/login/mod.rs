@@ -122,6 +122,26 @@ pub(in crate::server) struct Bound {
     pub user: UserClaim,
 }
 
+impl Bound {
+    /// Both streams, with what was read from each and not relayed yet.
+    pub(in crate::server) fn new(
+        (client, backend): (PacketStream, PacketStream),
+        lease: BackendLease,
+        user: UserClaim,
+    ) -> Self {
+        let (client, client_rest) = client.into_parts();
+        let (backend, backend_rest) = backend.into_parts();
+        Self {
+            client,
+            client_rest,
+            backend,
+            backend_rest,
+            lease,
+            user,
+        }
+    }
+}
+
 /// Where a login comes from: the proxy, the state in force, the client's
 /// address and the listener's policy.
 #[derive(Clone, Copy)]
