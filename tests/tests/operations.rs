@@ -1854,6 +1854,26 @@ fn presented_subject(port: u16) -> Result<String, Failed> {
         .ok_or_else(|| fail(format!("no certificate from s_client: {text}")))
 }
 
+/// The usual setup with TLS for clients (`cert`, `key`), `mysqlmaster`
+/// required to use it, and `tail` (more tables) at the end.
+fn tls_only_master(
+    env: &Env,
+    (cert, key): (&std::path::Path, &std::path::Path),
+    tail: &str,
+) -> String {
+    let mut setup = Setup::new(&env.topology());
+    setup.tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{tail}",
+        cert.display(),
+        key.display()
+    );
+    setup.config().replacen(
+        &format!("name = \"{}\"\n", MASTER_USER.0),
+        &format!("name = \"{}\"\nrequire_tls = true\n", MASTER_USER.0),
+        1,
+    )
+}
+
 /// The first login and COM_CHANGE_USER go through one login gate: a user
 /// that must use TLS, with the right password over plaintext, gets the same
 /// 1045 on both, and both count towards the address's throttle (with
@@ -1862,18 +1882,8 @@ fn presented_subject(port: u16) -> Result<String, Failed> {
 fn both_logins_share_the_tls_rule_and_the_throttle(env: &Env) -> TestResult {
     let dir = tempfile::tempdir().map_err(fail)?;
     let (cert, key) = certificate(dir.path(), "switchyard-gate")?;
-    let mut setup = Setup::new(&env.topology());
-    setup.tail = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
-         [throttle]\nmax_failures = 2\nwindow_ms = 60000\nblock_ms = 60000\n",
-        cert.display(),
-        key.display()
-    );
-    let config = setup.config().replacen(
-        &format!("name = \"{}\"\n", MASTER_USER.0),
-        &format!("name = \"{}\"\nrequire_tls = true\n", MASTER_USER.0),
-        1,
-    );
+    let throttle = "[throttle]\nmax_failures = 2\nwindow_ms = 60000\nblock_ms = 60000\n";
+    let config = tls_only_master(env, (&cert, &key), throttle);
     let proxy = Proxy::start(&config).map_err(fail)?;
     let me: std::net::IpAddr = "127.0.0.31".parse().map_err(fail)?;
     let native = "mysql_native_password";
@@ -1922,18 +1932,8 @@ fn both_logins_share_the_tls_rule_and_the_throttle(env: &Env) -> TestResult {
 fn tls_for_clients(env: &Env) -> TestResult {
     let dir = tempfile::tempdir().map_err(fail)?;
     let (cert, key) = certificate(dir.path(), "switchyard-one")?;
-    let mut setup = Setup::new(&env.topology());
-    setup.tail = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
     // mysqlmaster must use TLS; mysqlslave may.
-    let config = setup.config().replacen(
-        &format!("name = \"{}\"\n", MASTER_USER.0),
-        &format!("name = \"{}\"\nrequire_tls = true\n", MASTER_USER.0),
-        1,
-    );
+    let config = tls_only_master(env, (&cert, &key), "");
     let proxy = Proxy::start(&config).map_err(fail)?;
     let port = proxy.port.to_string();
     let cli = |user: (&str, &str), tls: bool| {
