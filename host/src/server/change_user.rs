@@ -26,7 +26,7 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
-use super::login::{self, Admitted, Bound, Gate, LoginError, SessionCtx};
+use super::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
 use super::{Shared, reuse};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::PacketStream;
@@ -208,18 +208,7 @@ async fn exchange(
         peer,
         policy,
     };
-    let Admitted {
-        password,
-        claim,
-        pool,
-        seq,
-    } = login::admit(client, gate, attempt, request.database.as_deref()).await?;
-    let admitted = Admitted {
-        password,
-        claim,
-        pool,
-        seq,
-    };
+    let admitted = login::admit(client, &gate, attempt, request.database.as_deref()).await?;
     if Arc::ptr_eq(&admitted.pool, &ctx.pool) {
         in_place(client, backend, (ctx, &request), admitted, gate).await
     } else {
@@ -252,9 +241,7 @@ async fn in_place(
     .await;
     match ok {
         Ok(ok) => {
-            gate.shared
-                .throttle
-                .success(login::client_key(gate.state, gate.peer));
+            gate.succeeded();
             client
                 .write(seq, &ok)
                 .await
@@ -321,7 +308,7 @@ async fn move_to_pool(
         deadline,
     )
     .await?;
-    shared.throttle.success(login::client_key(state, gate.peer));
+    gate.succeeded();
     client
         .write(seq, &session.ok)
         .await

@@ -13,7 +13,7 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use super::limits::UserClaim;
-use super::login::{self, Admitted, Bound, Gate, LoginError, SessionCtx};
+use super::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
 use super::profile::ServerProfile;
 use super::{Shared, State, change_user, kill, relay, reuse};
 use crate::auth::{self, Sha1Password};
@@ -334,7 +334,7 @@ async fn login(
     span.record("backend", field::display(lease.backend().addr));
     // The backend accepted the login: only now are the address's failures
     // forgotten.
-    shared.throttle.success(login::client_key(state, peer));
+    gate.succeeded();
     // Only now does the client hear OK: the backend's own OK (its status
     // flags and session state), in the client's sequence.
     let answered = client.write(auth.next_seq, &backend.ok).await;
@@ -442,7 +442,7 @@ async fn authenticate(
         claim,
         pool,
         seq,
-    } = login::admit(client, gate, attempt, response.database.as_deref()).await?;
+    } = login::admit(client, &gate, attempt, response.database.as_deref()).await?;
     Ok(Authenticated {
         response,
         password,

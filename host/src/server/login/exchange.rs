@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::LoginError;
+use super::{LoginError, Services};
 use crate::auth::caching_sha2::{self, Cache, MORE_DATA, RsaKey};
 use crate::auth::{self, PasswordHash, Sha1Password};
 use crate::config::AuthPlugin;
 use crate::conn::PacketStream;
 use crate::metrics::{Outcome, Sha2Path};
 use crate::protocol::AuthSwitchRequest;
-use crate::server::{Shared, State, codes};
+use crate::server::codes;
 
 /// A client's first proof of its password, and where the exchange stands.
 #[derive(Debug)]
@@ -324,12 +324,12 @@ impl<'a> Exchange<'a> {
 /// no such user) with the account's `plugin`.
 pub(in crate::server) async fn exchange(
     client: &mut PacketStream,
-    (shared, state): (&Shared, &State),
+    services: &impl Services,
     account: (Option<&PasswordHash>, AuthPlugin),
     attempt: Attempt<'_>,
 ) -> Result<Verdict, LoginError> {
     let nonce = *attempt.nonce;
-    let mut machine = Exchange::new(attempt, account, &shared.sha2_cache, client.is_tls());
+    let mut machine = Exchange::new(attempt, account, services.sha2_cache(), client.is_tls());
     let mut input = Input::Start;
     loop {
         input = match machine.step(input)? {
@@ -345,15 +345,15 @@ pub(in crate::server) async fn exchange(
                     Input::Sent
                 }
             }
-            Action::NeedKey => Input::Key(shared.rsa_key(state).await.map_err(|e| {
+            Action::NeedKey => Input::Key(services.rsa_key().await.map_err(|e| {
                 LoginError::Close(format!("no RSA key for caching_sha2_password: {e:#}"))
             })?),
             Action::Decrypt { key, block } => {
-                Input::Decrypted(shared.decrypt_rsa_password(key, block, nonce).await)
+                Input::Decrypted(services.decrypt(key, block, nonce).await)
             }
             Action::Done(verdict) => {
                 if let Some(path) = verdict.sha2_path {
-                    shared.metrics.sha2_path(path);
+                    services.sha2_path(path);
                 }
                 return Ok(verdict);
             }

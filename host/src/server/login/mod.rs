@@ -9,6 +9,7 @@
 
 mod backend;
 mod exchange;
+mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use crate::protocol::{CapabilityFlags, ErrPacket, MariaDbCapabilities};
 
 pub(super) use backend::open_backend;
 pub(super) use exchange::Attempt;
+#[cfg(test)]
+pub(in crate::server) use services::Known;
+pub(in crate::server) use services::Services;
 
 /// Why a login (or a COM_CHANGE_USER) did not complete.
 #[derive(Debug)]
@@ -168,48 +172,39 @@ pub(super) struct Admitted {
 /// client without TLS where the account requires it, is ERR 1045 and counts
 /// towards the throttle (the same answer and the same count, so neither
 /// tells a right password from a wrong one); then the user's session limit
-/// and the policy's route for `db`.
+/// and the policy's route for `db`. What it needs of the proxy comes
+/// through `services` ([`Gate`] in the running proxy).
 pub(super) async fn admit(
     client: &mut PacketStream,
-    gate: Gate<'_>,
+    services: &impl Services,
     attempt: Attempt<'_>,
     db: Option<&str>,
 ) -> Result<Admitted, LoginError> {
-    let Gate {
-        shared,
-        state,
-        peer,
-        policy,
-    } = gate;
     let user = attempt.user;
-    throttle_gate(shared, state, peer, attempt.seq)?;
-    // The one lookup of the file's account.
-    let account = state.users.get(user);
-    let stored = match account {
-        Some(a) => Some(a.hash.clone()),
-        None => lookup_loaded(shared, state, user, peer),
-    };
-    // The account's own plugin, else the default.
-    let plugin = account
-        .and_then(|a| a.plugin)
-        .unwrap_or(state.config.auth.default_plugin);
-    let verdict =
-        exchange::exchange(client, (shared, state), (stored.as_ref(), plugin), attempt).await?;
+    if let Some(left) = services.blocked() {
+        // Blocked since the connection was accepted: no more guesses.
+        return Err(LoginError::deny(
+            codes::host_blocked(&services.host(), left),
+            attempt.seq,
+            Outcome::Throttled,
+            "client address blocked after failed logins",
+        ));
+    }
+    let known = services.lookup(user);
+    let account = (known.stored.as_ref(), known.plugin);
+    let verdict = exchange::exchange(client, services, account, attempt).await?;
     let seq = verdict.seq;
-    let host = peer.ip().to_string();
-    let require_tls = state.config.tls.as_ref().is_some_and(|t| t.require)
-        || account.is_some_and(|a| a.require_tls);
     let password = match verdict.password {
-        Some(p) if !require_tls || client.is_tls() => p,
+        Some(p) if !known.require_tls || client.is_tls() => p,
         right => {
-            throttle_failure(shared, state, peer);
+            services.failed();
             let reason = if right.is_some() {
                 format!("user '{user}' must log in over TLS")
             } else {
                 format!("access denied for user '{user}'")
             };
             return Err(LoginError::deny(
-                codes::access_denied(user, &host, verdict.used_password),
+                codes::access_denied(user, &services.host(), verdict.used_password),
                 seq,
                 Outcome::AccessDenied,
                 reason,
@@ -217,15 +212,15 @@ pub(super) async fn admit(
         }
     };
     tracing::Span::current().record("user", user);
-    let limit = match account
-        .and_then(|a| a.max_connections)
-        .unwrap_or(state.config.max_connections_per_user)
-    {
-        0 => None,
-        n => Some(n),
-    };
-    let claim = claim_user(shared, (user, limit), seq)?;
-    let pool = route(shared, state, policy, (user, db), peer, seq).await?;
+    let claim = services.claim(user, known.limit).map_err(|limit| {
+        LoginError::deny(
+            codes::user_limit(user, limit),
+            seq,
+            Outcome::UserLimit,
+            format!("user '{user}' has {limit} sessions already"),
+        )
+    })?;
+    let pool = services.route(user, db, seq).await?;
     Ok(Admitted {
         password,
         claim,
@@ -252,50 +247,10 @@ fn lookup_loaded(
     found
 }
 
-/// Counts a session of `user`, or the ERR 1226 (at `seq`) if it has as
-/// many as it may.
-fn claim_user(
-    shared: &Shared,
-    (user, limit): (&str, Option<u32>),
-    seq: u8,
-) -> Result<UserClaim, LoginError> {
-    shared.user_sessions.claim(user, limit).map_err(|limit| {
-        LoginError::deny(
-            codes::user_limit(user, limit),
-            seq,
-            Outcome::UserLimit,
-            format!("user '{user}' has {limit} sessions already"),
-        )
-    })
-}
-
 /// The address `peer` is counted by in the throttle and the pending
 /// logins.
 pub(super) fn client_key(state: &State, peer: SocketAddr) -> std::net::IpAddr {
     super::limits::client_key(peer.ip(), state.config.throttle.ipv6_prefix)
-}
-
-/// Refuses (ERR 1129 at `seq`) an address the throttle blocks: checked at
-/// every authentication, the first login's and COM_CHANGE_USER's, not only
-/// when the connection was accepted.
-fn throttle_gate(
-    shared: &Shared,
-    state: &State,
-    peer: SocketAddr,
-    seq: u8,
-) -> Result<(), LoginError> {
-    match shared
-        .throttle
-        .check(client_key(state, peer), Instant::now())
-    {
-        super::limits::Verdict::Allow => Ok(()),
-        super::limits::Verdict::Blocked(left) => Err(LoginError::deny(
-            codes::host_blocked(&peer.ip().to_string(), left),
-            seq,
-            Outcome::Throttled,
-            "client address blocked after failed logins",
-        )),
-    }
 }
 
 /// Counts a failed login of `peer` towards the throttle.
