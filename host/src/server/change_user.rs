@@ -334,3 +334,6 @@ async fn move_to_pool(
         left,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,8 @@ mod reuse;
 mod session;
 mod splice;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod users;
 
 use std::future::Future;
