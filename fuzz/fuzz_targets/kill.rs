@@ -1,9 +1,10 @@
-//! KILL translation (`server::kill::translate`, which parses the
-//! statement): a COM_QUERY payload from a session on one backend, with a
-//! registry that holds sessions on it and on another. What comes out keeps
-//! the command byte; it is either the client's own statement up to its id
-//! with a registered backend thread id, or the "unknown thread" SIGNAL; and
-//! translating it again changes nothing.
+//! KILL translation (`server::kill::translate`, which cuts a COM_QUERY into
+//! statements and parses each KILL): a command payload from a session on
+//! one backend, with a registry that holds sessions on it and on another.
+//! Only COM_QUERY and COM_PROCESS_KILL are translated; a COM_PROCESS_KILL
+//! becomes one naming a registered backend thread, or the "unknown thread"
+//! SIGNAL; a COM_QUERY stays a COM_QUERY, with the SIGNAL in it when an id
+//! named a session elsewhere; and translating again changes nothing.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -45,24 +46,30 @@ fuzz_target!(|data: &[u8]| {
     let Some(t) = translate(data, HERE, registry) else {
         return;
     };
-    assert_eq!(t.payload[0], data[0]);
-    let sql = std::str::from_utf8(&t.payload[1..]).expect("translated SQL is UTF-8");
-    if t.found {
-        let (head, thread) = sql.rsplit_once(' ').expect("statement and thread id");
-        let thread: u32 = thread.parse().expect("a thread id");
-        assert!(THREADS_HERE.contains(&thread), "{sql}");
-        assert!(data[1..].starts_with(head.as_bytes()), "{sql}");
-        let word = head.trim_start_matches(|c: char| c.is_ascii_whitespace());
-        assert!(
-            word.get(..4)
-                .is_some_and(|w| w.eq_ignore_ascii_case("KILL")),
-            "{sql}"
-        );
-    } else {
-        assert!(
-            sql.starts_with("SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, "),
-            "{sql}"
-        );
+    const SIGNAL: &[u8] = b"SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, ";
+    let has_signal = t.payload.windows(SIGNAL.len()).any(|w| w == SIGNAL);
+    match data[0] {
+        0x0c if t.found => {
+            assert_eq!(t.payload.len(), 5);
+            assert_eq!(t.payload[0], 0x0c);
+            let thread = u32::from_le_bytes(t.payload[1..].try_into().unwrap());
+            assert!(THREADS_HERE.contains(&thread), "{thread}");
+        }
+        0x0c => assert!(t.payload[0] == 0x03 && t.payload[1..].starts_with(SIGNAL)),
+        0x03 => {
+            assert_eq!(t.payload[0], 0x03);
+            assert!(
+                t.found || has_signal,
+                "{:?}",
+                String::from_utf8_lossy(&t.payload)
+            );
+        }
+        other => panic!("command {other:#x} translated"),
     }
-    assert_eq!(translate(&t.payload, HERE, registry), None, "{sql}");
+    assert_eq!(
+        translate(&t.payload, HERE, registry),
+        None,
+        "{:?}",
+        String::from_utf8_lossy(&t.payload)
+    );
 });

@@ -36,6 +36,7 @@ pub mod pool;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod sql;
 
 /// Internals that parse untrusted bytes, re-exported for the fuzz targets
 /// in `fuzz/`; not an interface to build on.

@@ -890,8 +890,17 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
         )
         .await?;
         // So does the backend's own id.
-        let mut victim =
+        let victim =
             interrupted_by(victim, thread, &mut killer, format!("kill query {thread};")).await?;
+        // A KILL among several statements in one COM_QUERY (node-mysql2's
+        // pool sends `kill ?; select sleep(0.05)`) is translated too.
+        let mut victim = interrupted_by(
+            victim,
+            thread,
+            &mut killer,
+            format!("SELECT 'KILL {greeting_id}'; KILL QUERY {greeting_id}; SELECT SLEEP(0.05)"),
+        )
+        .await?;
         // From a session on a replica, the victim's server is elsewhere.
         let mut elsewhere = connect(env, SLAVE_USER, Some("app")).await?;
         for kill in [
@@ -904,6 +913,22 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
                 other => return Err(format!("{kill}: {other:?}").into()),
             }
         }
+        // COM_PROCESS_KILL (mysql_kill()) by greeting id, from the replica:
+        // the victim's server is elsewhere.
+        check(
+            process_kill(env, SLAVE_USER, greeting_id)? == Err(1094),
+            "COM_PROCESS_KILL of a session elsewhere",
+        )?;
+        // From the primary it ends the session it names.
+        let mut second = connect(env, MASTER_USER, Some("app")).await?;
+        check(
+            process_kill(env, MASTER_USER, second.id())? == Ok(()),
+            "COM_PROCESS_KILL of a session on the same server",
+        )?;
+        check(
+            second.query_drop("SELECT 1").await.is_err(),
+            "the session COM_PROCESS_KILL named still answers",
+        )?;
         // KILL (CONNECTION) by greeting id ends the victim's session.
         killer
             .query_drop(format!("KILL {greeting_id}"))
@@ -921,18 +946,46 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
         killer.disconnect().await.map_err(fail)?;
         elsewhere.disconnect().await.map_err(fail)
     })?;
-    // Two KILLs by greeting id on the same server; one answered 1094 by
+    // Four KILLs by greeting id on the same server (KILL QUERY alone and
+    // among statements, COM_PROCESS_KILL, KILL); two answered 1094 by
     // Switchyard (the other 1094 is the backend's own: no session holds
     // u32::MAX, so it is a backend thread id).
     let (translated_now, unknown_now) = (kills("translated")?, kills("unknown")?);
     check(
-        (translated_now - translated, unknown_now - unknown) == (2, 1),
+        (translated_now - translated, unknown_now - unknown) == (4, 2),
         format!(
             "translated +{}, unknown +{}",
             translated_now - translated,
             unknown_now - unknown
         ),
     )
+}
+
+/// Sends COM_PROCESS_KILL for connection `id` as `user` (a raw client:
+/// client libraries send KILL statements); the ERR's code if refused.
+fn process_kill(
+    env: &Env,
+    (user, password): (&str, &str),
+    id: u32,
+) -> Result<Result<(), u16>, Failed> {
+    let mut raw = RawClient::connect(env.proxy.addr())?;
+    match raw.login(user, password, None, "mysql_native_password")? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    let mut payload = vec![0x0c];
+    payload.extend_from_slice(&id.to_le_bytes());
+    raw.write_raw(&RawClient::command_packet(&payload))?;
+    let answer = raw.expect_packet()?;
+    check(answer.seq == 1, format!("answered at #{}", answer.seq))?;
+    match answer.payload.first() {
+        Some(0x00) => Ok(Ok(())),
+        Some(0xff) => Ok(Err(u16::from_le_bytes([
+            answer.payload[1],
+            answer.payload[2],
+        ]))),
+        _ => Err(format!("COM_PROCESS_KILL answered {:?}", answer.payload).into()),
+    }
 }
 
 /// Reads the large answer `big` three times, each followed by a small one.

@@ -26,26 +26,29 @@ pub enum ScanEvent {
     Quit,
     /// COM_CHANGE_USER.
     ChangeUser,
-    /// A COM_QUERY of at most [`MAX_KILL_PAYLOAD`] bytes whose text starts
-    /// with `KILL` and a space: its connection id may need translating. The
-    /// relay takes the whole packet (and the scanner stays at the boundary
-    /// after it).
+    /// A COM_QUERY of at most [`MAX_KILL_PAYLOAD`] bytes whose text holds
+    /// `KILL` (in any case, anywhere: one of several statements may be a
+    /// KILL), or a COM_PROCESS_KILL: a connection id in it may need
+    /// translating. The relay takes the whole packet (and the scanner stays
+    /// at the boundary after it).
     Kill,
 }
 
 /// The longest COM_QUERY payload reported as [`ScanEvent::Kill`].
 pub const MAX_KILL_PAYLOAD: usize = 256;
 
+/// COM_PROCESS_KILL.
+const COM_PROCESS_KILL: u8 = 0x0c;
+
 /// Whether a COM_QUERY payload (command byte first) of `len` bytes, of
-/// which `seen` are at hand, starts a KILL statement; `None` when more
-/// bytes are needed to tell.
+/// which `seen` are at hand, may hold a KILL statement; `None` when more
+/// bytes are needed to tell (a short statement comes whole).
 fn kill_statement(len: usize, seen: &[u8]) -> Option<bool> {
-    const KILL: &[u8] = b"KILL ";
-    if len > MAX_KILL_PAYLOAD || len < 1 + KILL.len() {
+    if len > MAX_KILL_PAYLOAD || len < 1 + b"KILL 0".len() {
         return Some(false);
     }
-    let text = seen.get(1..=KILL.len())?;
-    Some(text[..4].eq_ignore_ascii_case(&KILL[..4]) && text[4].is_ascii_whitespace())
+    let text = seen.get(1..len)?;
+    Some(text.windows(4).any(|w| w.eq_ignore_ascii_case(b"KILL")))
 }
 
 /// Walks packet headers of the client-to-server stream.
@@ -116,6 +119,7 @@ impl CommandScanner {
                             None => return (pos, None),
                         }
                     }
+                    COM_PROCESS_KILL => Some(ScanEvent::Kill),
                     _ => None,
                 };
                 if event.is_some() {
@@ -184,7 +188,11 @@ mod tests {
     #[test]
     fn knows_the_sequence_id_of_the_awaited_answer() {
         use Awaiting::*;
-        let query = packets(&[(0, b"\x03SELECT 1")]);
+        // Longer than a statement the scanner reads whole (a KILL may hide
+        // in a short one).
+        let mut long = b"\x03SELECT 1 ".to_vec();
+        long.resize(MAX_KILL_PAYLOAD + 1, b' ');
+        let query = packets(&[(0, &long)]);
         let mut s = CommandScanner::new();
         assert_eq!(s.awaiting(), Nothing);
         // Cut inside the packet: the server waits for the rest.
@@ -247,29 +255,38 @@ mod tests {
     }
 
     #[test]
-    fn reports_kill_statements_whole_or_waits_for_their_first_word() {
-        let kill = packets(&[(0, b"\x03SELECT 1"), (0, b"\x03kill QUERY 1073741825")]);
+    fn reports_short_queries_naming_kill_once_whole() {
+        let kill = packets(&[
+            (0, b"\x03SELECT 1"),
+            (0, b"\x03select 2; kill QUERY 1073741825"),
+        ]);
         for cut in 0..=kill.len() {
             let mut s = CommandScanner::new();
             let (n, ev) = s.scan(&kill[..cut]);
-            if cut >= 13 + 4 + 6 {
-                // "KILL " is in: reported at the packet's start.
+            if cut == kill.len() {
+                // All of it is in: reported at the packet's start.
                 assert_eq!((n, ev), (13, Some(ScanEvent::Kill)), "cut at {cut}");
             } else {
                 assert_eq!(ev, None, "cut at {cut}");
                 assert!(n <= 13, "cut at {cut}");
             }
         }
-        // Not KILL statements: other words, long queries, other commands.
-        let mut long = b"\x03KILL ".to_vec();
-        long.resize(MAX_KILL_PAYLOAD + 1, b' ');
+        // Candidates (the translation decides): KILL anywhere, any case;
+        // COM_PROCESS_KILL.
         for payload in [
             &b"\x03KILLS 5"[..],
-            b"\x03SELECT 'KILL 5'",
-            b"\x03KIL",
-            &long,
-            b"\x16KILL 5",
+            b"\x03SELECT 'kill 5'",
+            b"\x03/* x */ Kill 5",
+            b"\x0c\x01\x00\x00\x40",
         ] {
+            let bytes = packets(&[(0, payload)]);
+            let mut s = CommandScanner::new();
+            assert_eq!(s.scan(&bytes), (0, Some(ScanEvent::Kill)), "{payload:?}");
+        }
+        // Not candidates: no KILL, long queries, other commands.
+        let mut long = b"\x03KILL ".to_vec();
+        long.resize(MAX_KILL_PAYLOAD + 1, b' ');
+        for payload in [&b"\x03SELECT 5"[..], b"\x03KIL", &long, b"\x16KILL 5"] {
             let bytes = packets(&[(0, payload)]);
             let mut s = CommandScanner::new();
             assert_eq!(s.scan(&bytes), (bytes.len(), None), "{payload:?}");

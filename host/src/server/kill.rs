@@ -1,8 +1,11 @@
 //! `KILL [QUERY] <id>` where `<id>` is a connection id Switchyard gave out
 //! in a greeting: clients learn that id from the handshake (Connector/J's
 //! `Statement.cancel()` and query timeouts, `mysql_kill()`), but the backend
-//! knows the session by its own thread id. The relay hands such a COM_QUERY
-//! here and sends the backend what [`translate`] makes of it:
+//! knows the session by its own thread id. The relay hands a short
+//! COM_QUERY that may hold a KILL statement (one of several statements,
+//! too: node-mysql2's pool sends `kill ?; select sleep(0.05)`), and any
+//! COM_PROCESS_KILL, here and sends the backend what [`translate`] makes
+//! of it:
 //!
 //! - the id of a session on the same backend server: the same statement
 //!   with that session's backend thread id (the backend then checks the
@@ -28,6 +31,7 @@ use std::sync::{Arc, Mutex};
 #[cfg(doc)]
 use super::FIRST_CONNECTION_ID;
 use super::connection_id_at;
+use crate::sql;
 
 /// Where each session's backend thread is (once it is logged in), by the
 /// connection id its client was greeted with.
@@ -142,38 +146,111 @@ fn parse(sql: &[u8]) -> Option<(&str, u64)> {
     Some((head.trim_end(), id))
 }
 
-/// A KILL statement rewritten by [`translate`].
+/// A command with KILLs rewritten by [`translate`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct Translated {
-    /// The new COM_QUERY payload.
+    /// The new payload (command byte first).
     pub payload: Vec<u8>,
-    /// Whether it names the session's backend thread (else it is the
-    /// "unknown thread" SIGNAL).
+    /// Whether every greeting id in it named a session on this backend
+    /// (else one became the "unknown thread" SIGNAL).
     pub found: bool,
 }
 
-/// What to send the backend instead of the COM_QUERY `payload` (command
-/// byte first), sent by a session on `backend`; `None` to send it as it is.
+/// COM_QUERY.
+const COM_QUERY: u8 = 0x03;
+/// COM_PROCESS_KILL: a connection id, 4 bytes.
+const COM_PROCESS_KILL: u8 = 0x0c;
+
+/// What to send the backend instead of the command `payload` (command byte
+/// first) sent by a session on `backend`; `None` to send it as it is.
+///
+/// A COM_QUERY may hold several statements: each KILL among them is
+/// translated in place, the rest of the text left byte for byte (a text
+/// [`sql::statements`] cannot cut for certain is left whole). An id that
+/// names a session elsewhere becomes the "unknown thread" SIGNAL, which,
+/// as the server's own error would, ends the statements there.
+/// COM_PROCESS_KILL by greeting id gets the backend thread id, or the
+/// SIGNAL (as a COM_QUERY: the answer, an ERR at #1, is the same).
 pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Option<Translated> {
-    let (head, id) = parse(payload.get(1..)?)?;
-    // Not a greeting id held now: a backend thread id.
-    let place = registry.lookup(u32::try_from(id).ok()?)?;
-    let (sql, found) = match place {
-        Some(place) if place.backend == backend => (format!("{head} {}", place.thread), true),
-        _ => (
-            format!(
-                "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {id}'"
-            ),
-            false,
-        ),
-    };
-    let mut out = Vec::with_capacity(1 + sql.len());
-    out.push(payload[0]);
-    out.extend_from_slice(sql.as_bytes());
+    match *payload.first()? {
+        COM_QUERY => translate_query(&payload[1..], backend, registry),
+        COM_PROCESS_KILL => translate_process_kill(payload.get(1..)?, backend, registry),
+        _ => None,
+    }
+}
+
+/// Where the session greeted with `id` is, as seen from `backend`: its
+/// thread there, `Err` if it is elsewhere or logging in; `None` if `id` is
+/// no greeting id held now (then it is a backend thread id).
+fn place_of(id: u64, backend: SocketAddr, registry: &Registry) -> Option<Result<u32, ()>> {
+    match registry.lookup(u32::try_from(id).ok()?)? {
+        Some(place) if place.backend == backend => Some(Ok(place.thread)),
+        _ => Some(Err(())),
+    }
+}
+
+/// What the backend answers for an unknown thread, as MariaDB words it.
+fn unknown_thread(id: u64) -> String {
+    format!(
+        "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {id}'"
+    )
+}
+
+fn translate_query(text: &[u8], backend: SocketAddr, registry: &Registry) -> Option<Translated> {
+    // Most queries name no KILL: no cut needed.
+    if !text.windows(4).any(|w| w.eq_ignore_ascii_case(b"KILL")) {
+        return None;
+    }
+    let mut out = vec![COM_QUERY];
+    let (mut copied, mut changed, mut found) = (0, false, true);
+    for statement in sql::statements(text)? {
+        let Some((head, id)) = parse(&text[statement.clone()]) else {
+            continue;
+        };
+        let Some(place) = place_of(id, backend, registry) else {
+            continue;
+        };
+        out.extend_from_slice(&text[copied..statement.start]);
+        let sql = match place {
+            Ok(thread) => format!("{head} {thread}"),
+            Err(()) => {
+                found = false;
+                unknown_thread(id)
+            }
+        };
+        out.extend_from_slice(sql.as_bytes());
+        copied = statement.end;
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&text[copied..]);
     Some(Translated {
         payload: out,
         found,
     })
+}
+
+fn translate_process_kill(
+    id: &[u8],
+    backend: SocketAddr,
+    registry: &Registry,
+) -> Option<Translated> {
+    let id = u32::from_le_bytes(id.try_into().ok()?);
+    let (payload, found) = match place_of(id.into(), backend, registry)? {
+        Ok(thread) => {
+            let mut p = vec![COM_PROCESS_KILL];
+            p.extend_from_slice(&thread.to_le_bytes());
+            (p, true)
+        }
+        Err(()) => {
+            let mut p = vec![COM_QUERY];
+            p.extend_from_slice(unknown_thread(id.into()).as_bytes());
+            (p, false)
+        }
+    };
+    Some(Translated { payload, found })
 }
 
 #[cfg(test)]
@@ -266,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             text(translate(&query(&format!("KILL {same};")), here, &registry)),
-            Some("KILL 41".into())
+            Some("KILL 41;".into())
         );
         // On another server, or not logged in yet: the backend's own
         // "unknown thread".
@@ -307,6 +384,87 @@ mod tests {
         assert_eq!(translate(&query("KILL QUERY 41"), here, &registry), None);
         assert_eq!(translate(&query("SELECT 1"), here, &registry), None);
         assert_eq!(translate(&[0x03], here, &registry), None);
+    }
+
+    #[test]
+    fn translates_each_kill_of_several_statements_and_process_kill() {
+        let registry = Arc::new(Registry::default());
+        let here = addr(3306);
+        let place = |backend, thread| Place { backend, thread };
+        let a = register(&registry, place(here, 41));
+        let b = register(&registry, place(addr(3307), 42));
+        let (same, elsewhere) = (a.id(), b.id());
+        let sql =
+            |t: Option<Translated>| t.map(|t| (String::from_utf8(t.payload).unwrap(), t.found));
+        // node-mysql2's pool, and text around the KILLs kept byte for byte.
+        assert_eq!(
+            text(translate(
+                &query(&format!("kill {same}; select sleep(0.05)")),
+                here,
+                &registry
+            )),
+            Some("kill 41; select sleep(0.05)".into())
+        );
+        assert_eq!(
+            text(translate(
+                &query(&format!(
+                    "SELECT 'KILL {same}';\n/* c; */ KILL QUERY {same};KILL {same} ;"
+                )),
+                here,
+                &registry
+            )),
+            Some(
+                "SELECT 'KILL {same}';\n/* c; */ KILL QUERY 41;KILL 41 ;"
+                    .replace("{same}", &same.to_string())
+            )
+        );
+        // One named elsewhere: the SIGNAL in its place ends the statements
+        // there, as the server's own 1094 would.
+        let signal = format!(
+            "\x03KILL QUERY 41; SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094, MESSAGE_TEXT = 'Unknown thread id: {elsewhere}'; SELECT 1"
+        );
+        assert_eq!(
+            sql(translate(
+                &query(&format!("KILL QUERY {same}; KILL {elsewhere}; SELECT 1")),
+                here,
+                &registry
+            )),
+            Some((signal, false))
+        );
+        // A KILL only in a string, a text that cannot be cut for certain,
+        // a KILL of a backend thread id: as they are.
+        for unchanged in [
+            format!("SELECT 'KILL {same}'"),
+            format!("SELECT 'a\\'; KILL {same}"),
+            format!("SELECT 1 /*!; KILL {same} */"),
+            "SELECT 1; KILL 41".to_owned(),
+        ] {
+            assert_eq!(
+                translate(&query(&unchanged), here, &registry),
+                None,
+                "{unchanged}"
+            );
+        }
+        // COM_PROCESS_KILL.
+        let process_kill = |id: u32| [&[0x0c][..], &id.to_le_bytes()].concat();
+        let mut to_41 = vec![0x0c];
+        to_41.extend_from_slice(&41u32.to_le_bytes());
+        assert_eq!(
+            translate(&process_kill(same), here, &registry),
+            Some(Translated {
+                payload: to_41,
+                found: true
+            })
+        );
+        let (payload, found) = sql(translate(&process_kill(elsewhere), here, &registry)).unwrap();
+        assert!(!found);
+        assert!(
+            payload.starts_with("\x03SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1094"),
+            "{payload}"
+        );
+        assert_eq!(translate(&process_kill(41), here, &registry), None);
+        assert_eq!(translate(&[0x0c, 1, 2, 3], here, &registry), None);
+        assert_eq!(translate(&[0x0c], here, &registry), None);
     }
 
     #[test]
