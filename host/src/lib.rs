@@ -43,4 +43,7 @@ pub mod sql;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::server::kill::{Place, Registration, Registry, Translated, translate};
+
+    mod admin;
+    pub use admin::{ADMIN_TOKEN, AdminExchange, admin_request};
 }

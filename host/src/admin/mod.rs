@@ -166,12 +166,10 @@ async fn busy(mut socket: TcpStream) {
     .await;
 }
 
-async fn connection<C: Control>(
-    socket: TcpStream,
-    peer: SocketAddr,
-    control: Arc<C>,
-    limits: Limits,
-) {
+async fn connection<C: Control, S>(socket: S, peer: SocketAddr, control: Arc<C>, limits: Limits)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let read_by = tokio::time::Instant::now() + limits.request_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let control = Arc::clone(&control);
@@ -201,6 +199,34 @@ async fn connection<C: Control>(
         Ok(Err(_)) => {}
         Err(_) => warn!(client = %peer, "admin connection timed out"),
     }
+}
+
+/// Serves one connection whose client sends `request` and closes its
+/// sending half; everything it was answered. For the `admin_request` fuzz
+/// target: the same hyper settings, head checks and routes as a real
+/// connection.
+#[doc(hidden)]
+pub async fn exchange_for_fuzzing<C: Control>(request: &[u8], control: Arc<C>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    let limits = Limits {
+        head_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        connection_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let serving = tokio::spawn(connection(server, peer, control, limits));
+    let mut answer = Vec::new();
+    let talk = async {
+        let _ = client.write_all(request).await;
+        let _ = client.shutdown().await;
+        let _ = client.read_to_end(&mut answer).await;
+    };
+    tokio::join!(talk, async {
+        let _ = serving.await;
+    });
+    answer
 }
 
 type Response = hyper::Response<Full<Bytes>>;
