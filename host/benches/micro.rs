@@ -1,4 +1,5 @@
-//! Microbenchmarks: the packet codec, the auth math, and one policy call.
+//! Microbenchmarks: the packet codec, the auth math, one policy call, and
+//! the built-in statement classification.
 //! `cargo bench -p switchyard` (the policy benchmark needs the default
 //! policy built: `cargo build --release -p default-policy --target
 //! wasm32-wasip2`).
@@ -69,6 +70,29 @@ fn codec(c: &mut Criterion) {
     group.bench_function("1 MiB of small queries", |b| {
         b.iter(|| CommandScanner::new().scan(black_box(&stream)))
     });
+    group.finish();
+}
+
+/// The built-in rule's per-statement work (issue 15's target: at most
+/// 1 µs a statement): a point select, a write, a SET, and a long read.
+fn classify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("classify statement");
+    for (name, sql) in [
+        ("point select", "SELECT c FROM sbtest1 WHERE id=4242"),
+        ("insert", "INSERT INTO t (a, b) VALUES (1, 'x')"),
+        ("set names", "SET NAMES utf8mb4 COLLATE utf8mb4_general_ci"),
+        (
+            "join with functions",
+            "SELECT o.id, COUNT(*), MAX(l.price), DATE_FORMAT(o.created, '%Y-%m') \
+             FROM orders o JOIN lines l ON l.order_id = o.id /* report */ \
+             WHERE o.customer = 42 AND o.created > NOW() - INTERVAL 30 DAY \
+             GROUP BY o.id ORDER BY o.created DESC LIMIT 20",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| switchyard::sql::classify(black_box(sql.as_bytes())))
+        });
+    }
     group.finish();
 }
 
@@ -191,5 +215,5 @@ fn policy(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec, auth, policy);
+criterion_group!(benches, codec, classify, auth, policy);
 criterion_main!(benches);
