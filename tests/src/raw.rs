@@ -21,6 +21,9 @@ pub struct RawClient {
     codec: PacketCodec,
     /// The nonce of the greeting read last.
     pub nonce: Vec<u8>,
+    /// Capabilities announced beyond a plain 4.1 client's (see
+    /// [`RawClient::with_capabilities`]).
+    extra: CapabilityFlags,
 }
 
 /// What a login attempt ended with.
@@ -95,7 +98,15 @@ impl RawClient {
             buf: BytesMut::new(),
             codec: PacketCodec::new(1 << 23),
             nonce: Vec::new(),
+            extra: CapabilityFlags::empty(),
         })
+    }
+
+    /// Announces `extra` capabilities too at the next login (e.g.
+    /// CLIENT_SESSION_TRACK).
+    pub fn with_capabilities(mut self, extra: CapabilityFlags) -> Self {
+        self.extra = extra;
+        self
     }
 
     /// The next packet; `None` when the peer closed the connection.
@@ -189,7 +200,9 @@ impl RawClient {
         } else {
             vec![0x42; 32]
         };
-        self.write_packet(1, &handshake_response(user, db, auth, plugin).encode())?;
+        let mut response = handshake_response(user, db, auth, plugin);
+        response.capabilities |= self.extra;
+        self.write_packet(1, &response.encode())?;
         loop {
             let p = self.expect_packet()?;
             match p.payload.first() {

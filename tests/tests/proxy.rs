@@ -16,7 +16,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::PasswordHash;
-use switchyard::protocol::{CapabilityFlags, ErrPacket};
+use switchyard::protocol::{CapabilityFlags, ErrPacket, StateChange, state_changes};
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, mariadb_cli};
 
@@ -156,6 +156,10 @@ fn main() {
         ),
         ("twenty_mib_value_round_trip", twenty_mib_value_round_trip),
         ("pipelined_commands_from_a_raw_client", pipelined_commands),
+        (
+            "session_state_tracking_reaches_the_client_and_decodes",
+            session_state_tracking,
+        ),
         (
             "kill_by_greeting_id_and_backend_id",
             kill_by_greeting_id_and_backend_id,
@@ -959,6 +963,93 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
             unknown_now - unknown
         ),
     )
+}
+
+/// Sends `sql` and reads its answer: the OK's session state changes, as
+/// `switchyard::protocol::state_changes` decodes them.
+fn tracked(raw: &mut RawClient, sql: &str) -> Result<Vec<StateChange>, Failed> {
+    raw.write_raw(&RawClient::query_packet(sql))?;
+    let answer = raw.expect_packet()?;
+    check(
+        answer.seq == 1 && answer.payload.first() == Some(&0x00),
+        format!("{sql}: answered {:?}", answer.payload),
+    )?;
+    Ok(state_changes(
+        &answer.payload,
+        CapabilityFlags::CLIENT_SESSION_TRACK,
+    )?)
+}
+
+/// Session state tracking (what statement-level routing will follow) with a
+/// client that announces CLIENT_SESSION_TRACK: the backend session gets the
+/// capability, MariaDB's OK packets come through whole, and our decoder
+/// reads from them a variable's new value, the schema, the transaction
+/// state, and a commit's GTID (`last_gtid`).
+fn session_state_tracking(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?
+        .with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
+    match raw.login(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        Some("app"),
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    tracked(
+        &mut raw,
+        "SET SESSION session_track_system_variables = 'last_gtid,time_zone', \
+         session_track_schema = ON, session_track_state_change = ON, \
+         session_track_transaction_info = 'STATE'",
+    )?;
+    tracked(&mut raw, "CREATE TABLE IF NOT EXISTS app.tracked (n INT)")?;
+    let variable = |changes: &[StateChange], name: &str| {
+        changes.iter().find_map(|c| match c {
+            StateChange::SystemVariable { name: n, value } if n == name => Some(value.clone()),
+            _ => None,
+        })
+    };
+    let changes = tracked(&mut raw, "SET time_zone = '+01:00'")?;
+    check(
+        variable(&changes, "time_zone").as_deref() == Some("+01:00"),
+        format!("SET time_zone: {changes:?}"),
+    )?;
+    let transaction = |changes: &[StateChange]| {
+        changes.iter().find_map(|c| match c {
+            StateChange::TransactionState(t) => Some(*t),
+            _ => None,
+        })
+    };
+    let changes = tracked(&mut raw, "BEGIN")?;
+    check(
+        transaction(&changes).is_some_and(|t| t.open() && !t.wrote()),
+        format!("BEGIN: {changes:?}"),
+    )?;
+    let changes = tracked(&mut raw, "INSERT INTO app.tracked VALUES (1)")?;
+    check(
+        transaction(&changes).is_some_and(|t| t.open() && t.wrote()),
+        format!("INSERT: {changes:?}"),
+    )?;
+    let changes = tracked(&mut raw, "COMMIT")?;
+    check(
+        transaction(&changes).is_some_and(|t| !t.open()),
+        format!("COMMIT: {changes:?}"),
+    )?;
+    // The commit's GTID: domain-server-sequence.
+    let gtid = variable(&changes, "last_gtid").unwrap_or_default();
+    let parts: Vec<&str> = gtid.split('-').collect();
+    check(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok()),
+        format!("COMMIT: last_gtid {gtid:?} in {changes:?}"),
+    )?;
+    let changes = tracked(&mut raw, "USE information_schema")?;
+    check(
+        changes.contains(&StateChange::Schema("information_schema".into())),
+        format!("USE: {changes:?}"),
+    )?;
+    tracked(&mut raw, "DROP TABLE app.tracked")?;
+    Ok(())
 }
 
 /// Sends COM_PROCESS_KILL for connection `id` as `user` (a raw client:

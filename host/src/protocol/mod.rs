@@ -16,6 +16,7 @@ mod reader;
 mod response;
 mod result;
 mod resultset;
+mod session_track;
 
 pub use change_user::ChangeUser;
 pub use command::{Awaiting, Command, CommandScanner, MAX_KILL_PAYLOAD, ScanEvent};
@@ -26,6 +27,7 @@ pub use reader::Reader;
 pub use response::{AuthSwitchRequest, HandshakeResponse, SSL_REQUEST_LEN};
 pub use result::{ErrPacket, OkPacket};
 pub use resultset::{QueryReply, ResultSetDecoder, TextResult};
+pub use session_track::{StateChange, TransactionState, state_changes};
 
 /// The authentication plugin Switchyard speaks on both sides.
 pub const NATIVE_PASSWORD_PLUGIN: &str = "mysql_native_password";
