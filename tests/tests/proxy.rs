@@ -16,7 +16,10 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::PasswordHash;
-use switchyard::protocol::{CapabilityFlags, ErrPacket, StateChange, state_changes};
+use switchyard::protocol::{
+    CapabilityFlags, ErrPacket, REPLY_HEAD, ReplyFramer, ReplyStep, ReplyTo, StateChange,
+    StatusFlags, state_changes,
+};
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, mariadb_cli};
 
@@ -159,6 +162,10 @@ fn main() {
         (
             "session_state_tracking_reaches_the_client_and_decodes",
             session_state_tracking,
+        ),
+        (
+            "answers_end_where_the_framer_says",
+            answers_end_where_the_framer_says,
         ),
         (
             "kill_by_greeting_id_and_backend_id",
@@ -1049,6 +1056,146 @@ fn session_state_tracking(env: &Env) -> TestResult {
         format!("USE: {changes:?}"),
     )?;
     tracked(&mut raw, "DROP TABLE app.tracked")?;
+    Ok(())
+}
+
+/// Sends the command `payload` and reads its answer to where
+/// `ReplyFramer` says it ends (sending LOAD DATA LOCAL's file when asked),
+/// then a COM_PING whose OK must be the very next packet: an answer framed
+/// short leaves packets before it, one framed long waits for a packet that
+/// never comes. The answer's packets and the final status.
+fn framed(
+    raw: &mut RawClient,
+    payload: &[u8],
+    deprecate_eof: bool,
+    status: StatusFlags,
+) -> Result<(Vec<Vec<u8>>, StatusFlags), Failed> {
+    let what = String::from_utf8_lossy(payload).into_owned();
+    raw.write_raw(&RawClient::command_packet(payload))?;
+    let mut framer = ReplyFramer::new(ReplyTo::of(payload), deprecate_eof, status);
+    let mut packets = Vec::new();
+    let mut status = status;
+    while !framer.is_done() {
+        let p = raw.expect_packet()?;
+        let head = &p.payload[..p.payload.len().min(REPLY_HEAD)];
+        let step = framer
+            .packet(p.payload.len(), head)
+            .map_err(|e| format!("{what}: packet {} {:?}: {e}", packets.len(), p.payload))?;
+        packets.push(p.payload.to_vec());
+        match step {
+            ReplyStep::More => {}
+            ReplyStep::WaitsForClient => {
+                raw.write_packet(p.seq + 1, b"7\n8\n")?;
+                raw.write_packet(p.seq + 2, b"")?;
+            }
+            ReplyStep::Done(s) => status = s,
+        }
+    }
+    raw.write_raw(&RawClient::command_packet(&[0x0e]))?;
+    let ping = raw.expect_packet()?;
+    check(
+        ping.seq == 1 && ping.payload.first() == Some(&0x00),
+        format!(
+            "{what}: after the framed answer {packets:?} came {:?}",
+            ping.payload
+        ),
+    )?;
+    Ok((packets, status))
+}
+
+/// `ReplyFramer` against the real primary's answers, with and without
+/// CLIENT_DEPRECATE_EOF: text and binary results, multi-statements and
+/// CALL (more results), errors mid-chain, transactions' status flags,
+/// LOAD DATA LOCAL, prepared statements with and without parameters, a
+/// cursor and its fetches, COM_FIELD_LIST, COM_STATISTICS, COM_SET_OPTION.
+fn answers_end_where_the_framer_says(env: &Env) -> TestResult {
+    let primary = env.topology().primary.addr();
+    env.topology()
+        .primary
+        .sql("CREATE TABLE IF NOT EXISTS app.framer_t (n INT)");
+    for deprecate_eof in [false, true] {
+        let mut caps = CapabilityFlags::CLIENT_MULTI_STATEMENTS
+            | CapabilityFlags::CLIENT_MULTI_RESULTS
+            | CapabilityFlags::CLIENT_PS_MULTI_RESULTS
+            | CapabilityFlags::CLIENT_LOCAL_FILES;
+        caps.set(CapabilityFlags::CLIENT_DEPRECATE_EOF, deprecate_eof);
+        let mut raw = RawClient::connect(primary)?.with_capabilities(caps);
+        match raw.login(
+            MASTER_USER.0,
+            MASTER_USER.1,
+            Some("app"),
+            "mysql_native_password",
+        )? {
+            LoginOutcome::Ok(2) => {}
+            other => return Err(format!("{other:?}").into()),
+        }
+        let mut status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        let mut run = |raw: &mut RawClient, payload: &[u8]| {
+            let (packets, now) = framed(raw, payload, deprecate_eof, status)?;
+            status = now;
+            Ok::<_, Failed>((packets, now))
+        };
+        let query = |sql: &str| [&[0x03][..], sql.as_bytes()].concat();
+        for sql in [
+            // Its body's semicolons are the server's to read.
+            "CREATE OR REPLACE PROCEDURE app.framer_p() BEGIN SELECT 1; SELECT 2, 3; END",
+            "SELECT 1",
+            "SELECT seq, 'x' FROM seq_1_to_1000",
+            "SELECT 1; SELECT 2; DO 1",
+            "SELECT nope",
+            "SELECT 1; SELECT nope; SELECT 3",
+            "CALL app.framer_p()",
+            "LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE app.framer_t",
+        ] {
+            run(&mut raw, &query(sql))?;
+        }
+        let (_, s) = run(&mut raw, &query("BEGIN"))?;
+        check(
+            s.contains(StatusFlags::SERVER_STATUS_IN_TRANS),
+            "BEGIN: in a transaction",
+        )?;
+        run(&mut raw, &query("INSERT INTO app.framer_t VALUES (1)"))?;
+        let (_, s) = run(&mut raw, &query("SELECT COUNT(*) FROM app.framer_t"))?;
+        check(
+            s.contains(StatusFlags::SERVER_STATUS_IN_TRANS),
+            "a result in a transaction",
+        )?;
+        let (_, s) = run(&mut raw, &query("COMMIT"))?;
+        check(
+            !s.contains(StatusFlags::SERVER_STATUS_IN_TRANS),
+            "COMMIT: none",
+        )?;
+        // Prepared statements: their ids from the prepare OKs.
+        let id = |packets: &[Vec<u8>]| -> Result<[u8; 4], Failed> {
+            Ok(packets[0].get(1..5).ok_or("no statement id")?.try_into()?)
+        };
+        let (with_params, _) = run(&mut raw, &[&[0x16][..], b"SELECT ?, 2 FROM dual"].concat())?;
+        let (rows, _) = run(
+            &mut raw,
+            &[&[0x16][..], b"SELECT seq FROM seq_1_to_50"].concat(),
+        )?;
+        run(&mut raw, &[&[0x16][..], b"SELECT nope"].concat())?;
+        let rows = id(&rows)?;
+        let execute = |flags: u8| [&[0x17][..], &rows, &[flags, 1, 0, 0, 0]].concat();
+        run(&mut raw, &execute(0))?;
+        run(&mut raw, &execute(1))?;
+        for _ in 0..3 {
+            run(
+                &mut raw,
+                &[&[0x1c][..], &rows, &20u32.to_le_bytes()].concat(),
+            )?;
+        }
+        run(&mut raw, &[&[0x1a][..], &rows].concat())?;
+        // COM_STMT_CLOSE gets no answer.
+        run(&mut raw, &[&[0x19][..], &id(&with_params)?].concat())?;
+        run(&mut raw, b"\x04framer_t\0")?;
+        run(&mut raw, b"\x09")?;
+        run(&mut raw, b"\x1b\x00\x00")?;
+        run(&mut raw, b"\x02app")?;
+    }
+    env.topology()
+        .primary
+        .sql("DROP TABLE app.framer_t; DROP PROCEDURE app.framer_p");
     Ok(())
 }
 
