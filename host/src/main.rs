@@ -87,6 +87,20 @@ enum PolicyCommand {
         /// reused instances, the cost of a call after the first).
         #[arg(long, default_value_t = 1)]
         calls: u32,
+        /// A statement (COM_QUERY text) to classify and route by the
+        /// built-in statement rule, for a session in the state the flags
+        /// below describe.
+        #[arg(long, value_name = "SQL")]
+        statement: Option<String>,
+        /// The session is inside a transaction.
+        #[arg(long, requires = "statement")]
+        in_transaction: bool,
+        /// ... a READ ONLY one, running on a reader.
+        #[arg(long, requires = "in_transaction")]
+        read_only_transaction: bool,
+        /// The session has autocommit off.
+        #[arg(long, requires = "statement")]
+        autocommit_off: bool,
     },
 }
 
@@ -182,6 +196,10 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
             pools_json,
             config,
             calls,
+            statement,
+            in_transaction,
+            read_only_transaction,
+            autocommit_off,
         } => {
             let (mut policy_config, config) = policy_config(&file, config.as_ref())?;
             for kv in settings {
@@ -198,9 +216,49 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let policy =
                 Policy::with_pools(&bytes, &file, &policy_config, PoolSource::Fixed(pools))?;
-            policy_route(&policy, &user, db.as_deref(), &client, calls)
+            policy_route(&policy, &user, db.as_deref(), &client, calls)?;
+            if let Some(sql) = statement {
+                let session = switchyard::sql::SessionView {
+                    in_transaction,
+                    read_only_transaction,
+                    autocommit_off,
+                    ..Default::default()
+                };
+                statement_route(&sql, &session);
+            }
+            Ok(())
         }
     }
+}
+
+/// Prints what the host makes of `sql` and where the built-in statement
+/// rule sends it.
+fn statement_route(sql: &str, session: &switchyard::sql::SessionView) {
+    let class = switchyard::sql::classify(sql.as_bytes());
+    let (target, why) = switchyard::sql::rule(&class, session);
+    println!(
+        "statement: {}{}{}{}{}",
+        format!("{:?}", class.kind).to_lowercase(),
+        if class.multi {
+            ", several statements"
+        } else {
+            ""
+        },
+        if class.reads_previous {
+            ", reads the previous statement's outcome"
+        } else {
+            ""
+        },
+        class
+            .pin
+            .map(|p| format!(", pins ({p:?})"))
+            .unwrap_or_default(),
+        class
+            .transaction
+            .map(|t| format!(", transaction: {t:?}"))
+            .unwrap_or_default(),
+    );
+    println!("built-in:  {} ({why})", target.as_str());
 }
 
 /// `switchyard policy check`: loads the policy, describes it and runs the

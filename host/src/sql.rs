@@ -3,13 +3,16 @@
 //! A COM_QUERY may hold several statements (CLIENT_MULTI_STATEMENTS), cut at
 //! semicolons outside quotes and comments. [`statements`] finds them as the
 //! server would, or says it cannot be sure: the proxy then leaves the text
-//! as it is. [`classify`] tells what a statement does, for routing.
+//! as it is. [`classify`] tells what a statement does, and [`rule`] where
+//! the built-in rule sends it.
 
 mod classify;
+mod rule;
 
 use std::ops::Range;
 
 pub use classify::{Class, Kind, Pin, Transaction, classify};
+pub use rule::{SessionView, Target, rule};
 
 /// The statements of `text`: for each, the range from its first word (after
 /// whitespace and comments) to its last non-blank byte before the `;` that

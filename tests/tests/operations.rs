@@ -134,6 +134,10 @@ fn main() {
         ("c_policy_routes_real_logins", c_policy),
         ("go_policy_routes_real_logins", go_policy),
         (
+            "policy_route_shows_the_statement_rule",
+            policy_route_shows_the_statement_rule,
+        ),
+        (
             "tls_for_clients_require_tls_and_cert_reload",
             tls_for_clients,
         ),
@@ -1721,6 +1725,63 @@ fn c_policy(env: &Env) -> TestResult {
 
 fn go_policy(env: &Env) -> TestResult {
     example_policy(env, &switchyard_e2e::artifacts().go_policy, "{go}")
+}
+
+/// `switchyard policy route --statement`: the host's classification and
+/// the built-in statement rule's decision, for a session in the state the
+/// flags describe (the login's `route` answer still comes first).
+fn policy_route_shows_the_statement_rule(_env: &Env) -> TestResult {
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("SELECT * FROM t WHERE id = 1", &[], "built-in:  reader"),
+        (
+            "SELECT * FROM t WHERE id = 1",
+            &["--in-transaction"],
+            "built-in:  writer",
+        ),
+        (
+            "SELECT 1",
+            &["--in-transaction", "--read-only-transaction"],
+            "built-in:  reader",
+        ),
+        ("SELECT 1", &["--autocommit-off"], "built-in:  writer"),
+        ("SET NAMES utf8mb4", &[], "built-in:  all"),
+        ("SET @x = 1; SELECT @x", &[], "pins (UserVariable)"),
+    ];
+    for (sql, flags, expected) in cases {
+        let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+            .args([
+                "policy",
+                "route",
+                "--user",
+                "u",
+                "--setting",
+                "default=replicas",
+            ])
+            .args(["--statement", sql])
+            .args(flags)
+            .arg(&switchyard_e2e::artifacts().default_policy)
+            .output()
+            .map_err(fail)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        check(
+            out.status.success() && text.contains("pool:    replicas") && text.contains(expected),
+            format!(
+                "{sql} {flags:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )?;
+    }
+    // The transaction flags describe a statement's session: alone they are
+    // refused.
+    let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .args(["policy", "route", "--user", "u", "--in-transaction"])
+        .arg(&switchyard_e2e::artifacts().default_policy)
+        .output()
+        .map_err(fail)?;
+    check(
+        !out.status.success(),
+        "--in-transaction without --statement",
+    )
 }
 
 /// Routes real logins through an example policy of another language

@@ -7,7 +7,7 @@
 //! `INTO`; functions with side effects (`GET_LOCK`, `NEXTVAL`,
 //! `LAST_INSERT_ID(expr)`, ...) and functions it does not know (a stored
 //! function may write); statements that read the previous statement's
-//! outcome (`SHOW WARNINGS`, `FOUND_ROWS()`, `LAST_INSERT_ID()`, ...); state
+//! outcome (`SHOW WARNINGS`, `FOUND_ROWS()`, `ROW_COUNT()`, ...); state
 //! that cannot be carried to another backend session (temporary tables,
 //! user variables, `GET_LOCK`, `LOCK TABLES`, SQL-level `PREPARE`,
 //! `SQL_CALC_FOUND_ROWS`, `HANDLER`); and transaction control.
@@ -66,8 +66,9 @@ pub struct Class {
     /// Where it may run.
     pub kind: Kind,
     /// It reads the outcome of the session's previous statement (`SHOW
-    /// WARNINGS`, `FOUND_ROWS()`, `ROW_COUNT()`, `LAST_INSERT_ID()`, `GET
-    /// DIAGNOSTICS`): it must run where that statement ran.
+    /// WARNINGS`, `FOUND_ROWS()`, `ROW_COUNT()`, `GET DIAGNOSTICS`): it must
+    /// run where that statement ran. (`LAST_INSERT_ID()` and `LASTVAL()`
+    /// read what the last write set, whenever it ran: the writer's.)
     pub reads_previous: bool,
     /// State it leaves that pins the session to the writer.
     pub pin: Option<Pin>,
@@ -441,12 +442,9 @@ fn scan_words(toks: &[Token<'_>], class: &mut Class) {
                     {
                         class.kind = Kind::Write;
                     }
-                    b"NEXT" | b"PREVIOUS" if is(next, "VALUE") => {
-                        class.kind = Kind::Write;
-                        class.reads_previous |= word == b"PREVIOUS";
-                    }
+                    b"NEXT" | b"PREVIOUS" if is(next, "VALUE") => class.kind = Kind::Write,
                     _ if next == Some(&Token::Punct(b'(')) && !qualified => {
-                        function(word, toks.get(i + 2), class);
+                        function(word, class);
                     }
                     _ if next == Some(&Token::Punct(b'(')) && read => class.kind = Kind::Write,
                     _ => {}
@@ -460,15 +458,18 @@ fn scan_words(toks: &[Token<'_>], class: &mut Class) {
     }
 }
 
-/// A call of `name` (upper case) whose first argument token is `arg`.
-fn function(name: &[u8], arg: Option<&Token<'_>>, class: &mut Class) {
+/// A call of `name` (upper case).
+fn function(name: &[u8], class: &mut Class) {
     match name {
         b"GET_LOCK" => {
             class.pin = Some(Pin::Lock);
             class.kind = Kind::Write;
         }
-        b"FOUND_ROWS" | b"ROW_COUNT" | b"LASTVAL" => class.reads_previous = true,
-        b"LAST_INSERT_ID" if arg == Some(&Token::Punct(b')')) => class.reads_previous = true,
+        b"FOUND_ROWS" | b"ROW_COUNT" => class.reads_previous = true,
+        // The session's last insert id and sequence value outlive the
+        // statement that set them, and only the writer sets them: the
+        // writer's, not the previous statement's backend.
+        b"LAST_INSERT_ID" | b"LASTVAL" => class.kind = Kind::Write,
         _ if class.kind == Kind::Write => {}
         _ if harmless(name) => {}
         // Side effects (LAST_INSERT_ID(expr), NEXTVAL, RELEASE_LOCK, ...),

@@ -191,12 +191,8 @@ fn reads_of_the_previous_statements_outcome() {
         "SHOW COUNT(*) WARNINGS",
         "SELECT FOUND_ROWS()",
         "SELECT ROW_COUNT()",
-        "SELECT LAST_INSERT_ID()",
-        "select last_insert_id ( )",
         "GET DIAGNOSTICS @n = NUMBER",
         "GET CURRENT DIAGNOSTICS CONDITION 1 @m = MESSAGE_TEXT",
-        "SELECT PREVIOUS VALUE FOR s",
-        "SELECT LASTVAL(s)",
     ] {
         assert!(class(sql).reads_previous, "{sql}");
     }
@@ -205,7 +201,17 @@ fn reads_of_the_previous_statements_outcome() {
     }
     // They go where the previous statement ran, which may be a reader.
     assert_eq!(kind("SHOW WARNINGS"), Kind::Read);
-    assert_eq!(kind("SELECT LAST_INSERT_ID()"), Kind::Read);
+    assert_eq!(kind("SELECT FOUND_ROWS()"), Kind::Read);
+    // What the last write set, whenever it ran, is the writer's.
+    for sql in [
+        "SELECT LAST_INSERT_ID()",
+        "select last_insert_id ( )",
+        "SELECT LASTVAL(s)",
+        "SELECT PREVIOUS VALUE FOR s",
+    ] {
+        assert_eq!(kind(sql), Kind::Write, "{sql}");
+        assert!(!class(sql).reads_previous, "{sql}");
+    }
 }
 
 #[test]
