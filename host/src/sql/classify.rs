@@ -242,7 +242,9 @@ fn is(token: Option<&Token<'_>>, kw: &str) -> bool {
 }
 
 fn statement(s: &[u8]) -> Class {
-    let toks: Vec<Token<'_>> = tokens(s).collect();
+    // A token takes two bytes or more, most of the time: one allocation.
+    let mut toks: Vec<Token<'_>> = Vec::with_capacity(s.len() / 2 + 1);
+    toks.extend(tokens(s));
     let first = toks.first();
     let mut class = match first {
         Some(Token::Word(w)) => by_keyword(w, &toks),
@@ -418,8 +420,14 @@ fn scan_words(toks: &[Token<'_>], class: &mut Class) {
                 class.kind = Kind::Write;
             }
             Token::Word(w) => {
+                let call = next == Some(&Token::Punct(b'('));
+                // Most words are names: only calls and words as long as
+                // the keywords below are looked at.
+                if !call && !matches!(w.len(), 4..=8 | 19) {
+                    continue;
+                }
                 let Some((buf, n)) = upper(w) else {
-                    if read && next == Some(&Token::Punct(b'(')) {
+                    if read && call {
                         class.kind = Kind::Write;
                     }
                     continue;
@@ -443,10 +451,8 @@ fn scan_words(toks: &[Token<'_>], class: &mut Class) {
                         class.kind = Kind::Write;
                     }
                     b"NEXT" | b"PREVIOUS" if is(next, "VALUE") => class.kind = Kind::Write,
-                    _ if next == Some(&Token::Punct(b'(')) && !qualified => {
-                        function(word, class);
-                    }
-                    _ if next == Some(&Token::Punct(b'(')) && read => class.kind = Kind::Write,
+                    _ if call && !qualified => function(word, class),
+                    _ if call && read => class.kind = Kind::Write,
                     _ => {}
                 }
             }
