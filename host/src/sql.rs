@@ -3,15 +3,18 @@
 //! A COM_QUERY may hold several statements (CLIENT_MULTI_STATEMENTS), cut at
 //! semicolons outside quotes and comments. [`statements`] finds them as the
 //! server would, or says it cannot be sure: the proxy then leaves the text
-//! as it is. [`classify`] tells what a statement does, and [`rule`] where
-//! the built-in rule sends it.
+//! as it is. [`classify`] tells what a statement does, [`rule`] where the
+//! built-in rule sends it, and [`SessionState`] what another backend
+//! session needs replayed to match the session.
 
 mod classify;
+mod replay;
 mod rule;
 
 use std::ops::Range;
 
 pub use classify::{Class, Kind, Pin, Transaction, classify};
+pub use replay::{NotReplayable, SessionState};
 pub use rule::{SessionView, Target, rule};
 
 /// The statements of `text`: for each, the range from its first word (after

@@ -17,9 +17,10 @@ use mysql_async::prelude::*;
 
 use switchyard::auth::PasswordHash;
 use switchyard::protocol::{
-    CapabilityFlags, ErrPacket, REPLY_HEAD, ReplyFramer, ReplyStep, ReplyTo, StateChange,
-    StatusFlags, state_changes,
+    CapabilityFlags, ErrPacket, QueryReply, REPLY_HEAD, ReplyFramer, ReplyStep, ReplyTo,
+    ResultSetDecoder, StateChange, StatusFlags, state_changes,
 };
+use switchyard::sql::SessionState;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, mariadb_cli};
 
@@ -166,6 +167,10 @@ fn main() {
         (
             "answers_end_where_the_framer_says",
             answers_end_where_the_framer_says,
+        ),
+        (
+            "session_state_replays_on_another_session",
+            session_state_replays_on_another_session,
         ),
         (
             "kill_by_greeting_id_and_backend_id",
@@ -1057,6 +1062,87 @@ fn session_state_tracking(env: &Env) -> TestResult {
     )?;
     tracked(&mut raw, "DROP TABLE app.tracked")?;
     Ok(())
+}
+
+/// The first row of `sql`'s text result on `raw` (a session without
+/// CLIENT_DEPRECATE_EOF).
+fn first_row(raw: &mut RawClient, sql: &str) -> Result<Vec<Option<String>>, Failed> {
+    raw.write_raw(&RawClient::query_packet(sql))?;
+    let mut decoder = ResultSetDecoder::new(false);
+    loop {
+        let p = raw.expect_packet()?;
+        match decoder.feed(&p.payload)? {
+            None => {}
+            Some(QueryReply::Rows(t)) => return Ok(t.rows.into_iter().next().unwrap_or_default()),
+            Some(other) => return Err(format!("{sql}: {other:?}").into()),
+        }
+    }
+}
+
+/// `sql::SessionState` against the real primary: the state a session sets
+/// (SET NAMES with a collation, sql_mode, time_zone, a numeric variable,
+/// lc_time_names, USE), learnt from its OK packets' session tracking (and,
+/// for the collation tracking misses, the SET NAMES), replayed on a fresh
+/// session, gives that session the same state (what a reader opened in the
+/// middle of a split session will need).
+fn session_state_replays_on_another_session(env: &Env) -> TestResult {
+    let primary = env.topology().primary.addr();
+    let login = |raw: &mut RawClient| -> TestResult {
+        match raw.login(
+            MASTER_USER.0,
+            MASTER_USER.1,
+            Some("app"),
+            "mysql_native_password",
+        )? {
+            LoginOutcome::Ok(2) => Ok(()),
+            other => Err(format!("{other:?}").into()),
+        }
+    };
+    let mut a =
+        RawClient::connect(primary)?.with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
+    login(&mut a)?;
+    tracked(
+        &mut a,
+        "SET SESSION session_track_system_variables = '*', session_track_schema = ON",
+    )?;
+    let mut state = SessionState::default();
+    for sql in [
+        "SET NAMES latin1 COLLATE latin1_german1_ci",
+        // After SET NAMES: replayed after it.
+        "SET character_set_results = utf8mb4",
+        "SET SESSION sql_mode = 'ANSI_QUOTES,STRICT_ALL_TABLES'",
+        "SET time_zone = '+02:00'",
+        "SET SESSION wait_timeout = 1234",
+        "SET lc_time_names = 'de_DE'",
+        "USE information_schema",
+    ] {
+        state.apply(&tracked(&mut a, sql)?);
+        state.ran(sql);
+    }
+    let probe = "SELECT @@character_set_client, @@character_set_connection, \
+                 @@character_set_results, @@collation_connection, @@sql_mode, \
+                 @@time_zone, @@wait_timeout, @@lc_time_names, DATABASE()";
+    let wanted = first_row(&mut a, probe)?;
+    let mut b = RawClient::connect(primary)?;
+    login(&mut b)?;
+    check(
+        first_row(&mut b, probe)? != wanted,
+        "a fresh session already had the state",
+    )?;
+    let replay = state.replay().map_err(|e| format!("{e:?}"))?;
+    for sql in &replay {
+        b.write_raw(&RawClient::query_packet(sql))?;
+        let answer = b.expect_packet()?;
+        check(
+            answer.payload.first() == Some(&0x00),
+            format!("{sql}: {:?}", String::from_utf8_lossy(&answer.payload)),
+        )?;
+    }
+    let got = first_row(&mut b, probe)?;
+    check(
+        got == wanted,
+        format!("replayed {replay:?}: {got:?}, wanted {wanted:?}"),
+    )
 }
 
 /// Sends the command `payload` and reads its answer to where
