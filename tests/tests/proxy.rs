@@ -16,6 +16,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::PasswordHash;
+use switchyard::pool::gtid::{Gtid, GtidPos};
 use switchyard::protocol::{
     CapabilityFlags, ErrPacket, QueryReply, REPLY_HEAD, ReplyFramer, ReplyStep, ReplyTo,
     ResultSetDecoder, StateChange, StatusFlags, state_changes,
@@ -171,6 +172,10 @@ fn main() {
         (
             "session_state_replays_on_another_session",
             session_state_replays_on_another_session,
+        ),
+        (
+            "a_writes_gtid_is_applied_where_replicas_say",
+            a_writes_gtid_is_applied_where_replicas_say,
         ),
         (
             "kill_by_greeting_id_and_backend_id",
@@ -1143,6 +1148,71 @@ fn session_state_replays_on_another_session(env: &Env) -> TestResult {
         got == wanted,
         format!("replayed {replay:?}: {got:?}, wanted {wanted:?}"),
     )
+}
+
+/// Read-your-writes' two facts against real replication: a write through
+/// the proxy reports its GTID in the OK's session tracking (`last_gtid`),
+/// and `GtidPos::has_applied` over a replica's `@@gtid_slave_pos` says
+/// whether that replica has it: yes once it caught up, no while its SQL
+/// thread is stopped.
+fn a_writes_gtid_is_applied_where_replicas_say(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?
+        .with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
+    match raw.login(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        Some("app"),
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    tracked(
+        &mut raw,
+        "SET SESSION session_track_system_variables = 'last_gtid'",
+    )?;
+    tracked(&mut raw, "CREATE TABLE IF NOT EXISTS app.causal (n INT)")?;
+    let mut write = |n: u32| -> Result<Gtid, Failed> {
+        let changes = tracked(&mut raw, &format!("INSERT INTO app.causal VALUES ({n})"))?;
+        let last = changes.iter().find_map(|c| match c {
+            StateChange::SystemVariable { name, value } if name == "last_gtid" => Some(value),
+            _ => None,
+        });
+        Ok(last
+            .ok_or(format!("no last_gtid in {changes:?}"))?
+            .parse()?)
+    };
+    let replica_pos = |env: &Env| -> Result<GtidPos, Failed> {
+        Ok(env.topology().replicas[0]
+            .sql("SELECT @@gtid_slave_pos")
+            .parse()?)
+    };
+    let first = write(1)?;
+    env.topology().sync_replicas().map_err(fail)?;
+    check(
+        replica_pos(env)?.has_applied(&first),
+        format!("{first} not applied at {:?}", replica_pos(env)?),
+    )?;
+    env.topology().replicas[0].sql("STOP SLAVE SQL_THREAD");
+    let stopped = write(2).and_then(|second| {
+        check(second.seq > first.seq, format!("{second} after {first}"))?;
+        let pos = replica_pos(env)?;
+        check(
+            !pos.has_applied(&second) && pos.has_applied(&first),
+            format!("{second} applied at {pos:?} with the SQL thread stopped"),
+        )?;
+        Ok(second)
+    });
+    // Replication back in any case, for the tests after this one.
+    env.topology().replicas[0].sql("START SLAVE SQL_THREAD");
+    let second = stopped?;
+    env.topology().sync_replicas().map_err(fail)?;
+    check(
+        replica_pos(env)?.has_applied(&second),
+        "applied once restarted",
+    )?;
+    tracked(&mut raw, "DROP TABLE app.causal")?;
+    Ok(())
 }
 
 /// Sends the command `payload` and reads its answer to where

@@ -8,6 +8,7 @@
 //! through the checker. A set of [`Pools`] is immutable; a reload builds a
 //! new one from the same backends.
 
+pub mod gtid;
 pub mod health;
 
 use std::collections::{BTreeMap, HashMap};
