@@ -16,6 +16,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::{PasswordHash, Sha1Password};
+use switchyard::pool::gtid::{Gtid, GtidPos};
 use switchyard::protocol::ErrPacket;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
@@ -412,6 +413,30 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
             Duration::from_secs(10),
             || Ok(backend_status(&setup, r1)?["replication"] == "stopped"),
         )?;
+        // Its position, as the monitor reads it, lacks the primary's last
+        // write; the other replica's has it.
+        let written: Gtid = env
+            .topology()
+            .primary
+            .sql("SELECT @@gtid_binlog_pos")
+            .parse()
+            .map_err(fail)?;
+        let applied = |addr| -> Result<Option<bool>, Failed> {
+            let pos = backend_status(&setup, addr)?["gtid_slave_pos"].clone();
+            Ok(match pos.as_str() {
+                Some(p) => Some(p.parse::<GtidPos>().map_err(fail)?.has_applied(&written)),
+                None => None,
+            })
+        };
+        wait_until(
+            "the running replica's position has the write",
+            Duration::from_secs(10),
+            || Ok(applied(r2)? == Some(true)),
+        )?;
+        check(
+            applied(r1)? == Some(false),
+            "the stopped replica's position has the write",
+        )?;
         let ids = login_ids(&proxy, SLAVE_USER, 6)?;
         check(
             ids.iter().all(|&id| id == REPLICA_IDS[1]),
@@ -455,6 +480,24 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
     wait_until("replication runs again", Duration::from_secs(10), || {
         Ok(backend_status(&setup, r1)?["replication"] == "running")
     })?;
+    // Caught up: its position has the primary's writes.
+    let written: Gtid = env
+        .topology()
+        .primary
+        .sql("SELECT @@gtid_binlog_pos")
+        .parse()
+        .map_err(fail)?;
+    wait_until(
+        "the replica's position catches up",
+        Duration::from_secs(10),
+        || {
+            let pos = backend_status(&setup, r1)?["gtid_slave_pos"].clone();
+            Ok(pos
+                .as_str()
+                .and_then(|p| p.parse::<GtidPos>().ok())
+                .is_some_and(|p| p.has_applied(&written)))
+        },
+    )?;
     check(
         sorted_unique(login_ids(&proxy, SLAVE_USER, 4)?) == REPLICA_IDS,
         "both replicas serve again",

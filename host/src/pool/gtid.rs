@@ -75,6 +75,19 @@ impl FromStr for GtidPos {
     }
 }
 
+impl fmt::Display for GtidPos {
+    /// As the server prints it: `0-1-42,1-2-7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, gtid) in self.0.values().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{gtid}")?;
+        }
+        Ok(())
+    }
+}
+
 impl GtidPos {
     /// Whether this position includes `gtid`.
     pub fn has_applied(&self, gtid: &Gtid) -> bool {

@@ -7,8 +7,10 @@
 //! not); with one, a logged-in
 //! session (kept open between checks) that reads `@@global.read_only` and the
 //! replication status (`SHOW ALL SLAVES STATUS` on MariaDB, `SHOW REPLICA
-//! STATUS` or `SHOW SLAVE STATUS` on MySQL). A backend changes state only
-//! after `fall` failed or `rise` good checks in a row.
+//! STATUS` or `SHOW SLAVE STATUS` on MySQL), with a MariaDB replica's
+//! position (`Gtid_Slave_Pos`), which read-your-writes compares with a
+//! session's last write. A backend changes state only after `fall` failed
+//! or `rise` good checks in a row.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::gtid::GtidPos;
 use super::{Backend, Lag, Pools};
 use crate::auth::Sha1Password;
 use crate::backend::{BackendError, MonitorSession};
@@ -78,7 +81,16 @@ impl Monitor {
 #[derive(Debug)]
 struct Finding {
     reachable: Result<(), String>,
-    replication: Option<(Option<bool>, Lag)>,
+    replication: Option<Replication>,
+}
+
+/// What a check read of a backend's replication.
+#[derive(Debug)]
+struct Replication {
+    read_only: Option<bool>,
+    lag: Lag,
+    /// `Gtid_Slave_Pos` (MariaDB replicas).
+    gtid_pos: Option<GtidPos>,
 }
 
 /// State the checker keeps between rounds.
@@ -136,9 +148,13 @@ fn apply(backend: &Backend, finding: Finding, health: &HealthConfig, monitored: 
     let addr = backend.addr;
     match &finding.reachable {
         Ok(()) => {
-            let (read_only, lag) = finding.replication.unwrap_or((None, Lag::Unknown));
+            let (read_only, lag, gtid_pos) = match finding.replication {
+                Some(r) => (r.read_only, r.lag, r.gtid_pos),
+                None => (None, Lag::Unknown, None),
+            };
             let before = (backend.read_only(), backend.lag());
             backend.set_replication(read_only, lag);
+            backend.set_gtid_pos(gtid_pos);
             if monitored && before.0.is_some() && before.0 != read_only {
                 info!(backend = %addr, read_only = ?read_only, "backend's read_only changed");
             }
@@ -146,7 +162,10 @@ fn apply(backend: &Backend, finding: Finding, health: &HealthConfig, monitored: 
                 warn!(backend = %addr, "backend's replication is stopped");
             }
         }
-        Err(_) => backend.set_replication(None, Lag::Unknown),
+        Err(_) => {
+            backend.set_replication(None, Lag::Unknown);
+            backend.set_gtid_pos(None);
+        }
     }
     let reason = finding.reachable.as_ref().err().cloned();
     match backend.record_check(finding.reachable, health) {
@@ -250,8 +269,8 @@ async fn check(
     }
 }
 
-/// Reads `read_only` and the replication lag.
-async fn replication(conn: &mut MonitorConn) -> Result<(Option<bool>, Lag), BackendError> {
+/// Reads `read_only`, the replication lag and position.
+async fn replication(conn: &mut MonitorConn) -> Result<Replication, BackendError> {
     let ro = conn.session.rows("SELECT @@global.read_only").await?;
     let read_only = ro
         .rows
@@ -261,7 +280,13 @@ async fn replication(conn: &mut MonitorConn) -> Result<(Option<bool>, Lag), Back
         .map(|v| v != "0" && !v.eq_ignore_ascii_case("OFF"));
     loop {
         match conn.session.rows(conn.status_query.sql()).await {
-            Ok(t) => return Ok((read_only, lag_of(&t))),
+            Ok(t) => {
+                return Ok(Replication {
+                    read_only,
+                    lag: lag_of(&t),
+                    gtid_pos: gtid_pos_of(&t),
+                });
+            }
             // A syntax error: this server spells it differently.
             Err(BackendError::Refused(e)) if e.code == 1064 => match conn.status_query.fallback() {
                 Some(next) => conn.status_query = next,
@@ -303,6 +328,13 @@ fn lag_of(t: &TextResult) -> Lag {
     Lag::Seconds(worst)
 }
 
+/// The replication position a MariaDB status shows (`Gtid_Slave_Pos`, the
+/// same on every channel's row); `None` where it shows none (not a
+/// replica, MySQL) or one that does not parse.
+fn gtid_pos_of(t: &TextResult) -> Option<GtidPos> {
+    t.get(0, "Gtid_Slave_Pos")?.parse().ok()
+}
+
 /// Runs health-check rounds forever: every `interval_ms`, or at once when
 /// `wake` is notified (after a reload). `current` gives the pools and
 /// settings in force at each round.
@@ -333,6 +365,27 @@ mod tests {
                 .map(|r| r.iter().map(|v| v.map(str::to_owned)).collect())
                 .collect(),
         }
+    }
+
+    #[test]
+    fn gtid_position_from_mariadbs_status() {
+        let t = status(
+            &["Slave_SQL_Running", "Gtid_Slave_Pos"],
+            &[&[Some("Yes"), Some("0-1-42,1-2-7")]],
+        );
+        let pos = gtid_pos_of(&t).unwrap();
+        assert!(pos.has_applied(&"1-2-7".parse().unwrap()));
+        assert!(!pos.has_applied(&"0-1-43".parse().unwrap()));
+        // MySQL's status, no status, or text that is not a position.
+        assert_eq!(
+            gtid_pos_of(&status(&["Slave_SQL_Running"], &[&[Some("Yes")]])),
+            None
+        );
+        assert_eq!(gtid_pos_of(&status(&["Gtid_Slave_Pos"], &[])), None);
+        assert_eq!(
+            gtid_pos_of(&status(&["Gtid_Slave_Pos"], &[&[Some("x")]])),
+            None
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Backend {
     lag: AtomicU64,
     streak: Mutex<Streak>,
     last_error: Mutex<Option<String>>,
+    /// Its replication position as last read (`Gtid_Slave_Pos`).
+    gtid_pos: Mutex<Option<gtid::GtidPos>>,
 }
 
 impl Backend {
@@ -88,6 +90,7 @@ impl Backend {
             lag: AtomicU64::new(LAG_UNKNOWN),
             streak: Mutex::new(Streak::default()),
             last_error: Mutex::new(None),
+            gtid_pos: Mutex::new(None),
         }
     }
 
@@ -130,6 +133,26 @@ impl Backend {
     /// The last failure seen, for status pages.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().map_or(None, |e| e.clone())
+    }
+
+    /// Its replication position as the last check read it (`None`: not
+    /// a replica, no monitor account, or not read yet).
+    pub fn gtid_pos(&self) -> Option<gtid::GtidPos> {
+        self.gtid_pos.lock().map_or(None, |p| p.clone())
+    }
+
+    /// Whether it has applied `gtid`, as far as its last check knows
+    /// (`None`: its position is unknown).
+    pub fn has_applied(&self, gtid: &gtid::Gtid) -> Option<bool> {
+        let pos = self.gtid_pos.lock().ok()?;
+        pos.as_ref().map(|p| p.has_applied(gtid))
+    }
+
+    /// Records the replication position a check read.
+    pub fn set_gtid_pos(&self, pos: Option<gtid::GtidPos>) {
+        if let Ok(mut p) = self.gtid_pos.lock() {
+            *p = pos;
+        }
     }
 
     /// Records what a check read of replication.

@@ -80,6 +80,7 @@ fn status(shared: &Shared) -> Value {
                 "read_only": b.read_only(),
                 "lag_seconds": lag,
                 "replication": replication,
+                "gtid_slave_pos": b.gtid_pos().map(|p| p.to_string()),
                 "last_error": b.last_error(),
             })
         })
