@@ -164,36 +164,7 @@ impl ReplyFramer {
     fn step(&mut self, len: usize, head: &[u8]) -> Result<Step, ProtocolError> {
         let first = head.first().copied();
         match self.state {
-            State::First => match (self.to, first) {
-                (ReplyTo::String, _) => self.finish(),
-                (_, Some(0xff)) => self.finish(),
-                (ReplyTo::Status, Some(0xfe)) if len < 9 => self.eof(head),
-                (ReplyTo::Status, Some(0x00)) => self.ok(head),
-                (ReplyTo::Status, _) => Err(ProtocolError::Malformed("status answer")),
-                (ReplyTo::Prepare, Some(0x00)) => {
-                    let mut r = Reader::new(head);
-                    r.take(5, "prepare ok")?;
-                    let columns = r.u16("prepared columns")?;
-                    let params = r.u16("prepared parameters")?;
-                    self.state = State::Prepared { params, columns };
-                    self.after_definitions()
-                }
-                (ReplyTo::Prepare, _) => Err(ProtocolError::Malformed("prepare answer")),
-                (_, Some(0x00)) => self.ok(head),
-                (_, Some(0xfb)) if self.to == ReplyTo::Results => Ok(Step::WaitsForClient),
-                (_, Some(0xfe)) => Err(ProtocolError::Malformed("result set header")),
-                (_, _) => {
-                    let count = Reader::new(head).lenenc_int("column count")?;
-                    if count == 0 {
-                        return Err(ProtocolError::Malformed("column count"));
-                    }
-                    self.state = State::Columns {
-                        left: count,
-                        cursor: self.to == ReplyTo::Cursor,
-                    };
-                    Ok(Step::More)
-                }
-            },
+            State::First => self.first(len, head),
             State::Columns { left, cursor } => {
                 let left = left - 1;
                 self.state = match (left, self.deprecate_eof) {
@@ -264,6 +235,41 @@ impl ReplyFramer {
                 self.finish()
             }
             State::Done => unreachable!("checked by packet"),
+        }
+    }
+
+    /// The first packet of a result (or of the whole answer).
+    fn first(&mut self, len: usize, head: &[u8]) -> Result<Step, ProtocolError> {
+        let first = head.first().copied();
+        match (self.to, first) {
+            (ReplyTo::String, _) => self.finish(),
+            (_, Some(0xff)) => self.finish(),
+            (ReplyTo::Status, Some(0xfe)) if len < 9 => self.eof(head),
+            (ReplyTo::Status, Some(0x00)) => self.ok(head),
+            (ReplyTo::Status, _) => Err(ProtocolError::Malformed("status answer")),
+            (ReplyTo::Prepare, Some(0x00)) => {
+                let mut r = Reader::new(head);
+                r.take(5, "prepare ok")?;
+                let columns = r.u16("prepared columns")?;
+                let params = r.u16("prepared parameters")?;
+                self.state = State::Prepared { params, columns };
+                self.after_definitions()
+            }
+            (ReplyTo::Prepare, _) => Err(ProtocolError::Malformed("prepare answer")),
+            (_, Some(0x00)) => self.ok(head),
+            (_, Some(0xfb)) if self.to == ReplyTo::Results => Ok(Step::WaitsForClient),
+            (_, Some(0xfe)) => Err(ProtocolError::Malformed("result set header")),
+            (_, _) => {
+                let count = Reader::new(head).lenenc_int("column count")?;
+                if count == 0 {
+                    return Err(ProtocolError::Malformed("column count"));
+                }
+                self.state = State::Columns {
+                    left: count,
+                    cursor: self.to == ReplyTo::Cursor,
+                };
+                Ok(Step::More)
+            }
         }
     }
 
