@@ -395,6 +395,12 @@ fn failed_login_marks_a_backend_until_its_checks_pass(env: &Env) -> TestResult {
     )
 }
 
+/// The primary's last write (one replication domain).
+fn primary_gtid(env: &Env) -> Result<Gtid, Failed> {
+    let pos = env.topology().primary.sql("SELECT @@gtid_binlog_pos");
+    pos.parse().map_err(fail)
+}
+
 fn lagging_replica_is_excluded(env: &Env) -> TestResult {
     let setup = Setup::new(&env.topology());
     let proxy = Proxy::start(&setup.config()).map_err(fail)?;
@@ -415,12 +421,7 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
         )?;
         // Its position, as the monitor reads it, lacks the primary's last
         // write; the other replica's has it.
-        let written: Gtid = env
-            .topology()
-            .primary
-            .sql("SELECT @@gtid_binlog_pos")
-            .parse()
-            .map_err(fail)?;
+        let written = primary_gtid(env)?;
         let applied = |addr| -> Result<Option<bool>, Failed> {
             let pos = backend_status(&setup, addr)?["gtid_slave_pos"].clone();
             Ok(match pos.as_str() {
@@ -481,12 +482,7 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
         Ok(backend_status(&setup, r1)?["replication"] == "running")
     })?;
     // Caught up: its position has the primary's writes.
-    let written: Gtid = env
-        .topology()
-        .primary
-        .sql("SELECT @@gtid_binlog_pos")
-        .parse()
-        .map_err(fail)?;
+    let written = primary_gtid(env)?;
     wait_until(
         "the replica's position catches up",
         Duration::from_secs(10),

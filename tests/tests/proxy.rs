@@ -982,6 +982,20 @@ fn kill_by_greeting_id_and_backend_id(env: &Env) -> TestResult {
     )
 }
 
+/// A raw client logged in to `addr` as `user` with database `app`,
+/// announcing `caps` beyond a plain 4.1 client's.
+fn raw_session(
+    addr: SocketAddr,
+    (user, password): (&str, &str),
+    caps: CapabilityFlags,
+) -> Result<RawClient, Failed> {
+    let mut raw = RawClient::connect(addr)?.with_capabilities(caps);
+    match raw.login(user, password, Some("app"), "mysql_native_password")? {
+        LoginOutcome::Ok(2) => Ok(raw),
+        other => Err(format!("{other:?}").into()),
+    }
+}
+
 /// Sends `sql` and reads its answer: the OK's session state changes, as
 /// `switchyard::protocol::state_changes` decodes them.
 fn tracked(raw: &mut RawClient, sql: &str) -> Result<Vec<StateChange>, Failed> {
@@ -1003,17 +1017,11 @@ fn tracked(raw: &mut RawClient, sql: &str) -> Result<Vec<StateChange>, Failed> {
 /// reads from them a variable's new value, the schema, the transaction
 /// state, and a commit's GTID (`last_gtid`).
 fn session_state_tracking(env: &Env) -> TestResult {
-    let mut raw = RawClient::connect(env.proxy.addr())?
-        .with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
-    match raw.login(
-        MASTER_USER.0,
-        MASTER_USER.1,
-        Some("app"),
-        "mysql_native_password",
-    )? {
-        LoginOutcome::Ok(2) => {}
-        other => return Err(format!("{other:?}").into()),
-    }
+    let mut raw = raw_session(
+        env.proxy.addr(),
+        MASTER_USER,
+        CapabilityFlags::CLIENT_SESSION_TRACK,
+    )?;
     tracked(
         &mut raw,
         "SET SESSION session_track_system_variables = 'last_gtid,time_zone', \
@@ -1092,20 +1100,7 @@ fn first_row(raw: &mut RawClient, sql: &str) -> Result<Vec<Option<String>>, Fail
 /// middle of a split session will need).
 fn session_state_replays_on_another_session(env: &Env) -> TestResult {
     let primary = env.topology().primary.addr();
-    let login = |raw: &mut RawClient| -> TestResult {
-        match raw.login(
-            MASTER_USER.0,
-            MASTER_USER.1,
-            Some("app"),
-            "mysql_native_password",
-        )? {
-            LoginOutcome::Ok(2) => Ok(()),
-            other => Err(format!("{other:?}").into()),
-        }
-    };
-    let mut a =
-        RawClient::connect(primary)?.with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
-    login(&mut a)?;
+    let mut a = raw_session(primary, MASTER_USER, CapabilityFlags::CLIENT_SESSION_TRACK)?;
     tracked(
         &mut a,
         "SET SESSION session_track_system_variables = '*', session_track_schema = ON",
@@ -1128,8 +1123,7 @@ fn session_state_replays_on_another_session(env: &Env) -> TestResult {
                  @@character_set_results, @@collation_connection, @@sql_mode, \
                  @@time_zone, @@wait_timeout, @@lc_time_names, DATABASE()";
     let wanted = first_row(&mut a, probe)?;
-    let mut b = RawClient::connect(primary)?;
-    login(&mut b)?;
+    let mut b = raw_session(primary, MASTER_USER, CapabilityFlags::empty())?;
     check(
         first_row(&mut b, probe)? != wanted,
         "a fresh session already had the state",
@@ -1156,17 +1150,11 @@ fn session_state_replays_on_another_session(env: &Env) -> TestResult {
 /// whether that replica has it: yes once it caught up, no while its SQL
 /// thread is stopped.
 fn a_writes_gtid_is_applied_where_replicas_say(env: &Env) -> TestResult {
-    let mut raw = RawClient::connect(env.proxy.addr())?
-        .with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
-    match raw.login(
-        MASTER_USER.0,
-        MASTER_USER.1,
-        Some("app"),
-        "mysql_native_password",
-    )? {
-        LoginOutcome::Ok(2) => {}
-        other => return Err(format!("{other:?}").into()),
-    }
+    let mut raw = raw_session(
+        env.proxy.addr(),
+        MASTER_USER,
+        CapabilityFlags::CLIENT_SESSION_TRACK,
+    )?;
     tracked(
         &mut raw,
         "SET SESSION session_track_system_variables = 'last_gtid'",
@@ -1275,16 +1263,7 @@ fn answers_end_where_the_framer_says(env: &Env) -> TestResult {
             | CapabilityFlags::CLIENT_PS_MULTI_RESULTS
             | CapabilityFlags::CLIENT_LOCAL_FILES;
         caps.set(CapabilityFlags::CLIENT_DEPRECATE_EOF, deprecate_eof);
-        let mut raw = RawClient::connect(primary)?.with_capabilities(caps);
-        match raw.login(
-            MASTER_USER.0,
-            MASTER_USER.1,
-            Some("app"),
-            "mysql_native_password",
-        )? {
-            LoginOutcome::Ok(2) => {}
-            other => return Err(format!("{other:?}").into()),
-        }
+        let mut raw = raw_session(primary, MASTER_USER, caps)?;
         let mut status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         let mut run = |raw: &mut RawClient, payload: &[u8]| {
             let (packets, now) = framed(raw, payload, deprecate_eof, status)?;
@@ -1362,11 +1341,7 @@ fn process_kill(
     (user, password): (&str, &str),
     id: u32,
 ) -> Result<Result<(), u16>, Failed> {
-    let mut raw = RawClient::connect(env.proxy.addr())?;
-    match raw.login(user, password, None, "mysql_native_password")? {
-        LoginOutcome::Ok(2) => {}
-        other => return Err(format!("{other:?}").into()),
-    }
+    let mut raw = raw_session(env.proxy.addr(), (user, password), CapabilityFlags::empty())?;
     let mut payload = vec![0x0c];
     payload.extend_from_slice(&id.to_le_bytes());
     raw.write_raw(&RawClient::command_packet(&payload))?;

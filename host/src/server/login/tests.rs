@@ -9,6 +9,19 @@ use crate::server::testing::{client, shared};
 
 const NONCE: [u8; auth::NONCE_LEN] = *b"abcdefghij0123456789";
 
+/// A first login's attempt (packet #1 answered at #2) of `user` with
+/// `password`, as a mysql_native_password client makes it.
+fn attempt<'a>(user: &'a str, password: &str) -> Attempt<'a> {
+    Attempt {
+        user,
+        client_plugin: None,
+        data: Sha1Password::of_password(password.as_bytes()).scramble(&NONCE),
+        can_switch: false,
+        nonce: &NONCE,
+        seq: 2,
+    }
+}
+
 /// `admit` for `user` with `password` from `peer`.
 async fn admit_as(
     shared: &Shared,
@@ -23,15 +36,7 @@ async fn admit_as(
         peer: peer.parse().unwrap(),
         policy: None,
     };
-    let attempt = Attempt {
-        user,
-        client_plugin: None,
-        data: Sha1Password::of_password(password.as_bytes()).scramble(&NONCE),
-        can_switch: false,
-        nonce: &NONCE,
-        seq: 2,
-    };
-    admit(&mut stream, &gate, attempt, None).await
+    admit(&mut stream, &gate, attempt(user, password), None).await
 }
 
 fn code(result: Result<Admitted, LoginError>) -> (u16, u8) {
@@ -96,7 +101,7 @@ mod fake {
     use std::time::Duration;
 
     use super::super::*;
-    use super::{NONCE, client};
+    use super::client;
     use crate::auth::PasswordHash;
     use crate::auth::caching_sha2::{Cache, RsaKey};
     use crate::config::{AuthPlugin, Config};
@@ -215,15 +220,7 @@ mod fake {
             .unwrap();
         runtime.block_on(async {
             let (mut stream, _client) = client().await;
-            let attempt = Attempt {
-                user,
-                client_plugin: None,
-                data: Sha1Password::of_password(password.as_bytes()).scramble(&NONCE),
-                can_switch: false,
-                nonce: &NONCE,
-                seq: 2,
-            };
-            admit(&mut stream, fake, attempt, db).await
+            admit(&mut stream, fake, super::attempt(user, password), db).await
         })
     }
 
