@@ -304,7 +304,7 @@ async fn move_to_pool(
         &pool,
         &request_login,
         seq,
-        (state, &shared.metrics),
+        (state.config.connect_timeout(), &shared.metrics),
         deadline,
     )
     .await?;

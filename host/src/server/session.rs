@@ -328,8 +328,14 @@ async fn login(
         offered_mariadb: profile.mariadb_capabilities,
     };
     let metrics = &shared.metrics;
-    let opened =
-        login::open_backend(&pool, &request, auth.next_seq, (state, metrics), deadline).await;
+    let opened = login::open_backend(
+        &pool,
+        &request,
+        auth.next_seq,
+        (state.config.connect_timeout(), metrics),
+        deadline,
+    )
+    .await;
     let (lease, mut backend) = or_answer!(client, opened);
     span.record("backend", field::display(lease.backend().addr));
     // The backend accepted the login: only now are the address's failures

@@ -2,6 +2,7 @@
 //! new one opened, by the pool's balancing order.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{info, warn};
@@ -10,7 +11,7 @@ use super::LoginError;
 use crate::backend::{self, BackendError, BackendSession, LoginRequest};
 use crate::metrics::Outcome;
 use crate::pool::{BackendLease, Pool};
-use crate::server::{State, codes, reuse};
+use crate::server::{codes, reuse};
 
 /// A kept backend session of `addr` logged in to for `request`, if the
 /// pool keeps them and one fits: `Some(Ok)` to use, `Some(Err)` the
@@ -57,13 +58,14 @@ async fn take_kept(
     None
 }
 
-/// Phase 4: a backend of the pool, by the pool's balancing order; a backend
-/// that cannot be reached is skipped for the next one.
+/// Phase 4: a backend of the pool, by the pool's balancing order, each
+/// attempt within `connect_timeout`; a backend that cannot be reached is
+/// skipped for the next one.
 pub(in crate::server) async fn open_backend(
     pool: &Pool,
     request: &LoginRequest<'_>,
     seq: u8,
-    (state, metrics): (&State, &crate::metrics::Metrics),
+    (connect_timeout, metrics): (Duration, &crate::metrics::Metrics),
     deadline: Deadline,
 ) -> Result<(BackendLease, BackendSession), LoginError> {
     let mut tried = 0;
@@ -78,7 +80,7 @@ pub(in crate::server) async fn open_backend(
         };
         tried += 1;
         let backend = &candidate.backend;
-        let attempt_deadline = deadline.min(now + state.config.connect_timeout());
+        let attempt_deadline = deadline.min(now + connect_timeout);
         let result = match take_kept(pool, backend.addr, request, metrics, attempt_deadline).await {
             Some(kept) => kept,
             None => timeout_at(
