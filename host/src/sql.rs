@@ -78,7 +78,7 @@ pub fn statements(text: &[u8]) -> Option<Vec<Range<usize>>> {
 
 /// The index after the quoted token opening at `open`; `None` if it never
 /// closes or holds a backslash.
-fn after_quoted(text: &[u8], open: usize) -> Option<usize> {
+pub(crate) fn after_quoted(text: &[u8], open: usize) -> Option<usize> {
     let quote = text[open];
     let mut i = open + 1;
     loop {

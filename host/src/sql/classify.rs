@@ -12,6 +12,8 @@
 //! user variables, `GET_LOCK`, `LOCK TABLES`, SQL-level `PREPARE`,
 //! `SQL_CALC_FOUND_ROWS`, `HANDLER`); and transaction control.
 
+use super::after_quoted;
+#[cfg(doc)]
 use super::statements;
 
 /// Where a statement may run.
@@ -94,24 +96,28 @@ impl Class {
 /// Several statements are a write; so is a text that cannot be cut for
 /// certain (see [`statements`]).
 pub fn classify(text: &[u8]) -> Class {
-    let Some(cut) = statements(text) else {
+    // One pass: the tokens of the whole text, cut at its top-level `;`. A
+    // token takes two bytes or more, most of the time: one allocation.
+    let mut toks: Vec<Token<'_>> = Vec::with_capacity(text.len() / 2 + 1);
+    toks.extend(tokens(text));
+    if toks.last() == Some(&Token::Uncertain) {
+        return Class::of(Kind::Write);
+    }
+    let mut cut = toks
+        .split(|t| *t == Token::Punct(b';'))
+        .filter(|s| !s.is_empty());
+    let Some(first) = cut.next() else {
         return Class::of(Kind::Write);
     };
-    match cut.as_slice() {
-        [] => Class::of(Kind::Write),
-        [one] => statement(&text[one.clone()]),
-        [first, rest @ ..] => {
-            let mut class = statement(&text[first.clone()]);
-            class.kind = Kind::Write;
-            class.multi = true;
-            for r in rest {
-                let next = statement(&text[r.clone()]);
-                class.pin = class.pin.or(next.pin);
-                class.transaction = next.transaction.or(class.transaction);
-            }
-            class
-        }
+    let mut class = statement(first);
+    for next in cut {
+        let next = statement(next);
+        class.kind = Kind::Write;
+        class.multi = true;
+        class.pin = class.pin.or(next.pin);
+        class.transaction = next.transaction.or(class.transaction);
     }
+    class
 }
 
 /// A token of a statement.
@@ -131,10 +137,14 @@ enum Token<'a> {
     SysVar,
     /// Any other byte.
     Punct(u8),
+    /// What cannot be cut for certain (see [`statements`]): an open quote
+    /// or comment, an executable comment, a backslash in a string. The
+    /// last token.
+    Uncertain,
 }
 
-/// The tokens of one statement (whose quotes are all closed and which has
-/// no executable comments: [`statements`] checked).
+/// The tokens of a COM_QUERY's text; [`Token::Uncertain`] ends them where
+/// [`statements`] would refuse the text.
 fn tokens(s: &[u8]) -> impl Iterator<Item = Token<'_>> {
     let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     let mut i = 0;
@@ -146,15 +156,11 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = Token<'_>> {
             match b {
                 b if b.is_ascii_whitespace() => {}
                 b'\'' | b'"' | b'`' => {
-                    while let Some(&c) = s.get(i) {
-                        i += 1;
-                        if c == b && s.get(i) != Some(&b) {
-                            break;
-                        }
-                        if c == b {
-                            i += 1;
-                        }
-                    }
+                    let Some(end) = after_quoted(s, start) else {
+                        i = s.len();
+                        return Some(Token::Uncertain);
+                    };
+                    i = end;
                     return Some(if b == b'`' {
                         Token::Quoted
                     } else {
@@ -177,10 +183,17 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = Token<'_>> {
                         .map_or(s.len(), |n| i + n);
                 }
                 b'/' if s.get(i) == Some(&b'*') => {
-                    i = s[i + 1..]
-                        .windows(2)
-                        .position(|w| w == b"*/")
-                        .map_or(s.len(), |n| i + 1 + n + 2);
+                    let body = &s[i + 1..];
+                    let close = body.windows(2).position(|w| w == b"*/");
+                    match close {
+                        Some(n) if body.first() != Some(&b'!') && !body.starts_with(b"M!") => {
+                            i += 1 + n + 2;
+                        }
+                        _ => {
+                            i = s.len();
+                            return Some(Token::Uncertain);
+                        }
+                    }
                 }
                 b'@' if s.get(i) == Some(&b'@') => {
                     i += 1;
@@ -190,14 +203,11 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = Token<'_>> {
                     match s.get(i) {
                         Some(b'\'' | b'"' | b'`') => {
                             // `@'name'`.
-                            let quote = s[i];
-                            i += 1;
-                            while let Some(&c) = s.get(i) {
-                                i += 1;
-                                if c == quote {
-                                    break;
-                                }
-                            }
+                            let Some(end) = after_quoted(s, i) else {
+                                i = s.len();
+                                return Some(Token::Uncertain);
+                            };
+                            i = end;
                         }
                         _ => {
                             while s.get(i).is_some_and(|&c| word_byte(c) || c == b'.') {
@@ -241,17 +251,15 @@ fn is(token: Option<&Token<'_>>, kw: &str) -> bool {
     matches!(token, Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()))
 }
 
-fn statement(s: &[u8]) -> Class {
-    // A token takes two bytes or more, most of the time: one allocation.
-    let mut toks: Vec<Token<'_>> = Vec::with_capacity(s.len() / 2 + 1);
-    toks.extend(tokens(s));
+/// One statement's class, from its tokens.
+fn statement(toks: &[Token<'_>]) -> Class {
     let first = toks.first();
     let mut class = match first {
-        Some(Token::Word(w)) => by_keyword(w, &toks),
+        Some(Token::Word(w)) => by_keyword(w, toks),
         Some(Token::Punct(b'(')) => Class::of(Kind::Read),
         _ => Class::of(Kind::Write),
     };
-    scan_words(&toks, &mut class);
+    scan_words(toks, &mut class);
     class
 }
 
