@@ -1,5 +1,5 @@
-//! The built-in statement classification (`sql::classify`, on
-//! `sql::statements`' cut): any bytes as a COM_QUERY's text. Several
+//! The built-in statement classification (`sql::classify`, its tokenizer
+//! and statement cut): any bytes as a COM_QUERY's text. Several
 //! statements are always the writer's, and a trailing blank and `;` change
 //! nothing.
 #![no_main]
