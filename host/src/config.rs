@@ -463,8 +463,23 @@ pub enum WhenAllDown {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Backends: `"ip:port"`, or `{ addr = "ip:port", weight = 1,
-    /// max_connections = 0 }`. At least one.
+    /// max_connections = 0 }`. At least one, unless the pool splits.
+    #[serde(default = "no_backends")]
     pub backends: Spanned<Vec<BackendConfig>>,
+    /// A split pool: the pool its sessions send writes (and everything not
+    /// known to be a harmless read) to. With `reader`, in place of
+    /// `backends`.
+    #[serde(default)]
+    pub writer: Option<Spanned<String>>,
+    /// A split pool: the pool its sessions send reads outside transactions
+    /// to. With `writer`.
+    #[serde(default)]
+    pub reader: Option<Spanned<String>>,
+    /// A split pool: a read that follows the session's own write goes to a
+    /// reader only once that reader has applied the write (by GTID), else
+    /// to the writer. Default true.
+    #[serde(default = "default_true")]
+    pub causal_reads: bool,
     /// Balancing method. Default `least-connections`.
     #[serde(default)]
     pub balance: Balance,
@@ -504,6 +519,20 @@ pub struct PoolConfig {
     /// Reloads.
     #[serde(default = "default_idle_session_ms")]
     pub idle_session_ms: u64,
+}
+
+fn no_backends() -> Spanned<Vec<BackendConfig>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+impl PoolConfig {
+    /// The writer and reader pools' names, if this pool splits.
+    pub fn split(&self) -> Option<(&str, &str)> {
+        Some((
+            self.writer.as_ref()?.get_ref(),
+            self.reader.as_ref()?.get_ref(),
+        ))
+    }
 }
 
 fn default_idle_session_ms() -> u64 {
@@ -924,6 +953,9 @@ impl Config {
         name: &str,
         pool: &PoolConfig,
     ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        if pool.writer.is_some() || pool.reader.is_some() {
+            return self.validate_split_pool(name, pool);
+        }
         let span = Some(pool.backends.span());
         if pool.backends.get_ref().is_empty() {
             return Err((span, format!("pool '{name}' has no backends")));
@@ -958,6 +990,53 @@ impl Config {
         Ok(())
     }
 
+    /// A split pool: a writer and a reader that are pools with backends,
+    /// and nothing of its own to balance.
+    fn validate_split_pool(
+        &self,
+        name: &str,
+        pool: &PoolConfig,
+    ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let (Some(writer), Some(reader)) = (&pool.writer, &pool.reader) else {
+            let span = pool
+                .writer
+                .as_ref()
+                .or(pool.reader.as_ref())
+                .map(|s| s.span());
+            return Err((
+                span,
+                format!("split pool '{name}' needs both `writer` and `reader`"),
+            ));
+        };
+        if !pool.backends.get_ref().is_empty() {
+            return Err((
+                Some(pool.backends.span()),
+                format!("split pool '{name}' takes `writer` and `reader`, not `backends`"),
+            ));
+        }
+        for side in [writer, reader] {
+            match self.pools.get(side.get_ref()) {
+                None => {
+                    return Err((
+                        Some(side.span()),
+                        format!("split pool '{name}': no pool '{}'", side.get_ref()),
+                    ));
+                }
+                Some(p) if p.split().is_some() || p.writer.is_some() || p.reader.is_some() => {
+                    return Err((
+                        Some(side.span()),
+                        format!(
+                            "split pool '{name}': '{}' is a split pool itself",
+                            side.get_ref()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// `users.source = "backend"`: a pool to read the users from, and an
     /// account to read them with.
     fn validate_backend_users(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
@@ -969,7 +1048,13 @@ impl Config {
                     .map(|(n, _)| n.as_str())
             });
             match pool {
-                Some(p) if self.pools.contains_key(p) => {}
+                Some(p) if self.pools.get(p).is_some_and(|p| p.split().is_none()) => {}
+                Some(p) if self.pools.contains_key(p) => {
+                    return Err((
+                        t.pool.as_ref().map(|s| s.span()),
+                        format!("users.pool '{p}' is a split pool: name its writer"),
+                    ));
+                }
                 Some(p) => {
                     return Err((
                         t.pool.as_ref().map(|s| s.span()),
@@ -1220,6 +1305,33 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("sy.toml"))
+    }
+
+    #[test]
+    fn a_split_pool_names_two_pools_with_backends() {
+        let split = format!("{EXAMPLE}[pools.app]\nwriter = \"master\"\nreader = \"replicas\"\n");
+        let c = parse(&split).unwrap();
+        assert_eq!(c.pools["app"].split(), Some(("master", "replicas")));
+        assert!(c.pools["app"].causal_reads);
+        assert_eq!(c.pools["master"].split(), None);
+        for (extra, says) in [
+            ("[pools.app]\nwriter = \"master\"\n", "needs both"),
+            (
+                "[pools.app]\nwriter = \"master\"\nreader = \"nope\"\n",
+                "no pool 'nope'",
+            ),
+            (
+                "[pools.app]\nwriter = \"master\"\nreader = \"replicas\"\nbackends = [\"127.0.0.1:1\"]\n",
+                "not `backends`",
+            ),
+            (
+                "[pools.app]\nwriter = \"master\"\nreader = \"replicas\"\n[pools.b]\nwriter = \"app\"\nreader = \"replicas\"\n",
+                "split pool itself",
+            ),
+        ] {
+            let err = parse(&format!("{EXAMPLE}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -220,6 +220,130 @@ pub struct Metrics {
     pub kills_translated: AtomicU64,
     /// See `kills_translated`.
     pub kills_unknown: AtomicU64,
+    /// Statement-level routing (split pools).
+    pub split: SplitMetrics,
+}
+
+/// What split pools' sessions did.
+#[derive(Debug, Default)]
+pub struct SplitMetrics {
+    /// Statements by where they went: writer, reader, every backend
+    /// session.
+    routed: [AtomicU64; 3],
+    /// Sessions pinned to the writer, by [`Pin`](crate::sql::Pin).
+    pinned: [AtomicU64; crate::sql::Pin::ALL.len()],
+    /// Reads after the session's own write, by what became of them: a
+    /// reader had applied it, sent to the writer, a reader caught up within
+    /// the wait.
+    causal: [AtomicU64; 3],
+    /// Backend sessions split pools' client sessions hold now.
+    pub backend_sessions: AtomicI64,
+}
+
+/// Where a split session's statement went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// The writer.
+    Writer = 0,
+    /// A reader.
+    Reader = 1,
+    /// Every backend session.
+    All = 2,
+}
+
+/// What became of a read that followed the session's own write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causal {
+    /// The reader had applied the write.
+    Reader = 0,
+    /// No reader had: the writer answered.
+    Writer = 1,
+    /// The reader caught up within `causal_wait_ms`.
+    Waited = 2,
+}
+
+impl SplitMetrics {
+    /// Counts a statement.
+    pub fn routed(&self, to: Routed) {
+        self.routed[to as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Statements routed to `to` so far.
+    pub fn routed_count(&self, to: Routed) -> u64 {
+        self.routed[to as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a session pinned for `why`.
+    pub fn pinned(&self, why: crate::sql::Pin) {
+        if let Some(i) = crate::sql::Pin::ALL.iter().position(|p| *p == why) {
+            self.pinned[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a read after a write.
+    pub fn causal(&self, what: Causal) {
+        self.causal[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads after writes so far that ended as `what`.
+    pub fn causal_count(&self, what: Causal) -> u64 {
+        self.causal[what as usize].load(Ordering::Relaxed)
+    }
+
+    /// The figures, as the admin status shows them.
+    pub fn status(&self) -> serde_json::Value {
+        let routed = |r: Routed| self.routed_count(r);
+        let causal = |c: Causal| self.causal_count(c);
+        let pinned: serde_json::Map<String, serde_json::Value> = crate::sql::Pin::ALL
+            .iter()
+            .zip(&self.pinned)
+            .map(|(p, n)| (p.label().to_owned(), n.load(Ordering::Relaxed).into()))
+            .collect();
+        serde_json::json!({
+            "routed": {
+                "writer": routed(Routed::Writer),
+                "reader": routed(Routed::Reader),
+                "all": routed(Routed::All),
+            },
+            "pinned": pinned,
+            "causal_reads": {
+                "reader": causal(Causal::Reader),
+                "writer": causal(Causal::Writer),
+                "waited": causal(Causal::Waited),
+            },
+            "backend_sessions": self.backend_sessions.load(Ordering::Relaxed),
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        labeled(
+            out,
+            "switchyard_statements_routed_total",
+            "Statements of split pools' sessions, by where they went.",
+            "target",
+            &by_label(["writer", "reader", "all"], &self.routed),
+        );
+        labeled(
+            out,
+            "switchyard_sessions_pinned_total",
+            "Split pools' sessions pinned to the writer, by reason.",
+            "reason",
+            &by_label(crate::sql::Pin::ALL.map(|p| p.label()), &self.pinned),
+        );
+        labeled(
+            out,
+            "switchyard_causal_reads_total",
+            "Reads that followed the session's own write, by what answered them.",
+            "result",
+            &by_label(["reader", "writer", "waited"], &self.causal),
+        );
+        gauge(
+            out,
+            "switchyard_split_backend_sessions",
+            "Backend sessions that split pools' client sessions hold.",
+            self.backend_sessions.load(Ordering::Relaxed),
+        );
+    }
 }
 
 /// How a COM_CHANGE_USER ended.
@@ -303,6 +427,7 @@ impl Metrics {
         self.render_kept_backend_sessions(out);
         self.render_operations(out);
         self.render_commands(out);
+        self.split.render(out);
         counter(
             out,
             "switchyard_log_lines_suppressed_total",
@@ -601,6 +726,10 @@ mod tests {
                 "switchyard_change_user_total counter",
                 "switchyard_caching_sha2_exchanges_total counter",
                 "switchyard_kills_total counter",
+                "switchyard_statements_routed_total counter",
+                "switchyard_sessions_pinned_total counter",
+                "switchyard_causal_reads_total counter",
+                "switchyard_split_backend_sessions gauge",
                 "switchyard_log_lines_suppressed_total counter",
             ]
         );

@@ -229,6 +229,14 @@ impl BackendLease {
         })
     }
 
+    /// Claims `backend` whatever its limits (a session's short errand).
+    pub fn claim(backend: &Arc<Backend>) -> Self {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            backend: Arc::clone(backend),
+        }
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
@@ -296,6 +304,20 @@ pub struct Pool {
     pub idle_sessions: u32,
     /// How long a kept backend session may wait for a login.
     pub idle_session_max: std::time::Duration,
+    /// For a split pool (no members of its own): the pools it sends writes
+    /// and reads to.
+    pub split: Option<Split>,
+}
+
+/// What a split pool names: its sessions route statement by statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The pool of the writer.
+    pub writer: String,
+    /// The pool of the readers.
+    pub reader: String,
+    /// Reads after the session's own writes wait for readers to apply them.
+    pub causal_reads: bool,
 }
 
 /// Live figures of one pool.
@@ -329,6 +351,11 @@ impl Pool {
             tls: None,
             idle_sessions: config.idle_sessions,
             idle_session_max: std::time::Duration::from_millis(config.idle_session_ms),
+            split: config.split().map(|(writer, reader)| Split {
+                writer: writer.to_owned(),
+                reader: reader.to_owned(),
+                causal_reads: config.causal_reads,
+            }),
         }
     }
 
@@ -598,7 +625,31 @@ impl Pools {
 
     /// Live figures of every pool.
     pub fn status(&self) -> Vec<PoolStatus> {
-        self.pools.values().map(|p| p.status()).collect()
+        self.pools.values().map(|p| self.status_of(p)).collect()
+    }
+
+    /// Live figures of `pool`; a split pool's are those of its writer and
+    /// reader pools together.
+    pub fn status_of(&self, pool: &Pool) -> PoolStatus {
+        let Some(split) = &pool.split else {
+            return pool.status();
+        };
+        let mut status = PoolStatus {
+            name: pool.name.clone(),
+            healthy_backends: 0,
+            total_backends: 0,
+            active_sessions: 0,
+            max_lag_ms: None,
+        };
+        for side in [&split.writer, &split.reader] {
+            let Some(p) = self.get(side) else { continue };
+            let s = p.status();
+            status.healthy_backends += s.healthy_backends;
+            status.total_backends += s.total_backends;
+            status.active_sessions += s.active_sessions;
+            status.max_lag_ms = status.max_lag_ms.max(s.max_lag_ms);
+        }
+        status
     }
 }
 

@@ -108,6 +108,8 @@ pub struct ReplyFramer {
     status: StatusFlags,
     /// The last packet was a full chunk: the next one continues it.
     continues: bool,
+    /// The last packet was an OK packet (which may report session state).
+    last_ok: bool,
 }
 
 impl ReplyFramer {
@@ -127,7 +129,15 @@ impl ReplyFramer {
             state,
             status,
             continues: false,
+            last_ok: false,
         }
+    }
+
+    /// Whether the last packet taken was an OK packet (with 0x00 or, as
+    /// the end of rows under CLIENT_DEPRECATE_EOF, 0xFE): the ones that
+    /// report session state.
+    pub fn was_ok(&self) -> bool {
+        self.last_ok
     }
 
     /// Whether the answer is complete.
@@ -146,6 +156,7 @@ impl ReplyFramer {
         }
         let continued = self.continues;
         self.continues = len == MAX_PAYLOAD_CHUNK;
+        self.last_ok = false;
         if continued {
             // The rest of a row or definition already counted.
             return Ok(Step::More);
@@ -185,6 +196,7 @@ impl ReplyFramer {
                     return self.step(len, head);
                 }
                 self.status = ok_status(head)?;
+                self.last_ok = true;
                 self.after_columns(cursor)
             }
             State::ColumnsEof { cursor } => {
@@ -196,10 +208,12 @@ impl ReplyFramer {
             }
             State::Rows => match first {
                 Some(0xff) => self.finish(),
-                Some(0xfe) if len < 9 => self.end_of_rows(head, false),
+                // With DEPRECATE_EOF the end is an OK (headed 0xFE), short
+                // or not: its status sits after two length-encoded ints.
                 Some(0xfe) if self.deprecate_eof && len < MAX_PAYLOAD_CHUNK => {
                     self.end_of_rows(head, true)
                 }
+                Some(0xfe) if len < 9 => self.end_of_rows(head, false),
                 _ => Ok(Step::More),
             },
             State::Prepared { params, columns } => {
@@ -288,6 +302,7 @@ impl ReplyFramer {
     /// An OK: the answer ends unless more results follow.
     fn ok(&mut self, head: &[u8]) -> Result<Step, ProtocolError> {
         self.status = ok_status(head)?;
+        self.last_ok = true;
         self.next_result()
     }
 
@@ -299,6 +314,7 @@ impl ReplyFramer {
 
     /// The EOF (or, with DEPRECATE_EOF, the OK) after rows.
     fn end_of_rows(&mut self, head: &[u8], ok: bool) -> Result<Step, ProtocolError> {
+        self.last_ok = ok;
         self.status = if ok {
             ok_status(head)?
         } else {

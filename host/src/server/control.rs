@@ -89,7 +89,7 @@ fn status(shared: &Shared) -> Value {
         .pools
         .iter()
         .map(|p| {
-            let s = p.status();
+            let s = state.pools.status_of(p);
             let cfg = &state.config.pools[&p.name];
             json!({
                 "name": p.name,
@@ -97,6 +97,8 @@ fn status(shared: &Shared) -> Value {
                 "balance": cfg.balance,
                 "role": cfg.role,
                 "max_lag": cfg.max_lag,
+                "writer": cfg.writer.as_ref().map(|w| w.get_ref()),
+                "reader": cfg.reader.as_ref().map(|r| r.get_ref()),
                 "when_all_down": cfg.when_all_down,
                 "healthy_backends": s.healthy_backends,
                 "total_backends": s.total_backends,
@@ -133,6 +135,7 @@ fn status(shared: &Shared) -> Value {
         "accounts_loaded_from_primary": shared.loaded_users.len(),
         "throttled_addresses": shared.throttle.blocked(std::time::Instant::now()),
         "logins": logins,
+        "statements": shared.metrics.split.status(),
     })
 }
 
@@ -233,7 +236,7 @@ fn render_pools(out: &mut String, pools: &Pools) {
             out,
             "switchyard_pool_healthy_backends{{pool=\"{}\"}} {}",
             label(&p.name),
-            p.status().healthy_backends
+            pools.status_of(p).healthy_backends
         );
     }
 }

@@ -179,6 +179,24 @@ pub fn translate(payload: &[u8], backend: SocketAddr, registry: &Registry) -> Op
     }
 }
 
+/// Where the session a lone KILL (a COM_QUERY of one KILL statement, or
+/// COM_PROCESS_KILL) names by greeting id runs now; `None` for any other
+/// command, an id that is no greeting id, or a session still logging in.
+/// A session with several backend sessions (a split pool's) runs where its
+/// last statement ran: there the KILL must go.
+pub fn place_named(payload: &[u8], registry: &Registry) -> Option<Place> {
+    let id = match *payload.first()? {
+        COM_QUERY => {
+            let text = &payload[1..];
+            let [statement] = sql::statements(text)?.try_into().ok()?;
+            parse(&text[statement])?.1
+        }
+        COM_PROCESS_KILL => u32::from_le_bytes(payload.get(1..5)?.try_into().ok()?).into(),
+        _ => return None,
+    };
+    registry.lookup(u32::try_from(id).ok()?)?
+}
+
 /// Where the session greeted with `id` is, as seen from `backend`: its
 /// thread there, `Err` if it is elsewhere or logging in; `None` if `id` is
 /// no greeting id held now (then it is a backend thread id).
@@ -276,6 +294,31 @@ mod tests {
             assert_eq!(t.found, !sql.starts_with("SIGNAL"), "{sql}");
             sql
         })
+    }
+
+    #[test]
+    fn a_lone_kill_names_where_its_session_runs() {
+        let registry = Arc::new(Registry::default());
+        let held = registry.reserve();
+        let place = Place {
+            backend: addr(3307),
+            thread: 41,
+        };
+        held.moved(place);
+        let id = held.id();
+        assert_eq!(
+            place_named(&query(&format!("KILL QUERY {id}")), &registry),
+            Some(place)
+        );
+        let mut process_kill = vec![COM_PROCESS_KILL];
+        process_kill.extend_from_slice(&id.to_le_bytes());
+        assert_eq!(place_named(&process_kill, &registry), Some(place));
+        assert_eq!(
+            place_named(&query(&format!("KILL {id}; SELECT 1")), &registry),
+            None
+        );
+        assert_eq!(place_named(&query("KILL 5"), &registry), None);
+        assert_eq!(place_named(&query("SELECT 1"), &registry), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod relay;
 mod reuse;
 mod session;
 mod splice;
+mod split;
 pub mod state;
 #[cfg(test)]
 mod testing;

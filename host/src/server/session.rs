@@ -15,12 +15,12 @@ use tracing::{Instrument, field, info, info_span, warn};
 use super::limits::UserClaim;
 use super::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
 use super::profile::ServerProfile;
-use super::{Shared, State, change_user, kill, relay, reuse};
+use super::{Shared, State, change_user, kill, relay, reuse, split};
 use crate::auth::{self, Sha1Password};
-use crate::backend::{BackendSession, LoginRequest};
+use crate::backend::LoginRequest;
 use crate::conn::PacketStream;
 use crate::metrics::Outcome;
-use crate::pool::{BackendLease, Pool};
+use crate::pool::Pool;
 use crate::protocol::{
     CapabilityFlags, Greeting, HandshakeResponse, NATIVE_PASSWORD_PLUGIN, SSL_REQUEST_LEN,
 };
@@ -29,73 +29,80 @@ use crate::protocol::{
 const MAX_CLIENT_LOGIN_PACKET: usize = 16 * 1024;
 
 /// A logged-in client session, to its close: its greeting id (for KILL),
-/// its streams bound to its backend session with their claims (the part
-/// the relay and COM_CHANGE_USER pass back and forth), what
-/// COM_CHANGE_USER needs, its timeouts and what it relayed. Nothing of
-/// the login is kept, not even the state it logged in with (a reload
+/// how it relays (bound to one backend session, or statement by statement
+/// for a split pool), its timeouts and what it relayed. Nothing of the
+/// login is kept (but a split pool's credential, which its later backend
+/// sessions log in with), not even the state it logged in with (a reload
 /// frees what it replaced).
 struct Session {
     registration: kill::Registration,
-    bound: Bound,
-    ctx: SessionCtx,
+    mode: Mode,
     timeouts: relay::Timeouts,
     /// Bytes relayed from and to the client.
     relayed: (u64, u64),
 }
 
-impl Session {
-    /// The session of `client`, logged in on `backend`.
-    fn new(
-        client: PacketStream,
-        (backend, lease, user): (BackendSession, BackendLease, UserClaim),
-        (registration, ctx, timeouts): (kill::Registration, SessionCtx, relay::Timeouts),
-    ) -> Self {
-        Self {
-            registration,
-            bound: Bound::new((client, backend.stream), lease, user),
-            ctx,
-            timeouts,
-            relayed: (0, 0),
-        }
-    }
+/// How a session relays.
+// One per session, in its task either way: boxing the larger variant would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Mode {
+    /// Its streams bound to its backend session with their claims (the
+    /// part the relay and COM_CHANGE_USER pass back and forth), and what
+    /// COM_CHANGE_USER needs.
+    Bound { bound: Bound, ctx: SessionCtx },
+    /// A split pool's: statement by statement, over backend sessions of
+    /// its own; the user's claim held to the end.
+    Split {
+        split: Box<split::SplitSession>,
+        _user: UserClaim,
+    },
+}
 
+impl Session {
     /// Relays, and handles each COM_CHANGE_USER, until the session ends;
     /// why it ended.
     async fn run(
-        mut self,
+        self,
         shared: &Arc<Shared>,
         peer: SocketAddr,
         policy: Option<&str>,
     ) -> (relay::End, (u64, u64)) {
+        let Self {
+            registration,
+            mode,
+            timeouts,
+            mut relayed,
+        } = self;
+        let (mut bound, mut ctx) = match mode {
+            Mode::Bound { bound, ctx } => (bound, ctx),
+            Mode::Split { mut split, _user } => {
+                let cx = split::Cx {
+                    shared,
+                    registration: &registration,
+                    timeouts,
+                };
+                let end = split.run(&cx).await;
+                return (end, split.relayed);
+            }
+        };
         loop {
-            self.registration.moved(kill::Place {
-                backend: self.bound.lease.backend().addr,
-                thread: self.ctx.backend_thread,
+            registration.moved(kill::Place {
+                backend: bound.lease.backend().addr,
+                thread: ctx.backend_thread,
             });
-            let changing = match relay_once(
-                self.bound,
-                &self.ctx,
-                self.timeouts,
-                shared,
-                &mut self.relayed,
-            )
-            .await
-            {
+            let changing = match relay_once(bound, &ctx, timeouts, shared, &mut relayed).await {
                 Ok(changing) => changing,
-                Err(end) => return (end, self.relayed),
+                Err(end) => return (end, relayed),
             };
             // Boxed: rare, and its state is large.
             match Box::pin(change_user::handle(
-                changing,
-                &mut self.ctx,
-                shared,
-                peer,
-                policy,
+                changing, &mut ctx, shared, peer, policy,
             ))
             .await
             {
-                Some(next) => self.bound = next,
-                None => return (relay::End::ChangeUser, self.relayed),
+                Some(next) => bound = next,
+                None => return (relay::End::ChangeUser, relayed),
             }
         }
     }
@@ -319,8 +326,24 @@ async fn login(
     };
     let auth = or_answer!(client, authenticate(&mut client, gate, &nonce).await);
     let span = tracing::Span::current();
-    let pool = auth.pool;
+    let pool = Arc::clone(&auth.pool);
     span.record("pool", pool.name.as_str());
+    if let Some(pools) = &pool.split {
+        let login = SplitLogin {
+            state,
+            profile: &profile,
+            deadline,
+            gate: &gate,
+        };
+        return Box::pin(log_in_split(
+            client,
+            auth,
+            pools.clone(),
+            registration,
+            login,
+        ))
+        .await;
+    }
     let request = LoginRequest {
         client: &auth.response,
         password: &auth.password,
@@ -359,11 +382,108 @@ async fn login(
         backend_caps: backend.capabilities,
     };
     let timeouts = relay::Timeouts::from_config(&state.config);
-    Ok(Session::new(
-        client,
-        (backend, lease, auth.claim),
-        (registration, ctx, timeouts),
-    ))
+    let bound = Bound::new((client, backend.stream), lease, auth.claim);
+    Ok(Session {
+        registration,
+        mode: Mode::Bound { bound, ctx },
+        timeouts,
+        relayed: (0, 0),
+    })
+}
+
+/// What a split pool's login needs of the login around it.
+struct SplitLogin<'a> {
+    state: &'a State,
+    profile: &'a ServerProfile,
+    deadline: Deadline,
+    gate: &'a Gate<'a>,
+}
+
+/// The backend side of a split pool's login: a backend session in the
+/// reader pool (or, if none can be had, the writer pool), and only then
+/// the client's OK.
+async fn log_in_split(
+    mut client: PacketStream,
+    auth: Authenticated,
+    pools: crate::pool::Split,
+    registration: kill::Registration,
+    login: SplitLogin<'_>,
+) -> Result<Session, (PacketStream, LoginError)> {
+    let SplitLogin {
+        state,
+        profile,
+        deadline,
+        gate,
+    } = login;
+    let metrics = &gate.shared.metrics;
+    let credential = Box::new(split::Credential {
+        response: auth.response,
+        password: auth.password,
+        offered: profile.capabilities,
+        offered_mariadb: profile.mariadb_capabilities,
+    });
+    let request = LoginRequest {
+        client: &credential.response,
+        password: &credential.password,
+        offered: credential.offered,
+        offered_mariadb: credential.offered_mariadb,
+    };
+    let mut opened = None;
+    for (role, name) in [
+        (split::Role::Reader, &pools.reader),
+        (split::Role::Writer, &pools.writer),
+    ] {
+        let Some(pool) = state.pools.get(name) else {
+            continue;
+        };
+        let attempt = login::open_backend(
+            pool,
+            &request,
+            auth.next_seq,
+            (state.config.connect_timeout(), metrics),
+            deadline,
+        )
+        .await;
+        match attempt {
+            Ok((lease, backend)) => {
+                opened = Some((role, backend, lease));
+                break;
+            }
+            Err(LoginError::Deny {
+                outcome: Outcome::NoBackend,
+                ..
+            }) if role == split::Role::Reader => {
+                info!("no reader for a split pool's login; trying the writer");
+            }
+            Err(e) => return Err((client, e)),
+        }
+    }
+    let Some((role, backend, lease)) = opened else {
+        let err = crate::server::codes::no_backend(&pools.writer, 0);
+        let reason = format!(
+            "no backend for split pool sides '{}' / '{}'",
+            pools.reader, pools.writer
+        );
+        return Err((
+            client,
+            LoginError::deny(err, auth.next_seq, Outcome::NoBackend, reason),
+        ));
+    };
+    tracing::Span::current().record("backend", field::display(lease.backend().addr));
+    gate.succeeded();
+    let answered = client.write(auth.next_seq, &backend.ok).await;
+    or_answer!(client, answered.map_err(|e| LoginError::client(e.into())));
+    let split =
+        split::SplitSession::new(client, (role, backend, lease), credential, pools, metrics);
+    Ok(Session {
+        registration,
+        mode: Mode::Split {
+            split: Box::new(split),
+            _user: auth.claim,
+        },
+        timeouts: relay::Timeouts::from_config(&state.config),
+        relayed: (0, 0),
+    })
 }
 
 /// Phase 1: the greeting, with a fresh nonce and the backends' identity.

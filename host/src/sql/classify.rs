@@ -47,6 +47,37 @@ pub enum Pin {
     FoundRows,
     /// `HANDLER ... OPEN`.
     Handler,
+    /// Session state the proxy cannot give another backend session (too
+    /// much of it, or a value it cannot quote).
+    SessionState,
+}
+
+impl Pin {
+    /// Every reason, in metric order.
+    pub const ALL: [Self; 8] = [
+        Self::TemporaryTable,
+        Self::UserVariable,
+        Self::Lock,
+        Self::LockTables,
+        Self::Prepare,
+        Self::FoundRows,
+        Self::Handler,
+        Self::SessionState,
+    ];
+
+    /// Its name, as metrics and logs print it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TemporaryTable => "temporary_table",
+            Self::UserVariable => "user_variable",
+            Self::Lock => "get_lock",
+            Self::LockTables => "lock_tables",
+            Self::Prepare => "sql_prepare",
+            Self::FoundRows => "sql_calc_found_rows",
+            Self::Handler => "handler",
+            Self::SessionState => "session_state",
+        }
+    }
 }
 
 /// Transaction control a statement does.

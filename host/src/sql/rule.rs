@@ -4,7 +4,8 @@
 //! and `switchyard policy route --statement` give the same answer.
 //!
 //! In order: a pinned session, or a statement that pins it, stays on the
-//! writer; session state goes to every backend session; a read of the
+//! writer; `SET autocommit` goes to the writer alone (a reader never holds a
+//! transaction); other session state goes to every backend session; a read of the
 //! previous statement's outcome goes where that statement ran; `START
 //! TRANSACTION READ ONLY` outside a transaction may run on a reader; inside
 //! a transaction everything goes where it runs; with autocommit off a
@@ -59,6 +60,12 @@ pub fn rule(class: &Class, session: &SessionView) -> (Target, &'static str) {
     if class.pin.is_some() {
         return (Target::Writer, "it pins the session to the writer");
     }
+    if let Some(Transaction::Autocommit(_)) = class.transaction {
+        return (
+            Target::Writer,
+            "autocommit is the writer's: a reader never holds a transaction",
+        );
+    }
     if class.kind == Kind::Session {
         return (Target::All, "session state, for every backend session");
     }
@@ -106,6 +113,11 @@ mod tests {
         assert_eq!(route("SET NAMES utf8mb4", idle), Target::All);
         assert_eq!(route("START TRANSACTION READ ONLY", idle), Target::Reader);
         assert_eq!(route("BEGIN", idle), Target::Writer);
+        assert_eq!(route("SET autocommit = 0", idle), Target::Writer);
+        assert_eq!(
+            route("SET autocommit = 1, sql_mode = ''", idle),
+            Target::Writer
+        );
     }
 
     #[test]

@@ -207,3 +207,35 @@ fn a_cursor_ends_at_the_status_that_opens_it() {
     );
     assert_eq!(steps.last(), Some(&done(AUTOCOMMIT)));
 }
+
+#[test]
+fn says_which_packets_are_oks() {
+    let mut f = start(ReplyTo::Results, true);
+    let packets = [
+        vec![1],
+        b"def".to_vec(),
+        // A row whose first column is the empty string starts with 0x00.
+        b"\x00".to_vec(),
+        ok_eof(AUTOCOMMIT | MORE),
+        ok(AUTOCOMMIT),
+    ];
+    let oks: Vec<bool> = packets
+        .iter()
+        .map(|p| {
+            f.packet(p.len(), p).unwrap();
+            f.was_ok()
+        })
+        .collect();
+    assert_eq!(oks, [false, false, false, true, true]);
+    let mut f = start(ReplyTo::Results, false);
+    for p in [
+        vec![1],
+        b"def".to_vec(),
+        eof(AUTOCOMMIT),
+        b"\x011".to_vec(),
+        eof(AUTOCOMMIT),
+    ] {
+        f.packet(p.len(), &p).unwrap();
+        assert!(!f.was_ok(), "a classic EOF is no OK");
+    }
+}

@@ -1,0 +1,1173 @@
+//! Statement-level routing: the sessions of a split pool (one that names a
+//! `writer` and a `reader` pool) hold up to two backend sessions, one in
+//! each, and send each command where the built-in rule
+//! ([`crate::sql::rule`]) says, in lockstep: the next command is read only
+//! once the last answer is whole ([`ReplyFramer`]), so that the status it
+//! ended with (a transaction open, autocommit) and the state it reported
+//! (session variables, schema, the writer's GTID) are known first.
+//!
+//! - The login opens the reader's backend session (so that the client hears
+//!   OK only once a backend accepted the login); the writer's opens at the
+//!   first statement that needs it. Each backend session opened later gets
+//!   the session state replayed ([`route::Carried`]).
+//! - Session state: learnt from state tracking where the client takes it
+//!   (its backend sessions then report every variable:
+//!   `session_track_system_variables = '*'`), else the session statements
+//!   themselves, kept in order. A session statement runs on every open
+//!   backend session.
+//! - Causal reads: after the session writes, a read goes to a reader only
+//!   once the monitor says it has applied the writer's GTID of that write.
+//! - Prepared statements: see [`prepared`].
+
+mod prepared;
+mod route;
+mod wire;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant as Deadline;
+use tracing::{debug, info, warn};
+
+use super::kill::{self, Registration};
+use super::login::{self, LoginError};
+use super::{Shared, codes, relay};
+use crate::auth::Sha1Password;
+use crate::backend::{BackendSession, LoginRequest};
+use crate::conn::ConnError;
+use crate::metrics::{Causal, Routed};
+use crate::pool::BackendLease;
+use crate::protocol::{
+    CapabilityFlags, ErrPacket, HandshakeResponse, MariaDbCapabilities, OkPacket, REPLY_HEAD,
+    ReplyFramer, ReplyStep, ReplyTo, StatusFlags, state_changes,
+};
+use crate::sql::{Class, Kind, Pin, Target, classify, rule};
+use prepared::Prepared;
+use route::{Carried, LastWrite, Routing, Statuses};
+use wire::{Frame, Wire};
+
+/// The state tracking a split session's backend sessions report.
+const TRACK_ALL: &str = "SET SESSION session_track_system_variables = '*'";
+/// Packets of an answer nobody reads that are kept (the first ones).
+const KEPT_PACKETS: usize = 8;
+
+/// Which of a split session's backend sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// In the writer pool.
+    Writer = 0,
+    /// In the reader pool.
+    Reader = 1,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Writer => "writer",
+            Self::Reader => "reader",
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Writer => Self::Reader,
+            Self::Reader => Self::Writer,
+        }
+    }
+
+    fn routed(self) -> Routed {
+        match self {
+            Self::Writer => Routed::Writer,
+            Self::Reader => Routed::Reader,
+        }
+    }
+}
+
+/// What a split session logs its backend sessions in with: the client's
+/// handshake and `SHA1(password)`, kept for the session's life (the login
+/// of a backend session opened later needs them).
+pub(super) struct Credential {
+    /// The client's handshake response.
+    pub response: HandshakeResponse,
+    /// `SHA1(password)`.
+    pub password: Sha1Password,
+    /// The capabilities offered the client.
+    pub offered: CapabilityFlags,
+    /// The MariaDB capabilities offered the client.
+    pub offered_mariadb: MariaDbCapabilities,
+}
+
+/// One backend session of the client session.
+struct Side {
+    wire: Wire,
+    lease: BackendLease,
+    thread: u32,
+    /// The status its last answer ended with.
+    status: StatusFlags,
+    /// The session state changed elsewhere since it was given this one.
+    stale: bool,
+    /// The capabilities it was opened with (the client's).
+    caps: CapabilityFlags,
+}
+
+impl Side {
+    fn new(session: BackendSession, lease: BackendLease) -> Self {
+        let status = OkPacket::decode(&session.ok)
+            .map(|ok| ok.status)
+            .unwrap_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        let caps = session.capabilities;
+        let (stream, rest) = session.stream.into_parts();
+        Self {
+            wire: Wire::new(stream, rest),
+            lease,
+            thread: session.thread_id,
+            status,
+            stale: false,
+            caps,
+        }
+    }
+
+    fn place(&self) -> kill::Place {
+        kill::Place {
+            backend: self.lease.backend().addr,
+            thread: self.thread,
+        }
+    }
+}
+
+/// What an answer was.
+#[derive(Debug, Default)]
+struct Answer {
+    /// Its first packet.
+    first: Option<Bytes>,
+    /// It ended with an ERR.
+    err: bool,
+    /// The state changes its OK packets reported.
+    changes: Vec<crate::protocol::StateChange>,
+    /// Its first packets, when nobody else reads them.
+    packets: Vec<Bytes>,
+}
+
+/// Why a command could not be run: the session ends, or the client gets
+/// an ERR in place of the answer and the session goes on.
+enum Failed {
+    End(relay::End),
+    Refused(ErrPacket),
+}
+
+impl From<relay::End> for Failed {
+    fn from(end: relay::End) -> Self {
+        Self::End(end)
+    }
+}
+
+/// What the session runs with.
+pub(super) struct Cx<'a> {
+    pub shared: &'a Shared,
+    pub registration: &'a Registration,
+    pub timeouts: relay::Timeouts,
+}
+
+/// A split pool's client session.
+pub(super) struct SplitSession {
+    client: Wire,
+    sides: [Option<Side>; 2],
+    routing: Routing,
+    carried: Carried,
+    prepared: Prepared,
+    credential: Box<Credential>,
+    pools: crate::pool::Split,
+    /// The backend sessions report state changes.
+    tracked: bool,
+    /// Bytes from and to the client.
+    pub relayed: (u64, u64),
+}
+
+impl SplitSession {
+    /// The session of `client`, logged in on `first` (of `role`).
+    pub fn new(
+        client: crate::conn::PacketStream,
+        (role, first, lease): (Role, BackendSession, BackendLease),
+        credential: Box<Credential>,
+        pools: crate::pool::Split,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let caps = first.capabilities;
+        let tracked = caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        let (stream, rest) = client.into_parts();
+        let mut sides = [None, None];
+        sides[role as usize] = Some(Side::new(first, lease));
+        metrics
+            .split
+            .backend_sessions
+            .fetch_add(1, Ordering::Relaxed);
+        Self {
+            client: Wire::new(stream, rest),
+            sides,
+            routing: Routing::default(),
+            carried: if tracked {
+                Carried::Tracked(Default::default())
+            } else {
+                Carried::Logged(Vec::new())
+            },
+            prepared: Prepared::default(),
+            credential,
+            pools,
+            tracked,
+            relayed: (0, 0),
+        }
+    }
+
+    /// Serves commands until the session ends; why it ended.
+    pub async fn run(&mut self, cx: &Cx<'_>) -> relay::End {
+        let opened = [Role::Writer, Role::Reader]
+            .into_iter()
+            .find(|r| self.sides[*r as usize].is_some());
+        if let Some(role) = opened {
+            cx.registration
+                .moved(self.side(role).map(Side::place).expect("open"));
+            if let Err(e) = self.set_up(role, cx).await {
+                self.close_all(cx).await;
+                return match e {
+                    Failed::End(end) => end,
+                    Failed::Refused(_) => relay::End::BackendReadFailed,
+                };
+            }
+        }
+        let end = loop {
+            let frame = match self.next_command(cx).await {
+                Ok(frame) => frame,
+                Err(end) => break end,
+            };
+            if frame.seq != 0 {
+                info!(seq = frame.seq, "a command out of sequence; closing");
+                break relay::End::ClientReadFailed;
+            }
+            match self.command(frame, cx).await {
+                Ok(()) => {}
+                Err(Failed::End(end)) => break end,
+                Err(Failed::Refused(err)) => {
+                    if self.client.send(1, &err.encode()).await.is_err() {
+                        break relay::End::ClientWriteFailed;
+                    }
+                }
+            }
+            self.client.shrink();
+        };
+        self.close_all(cx).await;
+        end
+    }
+
+    fn side(&self, role: Role) -> Option<&Side> {
+        self.sides[role as usize].as_ref()
+    }
+
+    fn statuses(&self) -> Statuses {
+        Statuses {
+            writer: self.side(Role::Writer).map(|s| s.status),
+            reader: self.side(Role::Reader).map(|s| s.status),
+        }
+    }
+
+    /// The client's next command, within the idle timeout; ends when the
+    /// proxy stops.
+    async fn next_command(&mut self, cx: &Cx<'_>) -> Result<Frame, relay::End> {
+        let shared = cx.shared;
+        let idle = async {
+            match cx.timeouts.idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = self.client.next();
+        tokio::select! {
+            frame = read => match frame {
+                Ok(frame) => {
+                    self.relayed.0 += 4 + frame.payload.len() as u64;
+                    shared.metrics.bytes_from_clients.add(4 + frame.payload.len() as u64);
+                    Ok(frame)
+                }
+                Err(ConnError::Closed) => Err(relay::End::ClientClosed),
+                Err(_) => Err(relay::End::ClientReadFailed),
+            },
+            () = idle => {
+                info!("session idle for too long; closing");
+                shared.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+                Err(relay::End::IdleTimeout)
+            }
+            () = shared.stopping.cancelled() => Err(relay::End::Shutdown),
+        }
+    }
+
+    /// Runs one command.
+    async fn command(&mut self, frame: Frame, cx: &Cx<'_>) -> Result<(), Failed> {
+        if frame.continues() {
+            // A command over 16 MiB: to the writer, as it comes.
+            return self.long_command(frame, cx).await;
+        }
+        let payload = frame.payload;
+        match payload.first().copied() {
+            Some(0x01) => Err(relay::End::ClientQuit.into()),
+            Some(0x03) => self.query(payload, cx).await,
+            Some(0x02) => {
+                let db = String::from_utf8_lossy(&payload[1..]);
+                let sql = format!("USE `{}`", db.replace('`', "``"));
+                self.everywhere(payload.clone(), &sql, cx).await
+            }
+            Some(0x0c) => self.kill(payload, cx).await,
+            Some(0x16) => self.prepare(payload, cx).await,
+            Some(0x17) => self.execute(payload, cx).await,
+            Some(0x1c) => self.fetch(payload, cx).await,
+            Some(0x18) => self.long_data(payload, cx).await,
+            Some(0x19 | 0x1a) => self.close_or_reset(payload, cx).await,
+            Some(0x1f) => self.reset_connection(payload, cx).await,
+            Some(0x0e) => {
+                let role = self.current();
+                self.run_on(role, &payload, cx).await.map(|_| ())
+            }
+            Some(0x11) => {
+                // Not carried yet across a split session's backend
+                // sessions: refused, and the session ends (as a failed
+                // COM_CHANGE_USER ends it).
+                let err =
+                    codes::backend_unsupported("COM_CHANGE_USER in a session of a split pool");
+                let _ = self.client.send(1, &err.encode()).await;
+                Err(relay::End::ChangeUser.into())
+            }
+            _ => {
+                let _ = self.ensure(Role::Writer, cx).await?;
+                self.run_on(Role::Writer, &payload, cx).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Where a command that may run anywhere goes: where the last one ran,
+    /// else an open backend session.
+    fn current(&self) -> Role {
+        match self.routing.previous {
+            Some(role) if self.side(role).is_some() => role,
+            _ if self.side(Role::Reader).is_some() => Role::Reader,
+            _ => Role::Writer,
+        }
+    }
+
+    /// COM_QUERY: classified, routed by the rule.
+    async fn query(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        if kill::place_named(&payload, &cx.shared.sessions).is_some() {
+            return self.kill(payload, cx).await;
+        }
+        let class = classify(&payload[1..]);
+        let view = self.routing.view(self.statuses());
+        let (target, _why) = rule(&class, &view);
+        match target {
+            Target::All => {
+                let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
+                self.everywhere(payload, &sql, cx).await
+            }
+            Target::Writer => self.statement(Role::Writer, payload, &class, cx).await,
+            Target::Reader => {
+                let role = self.causal(cx).await?;
+                self.statement(role, payload, &class, cx).await
+            }
+        }
+    }
+
+    /// Runs a classified statement on `role`'s backend session (a reader
+    /// that cannot be had gives way to the writer) and learns from its
+    /// answer.
+    async fn statement(
+        &mut self,
+        role: Role,
+        payload: Bytes,
+        class: &Class,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
+        let role = self.ensure(role, cx).await?;
+        let payload = match kill::translate(
+            &payload,
+            self.side(role).expect("open").lease.backend().addr,
+            &cx.shared.sessions,
+        ) {
+            Some(t) => Bytes::from(t.payload),
+            None => payload,
+        };
+        let answer = self.run_on(role, &payload, cx).await?;
+        if let Some(pin) = class.pin {
+            self.pin(pin, cx).await;
+        }
+        if role == Role::Writer
+            && class.kind != Kind::Read
+            && !self.routing.wrote(&answer.changes)
+            && !self.tracked
+            && !answer.err
+        {
+            self.routing.last_write = LastWrite::Unknown;
+        }
+        self.learn(role, &answer);
+        Ok(())
+    }
+
+    /// Session state (SET, USE, COM_INIT_DB): on the backend session the
+    /// session is on, then on the other if it is open.
+    async fn everywhere(&mut self, payload: Bytes, sql: &str, cx: &Cx<'_>) -> Result<(), Failed> {
+        let role = self.ensure(self.current(), cx).await?;
+        let answer = self.run_on(role, &payload, cx).await?;
+        cx.shared.metrics.split.routed(Routed::All);
+        if answer.err {
+            return Ok(());
+        }
+        if !self.carried.ran(sql, &answer.changes) {
+            self.pin(Pin::SessionState, cx).await;
+        }
+        let other = role.other();
+        match self.sides[other as usize].as_mut() {
+            Some(side) if !side.stale => {
+                let done = exchange(side, &payload, None, cx).await;
+                if !matches!(done, Ok(ref a) if !a.err) {
+                    debug!(
+                        role = other.as_str(),
+                        "session state failed on the other backend session; closing it"
+                    );
+                    self.close(other, cx).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Learns from an answer on `role`: the state it changed (the other
+    /// backend session must get it before its next statement).
+    fn learn(&mut self, role: Role, answer: &Answer) {
+        if self.carried.apply(&answer.changes)
+            && let Some(other) = self.sides[role.other() as usize].as_mut()
+        {
+            other.stale = true;
+        }
+    }
+
+    /// Pins the session to the writer: readers are let go.
+    async fn pin(&mut self, why: Pin, cx: &Cx<'_>) {
+        if self.routing.pinned.is_some() {
+            return;
+        }
+        self.routing.pinned = Some(why);
+        cx.shared.metrics.split.pinned(why);
+        debug!(reason = why.label(), "session pinned to the writer");
+        let reader_in_transaction = self
+            .side(Role::Reader)
+            .is_some_and(|s| s.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS));
+        if !reader_in_transaction {
+            self.close(Role::Reader, cx).await;
+        }
+    }
+
+    /// Where a read goes given the session's last write: a reader that has
+    /// applied it, else the writer.
+    async fn causal(&mut self, cx: &Cx<'_>) -> Result<Role, Failed> {
+        if !self.pools.causal_reads || self.routing.last_write == LastWrite::None {
+            return Ok(Role::Reader);
+        }
+        if self.routing.last_write == LastWrite::Unknown {
+            self.routing.last_write = self.ask_last_gtid(cx).await?;
+        }
+        let metrics = &cx.shared.metrics.split;
+        let gtid = match &self.routing.last_write {
+            LastWrite::At(gtid) => *gtid,
+            LastWrite::None => return Ok(Role::Reader),
+            _ => {
+                metrics.causal(Causal::Writer);
+                return Ok(Role::Writer);
+            }
+        };
+        let reader = match self.ensure(Role::Reader, cx).await {
+            Ok(Role::Reader) => self.side(Role::Reader).expect("open"),
+            _ => return Ok(Role::Writer),
+        };
+        if reader.lease.backend().has_applied(&gtid) == Some(true) {
+            metrics.causal(Causal::Reader);
+            Ok(Role::Reader)
+        } else {
+            metrics.causal(Causal::Writer);
+            Ok(Role::Writer)
+        }
+    }
+
+    /// `@@last_gtid` of the writer's session: the GTID of its last write.
+    async fn ask_last_gtid(&mut self, cx: &Cx<'_>) -> Result<LastWrite, Failed> {
+        let Some(side) = self.sides[Role::Writer as usize].as_mut() else {
+            return Ok(LastWrite::Untraceable);
+        };
+        let answer = exchange(side, b"\x03SELECT @@last_gtid", None, cx).await?;
+        // Column count, definition, (EOF), the row, the end.
+        let row = answer
+            .packets
+            .len()
+            .checked_sub(2)
+            .map(|i| &answer.packets[i]);
+        let value = row.and_then(|r| {
+            let mut r = crate::protocol::Reader::new(r);
+            r.lenenc_bytes("last_gtid").ok().map(|v| v.to_vec())
+        });
+        Ok(match value.as_deref().map(std::str::from_utf8) {
+            Some(Ok(v)) if !answer.err => LastWrite::of(v),
+            _ => LastWrite::Untraceable,
+        })
+    }
+
+    /// The backend session of `role`, opened (and given the session's
+    /// state) if need be; a reader that cannot be had gives way to the
+    /// writer. Which one it is.
+    async fn ensure(&mut self, role: Role, cx: &Cx<'_>) -> Result<Role, Failed> {
+        let role = if role == Role::Reader && self.routing.pinned.is_some() {
+            Role::Writer
+        } else {
+            role
+        };
+        if self.side(role).is_none() {
+            match self.open(role, cx).await {
+                Ok(()) => {}
+                Err(Failed::Refused(err)) if role == Role::Reader => {
+                    info!(
+                        code = err.code,
+                        "no reader for a read; the writer answers it"
+                    );
+                    return Box::pin(self.ensure(Role::Writer, cx)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        } else if self.side(role).is_some_and(|s| s.stale) {
+            self.replay(role, cx).await?;
+        }
+        Ok(role)
+    }
+
+    /// Opens the backend session of `role` in its pool and sets it up.
+    async fn open(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        let shared = cx.shared;
+        let state = shared.state();
+        let name = match role {
+            Role::Writer => &self.pools.writer,
+            Role::Reader => &self.pools.reader,
+        };
+        let Some(pool) = state.pools.get(name) else {
+            return Err(Failed::Refused(codes::no_backend(name, 0)));
+        };
+        let c = &self.credential;
+        let request = LoginRequest {
+            client: &c.response,
+            password: &c.password,
+            offered: c.offered,
+            offered_mariadb: c.offered_mariadb,
+        };
+        let deadline = Deadline::now() + state.config.login_timeout();
+        let opened = login::open_backend(
+            pool,
+            &request,
+            1,
+            (state.config.connect_timeout(), &shared.metrics),
+            deadline,
+        )
+        .await;
+        let (lease, session) = match opened {
+            Ok(opened) => opened,
+            Err(LoginError::Deny { err, reason, .. }) => {
+                warn!(
+                    role = role.as_str(),
+                    "opening a backend session failed: {reason}"
+                );
+                return Err(Failed::Refused(err));
+            }
+            Err(LoginError::Close(reason)) => {
+                warn!(
+                    role = role.as_str(),
+                    "opening a backend session failed: {reason}"
+                );
+                return Err(Failed::Refused(codes::no_backend(name, 1)));
+            }
+        };
+        debug!(role = role.as_str(), backend = %lease.backend().addr, "backend session opened");
+        shared
+            .metrics
+            .split
+            .backend_sessions
+            .fetch_add(1, Ordering::Relaxed);
+        self.sides[role as usize] = Some(Side::new(session, lease));
+        self.set_up(role, cx).await
+    }
+
+    /// Turns on state tracking and gives the session state to the backend
+    /// session of `role`.
+    async fn set_up(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        if self.tracked {
+            let side = self.sides[role as usize].as_mut().expect("open");
+            let mut track = vec![0x03];
+            track.extend_from_slice(TRACK_ALL.as_bytes());
+            let answer = exchange(side, &track, None, cx).await?;
+            if answer.err {
+                warn!("the backend refused to track session state");
+            }
+        }
+        self.replay(role, cx).await
+    }
+
+    /// Gives the session state to the backend session of `role`.
+    async fn replay(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        let statements = match self.carried.replay() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(?e, "session state that cannot be replayed");
+                if role == Role::Reader {
+                    self.pin(Pin::SessionState, cx).await;
+                    return Err(Failed::Refused(codes::backend_unsupported(
+                        "session state that cannot be replayed",
+                    )));
+                }
+                Vec::new()
+            }
+        };
+        let side = self.sides[role as usize].as_mut().expect("open");
+        for sql in statements {
+            let mut payload = vec![0x03];
+            payload.extend_from_slice(sql.as_bytes());
+            let answer = exchange(side, &payload, None, cx).await?;
+            if answer.err {
+                warn!(
+                    role = role.as_str(),
+                    "replaying session state failed; closing that backend session"
+                );
+                self.close(role, cx).await;
+                return Err(Failed::Refused(codes::backend_unsupported(
+                    "the session state could not be given to another backend session",
+                )));
+            }
+        }
+        side.stale = false;
+        Ok(())
+    }
+
+    /// Sends `payload` to the backend session of `role` (open) and relays
+    /// its answer to the client.
+    async fn run_on(&mut self, role: Role, payload: &[u8], cx: &Cx<'_>) -> Result<Answer, Failed> {
+        let Some(side) = self.sides[role as usize].as_mut() else {
+            return Err(Failed::Refused(codes::no_backend(role.as_str(), 0)));
+        };
+        if self.routing.previous != Some(role) {
+            cx.registration.moved(side.place());
+        }
+        self.routing.previous = Some(role);
+        if payload.first() == Some(&0x03) {
+            cx.shared.metrics.split.routed(role.routed());
+        }
+        let before = self.relayed.1;
+        let answer = exchange(
+            side,
+            payload,
+            Some((&mut self.client, &mut self.relayed.1)),
+            cx,
+        )
+        .await;
+        cx.shared
+            .metrics
+            .bytes_to_clients
+            .add(self.relayed.1 - before);
+        cx.shared.metrics.bytes_from_clients.add(0);
+        match answer {
+            Ok(answer) => Ok(answer),
+            Err(Failed::End(end)) => Err(Failed::End(end)),
+            Err(Failed::Refused(err)) => {
+                self.close(role, cx).await;
+                Err(Failed::Refused(err))
+            }
+        }
+    }
+
+    /// A KILL naming a session by greeting id: run where that session runs
+    /// now (one of this session's backend sessions, or a connection of its
+    /// own to that server, logged in as this session's user).
+    async fn kill(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        let place = kill::place_named(&payload, &cx.shared.sessions);
+        let held = [Role::Writer, Role::Reader].into_iter().find(|r| {
+            place.is_some_and(|p| {
+                self.side(*r)
+                    .is_some_and(|s| s.lease.backend().addr == p.backend)
+            })
+        });
+        let role = match (place, held) {
+            (_, Some(role)) => role,
+            (Some(place), None) => return self.kill_elsewhere(payload, place, cx).await,
+            (None, None) => self.ensure(Role::Writer, cx).await?,
+        };
+        let addr = self.side(role).expect("open").lease.backend().addr;
+        let payload = kill::translate(&payload, addr, &cx.shared.sessions)
+            .map(|t| Bytes::from(t.payload))
+            .unwrap_or(payload);
+        self.run_on(role, &payload, cx).await.map(|_| ())
+    }
+
+    /// A KILL for a session on a server this session holds no backend
+    /// session of.
+    async fn kill_elsewhere(
+        &mut self,
+        payload: Bytes,
+        place: kill::Place,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
+        let state = cx.shared.state();
+        let c = &self.credential;
+        let request = LoginRequest {
+            client: &c.response,
+            password: &c.password,
+            offered: c.offered,
+            offered_mariadb: c.offered_mariadb,
+        };
+        let tls = state.pools.tls_for(place.backend);
+        let opened = tokio::time::timeout(
+            state.config.connect_timeout(),
+            crate::backend::open(place.backend, &request, tls),
+        )
+        .await;
+        let Ok(Ok(session)) = opened else {
+            return Err(Failed::Refused(codes::no_backend("kill", 1)));
+        };
+        let Some(backend) = state.pools.backend(place.backend) else {
+            return Err(Failed::Refused(codes::no_backend("kill", 1)));
+        };
+        let lease = BackendLease::claim(backend);
+        let mut side = Side::new(session, lease);
+        let payload = kill::translate(&payload, place.backend, &cx.shared.sessions)
+            .map(|t| Bytes::from(t.payload))
+            .unwrap_or(payload);
+        let result = exchange(
+            &mut side,
+            &payload,
+            Some((&mut self.client, &mut self.relayed.1)),
+            cx,
+        )
+        .await;
+        let _ = side.wire.send(0, &[0x01]).await;
+        side.wire.shutdown().await;
+        result.map(|_| ())
+    }
+
+    /// COM_STMT_PREPARE: on the writer; the client knows the writer's id.
+    async fn prepare(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        self.ensure(Role::Writer, cx).await?;
+        let answer = self.run_on(Role::Writer, &payload, cx).await?;
+        if let Some((id, params)) = answer.first.as_deref().and_then(prepared::prepare_ok) {
+            self.prepared.prepared(id, params, payload.slice(1..));
+        }
+        Ok(())
+    }
+
+    /// COM_STMT_EXECUTE: where the rule sends the statement's text.
+    async fn execute(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        let Some(id) = prepared::id_of(&payload) else {
+            self.ensure(Role::Writer, cx).await?;
+            return self.run_on(Role::Writer, &payload, cx).await.map(|_| ());
+        };
+        let Some(statement) = self.prepared.get(id) else {
+            // Not one this session knows (the id of the last prepared, -1):
+            // the writer's.
+            self.ensure(Role::Writer, cx).await?;
+            return self.run_on(Role::Writer, &payload, cx).await.map(|_| ());
+        };
+        let class = statement.class;
+        let view = self.routing.view(self.statuses());
+        let (target, _) = rule(&class, &view);
+        let mut role = match target {
+            Target::Reader if !statement.long_data => self.causal(cx).await?,
+            _ => Role::Writer,
+        };
+        role = self.ensure(role, cx).await?;
+        if role == Role::Reader && !self.prepared_on_reader(id, cx).await? {
+            role = self.ensure(Role::Writer, cx).await?;
+        }
+        let statement = self.prepared.get_mut(id).expect("known");
+        let sent = statement.execute_for(&payload, role);
+        statement.ran_on = Some(role);
+        statement.long_data = false;
+        let answer = self.run_on(role, &sent, cx).await?;
+        if let Some(pin) = class.pin {
+            self.pin(pin, cx).await;
+        }
+        if role == Role::Writer
+            && class.kind != Kind::Read
+            && !self.routing.wrote(&answer.changes)
+            && !self.tracked
+            && !answer.err
+        {
+            self.routing.last_write = LastWrite::Unknown;
+        }
+        self.learn(role, &answer);
+        Ok(())
+    }
+
+    /// Whether statement `id` is prepared on the reader, preparing it there
+    /// if need be.
+    async fn prepared_on_reader(&mut self, id: u32, cx: &Cx<'_>) -> Result<bool, Failed> {
+        let statement = self.prepared.get(id).expect("known");
+        if statement.id_on(Role::Reader).is_some() {
+            return Ok(true);
+        }
+        let mut payload = vec![0x16];
+        payload.extend_from_slice(&statement.text);
+        let side = self.sides[Role::Reader as usize].as_mut().expect("open");
+        let answer = exchange(side, &payload, None, cx).await?;
+        match answer.first.as_deref().and_then(prepared::prepare_ok) {
+            Some((reader_id, _)) if !answer.err => {
+                self.prepared
+                    .get_mut(id)
+                    .expect("known")
+                    .prepared_on(Role::Reader, reader_id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// COM_STMT_FETCH: where the statement was executed.
+    async fn fetch(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        let statement = prepared::id_of(&payload).and_then(|id| self.prepared.get(id));
+        let (role, sent) = match statement.and_then(|s| Some((s.ran_on?, s))) {
+            Some((role, s)) if self.side(role).is_some() => (role, s.for_backend(&payload, role)),
+            _ => (Role::Writer, payload.to_vec()),
+        };
+        self.ensure(role, cx).await?;
+        self.run_on(role, &sent, cx).await.map(|_| ())
+    }
+
+    /// COM_STMT_SEND_LONG_DATA: to the writer, where the next execution
+    /// then runs. No answer.
+    async fn long_data(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        if let Some(s) = prepared::id_of(&payload).and_then(|id| self.prepared.get_mut(id)) {
+            s.long_data = true;
+        }
+        self.ensure(Role::Writer, cx).await?;
+        self.run_on(Role::Writer, &payload, cx).await.map(|_| ())
+    }
+
+    /// COM_STMT_CLOSE (no answer) and COM_STMT_RESET: on every backend
+    /// session that has the statement; the client hears the writer's
+    /// answer.
+    async fn close_or_reset(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        let close = payload[0] == 0x19;
+        let Some(id) = prepared::id_of(&payload) else {
+            return Err(relay::End::ClientReadFailed.into());
+        };
+        let ids = if close {
+            self.prepared.close(id)
+        } else {
+            self.prepared.get_mut(id).map(|s| {
+                s.long_data = false;
+                [s.id_on(Role::Writer), s.id_on(Role::Reader)]
+            })
+        };
+        let Some(ids) = ids else {
+            // Unknown here: the writer answers as it would.
+            self.ensure(Role::Writer, cx).await?;
+            return self.run_on(Role::Writer, &payload, cx).await.map(|_| ());
+        };
+        if let (Some(reader_id), Some(side)) = (ids[1], self.sides[Role::Reader as usize].as_mut())
+        {
+            let mut sent = payload.to_vec();
+            sent[1..5].copy_from_slice(&reader_id.to_le_bytes());
+            if exchange(side, &sent, None, cx).await.is_err() {
+                self.close(Role::Reader, cx).await;
+            }
+        }
+        if ids[0].is_some() && self.side(Role::Writer).is_some() {
+            self.run_on(Role::Writer, &payload, cx).await.map(|_| ())
+        } else if close {
+            Ok(())
+        } else {
+            // Reset a statement the writer no longer has: the reader's
+            // answer was the one.
+            let ok = OkPacket {
+                affected_rows: 0,
+                last_insert_id: 0,
+                status: self
+                    .statuses()
+                    .writer
+                    .unwrap_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT),
+                warnings: 0,
+            };
+            self.client
+                .send(1, &ok.encode())
+                .await
+                .map_err(|_| Failed::End(relay::End::ClientWriteFailed))
+        }
+    }
+
+    /// COM_RESET_CONNECTION: every backend session is reset; the session
+    /// forgets its state, its statements and its pin.
+    async fn reset_connection(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        let role = self.current();
+        self.ensure(role, cx).await?;
+        let answer = self.run_on(role, &payload, cx).await?;
+        self.prepared.clear();
+        self.routing.reset();
+        self.carried = if self.tracked {
+            Carried::Tracked(Default::default())
+        } else {
+            Carried::Logged(Vec::new())
+        };
+        let other = role.other();
+        if let Some(side) = self.sides[other as usize].as_mut()
+            && !matches!(exchange(side, &payload, None, cx).await, Ok(a) if !a.err)
+        {
+            self.close(other, cx).await;
+        }
+        if answer.err {
+            return Ok(());
+        }
+        // The reset turned state tracking back to the server's default.
+        for role in [Role::Writer, Role::Reader] {
+            if self.sides[role as usize].is_some() {
+                self.set_up(role, cx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A command longer than one packet: to the writer, packet by packet.
+    async fn long_command(&mut self, first: Frame, cx: &Cx<'_>) -> Result<(), Failed> {
+        self.ensure(Role::Writer, cx).await?;
+        let side = self.sides[Role::Writer as usize].as_mut().expect("open");
+        let to = ReplyTo::of(&first.payload);
+        let mut frame = first;
+        loop {
+            if side.wire.push(&frame).await.is_err() {
+                return Err(relay::End::BackendWriteFailed.into());
+            }
+            if !frame.continues() {
+                break;
+            }
+            frame = self
+                .client
+                .next()
+                .await
+                .map_err(|_| Failed::End(relay::End::ClientReadFailed))?;
+            self.relayed.0 += 4 + frame.payload.len() as u64;
+        }
+        if side.wire.flush().await.is_err() {
+            return Err(relay::End::BackendWriteFailed.into());
+        }
+        self.routing.previous = Some(Role::Writer);
+        if !self.tracked {
+            self.routing.last_write = LastWrite::Unknown;
+        }
+        let answer = answer_of(side, to, Some((&mut self.client, &mut self.relayed.1)), cx).await?;
+        self.routing.wrote(&answer.changes);
+        self.learn(Role::Writer, &answer);
+        Ok(())
+    }
+
+    /// Lets the backend session of `role` go (COM_QUIT).
+    async fn close(&mut self, role: Role, cx: &Cx<'_>) {
+        let Some(mut side) = self.sides[role as usize].take() else {
+            return;
+        };
+        cx.shared
+            .metrics
+            .split
+            .backend_sessions
+            .fetch_sub(1, Ordering::Relaxed);
+        self.prepared.lost(role);
+        if self.routing.previous == Some(role) {
+            self.routing.previous = None;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = side.wire.send(0, &[0x01]).await;
+            side.wire.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn close_all(&mut self, cx: &Cx<'_>) {
+        self.close(Role::Writer, cx).await;
+        self.close(Role::Reader, cx).await;
+        let _ = self.client.flush().await;
+        self.client.shutdown().await;
+    }
+}
+
+/// Where an answer's packets go: the client (and the count of bytes sent
+/// it), or nowhere.
+type Sink<'a> = Option<(&'a mut Wire, &'a mut u64)>;
+
+/// Sends `payload` (a command, sequence 0) to `side` and reads its answer,
+/// relaying it to `sink`.
+async fn exchange(
+    side: &mut Side,
+    payload: &[u8],
+    sink: Sink<'_>,
+    cx: &Cx<'_>,
+) -> Result<Answer, Failed> {
+    if side.wire.send(0, payload).await.is_err() {
+        return Err(Failed::Refused(codes::backend_lost(
+            side.lease.backend().addr,
+        )));
+    }
+    answer_of(side, ReplyTo::of(payload), sink, cx).await
+}
+
+/// Reads the answer (of shape `to`) from `side`, relaying it to `sink`.
+async fn answer_of(
+    side: &mut Side,
+    to: ReplyTo,
+    mut sink: Sink<'_>,
+    cx: &Cx<'_>,
+) -> Result<Answer, Failed> {
+    let deprecate_eof = side.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+    let mut framer = ReplyFramer::new(to, deprecate_eof, side.status);
+    let mut answer = Answer::default();
+    if framer.is_done() {
+        return Ok(answer);
+    }
+    let addr = side.lease.backend().addr;
+    let mut relayed_any = false;
+    loop {
+        let frame = match side.wire.buffered() {
+            Some(frame) => frame,
+            None => {
+                if let Some((client, _)) = sink.as_mut()
+                    && client.flush().await.is_err()
+                {
+                    return Err(relay::End::ClientWriteFailed.into());
+                }
+                match read_backend(side, cx).await {
+                    Ok(frame) => frame,
+                    Err(end) => {
+                        return Err(lost(end, relayed_any, addr, sink, cx).await);
+                    }
+                }
+            }
+        };
+        let payload = &frame.payload;
+        let step = match framer.packet(payload.len(), &payload[..payload.len().min(REPLY_HEAD)]) {
+            Ok(step) => step,
+            Err(e) => {
+                warn!(backend = %addr, error = %e, "an answer the proxy cannot follow; closing");
+                return Err(relay::End::BackendReadFailed.into());
+            }
+        };
+        if answer.first.is_none() {
+            answer.first = Some(frame.payload.clone());
+        }
+        if framer.was_ok()
+            && let Ok(changes) = state_changes(payload, side.caps)
+        {
+            answer.changes.extend(changes);
+        }
+        match sink.as_mut() {
+            Some((client, count)) => {
+                **count += 4 + payload.len() as u64;
+                relayed_any = true;
+                if client.push(&frame).await.is_err() {
+                    return Err(relay::End::ClientWriteFailed.into());
+                }
+            }
+            None if answer.packets.len() < KEPT_PACKETS => {
+                answer.packets.push(frame.payload.clone())
+            }
+            None => {}
+        }
+        match step {
+            ReplyStep::More => {}
+            ReplyStep::WaitsForClient => {
+                let Some((client, _)) = sink.as_mut() else {
+                    return Err(relay::End::BackendReadFailed.into());
+                };
+                infile(client, side).await?;
+            }
+            ReplyStep::Done(status) => {
+                side.status = status;
+                answer.err = payload.first() == Some(&0xff);
+                if let Some((client, _)) = sink.as_mut()
+                    && client.flush().await.is_err()
+                {
+                    return Err(relay::End::ClientWriteFailed.into());
+                }
+                side.wire.shrink();
+                return Ok(answer);
+            }
+        }
+    }
+}
+
+/// The client's `LOCAL INFILE` data, to its empty packet, to `side`.
+async fn infile(client: &mut Wire, side: &mut Side) -> Result<(), Failed> {
+    if client.flush().await.is_err() {
+        return Err(relay::End::ClientWriteFailed.into());
+    }
+    loop {
+        let frame = client
+            .next()
+            .await
+            .map_err(|_| Failed::End(relay::End::ClientReadFailed))?;
+        let last = frame.payload.is_empty();
+        if side.wire.push(&frame).await.is_err() {
+            return Err(relay::End::BackendWriteFailed.into());
+        }
+        if last {
+            break;
+        }
+    }
+    if side.wire.flush().await.is_err() {
+        return Err(relay::End::BackendWriteFailed.into());
+    }
+    Ok(())
+}
+
+/// The next packet from the backend, within the query timeout; ends when
+/// the proxy stops now.
+async fn read_backend(side: &mut Side, cx: &Cx<'_>) -> Result<Frame, relay::End> {
+    let timeout = async {
+        match cx.timeouts.query {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        frame = side.wire.next() => match frame {
+            Ok(frame) => Ok(frame),
+            Err(ConnError::Closed) => Err(relay::End::BackendClosed),
+            Err(_) => Err(relay::End::BackendReadFailed),
+        },
+        () = timeout => Err(relay::End::QueryTimeout),
+        () = cx.shared.force_stop.cancelled() => Err(relay::End::Shutdown),
+    }
+}
+
+/// A backend lost (or silent, or the proxy stopping) under an answer: the
+/// client gets an ERR in its place if none of it was sent.
+async fn lost(
+    end: relay::End,
+    relayed_any: bool,
+    addr: std::net::SocketAddr,
+    sink: Sink<'_>,
+    cx: &Cx<'_>,
+) -> Failed {
+    let Some((client, _)) = sink else {
+        return Failed::Refused(codes::backend_lost(addr));
+    };
+    if relayed_any {
+        return Failed::End(end);
+    }
+    let err = match end {
+        relay::End::QueryTimeout => {
+            let ms = cx.timeouts.query.unwrap_or_default().as_millis() as u64;
+            warn!(backend = %addr, query_timeout_ms = ms, "the backend sent nothing for query_timeout_ms while a command waited; closing the session");
+            codes::query_timeout(addr, ms)
+        }
+        relay::End::Shutdown => codes::shutting_down(),
+        _ => {
+            warn!(backend = %addr, "backend session lost while a command waited for its answer");
+            codes::backend_lost(addr)
+        }
+    };
+    let _ = client.send(1, &err.encode()).await;
+    Failed::End(end)
+}

@@ -1,0 +1,536 @@
+//! End-to-end tests of split pools (statement-level routing): a real
+//! MariaDB primary and two GTID replicas behind a pool that names a writer
+//! and a reader pool, driven by real clients. Each case is checked by
+//! `@@server_id` (where a statement ran) and by its result.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libtest_mimic::{Arguments, Failed};
+use mysql_async::Conn;
+use mysql_async::prelude::*;
+
+use switchyard::auth::Sha1Password;
+use switchyard::protocol::{CapabilityFlags, QueryReply, ResultSetDecoder};
+use switchyard_e2e::raw::{LoginOutcome, RawClient};
+use switchyard_e2e::{MASTER_USER, Proxy, Topology, free_port, http};
+
+mod common;
+use common::*;
+
+type TestFn = fn(&Env) -> TestResult;
+
+const MONITOR: (&str, &str) = ("monitor", "monitorpass");
+const TOKEN: &str = "split-tests";
+const PRIMARY_ID: u32 = 1;
+const REPLICA_IDS: [u32; 2] = [2, 3];
+
+struct Env {
+    topology: Mutex<Topology>,
+    proxy: Proxy,
+    admin: std::net::SocketAddr,
+}
+
+impl Env {
+    fn topology(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The proxy's config: `app` splits between `master` and `replicas`;
+/// mysqlmaster is routed to it.
+fn config(topology: &Topology, admin: u16) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{{port}}"
+login_timeout_ms = 5000
+connect_timeout_ms = 700
+{master}
+[pools.master]
+backends = ["{p}"]
+[pools.replicas]
+backends = ["{r1}", "{r2}"]
+[pools.app]
+writer = "master"
+reader = "replicas"
+[health]
+interval_ms = 100
+timeout_ms = 500
+[monitor]
+user = "{mon}"
+password_sha1 = "{mon_sha1}"
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
+[policy]
+module = "{{policy}}"
+[policy.settings]
+"user.mysqlmaster" = "app"
+"#,
+        master = user_table(MASTER_USER.0, MASTER_USER.1),
+        p = topology.primary.addr(),
+        r1 = topology.replicas[0].addr(),
+        r2 = topology.replicas[1].addr(),
+        mon = MONITOR.0,
+        mon_sha1 = Sha1Password::of_password(MONITOR.1.as_bytes()).to_hex(),
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let topology = Topology::start(2, None).expect("start the MariaDB topology");
+    topology.primary.sql(&format!(
+        "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}';
+         GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';
+         CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
+         CREATE DATABASE app2;
+         GRANT ALL ON app2.* TO '{2}'@'%';",
+        MONITOR.0, MONITOR.1, MASTER_USER.0
+    ));
+    topology.sync_replicas().expect("replicas have the schema");
+    let admin = free_port();
+    let proxy = Proxy::start(&config(&topology, admin)).expect("start switchyard");
+    let env = Arc::new(Env {
+        topology: Mutex::new(topology),
+        proxy,
+        admin: std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+    });
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "reads_go_to_replicas_and_writes_to_the_primary",
+            reads_go_to_replicas_and_writes_to_the_primary,
+        ),
+        (
+            "transactions_stay_on_the_writer",
+            transactions_stay_on_the_writer,
+        ),
+        (
+            "autocommit_off_starts_transactions",
+            autocommit_off_starts_transactions,
+        ),
+        (
+            "read_only_transactions_run_on_one_reader",
+            read_only_transactions_run_on_one_reader,
+        ),
+        ("ddl_commits_implicitly", ddl_commits_implicitly),
+        (
+            "writes_calls_and_locking_reads_go_to_the_writer",
+            writes_calls_and_locking_reads_go_to_the_writer,
+        ),
+        (
+            "previous_outcomes_are_read_where_they_happened",
+            previous_outcomes_are_read_where_they_happened,
+        ),
+        (
+            "session_state_reaches_every_backend_session",
+            session_state_reaches_every_backend_session,
+        ),
+        (
+            "uncarried_state_pins_to_the_writer_until_reset",
+            uncarried_state_pins_to_the_writer_until_reset,
+        ),
+        (
+            "admin_status_counts_statements_pins_and_causal_reads",
+            admin_status_counts_statements_pins_and_causal_reads,
+        ),
+    ];
+    run_one_at_a_time(args, env, tests);
+}
+
+/// A raw client of the split pool, with or without CLIENT_SESSION_TRACK
+/// (then its backend sessions report state changes, else the proxy keeps
+/// the session statements).
+struct Raw(RawClient);
+
+impl Raw {
+    fn open(env: &Env, tracked: bool) -> Result<Self, Failed> {
+        let caps = if tracked {
+            CapabilityFlags::CLIENT_SESSION_TRACK
+        } else {
+            CapabilityFlags::empty()
+        };
+        let mut raw = RawClient::connect(env.proxy.addr())?.with_capabilities(caps);
+        match raw.login(
+            MASTER_USER.0,
+            MASTER_USER.1,
+            Some("app"),
+            "mysql_native_password",
+        )? {
+            LoginOutcome::Ok(2) => Ok(Self(raw)),
+            other => Err(format!("{other:?}").into()),
+        }
+    }
+
+    /// `sql`'s answer.
+    fn answer(&mut self, sql: &str) -> Result<QueryReply, Failed> {
+        self.0.write_raw(&RawClient::query_packet(sql))?;
+        let mut decoder = ResultSetDecoder::new(false);
+        loop {
+            let p = self.0.expect_packet()?;
+            if let Some(reply) = decoder.feed(&p.payload)? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Runs `sql`, which must succeed.
+    fn exec(&mut self, sql: &str) -> TestResult {
+        match self.answer(sql)? {
+            QueryReply::Err(e) => Err(format!("{sql}: {} {}", e.code, e.message).into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first row of `sql`.
+    fn row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Failed> {
+        match self.answer(sql)? {
+            QueryReply::Rows(t) => Ok(t.rows.into_iter().next().unwrap_or_default()),
+            other => Err(format!("{sql}: {other:?}").into()),
+        }
+    }
+
+    /// Where `SELECT @@server_id, <columns>` ran, and the columns.
+    fn on(&mut self, columns: &str) -> Result<(u32, Vec<Option<String>>), Failed> {
+        let mut row = self.row(&format!("SELECT @@server_id, {columns}"))?;
+        let id = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| fail("no server id"))?;
+        row.remove(0);
+        Ok((id, row))
+    }
+
+    /// Where `SELECT @@server_id` ran.
+    fn server(&mut self) -> Result<u32, Failed> {
+        Ok(self.on("1")?.0)
+    }
+}
+
+fn on_replica(id: u32, what: &str) -> TestResult {
+    check(
+        REPLICA_IDS.contains(&id),
+        format!("{what} ran on {id}, not a replica"),
+    )
+}
+
+fn on_primary(id: u32, what: &str) -> TestResult {
+    check(
+        id == PRIMARY_ID,
+        format!("{what} ran on {id}, not the primary"),
+    )
+}
+
+/// Both kinds of raw client, in turn.
+fn both(env: &Env, case: impl Fn(&mut Raw, bool) -> TestResult) -> TestResult {
+    for tracked in [true, false] {
+        let mut raw = Raw::open(env, tracked)?;
+        case(&mut raw, tracked).map_err(|e| fail(format!("tracked = {tracked}: {e:?}")))?;
+    }
+    Ok(())
+}
+
+/// Waits until the replicas have what the primary wrote, and the monitor
+/// has seen them have it.
+fn replicated(env: &Env) -> TestResult {
+    env.topology().sync_replicas().map_err(fail)?;
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    Ok(())
+}
+
+fn autocommit_off_starts_transactions(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        raw.exec("SET autocommit = 0")?;
+        on_primary(raw.server()?, "a read with autocommit off")?;
+        raw.exec("INSERT INTO t (v) VALUES ('uncommitted')")?;
+        raw.exec("ROLLBACK")?;
+        on_primary(raw.server()?, "a read after ROLLBACK, autocommit still off")?;
+        let (_, n) = raw.on("(SELECT COUNT(*) FROM t WHERE v = 'uncommitted')")?;
+        check(
+            n[0].as_deref() == Some("0"),
+            format!("rolled back row seen: {n:?}"),
+        )?;
+        raw.exec("SET autocommit = 1")?;
+        on_replica(raw.server()?, "a read with autocommit back on")
+    })
+}
+
+fn read_only_transactions_run_on_one_reader(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        raw.exec("START TRANSACTION READ ONLY")?;
+        let first = raw.server()?;
+        on_replica(first, "a read-only transaction")?;
+        for _ in 0..5 {
+            let id = raw.server()?;
+            check(
+                id == first,
+                format!("the transaction moved from {first} to {id}"),
+            )?;
+        }
+        raw.exec("COMMIT")?;
+        on_replica(raw.server()?, "a read after the read-only transaction")
+    })
+}
+
+fn ddl_commits_implicitly(env: &Env) -> TestResult {
+    both(env, |raw, tracked| {
+        let table = format!("ddl_{}", u8::from(tracked));
+        raw.exec(&format!("DROP TABLE IF EXISTS {table}"))?;
+        raw.exec("BEGIN")?;
+        raw.exec("INSERT INTO t (v) VALUES ('before ddl')")?;
+        on_primary(raw.server()?, "a read in the transaction")?;
+        raw.exec(&format!("CREATE TABLE {table} (id INT)"))?;
+        replicated(env)?;
+        // The DDL committed: the session is out of its transaction.
+        on_replica(raw.server()?, "a read after DDL")?;
+        let (_, n) = raw.on("(SELECT COUNT(*) FROM t WHERE v = 'before ddl')")?;
+        check(
+            n[0].as_deref() != Some("0"),
+            "the implicit commit kept the row",
+        )
+    })
+}
+
+fn writes_calls_and_locking_reads_go_to_the_writer(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env).await?;
+        conn.query_drop("CREATE PROCEDURE IF NOT EXISTS where_am_i() SELECT @@server_id")
+            .await
+            .map_err(fail)?;
+        let row: Option<(u32, u64)> = conn
+            .query_first("SELECT @@server_id, COUNT(*) FROM t FOR UPDATE")
+            .await
+            .map_err(fail)?;
+        let (id, _) = row.ok_or_else(|| fail("no row"))?;
+        on_primary(id, "SELECT ... FOR UPDATE")?;
+        let row: Option<(u32, u64)> = conn
+            .query_first("SELECT @@server_id, COUNT(*) FROM t LOCK IN SHARE MODE")
+            .await
+            .map_err(fail)?;
+        on_primary(row.ok_or_else(|| fail("no row"))?.0, "LOCK IN SHARE MODE")?;
+        let ids: Vec<u32> = conn.query("CALL where_am_i()").await.map_err(fail)?;
+        on_primary(ids.first().copied().unwrap_or(0), "CALL")?;
+        // Several statements in one packet: the writer, all of them.
+        let mut results = conn
+            .query_iter("SELECT @@server_id; SELECT @@server_id")
+            .await
+            .map_err(fail)?;
+        let first: Vec<u32> = results.collect().await.map_err(fail)?;
+        let second: Vec<u32> = results.collect().await.map_err(fail)?;
+        drop(results);
+        on_primary(first[0], "a multi-statement packet's first")?;
+        on_primary(second[0], "a multi-statement packet's second")?;
+        conn.disconnect().await.map_err(fail)
+    })
+}
+
+fn previous_outcomes_are_read_where_they_happened(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        // A read with a warning, on a reader; its warnings are the
+        // reader's.
+        let (id, _) = raw.on("CAST('12abc' AS INT)")?;
+        on_replica(id, "a read with a warning")?;
+        let warnings = raw.answer("SHOW WARNINGS")?;
+        let QueryReply::Rows(w) = warnings else {
+            return Err(format!("SHOW WARNINGS: {warnings:?}").into());
+        };
+        check(
+            w.rows.len() == 1,
+            format!("the read's warnings: {:?}", w.rows),
+        )?;
+        // A write with a warning, on the writer.
+        raw.exec("INSERT INTO t (v) VALUES (REPEAT('w', 80))")
+            .or_else(|_| {
+                raw.exec("SET @@session.sql_mode = ''")?;
+                raw.exec("INSERT INTO t (v) VALUES (REPEAT('w', 80))")
+            })?;
+        let row = raw.row("SHOW WARNINGS")?;
+        check(
+            row.get(2)
+                .cloned()
+                .flatten()
+                .unwrap_or_default()
+                .contains("truncated"),
+            format!("the write's warning: {row:?}"),
+        )?;
+        raw.exec("INSERT INTO t (v) VALUES ('last id')")?;
+        let (id, last) = raw.on("LAST_INSERT_ID()")?;
+        on_primary(id, "LAST_INSERT_ID()")?;
+        let (_, expected) = raw.on("(SELECT MAX(id) FROM t)")?;
+        check(
+            last == expected,
+            format!("LAST_INSERT_ID() {last:?}, max {expected:?}"),
+        )
+    })
+}
+
+fn session_state_reaches_every_backend_session(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        // Set while only the reader's backend session is open.
+        raw.exec("SET NAMES latin1")?;
+        raw.exec("SET SESSION sql_mode = 'ANSI_QUOTES'")?;
+        raw.exec("SET time_zone = '+05:00'")?;
+        raw.exec("USE app2")?;
+        let columns = "@@character_set_client, @@sql_mode, @@time_zone, DATABASE()";
+        let want = ["latin1", "ANSI_QUOTES", "+05:00", "app2"].map(|v| Some(v.to_owned()));
+        let (id, got) = raw.on(columns)?;
+        on_replica(id, "a read after SET")?;
+        check(got == want, format!("the reader has {got:?}"))?;
+        // The writer's backend session opens now: it gets the same state.
+        raw.exec("BEGIN")?;
+        let (id, got) = raw.on(columns)?;
+        on_primary(id, "a read in a transaction")?;
+        check(got == want, format!("the writer has {got:?}"))?;
+        raw.exec("COMMIT")?;
+        // Set with both open: both have it.
+        raw.exec("SET time_zone = '-02:00'")?;
+        raw.exec("BEGIN")?;
+        let (_, w) = raw.on("@@time_zone")?;
+        raw.exec("COMMIT")?;
+        let (id, r) = raw.on("@@time_zone")?;
+        on_replica(id, "a read after COMMIT")?;
+        check(
+            w == r && r == [Some("-02:00".to_owned())],
+            format!("writer {w:?}, reader {r:?}"),
+        )
+    })
+}
+
+fn uncarried_state_pins_to_the_writer_until_reset(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        raw.exec("CREATE TEMPORARY TABLE tmp (id INT)")?;
+        raw.exec("INSERT INTO tmp VALUES (7)")?;
+        let (id, v) = raw.on("(SELECT id FROM tmp)")?;
+        on_primary(id, "a read of a temporary table")?;
+        check(v == [Some("7".to_owned())], format!("tmp holds {v:?}"))?;
+        on_primary(raw.server()?, "any read once pinned")?;
+        Ok(())
+    })?;
+    both(env, |raw, _| {
+        raw.exec("SET @x = 42")?;
+        let (id, v) = raw.on("@x")?;
+        on_primary(id, "a read of a user variable")?;
+        check(v == [Some("42".to_owned())], format!("@x is {v:?}"))?;
+        // COM_RESET_CONNECTION unpins.
+        raw.0.write_raw(&RawClient::command_packet(&[0x1f]))?;
+        let ok = raw.0.expect_packet()?;
+        check(
+            ok.payload.first() == Some(&0),
+            format!("reset: {:?}", ok.payload),
+        )?;
+        let (id, v) = raw.on("@x")?;
+        on_replica(id, "a read after COM_RESET_CONNECTION")?;
+        check(v == [None], format!("@x after reset is {v:?}"))
+    })
+}
+
+/// The admin status's `statements` object.
+fn statements(env: &Env) -> Result<serde_json::Value, Failed> {
+    let (code, body) = http(env.admin, "GET", "/status", Some(TOKEN), b"").map_err(fail)?;
+    check(code == 200, format!("GET /status: {code}"))?;
+    let status: serde_json::Value = serde_json::from_str(&body).map_err(fail)?;
+    Ok(status["statements"].clone())
+}
+
+fn admin_status_counts_statements_pins_and_causal_reads(env: &Env) -> TestResult {
+    let before = statements(env)?;
+    let count = |v: &serde_json::Value, path: &[&str]| {
+        path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
+    };
+    let mut raw = Raw::open(env, true)?;
+    raw.server()?;
+    raw.server()?;
+    raw.exec("INSERT INTO t (v) VALUES ('counted')")?;
+    raw.server()?;
+    let during = statements(env)?;
+    check(
+        count(&during, &["backend_sessions"]) >= 2,
+        format!("backend sessions with both open: {during}"),
+    )?;
+    raw.exec("SET @pinned = 1")?;
+    drop(raw);
+    let after = statements(env)?;
+    let grew = |path: &[&str], by: u64| {
+        let (b, a) = (count(&before, path), count(&after, path));
+        check(a >= b + by, format!("{path:?}: {b} -> {a}"))
+    };
+    grew(&["routed", "reader"], 2)?;
+    grew(&["routed", "writer"], 2)?;
+    grew(&["pinned", "user_variable"], 1)?;
+    // The read right after the insert: a reader had it, or the writer
+    // answered.
+    let causal = |v: &serde_json::Value| {
+        count(v, &["causal_reads", "reader"]) + count(v, &["causal_reads", "writer"])
+    };
+    check(
+        causal(&after) > causal(&before),
+        format!("causal reads: {before} -> {after}"),
+    )?;
+    let metrics = http(env.admin, "GET", "/metrics", Some(TOKEN), b"")
+        .map_err(fail)?
+        .1;
+    check(
+        metrics.contains("switchyard_statements_routed_total{target=\"reader\"}"),
+        "the routed statements in /metrics",
+    )
+}
+
+async fn connect(env: &Env) -> Result<Conn, Failed> {
+    Conn::new(opts(env.proxy.addr().port(), MASTER_USER, Some("app")))
+        .await
+        .map_err(fail)
+}
+
+/// `@@server_id` of where `sql` (a statement returning one row) ran, and
+/// its first column.
+async fn ran_on(conn: &mut Conn, sql: &str) -> Result<(u32, Option<String>), Failed> {
+    let row: Option<(u32, Option<String>)> = conn
+        .query_first(format!("SELECT @@server_id, ({sql})"))
+        .await
+        .map_err(fail)?;
+    row.ok_or_else(|| fail("no row"))
+}
+
+fn reads_go_to_replicas_and_writes_to_the_primary(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env).await?;
+        let (id, _) = ran_on(&mut conn, "SELECT 1").await?;
+        check(REPLICA_IDS.contains(&id), format!("a read ran on {id}"))?;
+        conn.query_drop("INSERT INTO t (v) VALUES ('split-1')")
+            .await
+            .map_err(fail)?;
+        // Read-your-writes: whatever answers has the row.
+        let (_, v) = ran_on(&mut conn, "SELECT v FROM t WHERE v = 'split-1'").await?;
+        check(v.as_deref() == Some("split-1"), format!("read back {v:?}"))?;
+        let last: Option<(u32, u64)> = conn
+            .query_first("SELECT @@server_id, LAST_INSERT_ID()")
+            .await
+            .map_err(fail)?;
+        let (id, last) = last.ok_or_else(|| fail("no row"))?;
+        check(
+            id == PRIMARY_ID && last > 0,
+            format!("LAST_INSERT_ID() {last} on {id}"),
+        )?;
+        conn.disconnect().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn transactions_stay_on_the_writer(env: &Env) -> TestResult {
+    block_on(async {
+        let mut conn = connect(env).await?;
+        conn.query_drop("BEGIN").await.map_err(fail)?;
+        let (id, _) = ran_on(&mut conn, "SELECT 1").await?;
+        check(
+            id == PRIMARY_ID,
+            format!("a read in a transaction ran on {id}"),
+        )?;
+        conn.query_drop("COMMIT").await.map_err(fail)?;
+        let (id, _) = ran_on(&mut conn, "SELECT 1").await?;
+        check(
+            REPLICA_IDS.contains(&id),
+            format!("a read after COMMIT ran on {id}"),
+        )?;
+        conn.disconnect().await.map_err(fail)?;
+        Ok(())
+    })
+}
