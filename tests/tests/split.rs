@@ -10,7 +10,9 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::Sha1Password;
-use switchyard::protocol::{CapabilityFlags, QueryReply, ResultSetDecoder};
+use switchyard::protocol::{
+    CapabilityFlags, QueryReply, REPLY_HEAD, ReplyFramer, ReplyTo, ResultSetDecoder, StatusFlags,
+};
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, Topology, free_port, http};
 
@@ -130,6 +132,22 @@ fn main() {
         (
             "admin_status_counts_statements_pins_and_causal_reads",
             admin_status_counts_statements_pins_and_causal_reads,
+        ),
+        (
+            "binary_prepared_statements_run_where_the_rule_says",
+            binary_prepared_statements_run_where_the_rule_says,
+        ),
+        (
+            "cursor_fetch_stays_with_the_executing_backend",
+            cursor_fetch_stays_with_the_executing_backend,
+        ),
+        (
+            "load_data_local_reaches_the_writer",
+            load_data_local_reaches_the_writer,
+        ),
+        (
+            "kill_query_stops_a_long_read_on_a_reader",
+            kill_query_stops_a_long_read_on_a_reader,
         ),
     ];
     run_one_at_a_time(args, env, tests);
@@ -420,6 +438,215 @@ fn uncarried_state_pins_to_the_writer_until_reset(env: &Env) -> TestResult {
         let (id, v) = raw.on("@x")?;
         on_replica(id, "a read after COM_RESET_CONNECTION")?;
         check(v == [None], format!("@x after reset is {v:?}"))
+    })
+}
+
+/// Sends `payload` as a command on `raw` and reads its answer by the
+/// framer (a session without DEPRECATE_EOF): the packets' payloads.
+fn command(raw: &mut RawClient, payload: &[u8]) -> Result<Vec<Vec<u8>>, Failed> {
+    raw.write_raw(&RawClient::command_packet(payload))?;
+    let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+    let mut framer = ReplyFramer::new(ReplyTo::of(payload), false, status);
+    let mut packets = Vec::new();
+    while !framer.is_done() {
+        let p = raw.expect_packet()?;
+        let head = &p.payload[..p.payload.len().min(REPLY_HEAD)];
+        framer.packet(p.payload.len(), head).map_err(fail)?;
+        packets.push(p.payload.to_vec());
+    }
+    Ok(packets)
+}
+
+/// COM_STMT_PREPARE of `sql`: its id.
+fn prepare(raw: &mut RawClient, sql: &str) -> Result<u32, Failed> {
+    let mut payload = vec![0x16];
+    payload.extend_from_slice(sql.as_bytes());
+    let answer = command(raw, &payload)?;
+    let ok = &answer[0];
+    check(ok[0] == 0, format!("prepare {sql}: {ok:?}"))?;
+    Ok(u32::from_le_bytes(ok[1..5].try_into().map_err(fail)?))
+}
+
+/// A statement command (`code`) naming statement `id`, then `rest`.
+fn stmt_command(code: u8, id: u32, rest: &[u8]) -> Vec<u8> {
+    let mut p = vec![code];
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(rest);
+    p
+}
+
+/// The server id in a binary row of one BIGINT UNSIGNED column.
+fn binary_id(row: &[u8]) -> Result<u64, Failed> {
+    // 0x00, a one-byte NULL bitmap, the value.
+    let v = row
+        .get(2..10)
+        .ok_or_else(|| fail(format!("binary row {row:?}")))?;
+    Ok(u64::from_le_bytes(v.try_into().map_err(fail)?))
+}
+
+fn binary_prepared_statements_run_where_the_rule_says(env: &Env) -> TestResult {
+    env.topology()
+        .primary
+        .sql("INSERT INTO app.t (v) VALUES ('prepared read')");
+    replicated(env)?;
+    block_on(async {
+        let mut conn = connect(env).await?;
+        let read = conn
+            .prep("SELECT @@server_id, v FROM t WHERE v = ?")
+            .await
+            .map_err(fail)?;
+        let write = conn
+            .prep("INSERT INTO t (v) VALUES (?)")
+            .await
+            .map_err(fail)?;
+        for i in 0..3 {
+            let row: Option<(u32, Option<String>)> = conn
+                .exec_first(&read, ("prepared read",))
+                .await
+                .map_err(fail)?;
+            let (id, v) = row.ok_or_else(|| fail("no row"))?;
+            on_replica(id, &format!("execution {i} of a prepared read"))?;
+            check(v.as_deref() == Some("prepared read"), format!("read {v:?}"))?;
+        }
+        conn.exec_drop(&write, ("prepared write",))
+            .await
+            .map_err(fail)?;
+        let last: Option<(u32, u64)> = conn
+            .query_first("SELECT @@server_id, LAST_INSERT_ID()")
+            .await
+            .map_err(fail)?;
+        on_primary(
+            last.ok_or_else(|| fail("no row"))?.0,
+            "LAST_INSERT_ID() after a prepared insert",
+        )?;
+        // The read sees the prepared write, wherever it runs.
+        let row: Option<(u32, Option<String>)> = conn
+            .exec_first(&read, ("prepared write",))
+            .await
+            .map_err(fail)?;
+        check(
+            row.and_then(|r| r.1).as_deref() == Some("prepared write"),
+            "the prepared read sees the prepared write",
+        )?;
+        conn.close(read).await.map_err(fail)?;
+        conn.close(write).await.map_err(fail)?;
+        conn.disconnect().await.map_err(fail)
+    })?;
+    // COM_STMT_RESET and COM_STMT_CLOSE with the statement on both.
+    let mut raw = Raw::open(env, true)?.0;
+    let id = prepare(&mut raw, "SELECT @@server_id")?;
+    let mut execute = stmt_command(0x17, id, &[0]);
+    execute.extend_from_slice(&1u32.to_le_bytes());
+    let answer = command(&mut raw, &execute)?;
+    let row = &answer[answer.len() - 2];
+    let on = binary_id(row)?;
+    check(
+        REPLICA_IDS.contains(&(on as u32)),
+        format!("executed on {on}"),
+    )?;
+    let reset = command(&mut raw, &stmt_command(0x1a, id, &[]))?;
+    check(reset[0][0] == 0, format!("COM_STMT_RESET: {reset:?}"))?;
+    raw.write_raw(&RawClient::command_packet(&stmt_command(0x19, id, &[])))?;
+    let after = command(&mut raw, &execute)?;
+    check(
+        after[0][0] == 0xff && after[0][1..3] == 1243u16.to_le_bytes(),
+        format!("executing a closed statement: {after:?}"),
+    )
+}
+
+fn cursor_fetch_stays_with_the_executing_backend(env: &Env) -> TestResult {
+    let mut raw = Raw::open(env, false)?.0;
+    let id = prepare(&mut raw, "SELECT @@server_id FROM t LIMIT 3")?;
+    // CURSOR_TYPE_READ_ONLY.
+    let mut execute = stmt_command(0x17, id, &[1]);
+    execute.extend_from_slice(&1u32.to_le_bytes());
+    let answer = command(&mut raw, &execute)?;
+    check(
+        answer.len() == 3,
+        format!("the cursor's columns: {answer:?}"),
+    )?;
+    let fetched = command(&mut raw, &stmt_command(0x1c, id, &2u32.to_le_bytes()))?;
+    check(fetched.len() == 3, format!("two rows and EOF: {fetched:?}"))?;
+    let on = binary_id(&fetched[0])? as u32;
+    on_replica(on, "a cursor's read")?;
+    let rest = command(&mut raw, &stmt_command(0x1c, id, &2u32.to_le_bytes()))?;
+    check(rest.len() == 2, format!("the last row and EOF: {rest:?}"))?;
+    check(
+        binary_id(&rest[0])? as u32 == on,
+        "the rest came from the same replica",
+    )
+}
+
+fn load_data_local_reaches_the_writer(env: &Env) -> TestResult {
+    let mut raw = RawClient::connect(env.proxy.addr())?
+        .with_capabilities(CapabilityFlags::CLIENT_LOCAL_FILES);
+    match raw.login(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        Some("app"),
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    raw.write_raw(&RawClient::query_packet(
+        "LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE t (v)",
+    ))?;
+    let request = raw.expect_packet()?;
+    check(
+        request.payload.first() == Some(&0xfb),
+        format!("{:?}", request.payload),
+    )?;
+    raw.write_packet(2, b"infile-1\ninfile-2\n")?;
+    raw.write_packet(3, b"")?;
+    let ok = raw.expect_packet()?;
+    check(
+        ok.seq == 4 && ok.payload.first() == Some(&0),
+        format!("{:?}", ok.payload),
+    )?;
+    let n = env
+        .topology()
+        .primary
+        .sql("SELECT COUNT(*) FROM app.t WHERE v LIKE 'infile-%'");
+    check(n.trim() == "2", format!("the primary has {n} rows"))
+}
+
+fn kill_query_stops_a_long_read_on_a_reader(env: &Env) -> TestResult {
+    block_on(async {
+        let mut sleeper = connect(env).await?;
+        let mut killer = connect(env).await?;
+        // The killer holds a reader too (maybe the other replica).
+        killer.query_drop("SELECT 1").await.map_err(fail)?;
+        let id = sleeper.id();
+        let reader = server_id(&mut sleeper).await?;
+        on_replica(reader, "the sleeper's first read")?;
+        let started = std::time::Instant::now();
+        let sleep = async { sleeper.query_first::<u32, _>("SELECT SLEEP(30)").await };
+        let kill = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            killer
+                .query_drop(format!("KILL QUERY {id}"))
+                .await
+                .map_err(fail)
+        };
+        let (slept, killed) = tokio::join!(sleep, kill);
+        killed?;
+        // Interrupted: SLEEP gives 1, or the server reports 1317.
+        let interrupted = match slept {
+            Ok(v) => v == Some(1),
+            Err(e) => server_error(e)?.0 == 1317,
+        };
+        check(
+            interrupted && started.elapsed() < std::time::Duration::from_secs(20),
+            format!("the sleep ended after {:?}", started.elapsed()),
+        )?;
+        // The killed session goes on, on the same reader.
+        let next = server_id(&mut sleeper).await?;
+        check(
+            next == reader,
+            format!("the next read ran on {next}, not {reader}"),
+        )?;
+        Ok(())
     })
 }
 

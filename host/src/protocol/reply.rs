@@ -9,6 +9,7 @@
 //! OK / ERR; result sets (column count, definitions, the EOF between them
 //! unless CLIENT_DEPRECATE_EOF, rows, the EOF or OK that ends them) and
 //! SERVER_MORE_RESULTS_EXISTS chains (multi-statements, `CALL`);
+//! MariaDB's cached metadata (a result without its column definitions);
 //! `LOCAL INFILE` requests, after which the server waits for the client's
 //! data; COM_STMT_PREPARE's answer; binary rows and cursors; COM_FIELD_LIST;
 //! COM_STATISTICS's bare string; 16 MiB packets continued in chunks.
@@ -274,13 +275,24 @@ impl ReplyFramer {
             (_, Some(0xfb)) if self.to == ReplyTo::Results => Ok(Step::WaitsForClient),
             (_, Some(0xfe)) => Err(ProtocolError::Malformed("result set header")),
             (_, _) => {
-                let count = Reader::new(head).lenenc_int("column count")?;
+                let mut r = Reader::new(head);
+                let count = r.lenenc_int("column count")?;
                 if count == 0 {
                     return Err(ProtocolError::Malformed("column count"));
                 }
+                let cursor = self.to == ReplyTo::Cursor;
+                // MARIADB_CLIENT_CACHE_METADATA adds a byte: 0 when the
+                // column definitions are left out (the client has them).
+                if !r.is_empty() && r.u8("metadata follows")? == 0 {
+                    self.state = match (self.deprecate_eof, cursor) {
+                        (true, false) => State::Rows,
+                        _ => State::ColumnsEof { cursor },
+                    };
+                    return Ok(Step::More);
+                }
                 self.state = State::Columns {
                     left: count,
-                    cursor: self.to == ReplyTo::Cursor,
+                    cursor,
                 };
                 Ok(Step::More)
             }

@@ -239,3 +239,30 @@ fn says_which_packets_are_oks() {
         assert!(!f.was_ok(), "a classic EOF is no OK");
     }
 }
+
+#[test]
+fn cached_metadata_leaves_the_definitions_out() {
+    // MARIADB_CLIENT_CACHE_METADATA: the count, then 0 (no definitions),
+    // then the rows at once (DEPRECATE_EOF) or after the EOF.
+    let mut f = start(ReplyTo::Results, true);
+    let steps = feed(&mut f, &[vec![2, 0], vec![0, 0, 1], ok_eof(AUTOCOMMIT)]);
+    assert_eq!(steps, [Step::More, Step::More, done(AUTOCOMMIT)]);
+    let mut f = start(ReplyTo::Results, false);
+    let steps = feed(
+        &mut f,
+        &[vec![2, 0], eof(AUTOCOMMIT), vec![0, 0, 1], eof(AUTOCOMMIT)],
+    );
+    assert_eq!(*steps.last().unwrap(), done(AUTOCOMMIT));
+    // With metadata: the definitions follow.
+    let mut f = start(ReplyTo::Results, true);
+    let steps = feed(
+        &mut f,
+        &[
+            vec![1, 1],
+            b"def".to_vec(),
+            vec![0, 0, 1],
+            ok_eof(AUTOCOMMIT),
+        ],
+    );
+    assert_eq!(*steps.last().unwrap(), done(AUTOCOMMIT));
+}
