@@ -480,6 +480,12 @@ pub struct PoolConfig {
     /// to the writer. Default true.
     #[serde(default = "default_true")]
     pub causal_reads: bool,
+    /// A split pool with causal reads: when the monitor does not yet show
+    /// a reader has the session's last write, wait up to this many
+    /// milliseconds for it there (`MASTER_GTID_WAIT`) before the writer
+    /// answers the read instead. Default 0: no wait.
+    #[serde(default)]
+    pub causal_wait_ms: u64,
     /// Balancing method. Default `least-connections`.
     #[serde(default)]
     pub balance: Balance,

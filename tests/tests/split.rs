@@ -22,6 +22,8 @@ use common::*;
 type TestFn = fn(&Env) -> TestResult;
 
 const MONITOR: (&str, &str) = ("monitor", "monitorpass");
+/// A user of the pool whose causal reads wait on a reader.
+const WAITER: (&str, &str) = ("waiter", "waiterpass");
 const TOKEN: &str = "split-tests";
 const PRIMARY_ID: u32 = 1;
 const REPLICA_IDS: [u32; 2] = [2, 3];
@@ -53,6 +55,10 @@ backends = ["{r1}", "{r2}"]
 [pools.app]
 writer = "master"
 reader = "replicas"
+[pools.app_wait]
+writer = "master"
+reader = "replicas"
+causal_wait_ms = 50
 [health]
 interval_ms = 100
 timeout_ms = 500
@@ -66,8 +72,13 @@ token = "{TOKEN}"
 module = "{{policy}}"
 [policy.settings]
 "user.mysqlmaster" = "app"
+"user.waiter" = "app_wait"
 "#,
-        master = user_table(MASTER_USER.0, MASTER_USER.1),
+        master = format!(
+            "{}{}",
+            user_table(MASTER_USER.0, MASTER_USER.1),
+            user_table(WAITER.0, WAITER.1)
+        ),
         p = topology.primary.addr(),
         r1 = topology.replicas[0].addr(),
         r2 = topology.replicas[1].addr(),
@@ -84,8 +95,10 @@ fn main() {
          GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';
          CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
          CREATE DATABASE app2;
-         GRANT ALL ON app2.* TO '{2}'@'%';",
-        MONITOR.0, MONITOR.1, MASTER_USER.0
+         GRANT ALL ON app2.* TO '{2}'@'%';
+         CREATE USER '{3}'@'%' IDENTIFIED BY '{4}';
+         GRANT ALL ON app.* TO '{3}'@'%';",
+        MONITOR.0, MONITOR.1, MASTER_USER.0, WAITER.0, WAITER.1
     ));
     topology.sync_replicas().expect("replicas have the schema");
     let admin = free_port();
@@ -149,6 +162,10 @@ fn main() {
             "kill_query_stops_a_long_read_on_a_reader",
             kill_query_stops_a_long_read_on_a_reader,
         ),
+        (
+            "reads_see_the_sessions_own_writes_under_lag",
+            reads_see_the_sessions_own_writes_under_lag,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -160,18 +177,17 @@ struct Raw(RawClient);
 
 impl Raw {
     fn open(env: &Env, tracked: bool) -> Result<Self, Failed> {
+        Self::open_as(env, tracked, MASTER_USER)
+    }
+
+    fn open_as(env: &Env, tracked: bool, (user, password): (&str, &str)) -> Result<Self, Failed> {
         let caps = if tracked {
             CapabilityFlags::CLIENT_SESSION_TRACK
         } else {
             CapabilityFlags::empty()
         };
         let mut raw = RawClient::connect(env.proxy.addr())?.with_capabilities(caps);
-        match raw.login(
-            MASTER_USER.0,
-            MASTER_USER.1,
-            Some("app"),
-            "mysql_native_password",
-        )? {
+        match raw.login(user, password, Some("app"), "mysql_native_password")? {
             LoginOutcome::Ok(2) => Ok(Self(raw)),
             other => Err(format!("{other:?}").into()),
         }
@@ -648,6 +664,66 @@ fn kill_query_stops_a_long_read_on_a_reader(env: &Env) -> TestResult {
         )?;
         Ok(())
     })
+}
+
+/// Inserts and reads back at once, `rounds` times: how many reads missed
+/// the row.
+fn insert_and_read_back(raw: &mut Raw, tag: &str, rounds: usize) -> Result<usize, Failed> {
+    let mut stale = 0;
+    for i in 0..rounds {
+        raw.exec(&format!("INSERT INTO t (v) VALUES ('{tag}-{i}')"))?;
+        let n = raw.row(&format!("SELECT COUNT(*) FROM t WHERE v = '{tag}-{i}'"))?;
+        if n.first().cloned().flatten().as_deref() != Some("1") {
+            stale += 1;
+        }
+    }
+    Ok(stale)
+}
+
+/// Read-your-writes: with one replica's SQL thread stopped (it lags ever
+/// more) and the other replicating, a session inserts and reads back at
+/// once, a thousand times, tracked and not, and (fewer times) in the pool
+/// whose reads wait on the reader: no read misses its row. With both
+/// replicas replicating (lag well under a second), the share of reads
+/// after a write that replicas served is printed for both pools.
+fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
+    env.topology().replicas[0].sql("STOP SLAVE SQL_THREAD");
+    let result = (|| {
+        both(env, |raw, tracked| {
+            let stale = insert_and_read_back(raw, &format!("ryw-{tracked}"), 1000)?;
+            check(
+                stale == 0,
+                format!("{stale} stale reads of the session's own writes"),
+            )
+        })?;
+        let mut raw = Raw::open_as(env, true, WAITER)?;
+        let stale = insert_and_read_back(&mut raw, "ryw-wait", 100)?;
+        check(
+            stale == 0,
+            format!("{stale} stale reads with causal_wait_ms"),
+        )
+    })();
+    env.topology().replicas[0].sql("START SLAVE SQL_THREAD");
+    result?;
+    replicated(env)?;
+    for (user, pool) in [(MASTER_USER, "app"), (WAITER, "app_wait")] {
+        let causal = |v: &serde_json::Value, k: &str| v["causal_reads"][k].as_u64().unwrap_or(0);
+        let before = statements(env)?;
+        let mut raw = Raw::open_as(env, true, user)?;
+        let stale = insert_and_read_back(&mut raw, &format!("ryw-live-{pool}"), 1000)?;
+        check(
+            stale == 0,
+            format!("{pool}: {stale} stale reads without injected lag"),
+        )?;
+        let after = statements(env)?;
+        let by = |k: &str| causal(&after, k) - causal(&before, k);
+        let (reader, waited, writer) = (by("reader"), by("waited"), by("writer"));
+        eprintln!(
+            "{pool}: reads right after a write, replicas replicating: {reader} by a replica at once, {waited} by a replica after waiting, {writer} by the writer ({:.1}% by replicas)",
+            100.0 * (reader + waited) as f64 / (reader + waited + writer).max(1) as f64
+        );
+    }
+    Ok(())
 }
 
 /// The admin status's `statements` object.

@@ -318,6 +318,8 @@ pub struct Split {
     pub reader: String,
     /// Reads after the session's own writes wait for readers to apply them.
     pub causal_reads: bool,
+    /// How long a read may wait on a reader for the session's last write.
+    pub causal_wait: std::time::Duration,
 }
 
 /// Live figures of one pool.
@@ -355,6 +357,7 @@ impl Pool {
                 writer: writer.to_owned(),
                 reader: reader.to_owned(),
                 causal_reads: config.causal_reads,
+                causal_wait: std::time::Duration::from_millis(config.causal_wait_ms),
             }),
         }
     }

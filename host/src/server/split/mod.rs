@@ -109,6 +109,8 @@ struct Side {
     stale: bool,
     /// The capabilities it was opened with (the client's).
     caps: CapabilityFlags,
+    /// A GTID this backend session's server is known to have applied.
+    has: Option<crate::pool::gtid::Gtid>,
 }
 
 impl Side {
@@ -125,6 +127,7 @@ impl Side {
             status,
             stale: false,
             caps,
+            has: None,
         }
     }
 
@@ -464,7 +467,8 @@ impl SplitSession {
     }
 
     /// Where a read goes given the session's last write: a reader that has
-    /// applied it, else the writer.
+    /// applied it (as the monitor says, or as a bounded
+    /// `MASTER_GTID_WAIT` there finds), else the writer.
     async fn causal(&mut self, cx: &Cx<'_>) -> Result<Role, Failed> {
         if !self.pools.causal_reads || self.routing.last_write == LastWrite::None {
             return Ok(Role::Reader);
@@ -481,17 +485,37 @@ impl SplitSession {
                 return Ok(Role::Writer);
             }
         };
-        let reader = match self.ensure(Role::Reader, cx).await {
-            Ok(Role::Reader) => self.side(Role::Reader).expect("open"),
-            _ => return Ok(Role::Writer),
-        };
-        if reader.lease.backend().has_applied(&gtid) == Some(true) {
+        if self.ensure(Role::Reader, cx).await? != Role::Reader {
+            return Ok(Role::Writer);
+        }
+        let reader = self.side(Role::Reader).expect("open");
+        if reader.has == Some(gtid) || reader.lease.backend().has_applied(&gtid) == Some(true) {
             metrics.causal(Causal::Reader);
-            Ok(Role::Reader)
+        } else if !self.pools.causal_wait.is_zero() && self.wait_for(gtid, cx).await? {
+            metrics.causal(Causal::Waited);
         } else {
             metrics.causal(Causal::Writer);
-            Ok(Role::Writer)
+            return Ok(Role::Writer);
         }
+        // A replica never loses a transaction it applied: no need to ask
+        // again until the next write.
+        if let Some(reader) = self.sides[Role::Reader as usize].as_mut() {
+            reader.has = Some(gtid);
+        }
+        Ok(Role::Reader)
+    }
+
+    /// Whether the reader applies `gtid` within `causal_wait_ms`.
+    async fn wait_for(
+        &mut self,
+        gtid: crate::pool::gtid::Gtid,
+        cx: &Cx<'_>,
+    ) -> Result<bool, Failed> {
+        let seconds = self.pools.causal_wait.as_secs_f64();
+        let sql = format!("\x03SELECT MASTER_GTID_WAIT('{gtid}', {seconds:.3})");
+        let side = self.sides[Role::Reader as usize].as_mut().expect("open");
+        let answer = exchange(side, sql.as_bytes(), None, cx).await?;
+        Ok(!answer.err && first_value(&answer).as_deref() == Some("0"))
     }
 
     /// `@@last_gtid` of the writer's session: the GTID of its last write.
@@ -500,18 +524,8 @@ impl SplitSession {
             return Ok(LastWrite::Untraceable);
         };
         let answer = exchange(side, b"\x03SELECT @@last_gtid", None, cx).await?;
-        // Column count, definition, (EOF), the row, the end.
-        let row = answer
-            .packets
-            .len()
-            .checked_sub(2)
-            .map(|i| &answer.packets[i]);
-        let value = row.and_then(|r| {
-            let mut r = crate::protocol::Reader::new(r);
-            r.lenenc_bytes("last_gtid").ok().map(|v| v.to_vec())
-        });
-        Ok(match value.as_deref().map(std::str::from_utf8) {
-            Some(Ok(v)) if !answer.err => LastWrite::of(v),
+        Ok(match first_value(&answer) {
+            Some(v) if !answer.err => LastWrite::of(&v),
             _ => LastWrite::Untraceable,
         })
     }
@@ -991,6 +1005,15 @@ impl SplitSession {
         let _ = self.client.flush().await;
         self.client.shutdown().await;
     }
+}
+
+/// The one value of a one-row, one-column text result nobody else read.
+fn first_value(answer: &Answer) -> Option<String> {
+    // Column count, definition, (EOF), the row, the end.
+    let row = answer.packets.get(answer.packets.len().checked_sub(2)?)?;
+    let mut r = crate::protocol::Reader::new(row);
+    let value = r.lenenc_bytes("value").ok()?;
+    String::from_utf8(value.to_vec()).ok()
 }
 
 /// Where an answer's packets go: the client (and the count of bytes sent
