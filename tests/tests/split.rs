@@ -47,7 +47,7 @@ fn config(topology: &Topology, admin: u16) -> String {
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 5000
 connect_timeout_ms = 700
-{master}
+{master}{waiter}
 [pools.master]
 backends = ["{p}"]
 [pools.replicas]
@@ -74,11 +74,8 @@ module = "{{policy}}"
 "user.mysqlmaster" = "app"
 "user.waiter" = "app_wait"
 "#,
-        master = format!(
-            "{}{}",
-            user_table(MASTER_USER.0, MASTER_USER.1),
-            user_table(WAITER.0, WAITER.1)
-        ),
+        master = user_table(MASTER_USER.0, MASTER_USER.1),
+        waiter = user_table(WAITER.0, WAITER.1),
         p = topology.primary.addr(),
         r1 = topology.replicas[0].addr(),
         r2 = topology.replicas[1].addr(),
