@@ -56,6 +56,9 @@ const TOKEN: &str = "compat-admin-token";
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(180);
 /// The primary's server id: `mysqlmaster` is routed there.
 const PRIMARY_ID: u32 = 1;
+/// The server id of the one replica the split listener's reader pool has:
+/// a read there runs on it.
+const SPLIT_READER_ID: u32 = 2;
 const CONNECTOR_J_JAR: &str = "/usr/share/java/mariadb-java-client.jar";
 
 /// Whether the client must use TLS.
@@ -65,6 +68,9 @@ enum Mode {
     Plain,
     /// TLS required and verified, against a listener that requires TLS.
     Tls,
+    /// Default settings, `mysqlmaster` routed to a split pool (reads to a
+    /// replica, the rest to the primary).
+    Split,
 }
 
 impl Mode {
@@ -72,6 +78,7 @@ impl Mode {
         match self {
             Self::Plain => "plaintext",
             Self::Tls => "TLS required",
+            Self::Split => "split pool",
         }
     }
 
@@ -79,14 +86,23 @@ impl Mode {
         match self {
             Self::Plain => "plain",
             Self::Tls => "tls",
+            Self::Split => "split",
         }
     }
 
     /// `COMPAT_TLS` for the programs.
     fn env(self) -> &'static str {
         match self {
-            Self::Plain => "off",
+            Self::Plain | Self::Split => "off",
             Self::Tls => "required",
+        }
+    }
+
+    /// Where the `query` scenario's read runs.
+    fn server_id(self) -> u32 {
+        match self {
+            Self::Plain | Self::Tls => PRIMARY_ID,
+            Self::Split => SPLIT_READER_ID,
         }
     }
 }
@@ -307,6 +323,7 @@ struct Env {
     topology: Topology,
     plain: Listener,
     tls: Listener,
+    split: Listener,
     certs: TlsFiles,
     _dir: tempfile::TempDir,
     rows: Mutex<Vec<Row>>,
@@ -318,14 +335,21 @@ impl Env {
         match mode {
             Mode::Plain => &self.plain,
             Mode::Tls => &self.tls,
+            Mode::Split => &self.split,
         }
     }
 }
 
-/// A proxy config: the test accounts, the topology's pools, no login
-/// throttle (the suite fails logins on purpose), an admin endpoint and
-/// `extra` at the end.
-fn proxy_config(topology: &Topology, admin_port: u16, users: &str, extra: &str) -> String {
+/// A proxy config: the test accounts, the topology's pools (and `app`,
+/// which splits between the primary and one replica), no login throttle
+/// (the suite fails logins on purpose), an admin endpoint, `mysqlmaster`
+/// routed to `master_pool`, and `extra` at the end.
+fn proxy_config(
+    topology: &Topology,
+    admin_port: u16,
+    (users, master_pool): (&str, &str),
+    extra: &str,
+) -> String {
     format!(
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 20000
@@ -335,6 +359,11 @@ connect_timeout_ms = 2000
 backends = ["{primary}"]
 [pools.replicas]
 backends = ["{r1}", "{r2}"]
+[pools.one_replica]
+backends = ["{r1}"]
+[pools.app]
+writer = "master"
+reader = "one_replica"
 [throttle]
 max_failures = 0
 [admin]
@@ -343,7 +372,7 @@ token = "{TOKEN}"
 [policy]
 module = "{{policy}}"
 [policy.settings]
-"user.mysqlmaster" = "master"
+"user.mysqlmaster" = "{master_pool}"
 "user.mysqlslave" = "replicas"
 "default" = "master"
 {extra}"#,
@@ -355,10 +384,15 @@ module = "{{policy}}"
     )
 }
 
-fn start_listener(topology: &Topology, extra: &str) -> Listener {
+fn start_listener(topology: &Topology, extra: &str, master_pool: &str) -> Listener {
     let admin_port = free_port();
-    let proxy =
-        Proxy::start(&proxy_config(topology, admin_port, "", extra)).expect("start switchyard");
+    let proxy = Proxy::start(&proxy_config(
+        topology,
+        admin_port,
+        ("", master_pool),
+        extra,
+    ))
+    .expect("start switchyard");
     Listener {
         proxy,
         admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
@@ -370,7 +404,8 @@ fn main() {
     let topology = Topology::start(2, None).expect("start the MariaDB topology");
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = ca_signed_certificate(dir.path()).expect("make certificates");
-    let plain = start_listener(&topology, "");
+    let plain = start_listener(&topology, "", "master");
+    let split = start_listener(&topology, "", "app");
     let tls = start_listener(
         &topology,
         &format!(
@@ -378,11 +413,13 @@ fn main() {
             certs.cert.display(),
             certs.key.display()
         ),
+        "master",
     );
     let env = Arc::new(Env {
         topology,
         plain,
         tls,
+        split,
         certs,
         _dir: dir,
         rows: Mutex::new(Vec::new()),
@@ -390,7 +427,7 @@ fn main() {
     });
     let mut trials = Vec::new();
     for client in Client::ALL {
-        for mode in [Mode::Plain, Mode::Tls] {
+        for mode in [Mode::Plain, Mode::Tls, Mode::Split] {
             let env = Arc::clone(&env);
             trials.push(Trial::test(
                 format!("{}::{}", client.slug(), mode.slug()),
@@ -616,6 +653,8 @@ struct ProgramEnv<'a> {
     tls: &'a str,
     table: &'a str,
     action: &'a str,
+    /// Where the `query` scenario's read runs.
+    server_id: u32,
 }
 
 fn program_command(env: &Env, client: Client, p: &ProgramEnv) -> Result<Command, Failed> {
@@ -634,7 +673,7 @@ fn program_command(env: &Env, client: Client, p: &ProgramEnv) -> Result<Command,
         .env("COMPAT_TABLE", p.table)
         .env("COMPAT_TLS", p.tls)
         .env("COMPAT_CA", &env.certs.ca)
-        .env("COMPAT_SERVER_ID", PRIMARY_ID.to_string())
+        .env("COMPAT_SERVER_ID", p.server_id.to_string())
         .env("COMPAT_BIG_UNITS", BIG_UNITS.to_string())
         .env("COMPAT_ACTION", p.action)
         .env("PYTHONIOENCODING", "utf-8");
@@ -650,6 +689,8 @@ fn run_client(env: &Env, client: Client, mode: Mode) -> Result<(), Failed> {
         "DROP TABLE IF EXISTS app.{table};
          CREATE TABLE app.{table} (id INT PRIMARY KEY, v VARCHAR(64))"
     ));
+    // A split pool's reads of it run on a replica.
+    env.topology.sync_replicas().map_err(fail)?;
     let log_from = listener.proxy.log().len();
     let mut run_info = None;
     // Parts of the log whose sessions the client dropped on purpose.
@@ -677,6 +718,7 @@ fn run_client(env: &Env, client: Client, mode: Mode) -> Result<(), Failed> {
                     tls: mode.env(),
                     table: &table,
                     action: "suite",
+                    server_id: mode.server_id(),
                 },
             )?;
             let run = run_program(cmd, PROGRAM_TIMEOUT)?;
@@ -914,7 +956,7 @@ fn cli_suite(
     cells.insert(
         "tls",
         match mode {
-            Mode::Plain => Cell::na("plaintext run"),
+            Mode::Plain | Mode::Split => Cell::na("plaintext run"),
             Mode::Tls => {
                 let status = cli(env, port, tls, pass, &[], "status")?;
                 let cipher = cli_ok(&status).ok().and_then(|s| {
@@ -946,7 +988,10 @@ fn cli_suite(
     cells.insert(
         "query",
         match cli_ok(&run) {
-            Ok(out) => Cell::from_bool(out == format!("{PRIMARY_ID}\t2\tapp"), format!("{out:?}")),
+            Ok(out) => Cell::from_bool(
+                out == format!("{}\t2\tapp", mode.server_id()),
+                format!("{out:?}"),
+            ),
             Err(e) => Cell::fail(e),
         },
     );
@@ -1057,7 +1102,7 @@ fn cli_suite(
     cells.insert(
         "plaintext_refused",
         match mode {
-            Mode::Plain => Cell::na("plaintext run"),
+            Mode::Plain | Mode::Split => Cell::na("plaintext run"),
             Mode::Tls => cli_expect_1045(&cli(env, port, "disabled", pass, &[], "SELECT 1")?),
         },
     );
@@ -1187,7 +1232,7 @@ async fn mysql_async_suite(env: &Env, mode: Mode, table: &str) -> Cells {
             "query",
             match r {
                 Ok(row) => Cell::from_bool(
-                    row == Some((PRIMARY_ID, 2, "app".into())),
+                    row == Some((mode.server_id(), 2, "app".into())),
                     format!("{row:?}"),
                 ),
                 Err(e) => Cell::fail(e.to_string()),
@@ -1352,6 +1397,7 @@ fn sha2_login(
             tls,
             table: "",
             action: "login",
+            server_id: PRIMARY_ID,
         },
     )?;
     if client == Client::ConnectorPython {
@@ -1413,7 +1459,7 @@ fn caching_sha2(env: &Env) -> TestResult {
     let config = proxy_config(
         &env.topology,
         free_port(),
-        &users,
+        (&users, "master"),
         &format!(
             "[auth]\ndefault_plugin = \"caching_sha2_password\"\nrsa_private_key = \"{}\"\n\
              [tls]\ncert = \"{}\"\nkey = \"{}\"\n",

@@ -14,7 +14,7 @@ use switchyard::protocol::{
     CapabilityFlags, QueryReply, REPLY_HEAD, ReplyFramer, ReplyTo, ResultSetDecoder, StatusFlags,
 };
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
-use switchyard_e2e::{MASTER_USER, Proxy, Topology, free_port, http};
+use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
 
 mod common;
 use common::*;
@@ -47,7 +47,7 @@ fn config(topology: &Topology, admin: u16) -> String {
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 5000
 connect_timeout_ms = 700
-{master}{waiter}
+{master}{waiter}{slave}
 [pools.master]
 backends = ["{p}"]
 [pools.replicas]
@@ -73,9 +73,11 @@ module = "{{policy}}"
 [policy.settings]
 "user.mysqlmaster" = "app"
 "user.waiter" = "app_wait"
+"user.mysqlslave" = "replicas"
 "#,
         master = user_table(MASTER_USER.0, MASTER_USER.1),
         waiter = user_table(WAITER.0, WAITER.1),
+        slave = user_table(SLAVE_USER.0, SLAVE_USER.1),
         p = topology.primary.addr(),
         r1 = topology.replicas[0].addr(),
         r2 = topology.replicas[1].addr(),
@@ -162,6 +164,10 @@ fn main() {
         (
             "reads_see_the_sessions_own_writes_under_lag",
             reads_see_the_sessions_own_writes_under_lag,
+        ),
+        (
+            "com_change_user_with_both_backend_sessions_open",
+            com_change_user_with_both_backend_sessions_open,
         ),
     ];
     run_one_at_a_time(args, env, tests);
@@ -721,6 +727,97 @@ fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
         );
     }
     Ok(())
+}
+
+fn change_to((user, pass): (&str, &str), db: Option<&str>) -> mysql_async::ChangeUserOpts {
+    mysql_async::ChangeUserOpts::default()
+        .with_user(Some(user.into()))
+        .with_pass(Some(pass.into()))
+        .with_db_name(db.map(str::to_owned))
+}
+
+/// Where a read and a transaction's read run, and what `@v` holds.
+async fn where_reads_run(conn: &mut Conn) -> Result<(u32, u32, Option<String>), Failed> {
+    let read = server_id(conn).await?;
+    conn.query_drop("BEGIN").await.map_err(fail)?;
+    let written = server_id(conn).await?;
+    conn.query_drop("COMMIT").await.map_err(fail)?;
+    let v: Option<Option<String>> = conn.query_first("SELECT @v").await.map_err(fail)?;
+    Ok((read, written, v.flatten()))
+}
+
+/// COM_CHANGE_USER in a split session with its writer and reader backend
+/// sessions open (and state set): to another user of a split pool (the
+/// state is gone, the split goes on), to a user of a plain pool (bound to
+/// a replica from then on), and back from there to a split pool. The
+/// backend sessions of the old user are closed each time.
+fn com_change_user_with_both_backend_sessions_open(env: &Env) -> TestResult {
+    let held = |env: &Env| -> Result<u64, Failed> {
+        Ok(statements(env)?["backend_sessions"].as_u64().unwrap_or(0))
+    };
+    let before = held(env)?;
+    block_on(async {
+        let mut conn = connect(env).await?;
+        conn.query_drop("SET @v = 'old'").await.map_err(fail)?;
+        let (_, writer, v) = where_reads_run(&mut conn).await?;
+        on_primary(writer, "a transaction")?;
+        check(v.as_deref() == Some("old"), format!("@v {v:?}"))?;
+        conn.query_drop("SET @v = NULL").await.map_err(fail)?;
+        // Unpinned by a reset, then both open again.
+        conn.reset().await.map_err(fail)?;
+        let (reader, writer, _) = where_reads_run(&mut conn).await?;
+        on_replica(reader, "a read after the reset")?;
+        on_primary(writer, "a transaction after the reset")?;
+        check(held(env)? >= before + 2, "both backend sessions open")?;
+        // To another split pool's user.
+        conn.query_drop("SET @v = 'kept?'").await.map_err(fail)?;
+        conn.change_user(change_to(WAITER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let who: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .map_err(fail)?;
+        check(
+            who.as_deref().is_some_and(|w| w.starts_with("waiter@")),
+            format!("{who:?}"),
+        )?;
+        let (reader, writer, v) = where_reads_run(&mut conn).await?;
+        on_replica(reader, "a read after COM_CHANGE_USER")?;
+        on_primary(writer, "a transaction after COM_CHANGE_USER")?;
+        check(v.is_none(), format!("@v survived COM_CHANGE_USER: {v:?}"))?;
+        // To a plain pool's user: bound to one replica.
+        conn.change_user(change_to(SLAVE_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let (reader, in_transaction, _) = where_reads_run(&mut conn).await?;
+        on_replica(reader, "a plain pool's read")?;
+        check(
+            in_transaction == reader,
+            "a plain pool's session stays on its backend",
+        )?;
+        // And back to the split pool.
+        conn.change_user(change_to(MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        conn.query_drop("INSERT INTO t (v) VALUES ('after change user')")
+            .await
+            .map_err(fail)?;
+        let (reader, writer, _) = where_reads_run(&mut conn).await?;
+        check(
+            REPLICA_IDS.contains(&reader) || reader == PRIMARY_ID,
+            "a read",
+        )?;
+        on_primary(writer, "a transaction back in the split pool")?;
+        conn.disconnect().await.map_err(fail)
+    })?;
+    // Every backend session of the test's session is let go.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = held(env)?;
+    check(
+        after == before,
+        format!("backend sessions held: {before} before, {after} after"),
+    )
 }
 
 /// The admin status's `statements` object.

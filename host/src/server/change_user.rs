@@ -27,7 +27,7 @@ use tracing::{field, info, warn};
 
 use super::limits::UserClaim;
 use super::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
-use super::{Shared, reuse};
+use super::{Shared, reuse, split};
 use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::PacketStream;
 use crate::metrics::{ChangeUserOutcome, Metrics};
@@ -49,6 +49,23 @@ enum Step {
         user: UserClaim,
         left: Left,
     },
+    /// The session goes on as the new user in a split pool, on the first
+    /// backend session opened there; the old one is kept or closed.
+    Split {
+        first: (split::Role, crate::backend::BackendSession, BackendLease),
+        credential: Box<split::Credential>,
+        pools: crate::pool::Split,
+        user: UserClaim,
+        left: Left,
+    },
+}
+
+/// How the session goes on after COM_CHANGE_USER.
+pub(super) enum Next {
+    /// Bound to one backend session.
+    Bound(Bound),
+    /// Statement by statement, in a split pool.
+    Split(Box<split::SplitSession>),
 }
 
 /// What the session knew of the backend session it moved away from.
@@ -86,7 +103,7 @@ pub(super) async fn handle(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     policy: Option<&str>,
-) -> Option<Bound> {
+) -> Option<Next> {
     let Bound {
         client,
         client_rest,
@@ -118,8 +135,8 @@ pub(super) async fn handle(
     let step = match outcome {
         Ok(Ok(step)) => {
             metrics.change_user(match step {
-                Step::Moved { .. } => ChangeUserOutcome::Moved,
-                _ => ChangeUserOutcome::InPlace,
+                Step::Reauthenticated { .. } => ChangeUserOutcome::InPlace,
+                _ => ChangeUserOutcome::Moved,
             });
             step
         }
@@ -167,8 +184,25 @@ pub(super) async fn handle(
             leave(backend, &lease, left, metrics).await;
             (new_backend, new_lease, new_user)
         }
+        Step::Split {
+            first,
+            credential,
+            pools,
+            user,
+            left,
+        } => {
+            leave(backend, &lease, left, metrics).await;
+            let session = split::SplitSession::new(
+                client,
+                first,
+                (credential, ctx.nonce, user),
+                pools,
+                metrics,
+            );
+            return Some(Next::Split(Box::new(session)));
+        }
     };
-    Some(Bound::new((client, backend), lease, user))
+    Some(Next::Bound(Bound::new((client, backend), lease, user)))
 }
 
 /// Verify, route, re-authenticate or reconnect.
@@ -209,6 +243,9 @@ async fn exchange(
         policy,
     };
     let admitted = login::admit(client, &gate, attempt, request.database.as_deref()).await?;
+    if admitted.pool.split.is_some() {
+        return to_split(client, (ctx, &request), admitted, gate, deadline).await;
+    }
     if Arc::ptr_eq(&admitted.pool, &ctx.pool) {
         in_place(client, backend, (ctx, &request), admitted, gate).await
     } else {
@@ -280,20 +317,7 @@ async fn move_to_pool(
         seq,
     } = admitted;
     let (shared, state) = (gate.shared, gate.state);
-    let response = HandshakeResponse {
-        capabilities: ctx.capabilities,
-        max_packet_size: ctx.max_packet_size,
-        charset: request
-            .charset
-            .and_then(|c| u8::try_from(c).ok())
-            .unwrap_or(ctx.charset),
-        mariadb_capabilities: ctx.mariadb_capabilities,
-        username: request.username.clone(),
-        auth_response: Vec::new(),
-        database: request.database.clone(),
-        auth_plugin: None,
-        connect_attrs: request.connect_attrs.clone(),
-    };
+    let response = new_response(ctx, request);
     let request_login = LoginRequest {
         client: &response,
         password: &password,
@@ -330,6 +354,85 @@ async fn move_to_pool(
     Ok(Step::Moved {
         backend: session.stream,
         lease,
+        user: claim,
+        left,
+    })
+}
+
+/// The handshake the new user's backend sessions log in with.
+fn new_response(ctx: &SessionCtx, request: &ChangeUser) -> HandshakeResponse {
+    HandshakeResponse {
+        capabilities: ctx.capabilities,
+        max_packet_size: ctx.max_packet_size,
+        charset: request
+            .charset
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(ctx.charset),
+        mariadb_capabilities: ctx.mariadb_capabilities,
+        username: request.username.clone(),
+        auth_response: Vec::new(),
+        database: request.database.clone(),
+        auth_plugin: None,
+        connect_attrs: request.connect_attrs.clone(),
+    }
+}
+
+/// A split pool: its first backend session, logged in as the new user,
+/// before the old one is let go.
+async fn to_split(
+    client: &mut PacketStream,
+    (ctx, request): (&mut SessionCtx, &ChangeUser),
+    admitted: Admitted,
+    gate: Gate<'_>,
+    deadline: Deadline,
+) -> Result<Step, LoginError> {
+    let Admitted {
+        password,
+        claim,
+        pool,
+        seq,
+    } = admitted;
+    let pools = pool.split.clone().expect("a split pool");
+    let credential = Box::new(split::Credential {
+        response: new_response(ctx, request),
+        password,
+        offered: ctx.offered,
+        offered_mariadb: ctx.offered_mariadb,
+    });
+    let login = LoginRequest {
+        client: &credential.response,
+        password: &credential.password,
+        offered: credential.offered,
+        offered_mariadb: credential.offered_mariadb,
+    };
+    let first = split::open_first(
+        &pools,
+        &login,
+        seq,
+        (gate.state, &gate.shared.metrics),
+        deadline,
+    )
+    .await?;
+    gate.succeeded();
+    client
+        .write(seq, &first.1.ok)
+        .await
+        .map_err(|e| LoginError::client(e.into()))?;
+    let span = tracing::Span::current();
+    span.record("user", request.username.as_str());
+    span.record("pool", pool.name.as_str());
+    info!("COM_CHANGE_USER: moved the session to a split pool");
+    let left = Left {
+        thread_id: ctx.backend_thread,
+        nonce: std::mem::take(&mut ctx.backend_nonce),
+        capabilities: ctx.backend_caps,
+        shape: ctx.shape(),
+        pool: std::mem::replace(&mut ctx.pool, pool),
+    };
+    Ok(Step::Split {
+        first,
+        credential,
+        pools,
         user: claim,
         left,
     })

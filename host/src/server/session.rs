@@ -52,11 +52,8 @@ enum Mode {
     /// COM_CHANGE_USER needs.
     Bound { bound: Bound, ctx: SessionCtx },
     /// A split pool's: statement by statement, over backend sessions of
-    /// its own; the user's claim held to the end.
-    Split {
-        split: Box<split::SplitSession>,
-        _user: UserClaim,
-    },
+    /// its own.
+    Split { split: Box<split::SplitSession> },
 }
 
 impl Session {
@@ -74,36 +71,50 @@ impl Session {
             timeouts,
             mut relayed,
         } = self;
-        let (mut bound, mut ctx) = match mode {
-            Mode::Bound { bound, ctx } => (bound, ctx),
-            Mode::Split { mut split, _user } => {
-                let cx = split::Cx {
-                    shared,
-                    registration: &registration,
-                    timeouts,
-                };
-                let end = split.run(&cx).await;
-                return (end, split.relayed);
-            }
-        };
+        let mut mode = mode;
         loop {
-            registration.moved(kill::Place {
-                backend: bound.lease.backend().addr,
-                thread: ctx.backend_thread,
-            });
-            let changing = match relay_once(bound, &ctx, timeouts, shared, &mut relayed).await {
-                Ok(changing) => changing,
-                Err(end) => return (end, relayed),
+            mode = match mode {
+                Mode::Split { mut split } => {
+                    let cx = split::Cx {
+                        shared,
+                        registration: &registration,
+                        timeouts,
+                        peer,
+                        policy,
+                    };
+                    let exit = split.run(&cx).await;
+                    relayed.0 += split.relayed.0;
+                    relayed.1 += split.relayed.1;
+                    match exit {
+                        split::Exit::End(end) => return (end, relayed),
+                        split::Exit::Rebound(rebound) => {
+                            let split::Rebound { bound, ctx } = *rebound;
+                            Mode::Bound { bound, ctx }
+                        }
+                    }
+                }
+                Mode::Bound { bound, mut ctx } => {
+                    registration.moved(kill::Place {
+                        backend: bound.lease.backend().addr,
+                        thread: ctx.backend_thread,
+                    });
+                    let changing =
+                        match relay_once(bound, &ctx, timeouts, shared, &mut relayed).await {
+                            Ok(changing) => changing,
+                            Err(end) => return (end, relayed),
+                        };
+                    // Boxed: rare, and its state is large.
+                    let next = Box::pin(change_user::handle(
+                        changing, &mut ctx, shared, peer, policy,
+                    ))
+                    .await;
+                    match next {
+                        Some(change_user::Next::Bound(bound)) => Mode::Bound { bound, ctx },
+                        Some(change_user::Next::Split(split)) => Mode::Split { split },
+                        None => return (relay::End::ChangeUser, relayed),
+                    }
+                }
             };
-            // Boxed: rare, and its state is large.
-            match Box::pin(change_user::handle(
-                changing, &mut ctx, shared, peer, policy,
-            ))
-            .await
-            {
-                Some(next) => bound = next,
-                None => return (relay::End::ChangeUser, relayed),
-            }
         }
     }
 }
@@ -331,6 +342,7 @@ async fn login(
     if let Some(pools) = &pool.split {
         let login = SplitLogin {
             state,
+            nonce,
             profile: &profile,
             deadline,
             gate: &gate,
@@ -394,6 +406,7 @@ async fn login(
 /// What a split pool's login needs of the login around it.
 struct SplitLogin<'a> {
     state: &'a State,
+    nonce: [u8; auth::NONCE_LEN],
     profile: &'a ServerProfile,
     deadline: Deadline,
     gate: &'a Gate<'a>,
@@ -411,6 +424,7 @@ async fn log_in_split(
 ) -> Result<Session, (PacketStream, LoginError)> {
     let SplitLogin {
         state,
+        nonce,
         profile,
         deadline,
         gate,
@@ -428,58 +442,24 @@ async fn log_in_split(
         offered: credential.offered,
         offered_mariadb: credential.offered_mariadb,
     };
-    let mut opened = None;
-    for (role, name) in [
-        (split::Role::Reader, &pools.reader),
-        (split::Role::Writer, &pools.writer),
-    ] {
-        let Some(pool) = state.pools.get(name) else {
-            continue;
-        };
-        let attempt = login::open_backend(
-            pool,
-            &request,
-            auth.next_seq,
-            (state.config.connect_timeout(), metrics),
-            deadline,
-        )
-        .await;
-        match attempt {
-            Ok((lease, backend)) => {
-                opened = Some((role, backend, lease));
-                break;
-            }
-            Err(LoginError::Deny {
-                outcome: Outcome::NoBackend,
-                ..
-            }) if role == split::Role::Reader => {
-                info!("no reader for a split pool's login; trying the writer");
-            }
-            Err(e) => return Err((client, e)),
-        }
-    }
-    let Some((role, backend, lease)) = opened else {
-        let err = crate::server::codes::no_backend(&pools.writer, 0);
-        let reason = format!(
-            "no backend for split pool sides '{}' / '{}'",
-            pools.reader, pools.writer
-        );
-        return Err((
-            client,
-            LoginError::deny(err, auth.next_seq, Outcome::NoBackend, reason),
-        ));
-    };
+    let opened =
+        split::open_first(&pools, &request, auth.next_seq, (state, metrics), deadline).await;
+    let (role, backend, lease) = or_answer!(client, opened);
     tracing::Span::current().record("backend", field::display(lease.backend().addr));
     gate.succeeded();
     let answered = client.write(auth.next_seq, &backend.ok).await;
     or_answer!(client, answered.map_err(|e| LoginError::client(e.into())));
-    let split =
-        split::SplitSession::new(client, (role, backend, lease), credential, pools, metrics);
+    let split = split::SplitSession::new(
+        client,
+        (role, backend, lease),
+        (credential, nonce, auth.claim),
+        pools,
+        metrics,
+    );
     Ok(Session {
         registration,
         mode: Mode::Split {
             split: Box::new(split),
-            _user: auth.claim,
         },
         timeouts: relay::Timeouts::from_config(&state.config),
         relayed: (0, 0),

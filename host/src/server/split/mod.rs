@@ -19,9 +19,12 @@
 //!   once the monitor says it has applied the writer's GTID of that write.
 //! - Prepared statements: see [`prepared`].
 
+mod change_user;
 mod prepared;
 mod route;
 mod wire;
+
+pub(super) use change_user::{Rebound, open_first};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -170,6 +173,17 @@ pub(super) struct Cx<'a> {
     pub shared: &'a Shared,
     pub registration: &'a Registration,
     pub timeouts: relay::Timeouts,
+    /// The client's address and its listener's policy (COM_CHANGE_USER).
+    pub peer: std::net::SocketAddr,
+    pub policy: Option<&'a str>,
+}
+
+/// How a split session ended.
+pub(super) enum Exit {
+    /// The session is over.
+    End(relay::End),
+    /// COM_CHANGE_USER moved it to a plain pool: it goes on bound.
+    Rebound(Box<Rebound>),
 }
 
 /// A split pool's client session.
@@ -183,6 +197,12 @@ pub(super) struct SplitSession {
     pools: crate::pool::Split,
     /// The backend sessions report state changes.
     tracked: bool,
+    /// The greeting's nonce (COM_CHANGE_USER answers it).
+    nonce: [u8; crate::auth::NONCE_LEN],
+    /// The user's count of this session.
+    user: super::limits::UserClaim,
+    /// Set when COM_CHANGE_USER moved the session to a plain pool.
+    rebound: Option<Rebound>,
     /// Bytes from and to the client.
     pub relayed: (u64, u64),
 }
@@ -192,7 +212,11 @@ impl SplitSession {
     pub fn new(
         client: crate::conn::PacketStream,
         (role, first, lease): (Role, BackendSession, BackendLease),
-        credential: Box<Credential>,
+        (credential, nonce, user): (
+            Box<Credential>,
+            [u8; crate::auth::NONCE_LEN],
+            super::limits::UserClaim,
+        ),
         pools: crate::pool::Split,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
@@ -218,12 +242,38 @@ impl SplitSession {
             credential,
             pools,
             tracked,
+            nonce,
+            user,
+            rebound: None,
             relayed: (0, 0),
         }
     }
 
-    /// Serves commands until the session ends; why it ended.
-    pub async fn run(&mut self, cx: &Cx<'_>) -> relay::End {
+    /// Forgets the session's state, statements and pin (COM_CHANGE_USER,
+    /// COM_RESET_CONNECTION reset them on the server).
+    fn forget(&mut self) {
+        self.prepared.clear();
+        self.routing.reset();
+        self.carried = if self.tracked {
+            Carried::Tracked(Default::default())
+        } else {
+            Carried::Logged(Vec::new())
+        };
+    }
+
+    /// Serves commands until the session ends (or goes on bound); why.
+    pub async fn run(&mut self, cx: &Cx<'_>) -> Exit {
+        let end = self.serve(cx).await;
+        match self.rebound.take() {
+            Some(rebound) => Exit::Rebound(Box::new(rebound)),
+            None => {
+                self.close_all(cx).await;
+                Exit::End(end)
+            }
+        }
+    }
+
+    async fn serve(&mut self, cx: &Cx<'_>) -> relay::End {
         let opened = [Role::Writer, Role::Reader]
             .into_iter()
             .find(|r| self.sides[*r as usize].is_some());
@@ -231,14 +281,13 @@ impl SplitSession {
             cx.registration
                 .moved(self.side(role).map(Side::place).expect("open"));
             if let Err(e) = self.set_up(role, cx).await {
-                self.close_all(cx).await;
                 return match e {
                     Failed::End(end) => end,
                     Failed::Refused(_) => relay::End::BackendReadFailed,
                 };
             }
         }
-        let end = loop {
+        loop {
             let frame = match self.next_command(cx).await {
                 Ok(frame) => frame,
                 Err(end) => break end,
@@ -257,9 +306,7 @@ impl SplitSession {
                 }
             }
             self.client.shrink();
-        };
-        self.close_all(cx).await;
-        end
+        }
     }
 
     fn side(&self, role: Role) -> Option<&Side> {
@@ -329,15 +376,7 @@ impl SplitSession {
                 let role = self.current();
                 self.run_on(role, &payload, cx).await.map(|_| ())
             }
-            Some(0x11) => {
-                // Not carried yet across a split session's backend
-                // sessions: refused, and the session ends (as a failed
-                // COM_CHANGE_USER ends it).
-                let err =
-                    codes::backend_unsupported("COM_CHANGE_USER in a session of a split pool");
-                let _ = self.client.send(1, &err.encode()).await;
-                Err(relay::End::ChangeUser.into())
-            }
+            Some(0x11) => self.change_user(payload, cx).await,
             _ => {
                 let _ = self.ensure(Role::Writer, cx).await?;
                 self.run_on(Role::Writer, &payload, cx).await.map(|_| ())
@@ -400,7 +439,7 @@ impl SplitSession {
             self.pin(pin, cx).await;
         }
         if role == Role::Writer
-            && class.kind != Kind::Read
+            && may_write(class)
             && !self.routing.wrote(&answer.changes)
             && !self.tracked
             && !answer.err
@@ -807,7 +846,7 @@ impl SplitSession {
             self.pin(pin, cx).await;
         }
         if role == Role::Writer
-            && class.kind != Kind::Read
+            && may_write(&class)
             && !self.routing.wrote(&answer.changes)
             && !self.tracked
             && !answer.err
@@ -920,13 +959,7 @@ impl SplitSession {
         let role = self.current();
         self.ensure(role, cx).await?;
         let answer = self.run_on(role, &payload, cx).await?;
-        self.prepared.clear();
-        self.routing.reset();
-        self.carried = if self.tracked {
-            Carried::Tracked(Default::default())
-        } else {
-            Carried::Logged(Vec::new())
-        };
+        self.forget();
         let other = role.other();
         if let Some(side) = self.sides[other as usize].as_mut()
             && !matches!(exchange(side, &payload, None, cx).await, Ok(a) if !a.err)
@@ -978,8 +1011,19 @@ impl SplitSession {
         Ok(())
     }
 
-    /// Lets the backend session of `role` go (COM_QUIT).
+    /// Lets the backend session of `role` go (COM_QUIT). The writer's
+    /// last write is asked for first, if not known yet: a later writer
+    /// session would not know it.
     async fn close(&mut self, role: Role, cx: &Cx<'_>) {
+        if role == Role::Writer
+            && self.routing.last_write == LastWrite::Unknown
+            && self.side(role).is_some()
+        {
+            self.routing.last_write = self
+                .ask_last_gtid(cx)
+                .await
+                .unwrap_or(LastWrite::Untraceable);
+        }
         let Some(mut side) = self.sides[role as usize].take() else {
             return;
         };
@@ -1014,6 +1058,18 @@ fn first_value(answer: &Answer) -> Option<String> {
     let mut r = crate::protocol::Reader::new(row);
     let value = r.lenenc_bytes("value").ok()?;
     String::from_utf8(value.to_vec()).ok()
+}
+
+/// Whether a statement may have written: not a read, nor transaction
+/// control (the writes of a transaction were counted as they ran; its
+/// GTID comes with COMMIT).
+fn may_write(class: &Class) -> bool {
+    use crate::sql::Transaction;
+    class.kind != Kind::Read
+        && !matches!(
+            class.transaction,
+            Some(Transaction::Begin { .. } | Transaction::End | Transaction::Autocommit(_))
+        )
 }
 
 /// Where an answer's packets go: the client (and the count of bytes sent

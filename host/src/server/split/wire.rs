@@ -44,6 +44,11 @@ impl Wire {
         }
     }
 
+    /// The stream and what was read from it and not taken.
+    pub fn into_parts(self) -> (Stream, BytesMut) {
+        (self.stream, self.read)
+    }
+
     /// The next packet if it is all in the buffer.
     pub fn buffered(&mut self) -> Option<Frame> {
         let head = self.read.get(..4)?;

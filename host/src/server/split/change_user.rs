@@ -1,0 +1,299 @@
+//! COM_CHANGE_USER in a split pool's session: the new user is admitted
+//! through the login gate (as any COM_CHANGE_USER is); every backend
+//! session the client session holds is let go, and the session goes on as
+//! the new user: in the pool the policy chooses for it, split or not (a
+//! plain pool's session continues bound to one backend session: the
+//! relay's). Its state, statements and pin start afresh, as a server's
+//! COM_CHANGE_USER resets them.
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::{Instant as Deadline, timeout_at};
+use tracing::{info, warn};
+
+use super::{Credential, Cx, Failed, Role, Side, SplitSession, Wire};
+use crate::backend::{BackendSession, LoginRequest};
+use crate::conn::{PacketStream, Stream};
+use crate::metrics::ChangeUserOutcome;
+use crate::pool::{BackendLease, Pool};
+use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
+use crate::server::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
+use crate::server::relay;
+
+/// Largest COM_CHANGE_USER exchange packet accepted.
+const MAX_CHANGE_USER_PACKET: usize = 16 * 1024;
+
+/// Where a split session goes after COM_CHANGE_USER to a plain pool.
+pub(in crate::server) struct Rebound {
+    /// The streams and claims, bound to the new backend session.
+    pub bound: Bound,
+    /// What COM_CHANGE_USER needs of it later.
+    pub ctx: SessionCtx,
+}
+
+/// The first backend session of a split pool's session: in the reader pool
+/// or, if none can be had there, the writer pool.
+pub(in crate::server) async fn open_first(
+    pools: &crate::pool::Split,
+    request: &LoginRequest<'_>,
+    seq: u8,
+    (state, metrics): (&crate::server::State, &crate::metrics::Metrics),
+    deadline: Deadline,
+) -> Result<(Role, BackendSession, BackendLease), LoginError> {
+    for (role, name) in [(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)] {
+        let Some(pool) = state.pools.get(name) else {
+            continue;
+        };
+        let attempt = login::open_backend(
+            pool,
+            request,
+            seq,
+            (state.config.connect_timeout(), metrics),
+            deadline,
+        )
+        .await;
+        match attempt {
+            Ok((lease, backend)) => return Ok((role, backend, lease)),
+            Err(LoginError::Deny {
+                outcome: crate::metrics::Outcome::NoBackend,
+                ..
+            }) if role == Role::Reader => {
+                info!("no reader for a split pool's session; trying the writer");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LoginError::deny(
+        crate::server::codes::no_backend(&pools.writer, 0),
+        seq,
+        crate::metrics::Outcome::NoBackend,
+        format!(
+            "no backend for split pool sides '{}' / '{}'",
+            pools.reader, pools.writer
+        ),
+    ))
+}
+
+impl SplitSession {
+    /// Handles the COM_CHANGE_USER `payload`: `Ok` to go on (split), or
+    /// the session's end (`Failed::End(End::ChangeUser)` with
+    /// [`Self::rebound`] set when it goes on in a plain pool).
+    pub(super) async fn change_user(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        // The gate's exchange may switch plugins: it speaks packets.
+        let wire = std::mem::replace(
+            &mut self.client,
+            Wire::new(Stream::Upgrading, BytesMut::new()),
+        );
+        let (stream, rest) = wire.into_parts();
+        let mut client = PacketStream::from_parts(stream, rest, MAX_CHANGE_USER_PACKET);
+        let state = cx.shared.state();
+        let deadline = Deadline::now() + state.config.login_timeout();
+        let outcome = timeout_at(
+            deadline,
+            self.admit(&payload, &mut client, &state, cx, deadline),
+        )
+        .await;
+        let metrics = &cx.shared.metrics;
+        let failed = match outcome {
+            Ok(Ok(None)) => {
+                metrics.change_user(ChangeUserOutcome::Moved);
+                let (stream, rest) = client.into_parts();
+                self.client = Wire::new(stream, rest);
+                let first = [Role::Reader, Role::Writer]
+                    .into_iter()
+                    .find(|r| self.side(*r).is_some());
+                if let Some(role) = first {
+                    self.set_up(role, cx).await?;
+                }
+                return Ok(());
+            }
+            Ok(Ok(Some(rebound))) => {
+                metrics.change_user(ChangeUserOutcome::Moved);
+                let (stream, rest) = client.into_parts();
+                let _ = (stream, rest);
+                self.rebound = Some(rebound);
+                return Err(Failed::End(relay::End::ChangeUser));
+            }
+            Ok(Err(LoginError::Deny {
+                err, seq, reason, ..
+            })) => {
+                warn!(
+                    code = err.code,
+                    "COM_CHANGE_USER refused; closing the session: {}",
+                    crate::logging::escape_controls(&reason)
+                );
+                metrics.change_user(ChangeUserOutcome::Refused);
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    client.write(seq, &err.encode()),
+                )
+                .await;
+                relay::End::ChangeUser
+            }
+            Ok(Err(LoginError::Close(reason))) => {
+                warn!(
+                    "COM_CHANGE_USER failed; closing the session: {}",
+                    crate::logging::escape_controls(&reason)
+                );
+                metrics.change_user(ChangeUserOutcome::Failed);
+                relay::End::ChangeUser
+            }
+            Err(_) => {
+                warn!("COM_CHANGE_USER timed out; closing the session");
+                metrics.change_user(ChangeUserOutcome::Failed);
+                relay::End::ChangeUser
+            }
+        };
+        let (stream, rest) = client.into_parts();
+        self.client = Wire::new(stream, rest);
+        Err(Failed::End(failed))
+    }
+
+    /// Verifies and routes the new user, lets the backend sessions go and
+    /// logs in to the new pool; the client hears OK last. `None`: the
+    /// session goes on split.
+    async fn admit(
+        &mut self,
+        payload: &[u8],
+        client: &mut PacketStream,
+        state: &crate::server::State,
+        cx: &Cx<'_>,
+        deadline: Deadline,
+    ) -> Result<Option<Rebound>, LoginError> {
+        let caps = self.credential.response.capabilities;
+        let request = ChangeUser::decode(payload, caps)
+            .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
+        let plugin_auth = caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
+        let attempt = login::Attempt {
+            user: &request.username,
+            client_plugin: plugin_auth.then(|| {
+                request
+                    .auth_plugin
+                    .as_deref()
+                    .unwrap_or(NATIVE_PASSWORD_PLUGIN)
+            }),
+            data: request.auth_response.clone(),
+            can_switch: plugin_auth,
+            nonce: &self.nonce,
+            seq: 1,
+        };
+        let gate = Gate {
+            shared: cx.shared,
+            state,
+            peer: cx.peer,
+            policy: cx.policy,
+        };
+        let Admitted {
+            password,
+            claim,
+            pool,
+            seq,
+        } = login::admit(client, &gate, attempt, request.database.as_deref()).await?;
+        // Every backend session of the old user goes.
+        self.close(Role::Writer, cx).await;
+        self.close(Role::Reader, cx).await;
+        let old = &self.credential.response;
+        let response = HandshakeResponse {
+            capabilities: old.capabilities,
+            max_packet_size: old.max_packet_size,
+            charset: request
+                .charset
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(old.charset),
+            mariadb_capabilities: old.mariadb_capabilities,
+            username: request.username.clone(),
+            auth_response: Vec::new(),
+            database: request.database.clone(),
+            auth_plugin: None,
+            connect_attrs: request.connect_attrs.clone(),
+        };
+        let credential = Box::new(Credential {
+            response,
+            password,
+            offered: self.credential.offered,
+            offered_mariadb: self.credential.offered_mariadb,
+        });
+        let login = LoginRequest {
+            client: &credential.response,
+            password: &credential.password,
+            offered: credential.offered,
+            offered_mariadb: credential.offered_mariadb,
+        };
+        let metrics = &cx.shared.metrics;
+        let span = tracing::Span::current();
+        span.record("pool", pool.name.as_str());
+        let Some(pools) = pool.split.clone() else {
+            let (lease, session) = login::open_backend(
+                &pool,
+                &login,
+                seq,
+                (state.config.connect_timeout(), metrics),
+                deadline,
+            )
+            .await?;
+            gate.succeeded();
+            client
+                .write(seq, &session.ok)
+                .await
+                .map_err(|e| LoginError::client(e.into()))?;
+            info!("COM_CHANGE_USER: the session goes on in a plain pool");
+            return Ok(Some(self.rebound_to(
+                client,
+                (lease, session),
+                (claim, pool, &credential),
+            )));
+        };
+        let (role, session, lease) =
+            open_first(&pools, &login, seq, (state, metrics), deadline).await?;
+        gate.succeeded();
+        client
+            .write(seq, &session.ok)
+            .await
+            .map_err(|e| LoginError::client(e.into()))?;
+        info!(pool = %pool.name, "COM_CHANGE_USER: the split session goes on as the new user");
+        metrics
+            .split
+            .backend_sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sides[role as usize] = Some(Side::new(session, lease));
+        self.credential = credential;
+        self.pools = pools;
+        self.user = claim;
+        self.forget();
+        Ok(None)
+    }
+
+    /// The session, bound to `session` in `pool`, for the relay.
+    fn rebound_to(
+        &mut self,
+        client: &mut PacketStream,
+        (lease, session): (BackendLease, BackendSession),
+        (claim, pool, credential): (
+            crate::server::limits::UserClaim,
+            std::sync::Arc<Pool>,
+            &Credential,
+        ),
+    ) -> Rebound {
+        let client = std::mem::replace(
+            client,
+            PacketStream::from_parts(Stream::Upgrading, BytesMut::new(), MAX_CHANGE_USER_PACKET),
+        );
+        let response = &credential.response;
+        let ctx = SessionCtx {
+            backend_thread: session.thread_id,
+            nonce: self.nonce,
+            capabilities: response.capabilities,
+            mariadb_capabilities: response.mariadb_capabilities,
+            max_packet_size: response.max_packet_size,
+            charset: response.charset,
+            offered: credential.offered,
+            offered_mariadb: credential.offered_mariadb,
+            pool,
+            backend_nonce: session.nonce.into_boxed_slice(),
+            backend_caps: session.capabilities,
+        };
+        Rebound {
+            bound: Bound::new((client, session.stream), lease, claim),
+            ctx,
+        }
+    }
+}
