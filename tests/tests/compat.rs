@@ -98,10 +98,14 @@ impl Mode {
         }
     }
 
-    /// Where the `query` scenario's read runs.
-    fn server_id(self) -> u32 {
+    /// Where the `query` scenario's read runs for `client`: in a split
+    /// pool a replica, unless the client turns autocommit off (PyMySQL and
+    /// mysql-connector-python do by default): then every statement opens a
+    /// transaction, and transactions run on the writer.
+    fn server_id(self, client: Client) -> u32 {
         match self {
             Self::Plain | Self::Tls => PRIMARY_ID,
+            Self::Split if client.autocommit_off() => PRIMARY_ID,
             Self::Split => SPLIT_READER_ID,
         }
     }
@@ -130,6 +134,11 @@ impl Client {
         Self::Pdo,
         Self::ConnectorJ,
     ];
+
+    /// Whether the client turns autocommit off by default.
+    fn autocommit_off(self) -> bool {
+        matches!(self, Self::PyMySql | Self::ConnectorPython)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -718,7 +727,7 @@ fn run_client(env: &Env, client: Client, mode: Mode) -> Result<(), Failed> {
                     tls: mode.env(),
                     table: &table,
                     action: "suite",
-                    server_id: mode.server_id(),
+                    server_id: mode.server_id(client),
                 },
             )?;
             let run = run_program(cmd, PROGRAM_TIMEOUT)?;
@@ -989,7 +998,7 @@ fn cli_suite(
         "query",
         match cli_ok(&run) {
             Ok(out) => Cell::from_bool(
-                out == format!("{}\t2\tapp", mode.server_id()),
+                out == format!("{}\t2\tapp", mode.server_id(Client::MariadbCli)),
                 format!("{out:?}"),
             ),
             Err(e) => Cell::fail(e),
@@ -1232,7 +1241,7 @@ async fn mysql_async_suite(env: &Env, mode: Mode, table: &str) -> Cells {
             "query",
             match r {
                 Ok(row) => Cell::from_bool(
-                    row == Some((mode.server_id(), 2, "app".into())),
+                    row == Some((mode.server_id(Client::MysqlAsync), 2, "app".into())),
                     format!("{row:?}"),
                 ),
                 Err(e) => Cell::fail(e.to_string()),

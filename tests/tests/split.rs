@@ -669,12 +669,20 @@ fn kill_query_stops_a_long_read_on_a_reader(env: &Env) -> TestResult {
     })
 }
 
-/// Inserts and reads back at once, `rounds` times: how many reads missed
-/// the row.
+/// Inserts (every other time in a transaction) and reads back at once,
+/// `rounds` times: how many reads missed the row.
 fn insert_and_read_back(raw: &mut Raw, tag: &str, rounds: usize) -> Result<usize, Failed> {
     let mut stale = 0;
     for i in 0..rounds {
-        raw.exec(&format!("INSERT INTO t (v) VALUES ('{tag}-{i}')"))?;
+        // Every other write in a transaction: its GTID comes with COMMIT.
+        let insert = format!("INSERT INTO t (v) VALUES ('{tag}-{i}')");
+        if i % 2 == 0 {
+            raw.exec(&insert)?;
+        } else {
+            raw.exec("BEGIN")?;
+            raw.exec(&insert)?;
+            raw.exec("COMMIT")?;
+        }
         let n = raw.row(&format!("SELECT COUNT(*) FROM t WHERE v = '{tag}-{i}'"))?;
         if n.first().cloned().flatten().as_deref() != Some("1") {
             stale += 1;

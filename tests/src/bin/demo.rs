@@ -20,15 +20,20 @@ fn main() -> Result<()> {
     eprintln!("starting MariaDB: primary 127.0.0.1:13306, replicas 13307 and 13308 ...");
     let topology = Topology::start(2, Some(&[13306, 13307, 13308]))
         .context("starting the demo topology (are ports 13306-13308 free?)")?;
-    // The monitor account of `examples/switchyard.toml` (it replicates).
+    // The monitor account of `examples/switchyard.toml`, and the account
+    // its split pool serves, with a table to write to (they replicate).
     topology.primary.sql(
         "CREATE USER 'monitor'@'127.0.0.1' IDENTIFIED BY 'monitorpass';
-         GRANT SLAVE MONITOR ON *.* TO 'monitor'@'127.0.0.1';",
+         GRANT SLAVE MONITOR ON *.* TO 'monitor'@'127.0.0.1';
+         CREATE USER 'mysqlapp'@'%' IDENTIFIED BY 'apppass';
+         GRANT ALL ON app.* TO 'mysqlapp'@'%';
+         CREATE TABLE app.notes (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(100));",
     );
     eprintln!(
         "replication is running (server_id 1 → 2, 3). Starting Switchyard on 127.0.0.1:6033.\n\
          Try:  mariadb -h 127.0.0.1 -P 6033 -u mysqlslave -pslavepass -e 'SELECT @@server_id'\n\
          \x20     mariadb -h 127.0.0.1 -P 6033 -u mysqlmaster -pmasterpass app\n\
+         \x20     mariadb -h 127.0.0.1 -P 6033 -u mysqlapp -papppass app   (split: reads on replicas)\n\
          Ctrl-C stops Switchyard and the servers."
     );
     // The configuration holds password hashes: Switchyard warns about a

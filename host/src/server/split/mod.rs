@@ -438,10 +438,13 @@ impl SplitSession {
         if let Some(pin) = class.pin {
             self.pin(pin, cx).await;
         }
+        // The writer's GTID, whenever it reports one (a COMMIT's too);
+        // without tracking, a statement that may have written leaves it
+        // to be asked.
         if role == Role::Writer
-            && may_write(class)
             && !self.routing.wrote(&answer.changes)
             && !self.tracked
+            && may_write(class)
             && !answer.err
         {
             self.routing.last_write = LastWrite::Unknown;
@@ -845,10 +848,13 @@ impl SplitSession {
         if let Some(pin) = class.pin {
             self.pin(pin, cx).await;
         }
+        // The writer's GTID, whenever it reports one (a COMMIT's too);
+        // without tracking, a statement that may have written leaves it
+        // to be asked.
         if role == Role::Writer
-            && may_write(&class)
             && !self.routing.wrote(&answer.changes)
             && !self.tracked
+            && may_write(&class)
             && !answer.err
         {
             self.routing.last_write = LastWrite::Unknown;
