@@ -1571,7 +1571,8 @@ when_all_down = "refuse""#,
         let text = include_str!("../../examples/switchyard.toml");
         let c = parse(text).unwrap();
         assert!(c.admin.is_some());
-        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools.len(), 3);
+        assert_eq!(c.pools["app"].split(), Some(("master", "replicas")));
         assert_eq!(c.monitor.as_ref().map(|m| m.user.as_str()), Some("monitor"));
     }
 }
