@@ -94,6 +94,22 @@ fn classify(c: &mut Criterion) {
         });
     }
     group.finish();
+    // What a split session does per statement before sending it: classify
+    // it and apply the built-in rule.
+    let mut group = c.benchmark_group("built-in statement rule");
+    let session = switchyard::sql::SessionView::default();
+    for (name, sql) in [
+        ("point select", "SELECT c FROM sbtest1 WHERE id=4242"),
+        ("insert", "INSERT INTO t (a, b) VALUES (1, 'x')"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let class = switchyard::sql::classify(black_box(sql.as_bytes()));
+                switchyard::sql::rule(&class, black_box(&session)).0
+            })
+        });
+    }
+    group.finish();
 }
 
 fn auth(c: &mut Criterion) {

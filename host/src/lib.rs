@@ -43,6 +43,8 @@ pub mod sql;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::server::kill::{Place, Registration, Registry, Translated, translate};
+    pub use crate::server::split::Role;
+    pub use crate::server::split::prepared::{Prepared, Statement, id_of, prepare_ok};
 
     mod admin;
     pub use admin::{ADMIN_TOKEN, AdminExchange, admin_request};

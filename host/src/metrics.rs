@@ -238,6 +238,8 @@ pub struct SplitMetrics {
     causal: [AtomicU64; 3],
     /// Backend sessions split pools' client sessions hold now.
     pub backend_sessions: AtomicI64,
+    /// Split pools' client sessions now.
+    pub client_sessions: AtomicI64,
 }
 
 /// Where a split session's statement went.
@@ -312,6 +314,7 @@ impl SplitMetrics {
                 "waited": causal(Causal::Waited),
             },
             "backend_sessions": self.backend_sessions.load(Ordering::Relaxed),
+            "client_sessions": self.client_sessions.load(Ordering::Relaxed),
         })
     }
 
@@ -342,6 +345,12 @@ impl SplitMetrics {
             "switchyard_split_backend_sessions",
             "Backend sessions that split pools' client sessions hold.",
             self.backend_sessions.load(Ordering::Relaxed),
+        );
+        gauge(
+            out,
+            "switchyard_split_sessions",
+            "Client sessions of split pools (backend sessions per client session: the gauge above over this one).",
+            self.client_sessions.load(Ordering::Relaxed),
         );
     }
 }
@@ -730,6 +739,7 @@ mod tests {
                 "switchyard_sessions_pinned_total counter",
                 "switchyard_causal_reads_total counter",
                 "switchyard_split_backend_sessions gauge",
+                "switchyard_split_sessions gauge",
                 "switchyard_log_lines_suppressed_total counter",
             ]
         );

@@ -848,8 +848,8 @@ fn admin_status_counts_statements_pins_and_causal_reads(env: &Env) -> TestResult
     raw.server()?;
     let during = statements(env)?;
     check(
-        count(&during, &["backend_sessions"]) >= 2,
-        format!("backend sessions with both open: {during}"),
+        count(&during, &["backend_sessions"]) >= 2 && count(&during, &["client_sessions"]) >= 1,
+        format!("backend and client sessions with both open: {during}"),
     )?;
     raw.exec("SET @pinned = 1")?;
     drop(raw);

@@ -170,7 +170,18 @@ pub(super) async fn handle(
             return None;
         }
     };
-    // The old claims go when replaced.
+    go_on(step, (client, backend, lease), ctx, metrics).await
+}
+
+/// How the session goes on after the exchange's `step`; the old claims go
+/// when replaced, and the old backend session only now, with the client
+/// answered.
+async fn go_on(
+    step: Step,
+    (client, backend, lease): (PacketStream, PacketStream, BackendLease),
+    ctx: &SessionCtx,
+    metrics: &Metrics,
+) -> Option<Next> {
     let (backend, lease, user) = match step {
         Step::Reauthenticated { user: new_user } => (backend, lease, new_user),
         Step::Moved {
@@ -179,8 +190,6 @@ pub(super) async fn handle(
             user: new_user,
             left,
         } => {
-            // Only now, with the client answered, is the old backend
-            // session let go.
             leave(backend, &lease, left, metrics).await;
             (new_backend, new_lease, new_user)
         }

@@ -17,7 +17,7 @@ mod relay;
 mod reuse;
 mod session;
 mod splice;
-mod split;
+pub(crate) mod split;
 pub mod state;
 #[cfg(test)]
 mod testing;

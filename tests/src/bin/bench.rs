@@ -2,7 +2,8 @@
 //! front of it, and Switchyard (release build, default policy) in front of
 //! it twice: with the default settings, and `switchyard-tuned` with kept
 //! backend sessions (`idle_sessions`) and reused policy instances. The same
-//! workloads run against every target, the order alternating (A B C D, then
+//! workloads run against every target (and `switchyard-split`, a split
+//! pool whose writer and reader are that one server), the order alternating (A B C D, then
 //! D C B A) over several rounds. Prints medians, min–max and every target's
 //! ratio to the direct connection, and writes the table to `bench/results/`
 //! and into the README.
@@ -18,7 +19,7 @@
 //! `--alt-env KEY=VALUE` (repeatable): the same with an environment
 //! variable set for that Switchyard; `--target NAME` (repeatable): measure
 //! only these targets (`direct`, `haproxy`, `switchyard`,
-//! `switchyard-tuned`, `switchyard-alt`, `kernel-relay`), e.g. to profile
+//! `switchyard-tuned`, `switchyard-split`, `switchyard-alt`, `kernel-relay`), e.g. to profile
 //! one of them; `--kernel-relay`: one more target, the `kernel_relay`
 //! instrument (root only), a TCP relay whose server-to-client bytes never
 //! leave the kernel: what a relay could reach with a BPF sockmap.
@@ -230,6 +231,20 @@ fn switchyard_config(
         lines(extra.0),
         policy.display(),
         lines(extra.1),
+    )
+}
+
+/// The `switchyard-split` target's configuration: `[pools.main]` splits
+/// between a writer and a reader pool that are both the one server, so
+/// that what it measures against `switchyard` is the statement-level
+/// routing itself (classification, answer framing, session tracking).
+fn split_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
+    switchyard_config(port, backend, policy, (&[], &[])).replace(
+        &format!("[pools.main]\nbackends = [\"{backend}\"]\n"),
+        &format!(
+            "[pools.main]\nwriter = \"w\"\nreader = \"r\"\n\
+             [pools.w]\nbackends = [\"{backend}\"]\n[pools.r]\nbackends = [\"{backend}\"]\n"
+        ),
     )
 }
 
@@ -670,6 +685,13 @@ fn main() -> Result<()> {
         tuned_port,
         "warn",
     )?;
+    let split_port = free_port();
+    let split = Proxy::start_with(
+        &switchyard_bin,
+        &split_config(split_port, db.addr(), &policy),
+        split_port,
+        "warn",
+    )?;
     let alt_port = free_port();
     let alt = if o.alt_policy.is_empty() && o.alt_pool.is_empty() && o.alt_env.is_empty() {
         None
@@ -707,6 +729,11 @@ fn main() -> Result<()> {
             name: "switchyard-tuned",
             port: tuned_port,
             pid: tuned.pid().context("pid")?,
+        },
+        Target {
+            name: "switchyard-split",
+            port: split_port,
+            pid: split.pid().context("pid")?,
         },
     ];
     if let Some(alt) = &alt {

@@ -191,27 +191,7 @@ impl SplitSession {
         // Every backend session of the old user goes.
         self.close(Role::Writer, cx).await;
         self.close(Role::Reader, cx).await;
-        let old = &self.credential.response;
-        let response = HandshakeResponse {
-            capabilities: old.capabilities,
-            max_packet_size: old.max_packet_size,
-            charset: request
-                .charset
-                .and_then(|c| u8::try_from(c).ok())
-                .unwrap_or(old.charset),
-            mariadb_capabilities: old.mariadb_capabilities,
-            username: request.username.clone(),
-            auth_response: Vec::new(),
-            database: request.database.clone(),
-            auth_plugin: None,
-            connect_attrs: request.connect_attrs.clone(),
-        };
-        let credential = Box::new(Credential {
-            response,
-            password,
-            offered: self.credential.offered,
-            offered_mariadb: self.credential.offered_mariadb,
-        });
+        let credential = self.credential_for(&request, password);
         let login = LoginRequest {
             client: &credential.response,
             password: &credential.password,
@@ -260,6 +240,36 @@ impl SplitSession {
         self.user = claim;
         self.forget();
         Ok(None)
+    }
+
+    /// The credential the new user's backend sessions log in with: the
+    /// session's handshake with the new user, database and charset.
+    fn credential_for(
+        &self,
+        request: &ChangeUser,
+        password: crate::auth::Sha1Password,
+    ) -> Box<Credential> {
+        let old = &self.credential.response;
+        let response = HandshakeResponse {
+            capabilities: old.capabilities,
+            max_packet_size: old.max_packet_size,
+            charset: request
+                .charset
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(old.charset),
+            mariadb_capabilities: old.mariadb_capabilities,
+            username: request.username.clone(),
+            auth_response: Vec::new(),
+            database: request.database.clone(),
+            auth_plugin: None,
+            connect_attrs: request.connect_attrs.clone(),
+        };
+        Box::new(Credential {
+            response,
+            password,
+            offered: self.credential.offered,
+            offered_mariadb: self.credential.offered_mariadb,
+        })
     }
 
     /// The session, bound to `session` in `pool`, for the relay.

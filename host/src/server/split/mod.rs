@@ -20,7 +20,7 @@
 //! - Prepared statements: see [`prepared`].
 
 mod change_user;
-mod prepared;
+pub(crate) mod prepared;
 mod route;
 mod wire;
 
@@ -57,7 +57,7 @@ const KEPT_PACKETS: usize = 8;
 
 /// Which of a split session's backend sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
+pub enum Role {
     /// In the writer pool.
     Writer = 0,
     /// In the reader pool.
@@ -263,7 +263,10 @@ impl SplitSession {
 
     /// Serves commands until the session ends (or goes on bound); why.
     pub async fn run(&mut self, cx: &Cx<'_>) -> Exit {
+        let sessions = &cx.shared.metrics.split.client_sessions;
+        sessions.fetch_add(1, Ordering::Relaxed);
         let end = self.serve(cx).await;
+        sessions.fetch_sub(1, Ordering::Relaxed);
         match self.rebound.take() {
             Some(rebound) => Exit::Rebound(Box::new(rebound)),
             None => {

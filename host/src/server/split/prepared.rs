@@ -14,7 +14,7 @@ use crate::sql::Class;
 
 /// One statement the client prepared.
 #[derive(Debug)]
-pub(super) struct Statement {
+pub struct Statement {
     /// What its text is, for the rule.
     pub class: Class,
     /// Its text, to prepare it on another backend session.
@@ -36,7 +36,7 @@ pub(super) struct Statement {
 
 /// The statements a split session prepared, by the id the client knows.
 #[derive(Debug, Default)]
-pub(super) struct Prepared {
+pub struct Prepared {
     by_id: HashMap<u32, Statement>,
 }
 
@@ -45,12 +45,12 @@ pub(super) struct Prepared {
 const ID: std::ops::Range<usize> = 1..5;
 
 /// The statement id a command names, if it has one.
-pub(super) fn id_of(payload: &[u8]) -> Option<u32> {
+pub fn id_of(payload: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(payload.get(ID)?.try_into().ok()?))
 }
 
 /// The statement id and parameter count in COM_STMT_PREPARE's OK.
-pub(super) fn prepare_ok(payload: &[u8]) -> Option<(u32, u16)> {
+pub fn prepare_ok(payload: &[u8]) -> Option<(u32, u16)> {
     if payload.first() != Some(&0) || payload.len() < 12 {
         return None;
     }
@@ -110,10 +110,10 @@ impl Prepared {
         self.by_id.clear();
     }
 
-    /// How many there are.
+    /// Whether there are none.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.by_id.len()
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 }
 
@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(id_of(&[0x19, 7, 0, 0, 0]), Some(7));
         assert_eq!(id_of(&[0x19, 7]), None);
         assert_eq!(p.close(7), Some([Some(7), None]));
-        assert_eq!(p.len(), 0);
+        assert!(p.is_empty());
     }
 
     #[test]
