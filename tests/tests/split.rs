@@ -169,6 +169,10 @@ fn main() {
             "com_change_user_with_both_backend_sessions_open",
             com_change_user_with_both_backend_sessions_open,
         ),
+        (
+            "a_lost_reader_ends_its_sessions_with_an_error",
+            a_lost_reader_ends_its_sessions_with_an_error,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -826,6 +830,38 @@ fn com_change_user_with_both_backend_sessions_open(env: &Env) -> TestResult {
         after == before,
         format!("backend sessions held: {before} before, {after} after"),
     )
+}
+
+/// The replica a split session reads on stops: the session's next read
+/// gets ERR 9104 in place of its answer and the session ends (as a bound
+/// session's does when its backend goes); another session goes on, on the
+/// other replica; the replica returns.
+fn a_lost_reader_ends_its_sessions_with_an_error(env: &Env) -> TestResult {
+    let mut raw = Raw::open(env, true)?;
+    let reader = raw.server()?;
+    on_replica(reader, "the first read")?;
+    let index = (reader - 2) as usize;
+    env.topology().replicas[index].stop();
+    let result = (|| {
+        let answer = raw.answer("SELECT @@server_id")?;
+        let QueryReply::Err(err) = answer else {
+            return Err(format!("a read on the stopped replica: {answer:?}").into());
+        };
+        check(err.code == 9104, format!("{} {}", err.code, err.message))?;
+        check(raw.0.is_closed_by_peer(), "the session ended")?;
+        // The pool's checks take the replica out; a new session reads on
+        // the other one.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let mut other = Raw::open(env, true)?;
+        let id = other.server()?;
+        check(
+            REPLICA_IDS.contains(&id) && id != reader,
+            format!("a new session read on {id}"),
+        )
+    })();
+    env.topology().replicas[index].restart().map_err(fail)?;
+    result?;
+    replicated(env)
 }
 
 /// The admin status's `statements` object.

@@ -1094,9 +1094,14 @@ async fn exchange(
     cx: &Cx<'_>,
 ) -> Result<Answer, Failed> {
     if side.wire.send(0, payload).await.is_err() {
-        return Err(Failed::Refused(codes::backend_lost(
-            side.lease.backend().addr,
-        )));
+        // Lost before the command reached it: for the client's own
+        // command, an ERR in place of the answer and the session ends (as
+        // a bound session's does); for the proxy's, that side is let go.
+        let addr = side.lease.backend().addr;
+        return Err(match sink {
+            Some(_) => lost(relay::End::BackendWriteFailed, false, addr, sink, cx).await,
+            None => Failed::Refused(codes::backend_lost(addr)),
+        });
     }
     answer_of(side, ReplyTo::of(payload), sink, cx).await
 }
