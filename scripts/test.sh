@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/compat-deps.sh
 PATH="$PATH:/usr/sbin"
-cargo build -q --release --target wasm32-wasip2 -p default-policy -p misbehave-policy -p by-client-policy -p replica-fallback-policy -p forbidden-policy
+cargo build -q --release --target wasm32-wasip2 -p default-policy -p misbehave-policy -p by-client-policy -p replica-fallback-policy -p forbidden-policy -p hint-policy
 # The example policies in other languages (componentize-py, Zig and Go from
 # PyPI, componentize-js from npm, clang from Debian), rebuilt when their
 # source changes.

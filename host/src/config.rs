@@ -541,6 +541,10 @@ impl PoolConfig {
     }
 }
 
+fn default_statement_text_max() -> usize {
+    1024
+}
+
 fn default_idle_session_ms() -> u64 {
     30_000
 }
@@ -662,6 +666,10 @@ pub struct PolicyConfig {
     /// Calls one reused instance serves before it is replaced. Default 1000.
     #[serde(default = "default_reuse_calls")]
     pub reuse_calls: u32,
+    /// How much of a statement's text (bytes) a policy's `route-statement`
+    /// gets. Default 1024.
+    #[serde(default = "default_statement_text_max")]
+    pub statement_text_max: usize,
 }
 
 /// How policy instances are used.

@@ -225,6 +225,7 @@ fn policy_tool(command: PolicyCommand) -> anyhow::Result<()> {
                     ..Default::default()
                 };
                 statement_route(&sql, &session);
+                statement_hook(&policy, &sql, (&user, db.as_deref()), &session);
             }
             Ok(())
         }
@@ -259,6 +260,36 @@ fn statement_route(sql: &str, session: &switchyard::sql::SessionView) {
             .unwrap_or_default(),
     );
     println!("built-in:  {} ({why})", target.as_str());
+}
+
+/// What the policy's `route-statement` answers for `sql`, if it has one.
+fn statement_hook(
+    policy: &Policy,
+    sql: &str,
+    (user, db): (&str, Option<&str>),
+    session: &switchyard::sql::SessionView,
+) {
+    if !policy.has_statement_hook() {
+        println!("policy:    no route-statement (the built-in rule decides)");
+        return;
+    }
+    let class = switchyard::sql::classify(sql.as_bytes());
+    let info = switchyard::policy::StatementInfo {
+        kind: class.kind,
+        in_transaction: session.in_transaction,
+        read_only_transaction: session.read_only_transaction,
+        digest: switchyard::sql::digest(sql.as_bytes()),
+        text: sql,
+        user,
+        db,
+        unseen_writes: false,
+    };
+    match policy.route_statement(&info) {
+        Ok(decision) => println!(
+            "policy:    {decision:?} (route-statement; in a transaction, for session state, statements that pin or read the previous outcome, several statements and transaction control the host keeps its rule)"
+        ),
+        Err(e) => println!("policy:    {e} (the built-in rule decides)"),
+    }
 }
 
 /// `switchyard policy check`: loads the policy, describes it and runs the

@@ -4,16 +4,19 @@
 //! semicolons outside quotes and comments. [`statements`] finds them as the
 //! server would, or says it cannot be sure: the proxy then leaves the text
 //! as it is. [`classify`] tells what a statement does, [`rule`] where the
-//! built-in rule sends it, and [`SessionState`] what another backend
-//! session needs replayed to match the session.
+//! built-in rule sends it, [`SessionState`] what another backend
+//! session needs replayed to match the session, and [`digest`] a hash of
+//! its query shape.
 
 mod classify;
+mod digest;
 mod replay;
 mod rule;
 
 use std::ops::Range;
 
 pub use classify::{Class, Kind, Pin, Transaction, classify};
+pub use digest::digest;
 pub use replay::{NotReplayable, SessionState};
 pub use rule::{SessionView, Target, rule};
 

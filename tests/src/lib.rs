@@ -435,6 +435,8 @@ pub struct Artifacts {
     pub fallback_policy: PathBuf,
     /// A component with a forbidden import.
     pub forbidden_policy: PathBuf,
+    /// The per-statement hook example (`policies/hint`).
+    pub hint_policy: PathBuf,
     /// The Python example policy (built by `scripts/test.sh`).
     pub python_policy: PathBuf,
     /// The JavaScript example policy (built by `scripts/test.sh`).
@@ -493,6 +495,8 @@ pub fn artifacts() -> &'static Artifacts {
                 "replica-fallback-policy",
                 "-p",
                 "forbidden-policy",
+                "-p",
+                "hint-policy",
                 "--target",
                 "wasm32-wasip2",
             ][..],
@@ -514,6 +518,7 @@ pub fn artifacts() -> &'static Artifacts {
             by_client_policy: target.join("wasm32-wasip2/release/by_client_policy.wasm"),
             fallback_policy: target.join("wasm32-wasip2/release/replica_fallback_policy.wasm"),
             forbidden_policy: target.join("wasm32-wasip2/release/forbidden_policy.wasm"),
+            hint_policy: target.join("wasm32-wasip2/release/hint_policy.wasm"),
             python_policy: target.join("examples/python_policy.wasm"),
             js_policy: target.join("examples/js_policy.wasm"),
             zig_policy: target.join("examples/zig_policy.wasm"),

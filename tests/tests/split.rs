@@ -93,6 +93,8 @@ fn main() {
         "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}';
          GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';
          CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64));
+         CREATE TABLE app.audit (id INT PRIMARY KEY);
+         INSERT INTO app.audit VALUES (1);
          CREATE DATABASE app2;
          GRANT ALL ON app2.* TO '{2}'@'%';
          CREATE USER '{3}'@'%' IDENTIFIED BY '{4}';
@@ -172,6 +174,10 @@ fn main() {
         (
             "a_lost_reader_ends_its_sessions_with_an_error",
             a_lost_reader_ends_its_sessions_with_an_error,
+        ),
+        (
+            "a_policys_route_statement_decides_where_statements_run",
+            a_policys_route_statement_decides_where_statements_run,
         ),
     ];
     run_one_at_a_time(args, env, tests);
@@ -862,6 +868,63 @@ fn a_lost_reader_ends_its_sessions_with_an_error(env: &Env) -> TestResult {
     env.topology().replicas[index].restart().map_err(fail)?;
     result?;
     replicated(env)
+}
+
+/// A policy of the `statement-router` world (`policies/hint`): hint
+/// comments and a table named in `writer_tables` send statements where it
+/// says (a text statement and a prepared one); inside a transaction, the
+/// transaction's backend keeps them; without a hint, the built-in rule.
+fn a_policys_route_statement_decides_where_statements_run(env: &Env) -> TestResult {
+    let hint = switchyard_e2e::artifacts()
+        .hint_policy
+        .display()
+        .to_string();
+    let config = config(&env.topology(), free_port())
+        .replace("module = \"{policy}\"", &format!("module = \"{hint}\""))
+        .replace(
+            "[policy.settings]\n",
+            "[policy.settings]\nwriter_tables = \"audit\"\n",
+        );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let mut raw =
+        RawClient::connect(proxy.addr())?.with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
+    match raw.login(
+        MASTER_USER.0,
+        MASTER_USER.1,
+        Some("app"),
+        "mysql_native_password",
+    )? {
+        LoginOutcome::Ok(2) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    let mut raw = Raw(raw);
+    on_replica(raw.server()?, "a read without a hint")?;
+    let (id, _) = raw.on("1 /* route=writer */")?;
+    on_primary(id, "a read hinted to the writer")?;
+    let (id, n) = raw.on("(SELECT COUNT(*) FROM audit)")?;
+    on_primary(id, "a read of a writer table")?;
+    check(n == [Some("1".to_owned())], format!("audit has {n:?}"))?;
+    raw.exec("BEGIN")?;
+    let (id, _) = raw.on("1 /* route=reader */")?;
+    on_primary(id, "a read hinted to a reader inside a transaction")?;
+    raw.exec("COMMIT")?;
+    let (id, _) = raw.on("1 /* route=reader */")?;
+    on_replica(id, "a read hinted to a reader")?;
+    block_on(async {
+        let mut conn = Conn::new(opts(proxy.addr().port(), MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        let audit = conn
+            .prep("SELECT @@server_id FROM audit WHERE id = ?")
+            .await
+            .map_err(fail)?;
+        let id: Option<u32> = conn.exec_first(&audit, (1,)).await.map_err(fail)?;
+        on_primary(id.unwrap_or(0), "a prepared read of a writer table")?;
+        let plain = conn.prep("SELECT @@server_id").await.map_err(fail)?;
+        let id: Option<u32> = conn.exec_first(&plain, ()).await.map_err(fail)?;
+        on_replica(id.unwrap_or(0), "a prepared read without a hint")?;
+        conn.disconnect().await.map_err(fail)
+    })
 }
 
 /// The admin status's `statements` object.

@@ -11,6 +11,17 @@ wasmtime::component::bindgen!({
 
 pub use self::switchyard::policy::host::{Level, PoolStatus};
 
+/// The `statement-router` world: `router`'s imports (the same `host`
+/// interface, so one linker serves both) and `route-statement`.
+pub mod statement {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "statement-router",
+        exports: { default: async },
+        with: { "switchyard:policy/host": super::switchyard::policy::host },
+    });
+}
+
 impl From<crate::pool::PoolStatus> for PoolStatus {
     fn from(s: crate::pool::PoolStatus) -> Self {
         Self {

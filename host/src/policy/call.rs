@@ -200,7 +200,7 @@ impl Policy {
 /// waiting: its answer, or `None` when the guest waits in a WASI import
 /// (a clock, a poll), which an event loop does not wait for. The call is
 /// then dropped here, which unwinds the guest.
-fn without_waiting<F: Future>(call: F) -> Option<F::Output> {
+pub(super) fn without_waiting<F: Future>(call: F) -> Option<F::Output> {
     let mut call = std::pin::pin!(call);
     match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(answer) => Some(answer),

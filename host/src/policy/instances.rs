@@ -29,12 +29,12 @@ impl<T> Idle<T> {
     }
 
     /// An idle instance, if there is one.
-    fn take(&self) -> Option<T> {
+    pub(super) fn take(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
     /// Keeps `instance` for a further call.
-    fn give_back(&self, instance: T) {
+    pub(super) fn give_back(&self, instance: T) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -91,7 +91,9 @@ impl Policy {
             idle: Idle::new(),
             instantiation: Duration::ZERO,
             on_event_loop: AtomicBool::new(true),
+            statement: None,
         };
+        policy.statement = super::statement::Hook::of(&policy.pre);
         let initial_memory;
         (policy.instantiation, initial_memory) = policy.time_instantiation();
         policy.reuse = reuse_for(config, policy.instantiation, initial_memory);
@@ -155,6 +157,7 @@ impl Policy {
             idle: Idle::new(),
             instantiation: self.instantiation,
             on_event_loop: AtomicBool::new(self.on_event_loop.load(Ordering::Relaxed)),
+            statement: self.statement.as_ref().map(|h| h.fresh()),
         }
     }
 

@@ -35,6 +35,7 @@ mod error;
 mod host;
 mod instances;
 mod load;
+mod statement;
 mod ticker;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use cache::{Origin, sha256_hex};
 pub use call::CallCost;
 pub use error::{MAX_ANSWER_LEN, PolicyLoadError, RouteError};
 pub use host::PoolSource;
+pub use statement::{StatementDecision, StatementInfo};
 
 use bindings::RouterPre;
 use engine::PolicyEngine;
@@ -69,6 +71,8 @@ pub struct Policy {
     /// Whether calls still run on the calling event loop (see
     /// [`Policy::route`]).
     on_event_loop: AtomicBool,
+    /// `route-statement`, if the policy exports it.
+    statement: Option<statement::Hook>,
 }
 
 impl std::fmt::Debug for Policy {

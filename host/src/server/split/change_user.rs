@@ -235,6 +235,7 @@ impl SplitSession {
             .backend_sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.sides[role as usize] = Some(Side::new(session, lease));
+        self.db = credential.response.database.clone();
         self.credential = credential;
         self.pools = pools;
         self.user = claim;

@@ -203,6 +203,9 @@ pub(super) struct SplitSession {
     user: super::limits::UserClaim,
     /// Set when COM_CHANGE_USER moved the session to a plain pool.
     rebound: Option<Rebound>,
+    /// The current database, as far as known (the login's, then
+    /// COM_INIT_DB's and the tracked schema).
+    db: Option<String>,
     /// Bytes from and to the client.
     pub relayed: (u64, u64),
 }
@@ -229,6 +232,7 @@ impl SplitSession {
             .split
             .backend_sessions
             .fetch_add(1, Ordering::Relaxed);
+        let db = credential.response.database.clone();
         Self {
             client: Wire::new(stream, rest),
             sides,
@@ -245,6 +249,7 @@ impl SplitSession {
             nonce,
             user,
             rebound: None,
+            db,
             relayed: (0, 0),
         }
     }
@@ -364,9 +369,12 @@ impl SplitSession {
             Some(0x01) => Err(relay::End::ClientQuit.into()),
             Some(0x03) => self.query(payload, cx).await,
             Some(0x02) => {
-                let db = String::from_utf8_lossy(&payload[1..]);
+                let db = String::from_utf8_lossy(&payload[1..]).into_owned();
                 let sql = format!("USE `{}`", db.replace('`', "``"));
-                self.everywhere(payload.clone(), &sql, cx).await
+                if self.everywhere(payload.clone(), &sql, cx).await? {
+                    self.db = Some(db);
+                }
+                Ok(())
             }
             Some(0x0c) => self.kill(payload, cx).await,
             Some(0x16) => self.prepare(payload, cx).await,
@@ -404,17 +412,89 @@ impl SplitSession {
         }
         let class = classify(&payload[1..]);
         let view = self.routing.view(self.statuses());
-        let (target, _why) = rule(&class, &view);
+        let (target, _why) = match self.hook(&payload[1..], &class, &view, cx) {
+            Some(target) => (target, "the policy's route-statement"),
+            None => rule(&class, &view),
+        };
         match target {
             Target::All => {
                 let sql = String::from_utf8_lossy(&payload[1..]).into_owned();
-                self.everywhere(payload, &sql, cx).await
+                self.everywhere(payload, &sql, cx).await.map(|_| ())
             }
             Target::Writer => self.statement(Role::Writer, payload, &class, cx).await,
             Target::Reader => {
                 let role = self.causal(cx).await?;
                 self.statement(role, payload, &class, cx).await
             }
+        }
+    }
+
+    /// Where the policy's `route-statement` sends a statement, if the
+    /// policy has it and the statement may move: not session state, nor
+    /// one that pins or reads the previous outcome, nor several statements,
+    /// nor transaction control, nor in a pinned session; inside a
+    /// transaction the policy is told, and the statement stays where the
+    /// transaction runs. `None`: the built-in rule decides.
+    fn hook(
+        &self,
+        text: &[u8],
+        class: &Class,
+        view: &crate::sql::SessionView,
+        cx: &Cx<'_>,
+    ) -> Option<Target> {
+        let state = cx.shared.state();
+        let policy = state.policy_named(cx.policy);
+        if !policy.has_statement_hook()
+            || view.pinned.is_some()
+            || class.kind == Kind::Session
+            || class.pin.is_some()
+            || class.reads_previous
+            || class.multi
+            || class.transaction.is_some()
+        {
+            return None;
+        }
+        let max = state.config.policy.statement_text_max;
+        let text = String::from_utf8_lossy(&text[..text.len().min(max)]);
+        let response = &self.credential.response;
+        let info = crate::policy::StatementInfo {
+            kind: class.kind,
+            in_transaction: view.in_transaction,
+            read_only_transaction: view.read_only_transaction,
+            digest: crate::sql::digest(text.as_bytes()),
+            text: &text,
+            user: &response.username,
+            db: self.db.as_deref(),
+            unseen_writes: self.routing.last_write != LastWrite::None,
+        };
+        let decision = match policy.route_statement(&info) {
+            Ok(decision) => decision,
+            Err(e) => {
+                cx.shared
+                    .metrics
+                    .policy_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    policy = policy.name(),
+                    "route-statement failed; the built-in rule decides: {e}"
+                );
+                return None;
+            }
+        };
+        if view.in_transaction {
+            return None;
+        }
+        use crate::policy::StatementDecision as D;
+        match decision {
+            D::Writer => Some(Target::Writer),
+            D::Reader => Some(Target::Reader),
+            D::Pool(name) if name == self.pools.writer => Some(Target::Writer),
+            D::Pool(name) if name == self.pools.reader => Some(Target::Reader),
+            D::Pool(name) => {
+                debug!(pool = %crate::logging::escape_controls(&name), "route-statement named a pool that is not the split pool's writer or reader; the built-in rule decides");
+                None
+            }
+            D::Builtin => None,
         }
     }
 
@@ -458,12 +538,17 @@ impl SplitSession {
 
     /// Session state (SET, USE, COM_INIT_DB): on the backend session the
     /// session is on, then on the other if it is open.
-    async fn everywhere(&mut self, payload: Bytes, sql: &str, cx: &Cx<'_>) -> Result<(), Failed> {
+    async fn everywhere(&mut self, payload: Bytes, sql: &str, cx: &Cx<'_>) -> Result<bool, Failed> {
         let role = self.ensure(self.current(), cx).await?;
         let answer = self.run_on(role, &payload, cx).await?;
         cx.shared.metrics.split.routed(Routed::All);
         if answer.err {
-            return Ok(());
+            return Ok(false);
+        }
+        for change in &answer.changes {
+            if let crate::protocol::StateChange::Schema(db) = change {
+                self.db = Some(db.clone());
+            }
         }
         if !self.carried.ran(sql, &answer.changes) {
             self.pin(Pin::SessionState, cx).await;
@@ -482,12 +567,17 @@ impl SplitSession {
             }
             _ => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Learns from an answer on `role`: the state it changed (the other
     /// backend session must get it before its next statement).
     fn learn(&mut self, role: Role, answer: &Answer) {
+        for change in &answer.changes {
+            if let crate::protocol::StateChange::Schema(db) = change {
+                self.db = Some(db.clone());
+            }
+        }
         if self.carried.apply(&answer.changes)
             && let Some(other) = self.sides[role.other() as usize].as_mut()
         {
@@ -833,10 +923,13 @@ impl SplitSession {
             return self.run_on(Role::Writer, &payload, cx).await.map(|_| ());
         };
         let class = statement.class;
+        let (text, long_data) = (statement.text.clone(), statement.long_data);
         let view = self.routing.view(self.statuses());
-        let (target, _) = rule(&class, &view);
+        let target = self
+            .hook(&text, &class, &view, cx)
+            .unwrap_or_else(|| rule(&class, &view).0);
         let mut role = match target {
-            Target::Reader if !statement.long_data => self.causal(cx).await?,
+            Target::Reader if !long_data => self.causal(cx).await?,
             _ => Role::Writer,
         };
         role = self.ensure(role, cx).await?;
