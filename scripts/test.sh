@@ -20,6 +20,12 @@ build_example() { # <lang> <source> <out>
 }
 build_example python app.py target/examples/python_policy.wasm
 build_example javascript policy.js target/examples/js_policy.wasm
+# The per-statement hook in JavaScript (the statement-router world).
+js_hook=target/examples/js_statement_policy.wasm
+if [ ! -f "$js_hook" ] || [ examples/policies/javascript/statements.js -nt "$js_hook" ] \
+    || [ examples/policies/javascript/build.sh -nt "$js_hook" ] || [ wit/policy.wit -nt "$js_hook" ]; then
+    examples/policies/javascript/build.sh "$PWD/$js_hook" statements.js statement-router
+fi
 build_example zig policy.zig target/examples/zig_policy.wasm
 build_example c policy.c target/examples/c_policy.wasm
 build_example go policy.go target/examples/go_policy.wasm

@@ -231,5 +231,60 @@ fn policy(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec, classify, auth, policy);
+/// A split session's per-statement hook call (`policies/hint`, a kept
+/// instance), and its latency percentiles over 100,000 calls.
+fn statement_hook(c: &mut Criterion) {
+    let module = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/hint_policy.wasm");
+    if !module.exists() {
+        eprintln!(
+            "skipping the statement hook: {} is not built",
+            module.display()
+        );
+        return;
+    }
+    let text = format!(
+        "[pools.replicas]\nbackends = [\"127.0.0.1:3307\"]\n[policy]\nmodule = \"{}\"\n\
+         [policy.settings]\nwriter_tables = \"accounts, ledger\"\n",
+        module.display()
+    );
+    let config = Config::parse(&text, "bench.toml".as_ref()).unwrap();
+    let pools = Arc::new(Pools::from_config(
+        &config,
+        &switchyard::pool::Registry::default(),
+    ));
+    let policy = Policy::load(&config.policy, pools).unwrap();
+    let sql = "SELECT c FROM sbtest1 WHERE id=4242";
+    let info = switchyard::policy::StatementInfo {
+        kind: switchyard::sql::Kind::Read,
+        in_transaction: false,
+        read_only_transaction: false,
+        digest: switchyard::sql::digest(sql.as_bytes()),
+        text: sql,
+        user: "app",
+        db: Some("app"),
+        unseen_writes: false,
+    };
+    c.bench_function("route-statement (hint policy, kept instance)", |b| {
+        b.iter(|| policy.route_statement(black_box(&info)).is_ok())
+    });
+    let mut failed = 0;
+    let mut took: Vec<std::time::Duration> = (0..100_000)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            failed += usize::from(black_box(policy.route_statement(&info)).is_err());
+            started.elapsed()
+        })
+        .collect();
+    took.sort();
+    let at = |p: usize| took[took.len() * p / 100];
+    eprintln!(
+        "route-statement over 100,000 calls: p50 {:?}, p99 {:?}, max {:?}, {failed} failed",
+        at(50),
+        at(99),
+        took[took.len() - 1]
+    );
+}
+
+criterion_group!(benches, codec, classify, auth, policy, statement_hook);
 criterion_main!(benches);

@@ -437,6 +437,9 @@ pub struct Artifacts {
     pub forbidden_policy: PathBuf,
     /// The per-statement hook example (`policies/hint`).
     pub hint_policy: PathBuf,
+    /// The per-statement hook example in JavaScript (built by
+    /// `scripts/test.sh`).
+    pub js_statement_policy: PathBuf,
     /// The Python example policy (built by `scripts/test.sh`).
     pub python_policy: PathBuf,
     /// The JavaScript example policy (built by `scripts/test.sh`).
@@ -521,6 +524,7 @@ pub fn artifacts() -> &'static Artifacts {
             hint_policy: target.join("wasm32-wasip2/release/hint_policy.wasm"),
             python_policy: target.join("examples/python_policy.wasm"),
             js_policy: target.join("examples/js_policy.wasm"),
+            js_statement_policy: target.join("examples/js_statement_policy.wasm"),
             zig_policy: target.join("examples/zig_policy.wasm"),
             c_policy: target.join("examples/c_policy.wasm"),
             go_policy: target.join("examples/go_policy.wasm"),

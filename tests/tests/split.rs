@@ -875,12 +875,24 @@ fn a_lost_reader_ends_its_sessions_with_an_error(env: &Env) -> TestResult {
 /// says (a text statement and a prepared one); inside a transaction, the
 /// transaction's backend keeps them; without a hint, the built-in rule.
 fn a_policys_route_statement_decides_where_statements_run(env: &Env) -> TestResult {
-    let hint = switchyard_e2e::artifacts()
-        .hint_policy
-        .display()
-        .to_string();
+    let artifacts = switchyard_e2e::artifacts();
+    for module in [&artifacts.hint_policy, &artifacts.js_statement_policy] {
+        check(
+            module.exists(),
+            format!("{} is missing: run scripts/test.sh", module.display()),
+        )?;
+        statements_routed_by(env, module)
+            .map_err(|e| fail(format!("{}: {e:?}", module.display())))?;
+    }
+    Ok(())
+}
+
+fn statements_routed_by(env: &Env, module: &std::path::Path) -> TestResult {
     let config = config(&env.topology(), free_port())
-        .replace("module = \"{policy}\"", &format!("module = \"{hint}\""))
+        .replace(
+            "module = \"{policy}\"",
+            &format!("module = \"{}\"", module.display()),
+        )
         .replace(
             "[policy.settings]\n",
             "[policy.settings]\nwriter_tables = \"audit\"\n",

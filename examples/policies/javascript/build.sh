@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Builds the JavaScript policy with componentize-js. Usage: ./build.sh [OUT]
-# (default: policy.wasm here). componentize-js is installed from npm into
+# Builds the JavaScript policy with componentize-js. Usage:
+# ./build.sh [OUT [SOURCE WORLD]] (default: policy.wasm here, from policy.js
+# for the `router` world; `./build.sh out.wasm statements.js
+# statement-router` builds the per-statement example). componentize-js is installed from npm into
 # the workspace's target/ if missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 out="${1:-$here/policy.wasm}"
+source="${2:-policy.js}"
+world="${3:-router}"
 version=0.23.0
 prefix="$root/target/npm"
 tool="$prefix/node_modules/.bin/componentize-js"
@@ -15,4 +19,4 @@ if [ ! -x "$tool" ]; then
 fi
 # HTTP and fetch-event are disabled: a policy may import only WASI basics
 # and the host interface (Switchyard refuses anything else).
-"$tool" "$here/policy.js" --wit "$root/wit" --world-name router -d http fetch-event -o "$out"
+"$tool" "$here/$source" --wit "$root/wit" --world-name "$world" -d http fetch-event -o "$out"

@@ -6,6 +6,8 @@
 //! nothing (the caller then applies the built-in rule) and its instance is
 //! dropped. A policy without the export costs no call.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use wasmtime::Store;
 
 use super::Policy;
@@ -17,16 +19,22 @@ use super::error::RouteError;
 use super::host::CallState;
 use super::instances::Idle;
 
-/// Epoch ticks (milliseconds) one statement's call may take.
-const HOOK_TICKS: u64 = 2;
+/// Epoch ticks (milliseconds) one statement's call may take (as a login's
+/// call on an event loop: a thread preempted mid-call needs the margin).
+const HOOK_TICKS: u64 = 5;
 /// Calls an instance makes before it is replaced (its memory only grows).
 const CALLS_PER_INSTANCE: u32 = 100_000;
+/// Failed calls in a row after which the hook is no longer called (each
+/// failure costs a new instance on an event loop).
+const FAILURES_TO_GIVE_UP: u32 = 8;
 
 /// The hook of a policy that has one: its pre-instantiation and its kept
 /// instances.
 pub(super) struct Hook {
     pre: StatementRouterPre<CallState>,
     idle: Idle<(Store<CallState>, StatementRouter, u32)>,
+    /// Failed calls in a row.
+    failures: AtomicU32,
 }
 
 impl Hook {
@@ -37,6 +45,7 @@ impl Hook {
         Some(Self {
             pre,
             idle: Idle::new(),
+            failures: AtomicU32::new(0),
         })
     }
 
@@ -45,6 +54,7 @@ impl Hook {
         Self {
             pre: self.pre.clone(),
             idle: Idle::new(),
+            failures: AtomicU32::new(0),
         }
     }
 }
@@ -84,9 +94,12 @@ pub enum StatementDecision {
 }
 
 impl Policy {
-    /// Whether the policy exports `route-statement`.
+    /// Whether the policy exports `route-statement` (and it has not
+    /// failed [`FAILURES_TO_GIVE_UP`] times in a row).
     pub fn has_statement_hook(&self) -> bool {
-        self.statement.is_some()
+        self.statement
+            .as_ref()
+            .is_some_and(|h| h.failures.load(Ordering::Relaxed) < FAILURES_TO_GIVE_UP)
     }
 
     /// Calls `route-statement` for `info` (see the module's documentation);
@@ -98,6 +111,23 @@ impl Policy {
         let Some(hook) = &self.statement else {
             return Ok(StatementDecision::Builtin);
         };
+        let answer = self.call_hook(hook, info);
+        match &answer {
+            Ok(_) => hook.failures.store(0, Ordering::Relaxed),
+            Err(_) => {
+                if hook.failures.fetch_add(1, Ordering::Relaxed) + 1 == FAILURES_TO_GIVE_UP {
+                    tracing::warn!(policy = %self.shared.name, "route-statement failed {FAILURES_TO_GIVE_UP} times in a row; the built-in rule decides from now on (until the policy is reloaded)");
+                }
+            }
+        }
+        answer
+    }
+
+    fn call_hook(
+        &self,
+        hook: &Hook,
+        info: &StatementInfo<'_>,
+    ) -> Result<StatementDecision, RouteError> {
         let _ticking = self.engine.ticker.running();
         let (mut store, router, calls) = match hook.idle.take() {
             Some(kept) => kept,
