@@ -26,14 +26,21 @@ fuzz_target!(|data: &[u8]| {
         let Some((&pick, payload)) = command.split_first() else {
             continue;
         };
-        let role = if pick & 1 == 0 { Role::Writer } else { Role::Reader };
+        let role = if pick & 1 == 0 {
+            Role::Writer
+        } else {
+            Role::Reader
+        };
         let sent = statement.execute_for(payload, role);
         if payload.len() >= 5 {
             let want = statement.id_on(role).expect("prepared on both");
             assert_eq!(id_of(&sent), Some(want));
         }
         let grew = sent.len() - payload.len();
-        assert!(grew == 0 || grew == 2 * usize::from(params), "grew by {grew}");
+        assert!(
+            grew == 0 || grew == 2 * usize::from(params),
+            "grew by {grew}"
+        );
         assert_eq!(statement.for_backend(payload, role).len(), payload.len());
     }
 });

@@ -172,6 +172,10 @@ fn main() {
             com_change_user_with_both_backend_sessions_open,
         ),
         (
+            "com_reset_connection_resets_both_backend_sessions",
+            com_reset_connection_resets_both_backend_sessions,
+        ),
+        (
             "a_lost_reader_ends_its_sessions_with_an_error",
             a_lost_reader_ends_its_sessions_with_an_error,
         ),
@@ -836,6 +840,51 @@ fn com_change_user_with_both_backend_sessions_open(env: &Env) -> TestResult {
         after == before,
         format!("backend sessions held: {before} before, {after} after"),
     )
+}
+
+/// COM_RESET_CONNECTION with the writer's and the reader's backend
+/// sessions open, both with session state set: the client hears one OK,
+/// both lose the state, a prepared statement is gone, and both go on.
+fn com_reset_connection_resets_both_backend_sessions(env: &Env) -> TestResult {
+    both(env, |raw, _| {
+        raw.exec("SET time_zone = '+03:00'")?;
+        raw.exec("BEGIN")?;
+        let (id, w) = raw.on("@@time_zone")?;
+        on_primary(id, "a read in a transaction")?;
+        raw.exec("COMMIT")?;
+        let (id, r) = raw.on("@@time_zone")?;
+        on_replica(id, "a read")?;
+        let set = [Some("+03:00".to_owned())];
+        check(
+            w == set && r == set,
+            format!("before the reset: writer {w:?}, reader {r:?}"),
+        )?;
+        let stmt = prepare(&mut raw.0, "SELECT 1")?;
+        raw.0.write_raw(&RawClient::command_packet(&[0x1f]))?;
+        let ok = raw.0.expect_packet()?;
+        check(
+            ok.seq == 1 && ok.payload.first() == Some(&0),
+            format!("reset: {:?}", ok.payload),
+        )?;
+        let (id, r) = raw.on("@@time_zone")?;
+        on_replica(id, "a read after the reset")?;
+        raw.exec("BEGIN")?;
+        let (id, w) = raw.on("@@time_zone")?;
+        on_primary(id, "a transaction after the reset")?;
+        raw.exec("COMMIT")?;
+        let default = [Some("SYSTEM".to_owned())];
+        check(
+            w == default && r == default,
+            format!("after the reset: writer {w:?}, reader {r:?}"),
+        )?;
+        let mut execute = stmt_command(0x17, stmt, &[0]);
+        execute.extend_from_slice(&1u32.to_le_bytes());
+        let gone = command(&mut raw.0, &execute)?;
+        check(
+            gone[0][0] == 0xff,
+            format!("a statement prepared before the reset: {gone:?}"),
+        )
+    })
 }
 
 /// The replica a split session reads on stops: the session's next read
