@@ -140,33 +140,12 @@ pub(super) async fn handle(
             });
             step
         }
-        Ok(Err(LoginError::Deny {
-            err, seq, reason, ..
-        })) => {
-            warn!(
-                code = err.code,
-                "COM_CHANGE_USER refused; closing the session: {}",
-                crate::logging::escape_controls(&reason)
-            );
-            metrics.change_user(ChangeUserOutcome::Refused);
-            let _ = timeout_at(
-                Deadline::now() + std::time::Duration::from_secs(1),
-                client.write(seq, &err.encode()),
-            )
-            .await;
-            return None;
-        }
-        Ok(Err(LoginError::Close(reason))) => {
-            warn!(
-                "COM_CHANGE_USER failed; closing the session: {}",
-                crate::logging::escape_controls(&reason)
-            );
-            metrics.change_user(ChangeUserOutcome::Failed);
+        Ok(Err(e)) => {
+            give_up(Some(e), &mut client, metrics).await;
             return None;
         }
         Err(_) => {
-            warn!("COM_CHANGE_USER timed out; closing the session");
-            metrics.change_user(ChangeUserOutcome::Failed);
+            give_up(None, &mut client, metrics).await;
             return None;
         }
     };
@@ -214,6 +193,66 @@ async fn go_on(
     Some(Next::Bound(Bound::new((client, backend), lease, user)))
 }
 
+/// Logs and counts a COM_CHANGE_USER that did not go through (`None`: it
+/// timed out), and answers a refusal; the session then ends.
+pub(super) async fn give_up(
+    failure: Option<LoginError>,
+    client: &mut PacketStream,
+    metrics: &Metrics,
+) {
+    match failure {
+        Some(LoginError::Deny {
+            err, seq, reason, ..
+        }) => {
+            warn!(
+                code = err.code,
+                "COM_CHANGE_USER refused; closing the session: {}",
+                crate::logging::escape_controls(&reason)
+            );
+            metrics.change_user(ChangeUserOutcome::Refused);
+            let _ = timeout_at(
+                Deadline::now() + std::time::Duration::from_secs(1),
+                client.write(seq, &err.encode()),
+            )
+            .await;
+        }
+        Some(LoginError::Close(reason)) => {
+            warn!(
+                "COM_CHANGE_USER failed; closing the session: {}",
+                crate::logging::escape_controls(&reason)
+            );
+            metrics.change_user(ChangeUserOutcome::Failed);
+        }
+        None => {
+            warn!("COM_CHANGE_USER timed out; closing the session");
+            metrics.change_user(ChangeUserOutcome::Failed);
+        }
+    }
+}
+
+/// The login gate's attempt for the COM_CHANGE_USER `request` of a
+/// session with capabilities `caps` greeted with `nonce`.
+pub(super) fn attempt<'a>(
+    request: &'a ChangeUser,
+    caps: CapabilityFlags,
+    nonce: &'a [u8; crate::auth::NONCE_LEN],
+) -> login::Attempt<'a> {
+    let plugin_auth = caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
+    login::Attempt {
+        user: &request.username,
+        client_plugin: plugin_auth.then(|| {
+            request
+                .auth_plugin
+                .as_deref()
+                .unwrap_or(NATIVE_PASSWORD_PLUGIN)
+        }),
+        data: request.auth_response.clone(),
+        can_switch: plugin_auth,
+        nonce,
+        seq: 1,
+    }
+}
+
 /// Verify, route, re-authenticate or reconnect.
 async fn exchange(
     client: &mut PacketStream,
@@ -228,23 +267,7 @@ async fn exchange(
     let request = ChangeUser::decode(&packet.payload, ctx.capabilities)
         .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
     let state = shared.state();
-    let user = request.username.as_str();
-    let plugin_auth = ctx
-        .capabilities
-        .contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
-    let attempt = login::Attempt {
-        user,
-        client_plugin: plugin_auth.then(|| {
-            request
-                .auth_plugin
-                .as_deref()
-                .unwrap_or(NATIVE_PASSWORD_PLUGIN)
-        }),
-        data: request.auth_response.clone(),
-        can_switch: plugin_auth,
-        nonce: &ctx.nonce,
-        seq: 1,
-    };
+    let attempt = attempt(&request, ctx.capabilities, &ctx.nonce);
     let gate = Gate {
         shared,
         state: &state,
@@ -408,12 +431,7 @@ async fn to_split(
         offered: ctx.offered,
         offered_mariadb: ctx.offered_mariadb,
     });
-    let login = LoginRequest {
-        client: &credential.response,
-        password: &credential.password,
-        offered: credential.offered,
-        offered_mariadb: credential.offered_mariadb,
-    };
+    let login = credential.request();
     let first = split::open_first(
         &pools,
         &login,

@@ -436,12 +436,7 @@ async fn log_in_split(
         offered: profile.capabilities,
         offered_mariadb: profile.mariadb_capabilities,
     });
-    let request = LoginRequest {
-        client: &credential.response,
-        password: &credential.password,
-        offered: credential.offered,
-        offered_mariadb: credential.offered_mariadb,
-    };
+    let request = credential.request();
     let opened =
         split::open_first(&pools, &request, auth.next_seq, (state, metrics), deadline).await;
     let (role, backend, lease) = or_answer!(client, opened);

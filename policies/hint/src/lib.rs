@@ -13,6 +13,9 @@
 //! writer_tables = "accounts, ledger"
 //! ```
 
+// The generated bindings lift the eight fields of `statement` as arguments.
+#![allow(clippy::too_many_arguments)]
+
 wit_bindgen::generate!({
     path: "../../wit",
     world: "statement-router",

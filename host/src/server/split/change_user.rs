@@ -8,14 +8,14 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::time::{Instant as Deadline, timeout_at};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Credential, Cx, Failed, Role, Side, SplitSession, Wire};
 use crate::backend::{BackendSession, LoginRequest};
 use crate::conn::{PacketStream, Stream};
 use crate::metrics::ChangeUserOutcome;
 use crate::pool::{BackendLease, Pool};
-use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
+use crate::protocol::{ChangeUser, HandshakeResponse};
 use crate::server::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
 use crate::server::relay;
 
@@ -108,44 +108,17 @@ impl SplitSession {
             }
             Ok(Ok(Some(rebound))) => {
                 metrics.change_user(ChangeUserOutcome::Moved);
-                let (stream, rest) = client.into_parts();
-                let _ = (stream, rest);
+                // The client's stream went with the rebound session.
                 self.rebound = Some(rebound);
                 return Err(Failed::End(relay::End::ChangeUser));
             }
-            Ok(Err(LoginError::Deny {
-                err, seq, reason, ..
-            })) => {
-                warn!(
-                    code = err.code,
-                    "COM_CHANGE_USER refused; closing the session: {}",
-                    crate::logging::escape_controls(&reason)
-                );
-                metrics.change_user(ChangeUserOutcome::Refused);
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    client.write(seq, &err.encode()),
-                )
-                .await;
-                relay::End::ChangeUser
-            }
-            Ok(Err(LoginError::Close(reason))) => {
-                warn!(
-                    "COM_CHANGE_USER failed; closing the session: {}",
-                    crate::logging::escape_controls(&reason)
-                );
-                metrics.change_user(ChangeUserOutcome::Failed);
-                relay::End::ChangeUser
-            }
-            Err(_) => {
-                warn!("COM_CHANGE_USER timed out; closing the session");
-                metrics.change_user(ChangeUserOutcome::Failed);
-                relay::End::ChangeUser
-            }
+            Ok(Err(e)) => Some(e),
+            Err(_) => None,
         };
+        crate::server::change_user::give_up(failed, &mut client, metrics).await;
         let (stream, rest) = client.into_parts();
         self.client = Wire::new(stream, rest);
-        Err(Failed::End(failed))
+        Err(Failed::End(relay::End::ChangeUser))
     }
 
     /// Verifies and routes the new user, lets the backend sessions go and
@@ -162,20 +135,7 @@ impl SplitSession {
         let caps = self.credential.response.capabilities;
         let request = ChangeUser::decode(payload, caps)
             .map_err(|e| LoginError::Close(format!("bad COM_CHANGE_USER: {e}")))?;
-        let plugin_auth = caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH);
-        let attempt = login::Attempt {
-            user: &request.username,
-            client_plugin: plugin_auth.then(|| {
-                request
-                    .auth_plugin
-                    .as_deref()
-                    .unwrap_or(NATIVE_PASSWORD_PLUGIN)
-            }),
-            data: request.auth_response.clone(),
-            can_switch: plugin_auth,
-            nonce: &self.nonce,
-            seq: 1,
-        };
+        let attempt = crate::server::change_user::attempt(&request, caps, &self.nonce);
         let gate = Gate {
             shared: cx.shared,
             state,
@@ -192,12 +152,7 @@ impl SplitSession {
         self.close(Role::Writer, cx).await;
         self.close(Role::Reader, cx).await;
         let credential = self.credential_for(&request, password);
-        let login = LoginRequest {
-            client: &credential.response,
-            password: &credential.password,
-            offered: credential.offered,
-            offered_mariadb: credential.offered_mariadb,
-        };
+        let login = credential.request();
         let metrics = &cx.shared.metrics;
         let span = tracing::Span::current();
         span.record("pool", pool.name.as_str());

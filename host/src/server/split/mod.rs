@@ -101,6 +101,18 @@ pub(super) struct Credential {
     pub offered_mariadb: MariaDbCapabilities,
 }
 
+impl Credential {
+    /// The login of a backend session with this credential.
+    pub fn request(&self) -> LoginRequest<'_> {
+        LoginRequest {
+            client: &self.response,
+            password: &self.password,
+            offered: self.offered,
+            offered_mariadb: self.offered_mariadb,
+        }
+    }
+}
+
 /// One backend session of the client session.
 struct Side {
     wire: Wire,
@@ -518,12 +530,18 @@ impl SplitSession {
             None => payload,
         };
         let answer = self.run_on(role, &payload, cx).await?;
+        self.ran(role, class, &answer, cx).await;
+        Ok(())
+    }
+
+    /// Learns from the answer to a statement of class `class` on `role`:
+    /// the pin it sets, the writer's GTID whenever it reports one (a
+    /// COMMIT's too; without tracking, a statement that may have written
+    /// leaves it to be asked), the state it changed.
+    async fn ran(&mut self, role: Role, class: &Class, answer: &Answer, cx: &Cx<'_>) {
         if let Some(pin) = class.pin {
             self.pin(pin, cx).await;
         }
-        // The writer's GTID, whenever it reports one (a COMMIT's too);
-        // without tracking, a statement that may have written leaves it
-        // to be asked.
         if role == Role::Writer
             && !self.routing.wrote(&answer.changes)
             && !self.tracked
@@ -532,8 +550,7 @@ impl SplitSession {
         {
             self.routing.last_write = LastWrite::Unknown;
         }
-        self.learn(role, &answer);
-        Ok(())
+        self.learn(role, answer);
     }
 
     /// Session state (SET, USE, COM_INIT_DB): on the backend session the
@@ -704,12 +721,7 @@ impl SplitSession {
             return Err(Failed::Refused(codes::no_backend(name, 0)));
         };
         let c = &self.credential;
-        let request = LoginRequest {
-            client: &c.response,
-            password: &c.password,
-            offered: c.offered,
-            offered_mariadb: c.offered_mariadb,
-        };
+        let request = c.request();
         let deadline = Deadline::now() + state.config.login_timeout();
         let opened = login::open_backend(
             pool,
@@ -865,12 +877,7 @@ impl SplitSession {
     ) -> Result<(), Failed> {
         let state = cx.shared.state();
         let c = &self.credential;
-        let request = LoginRequest {
-            client: &c.response,
-            password: &c.password,
-            offered: c.offered,
-            offered_mariadb: c.offered_mariadb,
-        };
+        let request = c.request();
         let tls = state.pools.tls_for(place.backend);
         let opened = tokio::time::timeout(
             state.config.connect_timeout(),
@@ -941,21 +948,7 @@ impl SplitSession {
         statement.ran_on = Some(role);
         statement.long_data = false;
         let answer = self.run_on(role, &sent, cx).await?;
-        if let Some(pin) = class.pin {
-            self.pin(pin, cx).await;
-        }
-        // The writer's GTID, whenever it reports one (a COMMIT's too);
-        // without tracking, a statement that may have written leaves it
-        // to be asked.
-        if role == Role::Writer
-            && !self.routing.wrote(&answer.changes)
-            && !self.tracked
-            && may_write(&class)
-            && !answer.err
-        {
-            self.routing.last_write = LastWrite::Unknown;
-        }
-        self.learn(role, &answer);
+        self.ran(role, &class, &answer, cx).await;
         Ok(())
     }
 
