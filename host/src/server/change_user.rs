@@ -32,7 +32,9 @@ use crate::backend::{self, BackendError, LoginRequest, MAX_LOGIN_PACKET};
 use crate::conn::PacketStream;
 use crate::metrics::{ChangeUserOutcome, Metrics};
 use crate::pool::{BackendLease, Pool};
-use crate::protocol::{CapabilityFlags, ChangeUser, HandshakeResponse, NATIVE_PASSWORD_PLUGIN};
+use crate::protocol::{
+    CapabilityFlags, ChangeUser, HandshakeResponse, MariaDbCapabilities, NATIVE_PASSWORD_PLUGIN,
+};
 
 /// Largest COM_CHANGE_USER accepted.
 const MAX_CHANGE_USER_PACKET: usize = 16 * 1024;
@@ -348,27 +350,15 @@ async fn move_to_pool(
         pool,
         seq,
     } = admitted;
-    let (shared, state) = (gate.shared, gate.state);
-    let response = new_response(ctx, request);
+    let response = new_response(handshake_of(ctx), request);
     let request_login = LoginRequest {
         client: &response,
         password: &password,
         offered: ctx.offered,
         offered_mariadb: ctx.offered_mariadb,
     };
-    let (lease, session) = login::open_backend(
-        &pool,
-        &request_login,
-        seq,
-        (state.config.connect_timeout(), &shared.metrics),
-        deadline,
-    )
-    .await?;
-    gate.succeeded();
-    client
-        .write(seq, &session.ok)
-        .await
-        .map_err(|e| LoginError::client(e.into()))?;
+    let (lease, session) =
+        open_and_answer(client, (&pool, &request_login, seq), &gate, deadline).await?;
     let span = tracing::Span::current();
     span.record("user", request.username.as_str());
     span.record("pool", pool.name.as_str());
@@ -391,16 +381,61 @@ async fn move_to_pool(
     })
 }
 
-/// The handshake the new user's backend sessions log in with.
-fn new_response(ctx: &SessionCtx, request: &ChangeUser) -> HandshakeResponse {
+/// A backend session of `pool` logged in for `login`, and only then the
+/// client's OK (the backend's) at `seq`.
+pub(super) async fn open_and_answer(
+    client: &mut PacketStream,
+    (pool, login, seq): (&Pool, &LoginRequest<'_>, u8),
+    gate: &Gate<'_>,
+    deadline: Deadline,
+) -> Result<(BackendLease, crate::backend::BackendSession), LoginError> {
+    let state = gate.state;
+    let (lease, session) = login::open_backend(
+        pool,
+        login,
+        seq,
+        (state.config.connect_timeout(), &gate.shared.metrics),
+        deadline,
+    )
+    .await?;
+    gate.succeeded();
+    client
+        .write(seq, &session.ok)
+        .await
+        .map_err(|e| LoginError::client(e.into()))?;
+    Ok((lease, session))
+}
+
+/// The session's handshake as `ctx` keeps it.
+fn handshake_of(ctx: &SessionCtx) -> (CapabilityFlags, u32, u8, MariaDbCapabilities) {
+    (
+        ctx.capabilities,
+        ctx.max_packet_size,
+        ctx.charset,
+        ctx.mariadb_capabilities,
+    )
+}
+
+/// The handshake the new user's backend sessions log in with: the
+/// session's (capabilities, max packet size, charset, MariaDB
+/// capabilities) with the new user, database, charset and attributes.
+pub(super) fn new_response(
+    (capabilities, max_packet_size, charset, mariadb_capabilities): (
+        CapabilityFlags,
+        u32,
+        u8,
+        MariaDbCapabilities,
+    ),
+    request: &ChangeUser,
+) -> HandshakeResponse {
     HandshakeResponse {
-        capabilities: ctx.capabilities,
-        max_packet_size: ctx.max_packet_size,
+        capabilities,
+        max_packet_size,
         charset: request
             .charset
             .and_then(|c| u8::try_from(c).ok())
-            .unwrap_or(ctx.charset),
-        mariadb_capabilities: ctx.mariadb_capabilities,
+            .unwrap_or(charset),
+        mariadb_capabilities,
         username: request.username.clone(),
         auth_response: Vec::new(),
         database: request.database.clone(),
@@ -426,7 +461,7 @@ async fn to_split(
     } = admitted;
     let pools = pool.split.clone().expect("a split pool");
     let credential = Box::new(split::Credential {
-        response: new_response(ctx, request),
+        response: new_response(handshake_of(ctx), request),
         password,
         offered: ctx.offered,
         offered_mariadb: ctx.offered_mariadb,

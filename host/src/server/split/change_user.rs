@@ -15,7 +15,7 @@ use crate::backend::{BackendSession, LoginRequest};
 use crate::conn::{PacketStream, Stream};
 use crate::metrics::ChangeUserOutcome;
 use crate::pool::{BackendLease, Pool};
-use crate::protocol::{ChangeUser, HandshakeResponse};
+use crate::protocol::ChangeUser;
 use crate::server::login::{self, Admitted, Bound, Gate, LoginError, Services, SessionCtx};
 use crate::server::relay;
 
@@ -157,19 +157,13 @@ impl SplitSession {
         let span = tracing::Span::current();
         span.record("pool", pool.name.as_str());
         let Some(pools) = pool.split.clone() else {
-            let (lease, session) = login::open_backend(
-                &pool,
-                &login,
-                seq,
-                (state.config.connect_timeout(), metrics),
+            let (lease, session) = crate::server::change_user::open_and_answer(
+                client,
+                (&pool, &login, seq),
+                &gate,
                 deadline,
             )
             .await?;
-            gate.succeeded();
-            client
-                .write(seq, &session.ok)
-                .await
-                .map_err(|e| LoginError::client(e.into()))?;
             info!("COM_CHANGE_USER: the session goes on in a plain pool");
             return Ok(Some(self.rebound_to(
                 client,
@@ -206,20 +200,15 @@ impl SplitSession {
         password: crate::auth::Sha1Password,
     ) -> Box<Credential> {
         let old = &self.credential.response;
-        let response = HandshakeResponse {
-            capabilities: old.capabilities,
-            max_packet_size: old.max_packet_size,
-            charset: request
-                .charset
-                .and_then(|c| u8::try_from(c).ok())
-                .unwrap_or(old.charset),
-            mariadb_capabilities: old.mariadb_capabilities,
-            username: request.username.clone(),
-            auth_response: Vec::new(),
-            database: request.database.clone(),
-            auth_plugin: None,
-            connect_attrs: request.connect_attrs.clone(),
-        };
+        let response = crate::server::change_user::new_response(
+            (
+                old.capabilities,
+                old.max_packet_size,
+                old.charset,
+                old.mariadb_capabilities,
+            ),
+            request,
+        );
         Box::new(Credential {
             response,
             password,
