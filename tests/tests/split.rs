@@ -251,6 +251,16 @@ impl Raw {
         Ok((id, row))
     }
 
+    /// [`Raw::on`] inside `BEGIN` … `COMMIT`: the writer's answer, checked
+    /// to come from the primary (`what` names the read).
+    fn on_writer(&mut self, columns: &str, what: &str) -> Result<Vec<Option<String>>, Failed> {
+        self.exec("BEGIN")?;
+        let (id, got) = self.on(columns)?;
+        on_primary(id, what)?;
+        self.exec("COMMIT")?;
+        Ok(got)
+    }
+
     /// Where `SELECT @@server_id` ran.
     fn server(&mut self) -> Result<u32, Failed> {
         Ok(self.on("1")?.0)
@@ -427,16 +437,11 @@ fn session_state_reaches_every_backend_session(env: &Env) -> TestResult {
         on_replica(id, "a read after SET")?;
         check(got == want, format!("the reader has {got:?}"))?;
         // The writer's backend session opens now: it gets the same state.
-        raw.exec("BEGIN")?;
-        let (id, got) = raw.on(columns)?;
-        on_primary(id, "a read in a transaction")?;
+        let got = raw.on_writer(columns, "a read in a transaction")?;
         check(got == want, format!("the writer has {got:?}"))?;
-        raw.exec("COMMIT")?;
         // Set with both open: both have it.
         raw.exec("SET time_zone = '-02:00'")?;
-        raw.exec("BEGIN")?;
-        let (_, w) = raw.on("@@time_zone")?;
-        raw.exec("COMMIT")?;
+        let w = raw.on_writer("@@time_zone", "a read in a transaction")?;
         let (id, r) = raw.on("@@time_zone")?;
         on_replica(id, "a read after COMMIT")?;
         check(
@@ -848,10 +853,7 @@ fn com_change_user_with_both_backend_sessions_open(env: &Env) -> TestResult {
 fn com_reset_connection_resets_both_backend_sessions(env: &Env) -> TestResult {
     both(env, |raw, _| {
         raw.exec("SET time_zone = '+03:00'")?;
-        raw.exec("BEGIN")?;
-        let (id, w) = raw.on("@@time_zone")?;
-        on_primary(id, "a read in a transaction")?;
-        raw.exec("COMMIT")?;
+        let w = raw.on_writer("@@time_zone", "a read in a transaction")?;
         let (id, r) = raw.on("@@time_zone")?;
         on_replica(id, "a read")?;
         let set = [Some("+03:00".to_owned())];
@@ -868,10 +870,7 @@ fn com_reset_connection_resets_both_backend_sessions(env: &Env) -> TestResult {
         )?;
         let (id, r) = raw.on("@@time_zone")?;
         on_replica(id, "a read after the reset")?;
-        raw.exec("BEGIN")?;
-        let (id, w) = raw.on("@@time_zone")?;
-        on_primary(id, "a transaction after the reset")?;
-        raw.exec("COMMIT")?;
+        let w = raw.on_writer("@@time_zone", "a transaction after the reset")?;
         let default = [Some("SYSTEM".to_owned())];
         check(
             w == default && r == default,
@@ -965,10 +964,10 @@ fn statements_routed_by(env: &Env, module: &std::path::Path) -> TestResult {
     let (id, n) = raw.on("(SELECT COUNT(*) FROM audit)")?;
     on_primary(id, "a read of a writer table")?;
     check(n == [Some("1".to_owned())], format!("audit has {n:?}"))?;
-    raw.exec("BEGIN")?;
-    let (id, _) = raw.on("1 /* route=reader */")?;
-    on_primary(id, "a read hinted to a reader inside a transaction")?;
-    raw.exec("COMMIT")?;
+    raw.on_writer(
+        "1 /* route=reader */",
+        "a read hinted to a reader inside a transaction",
+    )?;
     let (id, _) = raw.on("1 /* route=reader */")?;
     on_replica(id, "a read hinted to a reader")?;
     block_on(async {

@@ -188,6 +188,11 @@ pub fn place_named(payload: &[u8], registry: &Registry) -> Option<Place> {
     let id = match *payload.first()? {
         COM_QUERY => {
             let text = &payload[1..];
+            // Every statement of a split session comes here: most name no
+            // KILL, and need no cut.
+            if !text.windows(4).any(|w| w.eq_ignore_ascii_case(b"KILL")) {
+                return None;
+            }
             let [statement] = sql::statements(text)?.try_into().ok()?;
             parse(&text[statement])?.1
         }
