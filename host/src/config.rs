@@ -486,6 +486,19 @@ pub struct PoolConfig {
     /// answers the read instead. Default 0: no wait.
     #[serde(default)]
     pub causal_wait_ms: u64,
+    /// A split pool: its client sessions hold no backend session while at
+    /// rest (between statements, outside transactions, unpinned): each
+    /// statement borrows an idle backend session of the same pool and user
+    /// from this worker, given the session's state, and returns it. The
+    /// backends' `max_connections` then caps the backend sessions. Default
+    /// false.
+    #[serde(default)]
+    pub multiplex: bool,
+    /// A multiplexed split pool: how long a statement waits for a backend
+    /// session when every backend of the pool is at its `max_connections`,
+    /// before the client gets ERR 9102. Default 2000.
+    #[serde(default = "default_multiplex_wait_ms")]
+    pub multiplex_wait_ms: u64,
     /// Balancing method. Default `least-connections`.
     #[serde(default)]
     pub balance: Balance,
@@ -543,6 +556,10 @@ impl PoolConfig {
 
 fn default_statement_text_max() -> usize {
     1024
+}
+
+fn default_multiplex_wait_ms() -> u64 {
+    2_000
 }
 
 fn default_idle_session_ms() -> u64 {
@@ -974,6 +991,15 @@ impl Config {
         if pool.backends.get_ref().is_empty() {
             return Err((span, format!("pool '{name}' has no backends")));
         }
+        if pool.multiplex {
+            return Err((
+                span,
+                format!(
+                    "pool '{name}': `multiplex` is for split pools (`writer` and `reader`); \
+                     a pool with backends of its own binds each session to one backend session"
+                ),
+            ));
+        }
         let mut addrs = HashSet::new();
         for b in pool.backends.get_ref() {
             if !addrs.insert(b.addr()) {
@@ -1327,7 +1353,14 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
         let c = parse(&split).unwrap();
         assert_eq!(c.pools["app"].split(), Some(("master", "replicas")));
         assert!(c.pools["app"].causal_reads);
+        assert!(!c.pools["app"].multiplex);
         assert_eq!(c.pools["master"].split(), None);
+        let multiplexed = parse(&format!(
+            "{split}multiplex = true\nmultiplex_wait_ms = 250\n"
+        ))
+        .unwrap();
+        assert!(multiplexed.pools["app"].multiplex);
+        assert_eq!(multiplexed.pools["app"].multiplex_wait_ms, 250);
         for (extra, says) in [
             ("[pools.app]\nwriter = \"master\"\n", "needs both"),
             (
@@ -1341,6 +1374,10 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
             (
                 "[pools.app]\nwriter = \"master\"\nreader = \"replicas\"\n[pools.b]\nwriter = \"app\"\nreader = \"replicas\"\n",
                 "split pool itself",
+            ),
+            (
+                "[pools.app]\nbackends = [\"127.0.0.1:1\"]\nmultiplex = true\n",
+                "`multiplex` is for split pools",
             ),
         ] {
             let err = parse(&format!("{EXAMPLE}{extra}")).unwrap_err().to_string();

@@ -222,6 +222,159 @@ pub struct Metrics {
     pub kills_unknown: AtomicU64,
     /// Statement-level routing (split pools).
     pub split: SplitMetrics,
+    /// Backend sessions shared between client sessions.
+    pub multiplex: MultiplexMetrics,
+}
+
+/// Why a multiplexed client session kept its backend sessions after a
+/// command (it is not at rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A transaction is open.
+    Transaction = 0,
+    /// Autocommit is off: the next statement opens one.
+    AutocommitOff = 1,
+    /// The session is pinned (see `switchyard_sessions_pinned_total`).
+    Pinned = 2,
+    /// It has binary-protocol prepared statements.
+    Prepared = 3,
+    /// The last answer left warnings (or was an error) that the next
+    /// statement may read.
+    Warnings = 4,
+}
+
+impl Held {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 5] = [
+        Self::Transaction,
+        Self::AutocommitOff,
+        Self::Pinned,
+        Self::Prepared,
+        Self::Warnings,
+    ];
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Transaction => "transaction",
+            Self::AutocommitOff => "autocommit-off",
+            Self::Pinned => "pinned",
+            Self::Prepared => "prepared-statements",
+            Self::Warnings => "warnings",
+        }
+    }
+}
+
+/// How a multiplexed session came by a backend session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Borrow {
+    /// An idle one with the session's state already.
+    Same = 0,
+    /// An idle one, given the session's state (replayed).
+    Replayed = 1,
+    /// An idle one of other state: reset, then given the session's state.
+    Reset = 2,
+    /// None idle: a new one opened (a backend login).
+    Opened = 3,
+}
+
+impl Borrow {
+    const LABELS: [&'static str; 4] = ["same-state", "replayed", "reset", "opened"];
+}
+
+/// What multiplexed sessions did.
+#[derive(Debug, Default)]
+pub struct MultiplexMetrics {
+    /// Backend sessions taken for a statement, by [`Borrow`].
+    borrows: [AtomicU64; 4],
+    /// Backend sessions given back at rest.
+    pub releases: AtomicU64,
+    /// Commands after which a session kept its backend sessions, by
+    /// [`Held`].
+    held: [AtomicU64; 5],
+    /// Statements that waited for a backend session (every backend of the
+    /// pool at its `max_connections`): served, then timed out.
+    waits: [AtomicU64; 2],
+    /// Backend sessions idle, waiting for a statement.
+    pub idle: AtomicI64,
+}
+
+impl MultiplexMetrics {
+    /// Counts a borrow.
+    pub fn borrowed(&self, how: Borrow) {
+        self.borrows[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Borrows of kind `how` so far.
+    pub fn borrow_count(&self, how: Borrow) -> u64 {
+        self.borrows[how as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a command after which the session was not at rest.
+    pub fn held(&self, why: Held) {
+        self.held[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait for a backend session: served or timed out.
+    pub fn waited(&self, served: bool) {
+        self.waits[usize::from(!served)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures, as the admin status shows them.
+    pub fn status(&self) -> serde_json::Value {
+        let map = |labels: &[&str],
+                   counters: &[AtomicU64]|
+         -> serde_json::Map<String, serde_json::Value> {
+            labels
+                .iter()
+                .zip(counters)
+                .map(|(l, n)| ((*l).to_owned(), n.load(Ordering::Relaxed).into()))
+                .collect()
+        };
+        serde_json::json!({
+            "borrows": map(&Borrow::LABELS, &self.borrows),
+            "releases": self.releases.load(Ordering::Relaxed),
+            "held": map(&Held::ALL.map(Held::label), &self.held),
+            "waits": map(&["served", "timed-out"], &self.waits),
+            "idle_backend_sessions": self.idle.load(Ordering::Relaxed),
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        labeled(
+            out,
+            "switchyard_multiplex_borrows_total",
+            "Backend sessions multiplexed sessions took for a statement, by how the session's state was given.",
+            "how",
+            &by_label(Borrow::LABELS, &self.borrows),
+        );
+        counter(
+            out,
+            "switchyard_multiplex_releases_total",
+            "Backend sessions multiplexed sessions gave back at rest.",
+            self.releases.load(Ordering::Relaxed),
+        );
+        labeled(
+            out,
+            "switchyard_multiplex_held_total",
+            "Commands after which a multiplexed session kept its backend sessions, by reason.",
+            "reason",
+            &by_label(Held::ALL.map(Held::label), &self.held),
+        );
+        labeled(
+            out,
+            "switchyard_multiplex_waits_total",
+            "Statements that waited for a backend session (the pool full), by outcome.",
+            "result",
+            &by_label(["served", "timed-out"], &self.waits),
+        );
+        gauge(
+            out,
+            "switchyard_multiplex_idle_backend_sessions",
+            "Backend sessions idle between multiplexed sessions' statements.",
+            self.idle.load(Ordering::Relaxed),
+        );
+    }
 }
 
 /// What split pools' sessions did.
@@ -437,6 +590,7 @@ impl Metrics {
         self.render_operations(out);
         self.render_commands(out);
         self.split.render(out);
+        self.multiplex.render(out);
         counter(
             out,
             "switchyard_log_lines_suppressed_total",
@@ -740,6 +894,11 @@ mod tests {
                 "switchyard_causal_reads_total counter",
                 "switchyard_split_backend_sessions gauge",
                 "switchyard_split_sessions gauge",
+                "switchyard_multiplex_borrows_total counter",
+                "switchyard_multiplex_releases_total counter",
+                "switchyard_multiplex_held_total counter",
+                "switchyard_multiplex_waits_total counter",
+                "switchyard_multiplex_idle_backend_sessions gauge",
                 "switchyard_log_lines_suppressed_total counter",
             ]
         );

@@ -29,20 +29,32 @@ const PRIMARY_ID: u32 = 1;
 const REPLICA_IDS: [u32; 2] = [2, 3];
 
 struct Env {
-    topology: Mutex<Topology>,
+    topology: Arc<Mutex<Topology>>,
     proxy: Proxy,
     admin: std::net::SocketAddr,
+    /// The split pools share backend sessions between statements.
+    multiplexed: bool,
 }
 
 impl Env {
+    /// What the rows a case writes start with (the envs share the servers).
+    fn tag(&self) -> &'static str {
+        if self.multiplexed { "m-" } else { "" }
+    }
+
     fn topology(&self) -> MutexGuard<'_, Topology> {
         self.topology.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// The proxy's config: `app` splits between `master` and `replicas`;
-/// mysqlmaster is routed to it.
-fn config(topology: &Topology, admin: u16) -> String {
+/// mysqlmaster is routed to it. `multiplexed`: its split pools multiplex.
+fn config(topology: &Topology, admin: u16, multiplexed: bool) -> String {
+    let multiplex = if multiplexed {
+        "multiplex = true\n"
+    } else {
+        ""
+    };
     format!(
         r#"listen = "127.0.0.1:{{port}}"
 login_timeout_ms = 5000
@@ -55,11 +67,11 @@ backends = ["{r1}", "{r2}"]
 [pools.app]
 writer = "master"
 reader = "replicas"
-[pools.app_wait]
+{multiplex}[pools.app_wait]
 writer = "master"
 reader = "replicas"
 causal_wait_ms = 50
-[health]
+{multiplex}[health]
 interval_ms = 100
 timeout_ms = 500
 [monitor]
@@ -102,13 +114,20 @@ fn main() {
         MONITOR.0, MONITOR.1, MASTER_USER.0, WAITER.0, WAITER.1
     ));
     topology.sync_replicas().expect("replicas have the schema");
-    let admin = free_port();
-    let proxy = Proxy::start(&config(&topology, admin)).expect("start switchyard");
-    let env = Arc::new(Env {
-        topology: Mutex::new(topology),
-        proxy,
-        admin: std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
-    });
+    let topology = Arc::new(Mutex::new(topology));
+    let env = |multiplexed: bool| {
+        let admin = free_port();
+        let config = config(&topology.lock().unwrap(), admin, multiplexed);
+        let proxy = Proxy::start(&config).expect("start switchyard");
+        Arc::new(Env {
+            topology: Arc::clone(&topology),
+            proxy,
+            admin: std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+            multiplexed,
+        })
+    };
+    // Every case again with the split pools multiplexed.
+    let envs = vec![("", env(false)), ("multiplexed", env(true))];
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "reads_go_to_replicas_and_writes_to_the_primary",
@@ -184,7 +203,7 @@ fn main() {
             a_policys_route_statement_decides_where_statements_run,
         ),
     ];
-    run_one_at_a_time(args, env, tests);
+    run_against_each(args, envs, tests);
 }
 
 /// A raw client of the split pool, with or without CLIENT_SESSION_TRACK
@@ -635,17 +654,17 @@ fn load_data_local_reaches_the_writer(env: &Env) -> TestResult {
         request.payload.first() == Some(&0xfb),
         format!("{:?}", request.payload),
     )?;
-    raw.write_packet(2, b"infile-1\ninfile-2\n")?;
+    let tag = env.tag();
+    raw.write_packet(2, format!("{tag}infile-1\n{tag}infile-2\n").as_bytes())?;
     raw.write_packet(3, b"")?;
     let ok = raw.expect_packet()?;
     check(
         ok.seq == 4 && ok.payload.first() == Some(&0),
         format!("{:?}", ok.payload),
     )?;
-    let n = env
-        .topology()
-        .primary
-        .sql("SELECT COUNT(*) FROM app.t WHERE v LIKE 'infile-%'");
+    let n = env.topology().primary.sql(&format!(
+        "SELECT COUNT(*) FROM app.t WHERE v LIKE '{tag}infile-%'"
+    ));
     check(n.trim() == "2", format!("the primary has {n} rows"))
 }
 
@@ -720,14 +739,14 @@ fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
     env.topology().replicas[0].sql("STOP SLAVE SQL_THREAD");
     let result = (|| {
         both(env, |raw, tracked| {
-            let stale = insert_and_read_back(raw, &format!("ryw-{tracked}"), 1000)?;
+            let stale = insert_and_read_back(raw, &format!("{}ryw-{tracked}", env.tag()), 1000)?;
             check(
                 stale == 0,
                 format!("{stale} stale reads of the session's own writes"),
             )
         })?;
         let mut raw = Raw::open_as(env, true, WAITER)?;
-        let stale = insert_and_read_back(&mut raw, "ryw-wait", 100)?;
+        let stale = insert_and_read_back(&mut raw, &format!("{}ryw-wait", env.tag()), 100)?;
         check(
             stale == 0,
             format!("{stale} stale reads with causal_wait_ms"),
@@ -740,7 +759,8 @@ fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
         let causal = |v: &serde_json::Value, k: &str| v["causal_reads"][k].as_u64().unwrap_or(0);
         let before = statements(env)?;
         let mut raw = Raw::open_as(env, true, user)?;
-        let stale = insert_and_read_back(&mut raw, &format!("ryw-live-{pool}"), 1000)?;
+        let tag = format!("{}ryw-live-{pool}", env.tag());
+        let stale = insert_and_read_back(&mut raw, &tag, 1000)?;
         check(
             stale == 0,
             format!("{pool}: {stale} stale reads without injected lag"),
@@ -795,7 +815,12 @@ fn com_change_user_with_both_backend_sessions_open(env: &Env) -> TestResult {
         let (reader, writer, _) = where_reads_run(&mut conn).await?;
         on_replica(reader, "a read after the reset")?;
         on_primary(writer, "a transaction after the reset")?;
-        check(held(env)? >= before + 2, "both backend sessions open")?;
+        if env.multiplexed {
+            // At rest: none held (both given back).
+            check(held(env)? == before, "backend sessions held at rest")?;
+        } else {
+            check(held(env)? >= before + 2, "both backend sessions open")?;
+        }
         // To another split pool's user.
         conn.query_drop("SET @v = 'kept?'").await.map_err(fail)?;
         conn.change_user(change_to(WAITER, Some("app")))
@@ -936,7 +961,7 @@ fn a_policys_route_statement_decides_where_statements_run(env: &Env) -> TestResu
 }
 
 fn statements_routed_by(env: &Env, module: &std::path::Path) -> TestResult {
-    let config = config(&env.topology(), free_port())
+    let config = config(&env.topology(), free_port(), env.multiplexed)
         .replace(
             "module = \"{policy}\"",
             &format!("module = \"{}\"", module.display()),
@@ -1006,8 +1031,12 @@ fn admin_status_counts_statements_pins_and_causal_reads(env: &Env) -> TestResult
     raw.exec("INSERT INTO t (v) VALUES ('counted')")?;
     raw.server()?;
     let during = statements(env)?;
+    // Multiplexed, the session at rest holds none (it gave both back).
+    let held = if env.multiplexed { 0 } else { 2 };
     check(
-        count(&during, &["backend_sessions"]) >= 2 && count(&during, &["client_sessions"]) >= 1,
+        count(&during, &["backend_sessions"]) >= held
+            && (count(&during, &["backend_sessions"]) == 0 || !env.multiplexed)
+            && count(&during, &["client_sessions"]) >= 1,
         format!("backend and client sessions with both open: {during}"),
     )?;
     raw.exec("SET @pinned = 1")?;
@@ -1059,12 +1088,16 @@ fn reads_go_to_replicas_and_writes_to_the_primary(env: &Env) -> TestResult {
         let mut conn = connect(env).await?;
         let (id, _) = ran_on(&mut conn, "SELECT 1").await?;
         check(REPLICA_IDS.contains(&id), format!("a read ran on {id}"))?;
-        conn.query_drop("INSERT INTO t (v) VALUES ('split-1')")
+        let row = format!("{}split-1", env.tag());
+        conn.query_drop(format!("INSERT INTO t (v) VALUES ('{row}')"))
             .await
             .map_err(fail)?;
         // Read-your-writes: whatever answers has the row.
-        let (_, v) = ran_on(&mut conn, "SELECT v FROM t WHERE v = 'split-1'").await?;
-        check(v.as_deref() == Some("split-1"), format!("read back {v:?}"))?;
+        let (_, v) = ran_on(&mut conn, &format!("SELECT v FROM t WHERE v = '{row}'")).await?;
+        check(
+            v.as_deref() == Some(row.as_str()),
+            format!("read back {v:?}"),
+        )?;
         let last: Option<(u32, u64)> = conn
             .query_first("SELECT @@server_id, LAST_INSERT_ID()")
             .await

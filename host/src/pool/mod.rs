@@ -320,6 +320,10 @@ pub struct Split {
     pub causal_reads: bool,
     /// How long a read may wait on a reader for the session's last write.
     pub causal_wait: std::time::Duration,
+    /// Its sessions share backend sessions between statements.
+    pub multiplex: bool,
+    /// How long a statement waits for a backend session of a full pool.
+    pub multiplex_wait: std::time::Duration,
 }
 
 /// Live figures of one pool.
@@ -358,13 +362,23 @@ impl Pool {
                 reader: reader.to_owned(),
                 causal_reads: config.causal_reads,
                 causal_wait: std::time::Duration::from_millis(config.causal_wait_ms),
+                multiplex: config.multiplex,
+                multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
             }),
         }
     }
 
     fn standing(&self, m: &Member) -> Standing {
+        if m.is_full() {
+            return Standing::Excluded;
+        }
+        self.standing_but_room(m)
+    }
+
+    /// How `m` stands, whether or not it has room for another session.
+    fn standing_but_room(&self, m: &Member) -> Standing {
         let b = &m.backend;
-        if b.is_draining() || m.is_full() {
+        if b.is_draining() {
             return Standing::Excluded;
         }
         let role_ok = match self.role {
@@ -387,6 +401,35 @@ impl Pool {
             }
         }
         Standing::Good
+    }
+
+    /// The members whose idle backend sessions a multiplexed statement may
+    /// borrow: those that qualify, at their `max_connections` or not (an
+    /// idle session is counted already), rotated so that borrows spread.
+    pub fn borrowable(&self) -> Vec<&Member> {
+        let n = self.members.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &self.members[(start + k) % n])
+            .filter(|m| self.standing_but_room(m) == Standing::Good)
+            .collect()
+    }
+
+    /// Whether a new backend session must wait for room: no member
+    /// qualifies, and one would but for its `max_connections`.
+    pub fn is_full(&self) -> bool {
+        let (mut full, mut good) = (false, false);
+        for m in &self.members {
+            match self.standing_but_room(m) {
+                Standing::Good if m.is_full() => full = true,
+                Standing::Good => good = true,
+                _ => {}
+            }
+        }
+        full && !good
     }
 
     /// The backends a new session should try, in order: those that qualify,

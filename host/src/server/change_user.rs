@@ -54,7 +54,7 @@ enum Step {
     /// The session goes on as the new user in a split pool, on the first
     /// backend session opened there; the old one is kept or closed.
     Split {
-        first: (split::Role, crate::backend::BackendSession, BackendLease),
+        first: (split::Role, split::First),
         credential: Box<split::Credential>,
         pools: crate::pool::Split,
         user: UserClaim,
@@ -477,7 +477,7 @@ async fn to_split(
     .await?;
     gate.succeeded();
     client
-        .write(seq, &first.1.ok)
+        .write(seq, first.1.ok())
         .await
         .map_err(|e| LoginError::client(e.into()))?;
     let span = tracing::Span::current();

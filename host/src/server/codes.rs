@@ -116,6 +116,18 @@ pub fn no_backend(pool: &str, tried: usize) -> ErrPacket {
     )
 }
 
+/// ERR 9102 / HY000: a multiplexed pool had no backend session free for a
+/// statement within its `multiplex_wait_ms`.
+pub fn pool_full(pool: &str, waited_ms: u64) -> ErrPacket {
+    ErrPacket::new(
+        NO_BACKEND,
+        "HY000",
+        format!(
+            "Switchyard: every backend of pool '{pool}' is at its max_connections; no backend session came free within {waited_ms} ms"
+        ),
+    )
+}
+
 /// ERR 9103 / HY000.
 pub fn backend_unsupported(why: &str) -> ErrPacket {
     ErrPacket::new(BACKEND_UNSUPPORTED, "HY000", format!("Switchyard: {why}"))

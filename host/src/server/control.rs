@@ -136,6 +136,7 @@ fn status(shared: &Shared) -> Value {
         "throttled_addresses": shared.throttle.blocked(std::time::Instant::now()),
         "logins": logins,
         "statements": shared.metrics.split.status(),
+        "multiplex": shared.metrics.multiplex.status(),
     })
 }
 

@@ -110,6 +110,12 @@ impl Registration {
     pub fn moved(&self, place: Place) {
         self.registry.lock().insert(self.id, Some(place));
     }
+
+    /// The session holds no backend session now (a multiplexed session at
+    /// rest): a KILL naming it finds no thread to kill.
+    pub fn rests(&self) {
+        self.registry.lock().insert(self.id, None);
+    }
 }
 
 impl Drop for Registration {

@@ -466,13 +466,19 @@ fn worker(
             let shared = Arc::clone(shared);
             tokio::spawn(async move { reuse::sweep(&shared.metrics).await })
         };
+        let sweeping_idle = {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move { split::idle::sweep(&shared.metrics).await })
+        };
         shared.stopping.cancelled().await;
         // Closes the listeners.
         accepting.abort_all();
         while accepting.join_next().await.is_some() {}
         drain(shared, &sessions).await;
         sweeping.abort();
+        sweeping_idle.abort();
         reuse::close_all(&shared.metrics).await;
+        split::idle::close_all(&shared.metrics).await;
         std::io::Result::Ok(())
     })?;
     runtime.shutdown_timeout(Duration::from_millis(500));

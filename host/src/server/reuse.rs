@@ -47,7 +47,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// session fits a login of the same shape (against the same backend, the
 /// same choices give the same session flags; the database, attributes and
 /// charset are the COM_CHANGE_USER's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Shape {
     caps: CapabilityFlags,
     mariadb: MariaDbCapabilities,

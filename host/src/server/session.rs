@@ -439,14 +439,14 @@ async fn log_in_split(
     let request = credential.request();
     let opened =
         split::open_first(&pools, &request, auth.next_seq, (state, metrics), deadline).await;
-    let (role, backend, lease) = or_answer!(client, opened);
-    tracing::Span::current().record("backend", field::display(lease.backend().addr));
+    let (role, first) = or_answer!(client, opened);
+    tracing::Span::current().record("backend", field::display(first.backend()));
     gate.succeeded();
-    let answered = client.write(auth.next_seq, &backend.ok).await;
+    let answered = client.write(auth.next_seq, first.ok()).await;
     or_answer!(client, answered.map_err(|e| LoginError::client(e.into())));
     let split = split::SplitSession::new(
         client,
-        (role, backend, lease),
+        (role, first),
         (credential, nonce, auth.claim),
         pools,
         metrics,

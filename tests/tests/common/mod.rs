@@ -80,6 +80,32 @@ pub fn run_one_at_a_time<E: Send + Sync + 'static>(
     conclusion.exit()
 }
 
+/// Runs `tests` one at a time against each of `envs` in turn (the tests of
+/// an env named `""` under their own names, the others' under
+/// `<env>::<test>`), drops the envs and exits with the result.
+pub fn run_against_each<E: Send + Sync + 'static>(
+    mut args: Arguments,
+    envs: Vec<(&'static str, Arc<E>)>,
+    tests: Vec<NamedTest<E>>,
+) -> ! {
+    let mut trials = Vec::new();
+    for (prefix, env) in &envs {
+        for (name, f) in &tests {
+            let env = Arc::clone(env);
+            let f = *f;
+            let name = match *prefix {
+                "" => (*name).to_owned(),
+                p => format!("{p}::{name}"),
+            };
+            trials.push(Trial::test(name, move || f(&env)));
+        }
+    }
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(envs);
+    conclusion.exit()
+}
+
 /// A `[[users]]` table for `name` with the hash of `password`.
 pub fn user_table(name: &str, password: &str) -> String {
     format!(

@@ -30,15 +30,97 @@ pub(in crate::server) struct Rebound {
     pub ctx: SessionCtx,
 }
 
+/// A split pool's session's first backend session.
+pub(in crate::server) enum First {
+    /// Opened for this login (or a kept session taken over).
+    Opened(BackendSession, BackendLease),
+    /// An idle one of a multiplexed pool, logged in as the same user
+    /// already: the login costs no backend login.
+    Borrowed(Box<super::idle::Idle>),
+}
+
+impl First {
+    /// The OK the client's login is answered with: the one the backend
+    /// session's own login (of the same user, database, flags and
+    /// character set) ended with.
+    pub fn ok(&self) -> &[u8] {
+        match self {
+            Self::Opened(session, _) => &session.ok,
+            Self::Borrowed(idle) => &idle.side.ok,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Opened(_, lease) => lease.backend().addr,
+            Self::Borrowed(idle) => idle.side.lease.backend().addr,
+        }
+    }
+}
+
+/// An idle backend session of a multiplexed split pool for a login (the
+/// reader pool's first); when both pools are at their `max_connections`,
+/// waits for one up to `multiplex_wait_ms` (and `deadline`). `None`: a
+/// backend session is to be opened (or refused, as the pools say).
+async fn borrow_first(
+    pools: &crate::pool::Split,
+    request: &LoginRequest<'_>,
+    (state, metrics): (&crate::server::State, &crate::metrics::Metrics),
+    deadline: Deadline,
+) -> Option<(Role, First)> {
+    use crate::protocol::CapabilityFlags as Caps;
+    let tracked = request
+        .client
+        .capabilities
+        .contains(Caps::CLIENT_SESSION_TRACK)
+        && request.offered.contains(Caps::CLIENT_SESSION_TRACK);
+    let fresh = super::route::Carried::fresh(tracked);
+    let db = request.client.database.as_deref();
+    let sides = [(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)];
+    let deadline = deadline.min(Deadline::now() + pools.multiplex_wait);
+    let mut waited = false;
+    loop {
+        let mut full = true;
+        for (role, name) in sides {
+            let Some(pool) = state.pools.get(name) else {
+                continue;
+            };
+            if let Some(idle) = super::multiplex::take_idle(pool, (request, db), &fresh, metrics) {
+                if waited {
+                    metrics.multiplex.waited(true);
+                }
+                return Some((role, First::Borrowed(Box::new(idle))));
+            }
+            full &= pool.is_full();
+        }
+        if !full {
+            return None;
+        }
+        if Deadline::now() >= deadline {
+            metrics.multiplex.waited(false);
+            return None;
+        }
+        waited = true;
+        super::idle::returned(deadline).await;
+    }
+}
+
 /// The first backend session of a split pool's session: in the reader pool
-/// or, if none can be had there, the writer pool.
+/// or, if none can be had there, the writer pool; for a multiplexed pool,
+/// an idle one of the same user if there is one.
 pub(in crate::server) async fn open_first(
     pools: &crate::pool::Split,
     request: &LoginRequest<'_>,
     seq: u8,
     (state, metrics): (&crate::server::State, &crate::metrics::Metrics),
     deadline: Deadline,
-) -> Result<(Role, BackendSession, BackendLease), LoginError> {
+) -> Result<(Role, First), LoginError> {
+    if pools.multiplex
+        && let Some(first) = borrow_first(pools, request, (state, metrics), deadline).await
+    {
+        return Ok(first);
+    }
     for (role, name) in [(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)] {
         let Some(pool) = state.pools.get(name) else {
             continue;
@@ -52,7 +134,7 @@ pub(in crate::server) async fn open_first(
         )
         .await;
         match attempt {
-            Ok((lease, backend)) => return Ok((role, backend, lease)),
+            Ok((lease, backend)) => return Ok((role, First::Opened(backend, lease))),
             Err(LoginError::Deny {
                 outcome: crate::metrics::Outcome::NoBackend,
                 ..
@@ -102,7 +184,13 @@ impl SplitSession {
                     .into_iter()
                     .find(|r| self.side(*r).is_some());
                 if let Some(role) = first {
-                    self.set_up(role, cx).await?;
+                    match self.borrowed_first.take() {
+                        Some((carried, lid)) => match self.adopt(role, carried, lid, cx).await {
+                            Err(Failed::Refused(_)) | Ok(()) => {}
+                            Err(end) => return Err(end),
+                        },
+                        None => self.set_up(role, cx).await?,
+                    }
                 }
                 return Ok(());
             }
@@ -171,11 +259,10 @@ impl SplitSession {
                 (claim, pool, &credential),
             )));
         };
-        let (role, session, lease) =
-            open_first(&pools, &login, seq, (state, metrics), deadline).await?;
+        let (role, first) = open_first(&pools, &login, seq, (state, metrics), deadline).await?;
         gate.succeeded();
         client
-            .write(seq, &session.ok)
+            .write(seq, first.ok())
             .await
             .map_err(|e| LoginError::client(e.into()))?;
         info!(pool = %pool.name, "COM_CHANGE_USER: the split session goes on as the new user");
@@ -183,9 +270,18 @@ impl SplitSession {
             .split
             .backend_sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.sides[role as usize] = Some(Side::new(session, lease));
+        let side = match first {
+            First::Opened(session, lease) => Side::new(session, lease),
+            First::Borrowed(idle) => {
+                let idle = *idle;
+                self.borrowed_first = Some((idle.carried, idle.last_insert_id));
+                idle.side
+            }
+        };
+        self.sides[role as usize] = Some(side);
         self.db = credential.response.database.clone();
         self.credential = credential;
+        self.multiplex = pools.multiplex;
         self.pools = pools;
         self.user = claim;
         self.forget();

@@ -20,11 +20,13 @@
 //! - Prepared statements: see [`prepared`].
 
 mod change_user;
+pub(super) mod idle;
+mod multiplex;
 pub(crate) mod prepared;
 mod route;
 mod wire;
 
-pub(super) use change_user::{Rebound, open_first};
+pub(super) use change_user::{First, Rebound, open_first};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,7 +41,7 @@ use super::{Shared, codes, relay};
 use crate::auth::Sha1Password;
 use crate::backend::{BackendSession, LoginRequest};
 use crate::conn::ConnError;
-use crate::metrics::{Causal, Routed};
+use crate::metrics::{Borrow, Causal, Held, Routed};
 use crate::pool::BackendLease;
 use crate::protocol::{
     CapabilityFlags, ErrPacket, HandshakeResponse, MariaDbCapabilities, OkPacket, REPLY_HEAD,
@@ -126,6 +128,12 @@ struct Side {
     caps: CapabilityFlags,
     /// A GTID this backend session's server is known to have applied.
     has: Option<crate::pool::gtid::Gtid>,
+    /// The OK its login ended with (a login that borrows it answers with
+    /// it: the same user, database, flags and character set).
+    ok: Bytes,
+    /// Its `LAST_INSERT_ID()`, unless a statement may have changed it
+    /// since it was last known.
+    last_insert_id: Option<u64>,
 }
 
 impl Side {
@@ -134,6 +142,7 @@ impl Side {
             .map(|ok| ok.status)
             .unwrap_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
         let caps = session.capabilities;
+        let ok = session.ok;
         let (stream, rest) = session.stream.into_parts();
         Self {
             wire: Wire::new(stream, rest),
@@ -143,6 +152,8 @@ impl Side {
             stale: false,
             caps,
             has: None,
+            ok,
+            last_insert_id: Some(0),
         }
     }
 
@@ -165,6 +176,10 @@ struct Answer {
     changes: Vec<crate::protocol::StateChange>,
     /// Its first packets, when nobody else reads them.
     packets: Vec<Bytes>,
+    /// The warnings its last packet counted.
+    warnings: u16,
+    /// The insert id its last OK reported.
+    insert_id: u64,
 }
 
 /// Why a command could not be run: the session ends, or the client gets
@@ -220,13 +235,26 @@ pub(super) struct SplitSession {
     db: Option<String>,
     /// Bytes from and to the client.
     pub relayed: (u64, u64),
+    /// Backend sessions are given back at rest (a multiplexed pool).
+    multiplex: bool,
+    /// The first backend session was borrowed at login: the state it has
+    /// (see [`idle::Idle`]), for the session to give it its own.
+    borrowed_first: Option<(Option<Carried>, u64)>,
+    /// The session's `LAST_INSERT_ID()` as last known (it moves with the
+    /// session from one backend session to the next).
+    last_insert_id: u64,
+    /// The backend session where `LAST_INSERT_ID()` may have changed last.
+    last_insert_id_on: Option<Role>,
+    /// The last answer had warnings (or was an ERR): the next statement
+    /// may ask for them where it ran.
+    warned: bool,
 }
 
 impl SplitSession {
     /// The session of `client`, logged in on `first` (of `role`).
     pub fn new(
         client: crate::conn::PacketStream,
-        (role, first, lease): (Role, BackendSession, BackendLease),
+        (role, first): (Role, First),
         (credential, nonce, user): (
             Box<Credential>,
             [u8; crate::auth::NONCE_LEN],
@@ -235,11 +263,17 @@ impl SplitSession {
         pools: crate::pool::Split,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
-        let caps = first.capabilities;
-        let tracked = caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        let (side, borrowed_first) = match first {
+            First::Opened(session, lease) => (Side::new(session, lease), None),
+            First::Borrowed(idle) => {
+                let idle = *idle;
+                (idle.side, Some((idle.carried, idle.last_insert_id)))
+            }
+        };
+        let tracked = side.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
         let (stream, rest) = client.into_parts();
         let mut sides = [None, None];
-        sides[role as usize] = Some(Side::new(first, lease));
+        sides[role as usize] = Some(side);
         metrics
             .split
             .backend_sessions
@@ -249,20 +283,21 @@ impl SplitSession {
             client: Wire::new(stream, rest),
             sides,
             routing: Routing::default(),
-            carried: if tracked {
-                Carried::Tracked(Default::default())
-            } else {
-                Carried::Logged(Vec::new())
-            },
+            carried: Carried::fresh(tracked),
             prepared: Prepared::default(),
             credential,
-            pools,
             tracked,
             nonce,
             user,
             rebound: None,
             db,
             relayed: (0, 0),
+            multiplex: pools.multiplex,
+            borrowed_first,
+            last_insert_id: 0,
+            last_insert_id_on: None,
+            warned: false,
+            pools,
         }
     }
 
@@ -271,11 +306,7 @@ impl SplitSession {
     fn forget(&mut self) {
         self.prepared.clear();
         self.routing.reset();
-        self.carried = if self.tracked {
-            Carried::Tracked(Default::default())
-        } else {
-            Carried::Logged(Vec::new())
-        };
+        self.carried = Carried::fresh(self.tracked);
     }
 
     /// Serves commands until the session ends (or goes on bound); why.
@@ -300,7 +331,16 @@ impl SplitSession {
         if let Some(role) = opened {
             cx.registration
                 .moved(self.side(role).map(Side::place).expect("open"));
-            if let Err(e) = self.set_up(role, cx).await {
+            let ready = match self.borrowed_first.take() {
+                // A borrowed session that fails to take the client's state
+                // is let go: the next statement borrows or opens another.
+                Some((carried, lid)) => match self.adopt(role, carried, lid, cx).await {
+                    Err(Failed::Refused(_)) => Ok(()),
+                    other => other,
+                },
+                None => self.set_up(role, cx).await,
+            };
+            if let Err(e) = ready {
                 return match e {
                     Failed::End(end) => end,
                     Failed::Refused(_) => relay::End::BackendReadFailed,
@@ -308,6 +348,10 @@ impl SplitSession {
             }
         }
         loop {
+            match self.rest(cx).await {
+                Ok(()) | Err(Failed::Refused(_)) => {}
+                Err(Failed::End(end)) => break end,
+            }
             let frame = match self.next_command(cx).await {
                 Ok(frame) => frame,
                 Err(end) => break end,
@@ -709,8 +753,25 @@ impl SplitSession {
         Ok(role)
     }
 
-    /// Opens the backend session of `role` in its pool and sets it up.
+    /// Opens (or, multiplexed, borrows) the backend session of `role` in
+    /// its pool and sets it up.
     async fn open(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        if self.multiplex {
+            return self.borrow(role, cx).await;
+        }
+        self.open_new(role, cx).await
+    }
+
+    /// The name of the pool of `role`.
+    fn pool_name(&self, role: Role) -> &str {
+        match role {
+            Role::Writer => &self.pools.writer,
+            Role::Reader => &self.pools.reader,
+        }
+    }
+
+    /// Opens a backend session of `role` in its pool and sets it up.
+    async fn open_new(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
         let shared = cx.shared;
         let state = shared.state();
         let name = match role {
@@ -835,12 +896,28 @@ impl SplitSession {
             .add(self.relayed.1 - before);
         cx.shared.metrics.bytes_from_clients.add(0);
         match answer {
-            Ok(answer) => Ok(answer),
+            Ok(answer) => {
+                self.outcome(role, payload, &answer);
+                Ok(answer)
+            }
             Err(Failed::End(end)) => Err(Failed::End(end)),
             Err(Failed::Refused(err)) => {
                 self.close(role, cx).await;
                 Err(Failed::Refused(err))
             }
+        }
+    }
+
+    /// Learns what a client's command on `role` left that a later statement
+    /// may read: warnings (read where it ran), `LAST_INSERT_ID()` (carried
+    /// from one backend session to the next).
+    fn outcome(&mut self, role: Role, payload: &[u8], answer: &Answer) {
+        self.warned = answer.err || answer.warnings > 0;
+        if answer.insert_id != 0 || may_set_last_insert_id(payload) {
+            if let Some(side) = self.sides[role as usize].as_mut() {
+                side.last_insert_id = None;
+            }
+            self.last_insert_id_on = Some(role);
         }
     }
 
@@ -1103,6 +1180,10 @@ impl SplitSession {
         let answer = answer_of(side, to, Some((&mut self.client, &mut self.relayed.1)), cx).await?;
         self.routing.wrote(&answer.changes);
         self.learn(Role::Writer, &answer);
+        self.outcome(Role::Writer, &[], &answer);
+        if let Some(side) = self.sides[Role::Writer as usize].as_mut() {
+            side.last_insert_id = None;
+        }
         Ok(())
     }
 
@@ -1153,6 +1234,36 @@ fn first_value(answer: &Answer) -> Option<String> {
     let mut r = crate::protocol::Reader::new(row);
     let value = r.lenenc_bytes("value").ok()?;
     String::from_utf8(value.to_vec()).ok()
+}
+
+/// The warnings and insert id an answer's last packet reports (an OK, an
+/// EOF, or an OK in place of an EOF).
+fn counts(last: &[u8]) -> (u16, u64) {
+    match last.first() {
+        Some(0xfe) if last.len() < 9 => {
+            let warnings = last
+                .get(1..3)
+                .map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
+            (warnings, 0)
+        }
+        Some(0x00 | 0xfe) => {
+            OkPacket::decode(last).map_or((0, 0), |ok| (ok.warnings, ok.last_insert_id))
+        }
+        _ => (0, 0),
+    }
+}
+
+/// Whether a command may change `LAST_INSERT_ID()` other than through its
+/// OK's insert id: a text naming the function (`LAST_INSERT_ID(expr)` sets
+/// it), or a command whose text is not at hand (an execution).
+fn may_set_last_insert_id(payload: &[u8]) -> bool {
+    match payload.first() {
+        Some(0x03) => payload[1..]
+            .windows(14)
+            .any(|w| w.eq_ignore_ascii_case(b"LAST_INSERT_ID")),
+        Some(0x17) => true,
+        _ => false,
+    }
 }
 
 /// Whether a statement may have written: not a read, nor transaction
@@ -1264,6 +1375,7 @@ async fn answer_of(
             ReplyStep::Done(status) => {
                 side.status = status;
                 answer.err = payload.first() == Some(&0xff);
+                (answer.warnings, answer.insert_id) = counts(payload);
                 if let Some((client, _)) = sink.as_mut()
                     && client.flush().await.is_err()
                 {

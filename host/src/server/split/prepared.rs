@@ -111,7 +111,6 @@ impl Prepared {
     }
 
     /// Whether there are none.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

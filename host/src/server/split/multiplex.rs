@@ -1,0 +1,368 @@
+//! Multiplexing (a split pool's `multiplex`): a client session at rest —
+//! no transaction open, autocommit on, not pinned, no binary-protocol
+//! prepared statement, and no warning its last statement left for the next
+//! to read — gives its backend sessions back ([`idle`]) after each command;
+//! its next statement borrows one of the same pool, backend, user,
+//! database, flags and character set, and gives it the session's state:
+//!
+//! - the same carried state (the common case: every client of an
+//!   application pool sets the same): nothing to do;
+//! - a backend session of no session state (only the login's): the
+//!   session's state replayed;
+//! - one of other state, or of state not known: COM_RESET_CONNECTION (the
+//!   server forgets variables, user variables, temporary tables, prepared
+//!   statements and `LAST_INSERT_ID()`, not the database), COM_INIT_DB to
+//!   the session's database (the key's), then state tracking and the
+//!   session's state (which may change the database again);
+//! - and `LAST_INSERT_ID()`, which moves with the session: asked of the
+//!   backend session before it is given back when a statement may have
+//!   changed it, set on the next one (`SELECT LAST_INSERT_ID(n)`) when it
+//!   differs.
+//!
+//! What is not carried keeps the session from resting: a transaction and
+//! what pins (temporary tables, locks, user variables, SQL `PREPARE`, ...)
+//! keep the backend sessions to their end; warnings (and errors) keep them
+//! for the statement after, which may read them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant as Deadline;
+use tracing::{debug, warn};
+
+use super::idle::{self, Idle};
+use super::route::{Carried, LastWrite};
+use super::{Borrow, Cx, Failed, Held, Role, Side, SplitSession, exchange, first_value};
+use crate::backend::LoginRequest;
+use crate::pool::Pool;
+use crate::protocol::StatusFlags;
+use crate::server::codes;
+use crate::server::reuse::Shape;
+
+/// What makes an idle backend session of `pool` on `backend` fit a session
+/// logged in with `request`, now in `db`.
+pub(super) fn key(
+    pool: &str,
+    backend: SocketAddr,
+    request: &LoginRequest<'_>,
+    db: Option<&str>,
+) -> idle::Key {
+    let client = request.client;
+    idle::Key {
+        pool: pool.to_owned(),
+        backend,
+        user: client.username.clone(),
+        db: db.map(str::to_owned),
+        shape: Shape::of(
+            (client.capabilities, request.offered),
+            (client.mariadb_capabilities, request.offered_mariadb),
+        ),
+        charset: client.charset,
+    }
+}
+
+/// An idle backend session of `pool` that fits a session of `request` in
+/// `db`, preferring one with the state `carried`.
+pub(super) fn take_idle(
+    pool: &Pool,
+    (request, db): (&LoginRequest<'_>, Option<&str>),
+    carried: &Carried,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Idle> {
+    pool.borrowable().into_iter().find_map(|member| {
+        let key = key(&pool.name, member.backend.addr, request, db);
+        idle::take(&key, carried, metrics)
+    })
+}
+
+impl Carried {
+    /// A session's state before any session statement.
+    pub(super) fn fresh(tracked: bool) -> Self {
+        if tracked {
+            Self::Tracked(Default::default())
+        } else {
+            Self::Logged(Vec::new())
+        }
+    }
+
+    /// Whether this is no state at all (only the login's).
+    fn is_fresh(&self) -> bool {
+        match self {
+            Self::Tracked(state) => *state == Default::default(),
+            Self::Logged(log) => log.is_empty(),
+        }
+    }
+}
+
+impl SplitSession {
+    /// Why the session keeps its backend sessions after a command, if it
+    /// does.
+    fn held(&self) -> Option<Held> {
+        if self.routing.pinned.is_some() {
+            return Some(Held::Pinned);
+        }
+        for side in self.sides.iter().flatten() {
+            if side.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+                return Some(Held::Transaction);
+            }
+            if !side.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT) {
+                return Some(Held::AutocommitOff);
+            }
+        }
+        if !self.prepared.is_empty() {
+            return Some(Held::Prepared);
+        }
+        if self.warned {
+            return Some(Held::Warnings);
+        }
+        None
+    }
+
+    /// Between commands: a multiplexed session at rest gives its backend
+    /// sessions back, once it knows what of theirs it keeps (the writer's
+    /// last GTID, `LAST_INSERT_ID()`).
+    pub(super) async fn rest(&mut self, cx: &Cx<'_>) -> Result<(), Failed> {
+        if !self.multiplex || self.sides.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        if let Some(why) = self.held() {
+            cx.shared.metrics.multiplex.held(why);
+            return Ok(());
+        }
+        if self.routing.last_write == LastWrite::Unknown && self.side(Role::Writer).is_some() {
+            self.routing.last_write = match self.ask_last_gtid(cx).await {
+                Ok(last) => last,
+                Err(e) => {
+                    self.close(Role::Writer, cx).await;
+                    return Err(e);
+                }
+            };
+        }
+        for role in [Role::Writer, Role::Reader] {
+            if let Err(e) = self.learn_last_insert_id(role, cx).await {
+                self.close(role, cx).await;
+                return Err(e);
+            }
+        }
+        self.release(Role::Writer, cx);
+        self.release(Role::Reader, cx);
+        cx.registration.rests();
+        Ok(())
+    }
+
+    /// Asks the backend session of `role` its `LAST_INSERT_ID()` if a
+    /// statement may have changed it.
+    async fn learn_last_insert_id(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        let Some(side) = self.sides[role as usize].as_mut() else {
+            return Ok(());
+        };
+        if side.last_insert_id.is_some() {
+            return Ok(());
+        }
+        let answer = exchange(side, b"\x03SELECT LAST_INSERT_ID()", None, cx).await?;
+        let value = first_value(&answer).and_then(|v| v.parse::<u64>().ok());
+        side.last_insert_id = value.filter(|_| !answer.err);
+        if self.last_insert_id_on == Some(role)
+            && let Some(v) = side.last_insert_id
+        {
+            self.last_insert_id = v;
+        }
+        Ok(())
+    }
+
+    /// Gives the backend session of `role` back (idle, for any session of
+    /// the same key to borrow).
+    fn release(&mut self, role: Role, cx: &Cx<'_>) {
+        let Some(side) = self.sides[role as usize].take() else {
+            return;
+        };
+        cx.shared
+            .metrics
+            .split
+            .backend_sessions
+            .fetch_sub(1, Ordering::Relaxed);
+        self.prepared.lost(role);
+        if self.routing.previous == Some(role) {
+            self.routing.previous = None;
+        }
+        let Some(last_insert_id) = side.last_insert_id else {
+            tokio::spawn(idle::quit(side));
+            return;
+        };
+        let state = cx.shared.state();
+        let name = self.pool_name(role);
+        let max = state
+            .pools
+            .get(name)
+            .map_or(std::time::Duration::ZERO, |p| p.idle_session_max);
+        let carried = (!side.stale).then(|| self.carried.clone());
+        let request = self.credential.request();
+        let key = key(
+            name,
+            side.lease.backend().addr,
+            &request,
+            self.db.as_deref(),
+        );
+        idle::put(
+            key,
+            Idle::new(side, carried, last_insert_id, max),
+            &cx.shared.metrics,
+        );
+    }
+
+    /// Borrows an idle backend session of `role`'s pool, or opens one;
+    /// when every backend of the pool is at its `max_connections`, waits
+    /// up to `multiplex_wait_ms` for one to come free.
+    pub(super) async fn borrow(&mut self, role: Role, cx: &Cx<'_>) -> Result<(), Failed> {
+        let state = cx.shared.state();
+        let name = self.pool_name(role).to_owned();
+        let Some(pool) = state.pools.get(&name).cloned() else {
+            return Err(Failed::Refused(codes::no_backend(&name, 0)));
+        };
+        let metrics = &cx.shared.metrics.multiplex;
+        let wait = self.pools.multiplex_wait;
+        let deadline = Deadline::now() + wait;
+        let mut waited = false;
+        loop {
+            let request = self.credential.request();
+            let found = take_idle(
+                &pool,
+                (&request, self.db.as_deref()),
+                &self.carried,
+                &cx.shared.metrics,
+            );
+            if let Some(idle) = found {
+                let Idle {
+                    side,
+                    carried,
+                    last_insert_id,
+                    ..
+                } = idle;
+                self.install(role, side, cx);
+                match self.adopt(role, carried, last_insert_id, cx).await {
+                    Ok(()) => {
+                        if waited {
+                            metrics.waited(true);
+                        }
+                        return Ok(());
+                    }
+                    // That one is let go; the next is tried.
+                    Err(Failed::Refused(_)) => continue,
+                    Err(end) => return Err(end),
+                }
+            }
+            if !pool.is_full() {
+                let opened = self.open_new(role, cx).await;
+                if opened.is_ok() {
+                    metrics.borrowed(Borrow::Opened);
+                    if waited {
+                        metrics.waited(true);
+                    }
+                }
+                return opened;
+            }
+            if Deadline::now() >= deadline {
+                metrics.waited(false);
+                let ms = wait.as_millis() as u64;
+                warn!(pool = %name, multiplex_wait_ms = ms, "no backend session came free for a statement");
+                return Err(Failed::Refused(codes::pool_full(&name, ms)));
+            }
+            waited = true;
+            idle::returned(deadline).await;
+        }
+    }
+
+    /// Takes `side` as the backend session of `role`.
+    fn install(&mut self, role: Role, side: Side, cx: &Cx<'_>) {
+        cx.shared
+            .metrics
+            .split
+            .backend_sessions
+            .fetch_add(1, Ordering::Relaxed);
+        self.sides[role as usize] = Some(side);
+    }
+
+    /// Gives the borrowed backend session of `role` (whose state was
+    /// `carried`, its `LAST_INSERT_ID()` `last_insert_id`) the session's
+    /// state; on failure it is let go.
+    pub(super) async fn adopt(
+        &mut self,
+        role: Role,
+        carried: Option<Carried>,
+        last_insert_id: u64,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
+        let how = match carried {
+            Some(c) if c == self.carried => Borrow::Same,
+            Some(c) if c.is_fresh() => Borrow::Replayed,
+            _ => Borrow::Reset,
+        };
+        match self.give_state(role, how, last_insert_id, cx).await {
+            Ok(()) => {
+                cx.shared.metrics.multiplex.borrowed(how);
+                Ok(())
+            }
+            Err(e) => {
+                debug!(
+                    role = role.as_str(),
+                    "a borrowed backend session did not take the session's state; let go"
+                );
+                self.close(role, cx).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn give_state(
+        &mut self,
+        role: Role,
+        how: Borrow,
+        mut last_insert_id: u64,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
+        match how {
+            Borrow::Same | Borrow::Opened => {}
+            Borrow::Replayed => self.replay(role, cx).await?,
+            Borrow::Reset => {
+                let side = self.sides[role as usize].as_mut().expect("open");
+                let answer = exchange(side, &[0x1f], None, cx).await?;
+                if answer.err {
+                    return Err(Failed::Refused(codes::backend_unsupported(
+                        "a backend session could not be reset",
+                    )));
+                }
+                last_insert_id = 0;
+                // The reset keeps the database: back to the session's
+                // (its replayed state may change it again).
+                let Some(db) = self.db.clone() else {
+                    return Err(Failed::Refused(codes::backend_unsupported(
+                        "a backend session cannot be taken back to no database",
+                    )));
+                };
+                let mut init_db = vec![0x02];
+                init_db.extend_from_slice(db.as_bytes());
+                let side = self.sides[role as usize].as_mut().expect("open");
+                let answer = exchange(side, &init_db, None, cx).await?;
+                if answer.err {
+                    return Err(Failed::Refused(codes::backend_unsupported(
+                        "a reset backend session could not take the session's database",
+                    )));
+                }
+                self.set_up(role, cx).await?;
+            }
+        }
+        let want = self.last_insert_id;
+        let side = self.sides[role as usize].as_mut().expect("open");
+        if last_insert_id != want {
+            let sql = format!("\x03SELECT LAST_INSERT_ID({want})");
+            let answer = exchange(side, sql.as_bytes(), None, cx).await?;
+            if answer.err {
+                return Err(Failed::Refused(codes::backend_unsupported(
+                    "LAST_INSERT_ID() could not be given to a backend session",
+                )));
+            }
+        }
+        side.last_insert_id = Some(want);
+        Ok(())
+    }
+}
