@@ -297,6 +297,9 @@ pub struct MultiplexMetrics {
     waits: [AtomicU64; 2],
     /// Backend sessions idle, waiting for a statement.
     pub idle: AtomicI64,
+    /// Idle backend sessions closed to make room for a session of another
+    /// user, database or state shape.
+    pub evicted: AtomicU64,
 }
 
 impl MultiplexMetrics {
@@ -337,6 +340,7 @@ impl MultiplexMetrics {
             "held": map(&Held::ALL.map(Held::label), &self.held),
             "waits": map(&["served", "timed-out"], &self.waits),
             "idle_backend_sessions": self.idle.load(Ordering::Relaxed),
+            "evicted": self.evicted.load(Ordering::Relaxed),
         })
     }
 
@@ -367,6 +371,12 @@ impl MultiplexMetrics {
             "Statements that waited for a backend session (the pool full), by outcome.",
             "result",
             &by_label(["served", "timed-out"], &self.waits),
+        );
+        counter(
+            out,
+            "switchyard_multiplex_evictions_total",
+            "Idle backend sessions closed to make room for another user's, database's or shape's.",
+            self.evicted.load(Ordering::Relaxed),
         );
         gauge(
             out,
@@ -898,6 +908,7 @@ mod tests {
                 "switchyard_multiplex_releases_total counter",
                 "switchyard_multiplex_held_total counter",
                 "switchyard_multiplex_waits_total counter",
+                "switchyard_multiplex_evictions_total counter",
                 "switchyard_multiplex_idle_backend_sessions gauge",
                 "switchyard_log_lines_suppressed_total counter",
             ]

@@ -61,14 +61,15 @@ impl First {
 
 /// An idle backend session of a multiplexed split pool for a login (the
 /// reader pool's first); when both pools are at their `max_connections`,
-/// waits for one up to `multiplex_wait_ms` (and `deadline`). `None`: a
-/// backend session is to be opened (or refused, as the pools say).
+/// closes an idle one of another key to make room, or waits for one up to
+/// `multiplex_wait_ms` (and `deadline`), then refuses. `None`: a backend
+/// session is to be opened.
 async fn borrow_first(
     pools: &crate::pool::Split,
-    request: &LoginRequest<'_>,
+    (request, seq): (&LoginRequest<'_>, u8),
     (state, metrics): (&crate::server::State, &crate::metrics::Metrics),
     deadline: Deadline,
-) -> Option<(Role, First)> {
+) -> Result<Option<(Role, First)>, LoginError> {
     use crate::protocol::CapabilityFlags as Caps;
     let tracked = request
         .client
@@ -89,20 +90,31 @@ async fn borrow_first(
             if let Some(idle) = super::multiplex::take_idle(pool, (request, db), &fresh, metrics) {
                 if waited {
                     metrics.multiplex.waited(true);
+                    super::idle::pass_on(&pools.reader);
+                    super::idle::pass_on(&pools.writer);
                 }
-                return Some((role, First::Borrowed(Box::new(idle))));
+                return Ok(Some((role, First::Borrowed(Box::new(idle)))));
             }
-            full &= pool.is_full();
+            full &= pool.is_full() && !super::idle::evict(name, metrics);
         }
         if !full {
-            return None;
+            return Ok(None);
         }
         if Deadline::now() >= deadline {
             metrics.multiplex.waited(false);
-            return None;
+            let ms = pools.multiplex_wait.as_millis() as u64;
+            return Err(LoginError::deny(
+                crate::server::codes::pool_full(&pools.writer, ms),
+                seq,
+                crate::metrics::Outcome::NoBackend,
+                format!(
+                    "split pool sides '{}' / '{}' full for {ms} ms",
+                    pools.reader, pools.writer
+                ),
+            ));
         }
         waited = true;
-        super::idle::returned(deadline).await;
+        super::idle::returned(&[&pools.reader, &pools.writer], deadline).await;
     }
 }
 
@@ -117,7 +129,7 @@ pub(in crate::server) async fn open_first(
     deadline: Deadline,
 ) -> Result<(Role, First), LoginError> {
     if pools.multiplex
-        && let Some(first) = borrow_first(pools, request, (state, metrics), deadline).await
+        && let Some(first) = borrow_first(pools, (request, seq), (state, metrics), deadline).await?
     {
         return Ok(first);
     }

@@ -11,9 +11,11 @@
 //! the backend's `max_connections` counts it. Each worker closes those that
 //! waited `idle_session_ms`, and all of them when it stops.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -81,20 +83,51 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 static FREED: Notify = Notify::const_new();
 
 thread_local! {
-    /// Statements waiting for a backend session on this worker.
-    static WAITING_HERE: Cell<usize> = const { Cell::new(0) };
+    /// Statements waiting for a backend session on this worker, by pool.
+    static WAITING_HERE: RefCell<HashMap<String, usize>> = RefCell::default();
     /// This worker's idle sessions.
     static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::default();
     /// Woken when a session is given back on this worker (statements that
     /// wait for one).
-    static RETURNED: std::sync::Arc<Notify> = std::sync::Arc::new(Notify::new());
+    static RETURNED: RefCell<HashMap<String, Arc<Notify>>> = RefCell::default();
+}
+
+/// The notifier of `pool`'s waiting statements on this worker.
+fn returned_of(pool: &str) -> Arc<Notify> {
+    RETURNED.with_borrow_mut(|r| Arc::clone(r.entry(pool.to_owned()).or_default()))
+}
+
+/// Wakes the first statement of `pool` waiting on this worker.
+fn wake(pool: &str) {
+    if queued(pool) {
+        returned_of(pool).notify_one();
+    }
 }
 
 /// Whether statements wait on other workers and none on this one: idle
 /// sessions here would hold room they need (a socket cannot move to
 /// another worker; its lease can be given up).
 fn others_wait() -> bool {
-    WAITING_HERE.get() == 0 && WAITING.load(Ordering::Relaxed) > 0
+    WAITING.load(Ordering::Relaxed) > 0 && WAITING_HERE.with_borrow(HashMap::is_empty)
+}
+
+/// Whether statements of `pool` wait on this worker: a newcomer queues
+/// behind them (first come, first served).
+pub(super) fn queued(pool: &str) -> bool {
+    WAITING_HERE.with_borrow(|w| w.contains_key(pool))
+}
+
+/// A waiting statement of `pool` was served: the next one in line looks
+/// again (there may be room or an idle session for it too).
+pub(super) fn pass_on(pool: &str) {
+    wake(pool);
+}
+
+/// A backend session was closed (its room is free): a waiting statement
+/// may open one.
+pub(super) fn room_freed(pool: &str) {
+    wake(pool);
+    FREED.notify_waiters();
 }
 
 /// Gives `idle` back under `key` (or closes it when another worker's
@@ -106,9 +139,10 @@ pub(super) fn put(key: Key, idle: Idle, metrics: &Metrics) {
         FREED.notify_waiters();
         return;
     }
+    let pool = key.pool.clone();
     IDLE.with_borrow_mut(|m| m.entry(key).or_default().push(idle));
     metrics.multiplex.idle.fetch_add(1, Ordering::Relaxed);
-    RETURNED.with(|n| n.notify_one());
+    wake(&pool);
 }
 
 /// An idle session under `key`: the most recently returned whose carried
@@ -131,28 +165,90 @@ pub(super) fn take(key: &Key, carried: &Carried, metrics: &Metrics) -> Option<Id
     })
 }
 
-/// Waits until a session is given back on this worker, or room is made
-/// by another (or `deadline`). Waiters on this worker are woken first come,
-/// first served.
-pub(super) async fn returned(deadline: tokio::time::Instant) {
-    struct Waiting;
+/// Closes the idle session of `pool` on this worker that was given back
+/// longest ago, of any key: a statement whose key has none idle needs its
+/// room (the pool is at its `max_connections`). Whether there was one.
+pub(super) fn evict(pool: &str, metrics: &Metrics) -> bool {
+    let victim = IDLE.with_borrow_mut(|m| {
+        let (key, i) = m
+            .iter()
+            .filter(|(key, _)| key.pool == pool)
+            .flat_map(|(key, list)| {
+                list.iter()
+                    .enumerate()
+                    .map(move |(i, idle)| (idle.expires, key, i))
+            })
+            .min_by_key(|(expires, ..)| *expires)
+            .map(|(_, key, i)| (key.clone(), i))?;
+        let list = m.get_mut(&key)?;
+        let idle = list.remove(i);
+        if list.is_empty() {
+            m.remove(&key);
+        }
+        Some(idle)
+    });
+    let Some(idle) = victim else {
+        return false;
+    };
+    metrics.multiplex.idle.fetch_sub(1, Ordering::Relaxed);
+    metrics.multiplex.evicted.fetch_add(1, Ordering::Relaxed);
+    // Its room is free at once; the goodbye follows.
+    let Side { wire, lease, .. } = idle.side;
+    drop(lease);
+    tokio::spawn(quit_wire(wire));
+    true
+}
+
+/// Waits (as a statement of `pool`) until a session is given back or
+/// closed on this worker, or room is made by another (or `deadline`).
+/// Waiters on this worker are woken first come, first served.
+pub(super) async fn returned(pools: &[&str], deadline: tokio::time::Instant) {
+    struct Waiting(Vec<String>);
     impl Drop for Waiting {
         fn drop(&mut self) {
             WAITING.fetch_sub(1, Ordering::Relaxed);
-            WAITING_HERE.set(WAITING_HERE.get() - 1);
+            WAITING_HERE.with_borrow_mut(|w| {
+                for pool in &self.0 {
+                    if let Some(n) = w.get_mut(pool) {
+                        *n -= 1;
+                        if *n == 0 {
+                            w.remove(pool);
+                        }
+                    }
+                }
+            });
         }
     }
     WAITING.fetch_add(1, Ordering::Relaxed);
-    WAITING_HERE.set(WAITING_HERE.get() + 1);
-    let _waiting = Waiting;
-    let notify = RETURNED.with(std::sync::Arc::clone);
+    WAITING_HERE.with_borrow_mut(|w| {
+        for pool in pools {
+            *w.entry((*pool).to_owned()).or_default() += 1;
+        }
+    });
+    let _waiting = Waiting(pools.iter().map(|p| (*p).to_owned()).collect());
+    let notifies: Vec<Arc<Notify>> = pools.iter().map(|p| returned_of(p)).collect();
+    let any = futures_select_all(&notifies);
     let woken = async {
         tokio::select! {
-            () = notify.notified() => {}
+            () = any => {}
             () = FREED.notified() => {}
         }
     };
     let _ = tokio::time::timeout_at(deadline, woken).await;
+}
+
+/// Completes when any of `notifies` is notified.
+async fn futures_select_all(notifies: &[Arc<Notify>]) {
+    let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+    std::future::poll_fn(|cx| {
+        for w in &mut waits {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 /// Closes idle sessions that waited too long, every second, on this
@@ -200,10 +296,14 @@ fn take_all(which: impl Fn(&Idle) -> bool, metrics: &Metrics) -> Vec<Side> {
 }
 
 /// Ends a backend session: COM_QUIT, then close.
-pub(super) async fn quit(mut side: Side) {
+pub(super) async fn quit(side: Side) {
+    quit_wire(side.wire).await;
+}
+
+async fn quit_wire(mut wire: super::Wire) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = side.wire.send(0, &[0x01]).await;
-        side.wire.shutdown().await;
+        let _ = wire.send(0, &[0x01]).await;
+        wire.shutdown().await;
     })
     .await;
 }

@@ -816,7 +816,8 @@ impl SplitSession {
             .backend_sessions
             .fetch_add(1, Ordering::Relaxed);
         self.sides[role as usize] = Some(Side::new(session, lease));
-        self.set_up(role, cx).await
+        self.set_up(role, cx).await?;
+        self.carry_last_insert_id(role, 0, cx).await
     }
 
     /// Turns on state tracking and gives the session state to the backend
@@ -1217,6 +1218,10 @@ impl SplitSession {
             side.wire.shutdown().await;
         })
         .await;
+        drop(side);
+        if self.multiplex {
+            idle::room_freed(self.pool_name(role));
+        }
     }
 
     async fn close_all(&mut self, cx: &Cx<'_>) {
@@ -1237,10 +1242,10 @@ fn first_value(answer: &Answer) -> Option<String> {
 }
 
 /// The warnings and insert id an answer's last packet reports (an OK, an
-/// EOF, or an OK in place of an EOF).
-fn counts(last: &[u8]) -> (u16, u64) {
+/// EOF, or, with CLIENT_DEPRECATE_EOF, an OK in place of an EOF).
+fn counts(last: &[u8], deprecate_eof: bool) -> (u16, u64) {
     match last.first() {
-        Some(0xfe) if last.len() < 9 => {
+        Some(0xfe) if !deprecate_eof => {
             let warnings = last
                 .get(1..3)
                 .map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
@@ -1375,7 +1380,7 @@ async fn answer_of(
             ReplyStep::Done(status) => {
                 side.status = status;
                 answer.err = payload.first() == Some(&0xff);
-                (answer.warnings, answer.insert_id) = counts(payload);
+                (answer.warnings, answer.insert_id) = counts(payload, deprecate_eof);
                 if let Some((client, _)) = sink.as_mut()
                     && client.flush().await.is_err()
                 {
@@ -1461,4 +1466,30 @@ async fn lost(
     };
     let _ = client.send(1, &err.encode()).await;
     Failed::End(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_packet_counts_warnings_and_the_insert_id() {
+        // EOF: 0xfe, warnings, status.
+        assert_eq!(counts(&[0xfe, 3, 0, 2, 0], false), (3, 0));
+        // With CLIENT_DEPRECATE_EOF the end is an OK with 0xfe in front:
+        // affected rows, insert id, status, warnings.
+        assert_eq!(counts(&[0xfe, 0, 0, 2, 0, 1, 0], true), (1, 0));
+        // An OK: affected rows 1, insert id 42, status, 2 warnings.
+        assert_eq!(counts(&[0x00, 1, 42, 2, 0, 2, 0], false), (2, 42));
+        assert_eq!(counts(&[0xff, 0x15, 0x04], false), (0, 0));
+        assert_eq!(counts(&[], true), (0, 0));
+    }
+
+    #[test]
+    fn a_text_naming_last_insert_id_may_set_it() {
+        assert!(may_set_last_insert_id(b"\x03SELECT last_insert_id(7)"));
+        assert!(may_set_last_insert_id(b"\x17\x01\x00\x00\x00"));
+        assert!(!may_set_last_insert_id(b"\x03SELECT 1"));
+        assert!(!may_set_last_insert_id(b"\x0e"));
+    }
 }

@@ -224,6 +224,11 @@ impl SplitSession {
         let deadline = Deadline::now() + wait;
         let mut waited = false;
         loop {
+            if !waited && idle::queued(&name) {
+                // Behind the statements already waiting.
+                waited = true;
+                idle::returned(&[&name], deadline).await;
+            }
             let request = self.credential.request();
             let found = take_idle(
                 &pool,
@@ -243,6 +248,7 @@ impl SplitSession {
                     Ok(()) => {
                         if waited {
                             metrics.waited(true);
+                            idle::pass_on(&name);
                         }
                         return Ok(());
                     }
@@ -251,12 +257,13 @@ impl SplitSession {
                     Err(end) => return Err(end),
                 }
             }
-            if !pool.is_full() {
+            if !pool.is_full() || idle::evict(&name, &cx.shared.metrics) {
                 let opened = self.open_new(role, cx).await;
                 if opened.is_ok() {
                     metrics.borrowed(Borrow::Opened);
                     if waited {
                         metrics.waited(true);
+                        idle::pass_on(&name);
                     }
                 }
                 return opened;
@@ -268,7 +275,7 @@ impl SplitSession {
                 return Err(Failed::Refused(codes::pool_full(&name, ms)));
             }
             waited = true;
-            idle::returned(deadline).await;
+            idle::returned(&[&name], deadline).await;
         }
     }
 
@@ -351,9 +358,20 @@ impl SplitSession {
                 self.set_up(role, cx).await?;
             }
         }
+        self.carry_last_insert_id(role, last_insert_id, cx).await
+    }
+
+    /// Gives the backend session of `role`, whose `LAST_INSERT_ID()` is
+    /// `has`, the session's.
+    pub(super) async fn carry_last_insert_id(
+        &mut self,
+        role: Role,
+        has: u64,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
         let want = self.last_insert_id;
         let side = self.sides[role as usize].as_mut().expect("open");
-        if last_insert_id != want {
+        if has != want {
             let sql = format!("\x03SELECT LAST_INSERT_ID({want})");
             let answer = exchange(side, sql.as_bytes(), None, cx).await?;
             if answer.err {
