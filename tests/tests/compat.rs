@@ -71,6 +71,9 @@ enum Mode {
     /// Default settings, `mysqlmaster` routed to a split pool (reads to a
     /// replica, the rest to the primary).
     Split,
+    /// As `Split`, the split pool multiplexed: backend sessions shared
+    /// between statements.
+    Multiplexed,
 }
 
 impl Mode {
@@ -79,6 +82,7 @@ impl Mode {
             Self::Plain => "plaintext",
             Self::Tls => "TLS required",
             Self::Split => "split pool",
+            Self::Multiplexed => "multiplexed split pool",
         }
     }
 
@@ -87,13 +91,14 @@ impl Mode {
             Self::Plain => "plain",
             Self::Tls => "tls",
             Self::Split => "split",
+            Self::Multiplexed => "multiplexed",
         }
     }
 
     /// `COMPAT_TLS` for the programs.
     fn env(self) -> &'static str {
         match self {
-            Self::Plain | Self::Split => "off",
+            Self::Plain | Self::Split | Self::Multiplexed => "off",
             Self::Tls => "required",
         }
     }
@@ -105,8 +110,8 @@ impl Mode {
     fn server_id(self, client: Client) -> u32 {
         match self {
             Self::Plain | Self::Tls => PRIMARY_ID,
-            Self::Split if client.autocommit_off() => PRIMARY_ID,
-            Self::Split => SPLIT_READER_ID,
+            Self::Split | Self::Multiplexed if client.autocommit_off() => PRIMARY_ID,
+            Self::Split | Self::Multiplexed => SPLIT_READER_ID,
         }
     }
 }
@@ -333,6 +338,7 @@ struct Env {
     plain: Listener,
     tls: Listener,
     split: Listener,
+    multiplexed: Listener,
     certs: TlsFiles,
     _dir: tempfile::TempDir,
     rows: Mutex<Vec<Row>>,
@@ -345,6 +351,7 @@ impl Env {
             Mode::Plain => &self.plain,
             Mode::Tls => &self.tls,
             Mode::Split => &self.split,
+            Mode::Multiplexed => &self.multiplexed,
         }
     }
 }
@@ -373,6 +380,10 @@ backends = ["{r1}"]
 [pools.app]
 writer = "master"
 reader = "one_replica"
+[pools.app_mx]
+writer = "master"
+reader = "one_replica"
+multiplex = true
 [throttle]
 max_failures = 0
 [admin]
@@ -415,6 +426,7 @@ fn main() {
     let certs = ca_signed_certificate(dir.path()).expect("make certificates");
     let plain = start_listener(&topology, "", "master");
     let split = start_listener(&topology, "", "app");
+    let multiplexed = start_listener(&topology, "", "app_mx");
     let tls = start_listener(
         &topology,
         &format!(
@@ -429,6 +441,7 @@ fn main() {
         plain,
         tls,
         split,
+        multiplexed,
         certs,
         _dir: dir,
         rows: Mutex::new(Vec::new()),
@@ -436,7 +449,7 @@ fn main() {
     });
     let mut trials = Vec::new();
     for client in Client::ALL {
-        for mode in [Mode::Plain, Mode::Tls, Mode::Split] {
+        for mode in [Mode::Plain, Mode::Tls, Mode::Split, Mode::Multiplexed] {
             let env = Arc::clone(&env);
             trials.push(Trial::test(
                 format!("{}::{}", client.slug(), mode.slug()),
@@ -965,7 +978,7 @@ fn cli_suite(
     cells.insert(
         "tls",
         match mode {
-            Mode::Plain | Mode::Split => Cell::na("plaintext run"),
+            Mode::Plain | Mode::Split | Mode::Multiplexed => Cell::na("plaintext run"),
             Mode::Tls => {
                 let status = cli(env, port, tls, pass, &[], "status")?;
                 let cipher = cli_ok(&status).ok().and_then(|s| {
@@ -1111,7 +1124,7 @@ fn cli_suite(
     cells.insert(
         "plaintext_refused",
         match mode {
-            Mode::Plain | Mode::Split => Cell::na("plaintext run"),
+            Mode::Plain | Mode::Split | Mode::Multiplexed => Cell::na("plaintext run"),
             Mode::Tls => cli_expect_1045(&cli(env, port, "disabled", pass, &[], "SELECT 1")?),
         },
     );
