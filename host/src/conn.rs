@@ -29,6 +29,21 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_) | Self::TlsClient(_))
     }
+
+    /// Whether a connection that should be silent (an idle backend
+    /// session, nothing asked of it) is still open and silent: the peer
+    /// neither closed it nor sent anything (a server sends only before it
+    /// goes: an error, a TLS close). Reads at most one byte; a connection
+    /// found wanting is not to be used again.
+    pub fn is_quiet(&self) -> bool {
+        let tcp = match self {
+            Self::Tcp(tcp) => tcp,
+            Self::TlsClient(tls) => tls.get_ref().0,
+            Self::Tls(_) | Self::Upgrading => return false,
+        };
+        let mut byte = [0u8; 1];
+        matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 /// A TCP stream that first gives back bytes already read from it: a client

@@ -605,27 +605,93 @@ fn transactions_and_autocommit_off_keep_their_backend_session(env: &Env) -> Test
     })
 }
 
+/// Every split session is at rest: none holds a backend session (within a
+/// moment: the sessions of earlier cases may still be closing).
+fn check_none_held(env: &Env) -> TestResult {
+    let mut held = -1;
+    for _ in 0..20 {
+        held = status(env)?["statements"]["backend_sessions"]
+            .as_i64()
+            .unwrap_or(-1);
+        if held == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(fail(format!("{held} backend sessions held at rest")))
+}
+
 /// Both clients prepare (binary protocol) statements that get the same ids
-/// from their backend sessions, and execute them interleaved: each gets
-/// its own statement's answers.
+/// from the proxy, with different session state (so that the backend
+/// sessions they borrow are reset between them), and execute them
+/// interleaved, at rest in between (holding no backend session): each gets
+/// its own statement's answers under its own state; the statements
+/// prepared on the primary stay bounded; an id the session never prepared
+/// gets ERR 1243.
 fn prepared_statements_with_the_same_ids(env: &Env) -> TestResult {
     block_on(async {
         let mut a = connect(env, Some("app")).await?;
         let mut b = connect(env, Some("app")).await?;
-        let sa = a.prep("SELECT CONCAT('a:', ?)").await.map_err(fail)?;
-        let sb = b.prep("SELECT CONCAT('b:', ?)").await.map_err(fail)?;
+        a.query_drop("SET time_zone = '+07:00'")
+            .await
+            .map_err(fail)?;
+        let sa = a
+            .prep("SELECT CONCAT('a:', ?, @@time_zone)")
+            .await
+            .map_err(fail)?;
+        let sb = b
+            .prep("SELECT CONCAT('b:', ?, @@time_zone)")
+            .await
+            .map_err(fail)?;
+        check(
+            sa.id() == sb.id(),
+            format!("the proxy's ids: {} / {}", sa.id(), sb.id()),
+        )?;
+        let mut threads = vec![HashSet::new(), HashSet::new()];
         for i in 0..20 {
             let ra: Option<String> = a.exec_first(&sa, (i,)).await.map_err(fail)?;
+            check_none_held(env)?;
             let rb: Option<String> = b.exec_first(&sb, (i,)).await.map_err(fail)?;
             check(
-                ra == Some(format!("a:{i}")) && rb == Some(format!("b:{i}")),
+                ra == Some(format!("a:{i}+07:00")) && rb == Some(format!("b:{i}SYSTEM")),
                 format!("{ra:?} / {rb:?}"),
             )?;
+            threads[0].insert(traced(&mut a, "SELECT 1").await?.0);
+            threads[1].insert(traced(&mut b, "SELECT 1").await?.0);
         }
+        check(met(&threads), "the clients never shared a backend session")?;
         a.close(sa).await.map_err(fail)?;
         b.close(sb).await.map_err(fail)?;
         a.disconnect().await.map_err(fail)?;
-        b.disconnect().await.map_err(fail)
+        b.disconnect().await.map_err(fail)?;
+        let count = env
+            .topology
+            .lock()
+            .unwrap()
+            .primary
+            .sql("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'");
+        let n: usize = count
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
+        check(
+            n <= 64 * WRITER_CAP,
+            format!("{n} statements prepared on the primary"),
+        )?;
+        // An id the session never prepared.
+        let mut raw = Raw::open(env, true)?;
+        let mut execute = vec![0x17];
+        execute.extend_from_slice(&77u32.to_le_bytes());
+        execute.extend_from_slice(&[0, 1, 0, 0, 0]);
+        raw.0.write_raw(&RawClient::command_packet(&execute))?;
+        let err = raw.0.expect_packet()?;
+        check(
+            err.seq == 1
+                && err.payload.first() == Some(&0xff)
+                && err.payload[1..3] == 1243u16.to_le_bytes(),
+            format!("executing an unknown id: {:?}", err.payload),
+        )
     })
 }
 

@@ -155,6 +155,10 @@ bitflags! {
         const SERVER_STATUS_AUTOCOMMIT = 1 << 1;
         /// More results follow.
         const SERVER_MORE_RESULTS_EXISTS = 1 << 3;
+        /// A cursor is open for the statement executed (binary protocol).
+        const SERVER_STATUS_CURSOR_EXISTS = 1 << 6;
+        /// The cursor's last row was sent.
+        const SERVER_STATUS_LAST_ROW_SENT = 1 << 7;
         /// Session state changed (with CLIENT_SESSION_TRACK).
         const SERVER_SESSION_STATE_CHANGED = 1 << 14;
         /// Keep any other bit the server sets.

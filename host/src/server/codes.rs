@@ -23,6 +23,11 @@ pub const POLICY_FAILED: u16 = 9101;
 pub const NO_BACKEND: u16 = 9102;
 /// A backend needs something Switchyard cannot provide (e.g. an auth plugin).
 pub const BACKEND_UNSUPPORTED: u16 = 9103;
+/// A prepared statement id the session does not know (MySQL's code and
+/// wording).
+pub const UNKNOWN_STMT_HANDLER: u16 = 1243;
+/// COM_STMT_FETCH of a statement with no open cursor (MySQL's code).
+pub const STMT_HAS_NO_OPEN_CURSOR: u16 = 1421;
 /// The backend session ended while a command waited for its answer.
 pub const BACKEND_LOST: u16 = 9104;
 /// The backend sent nothing for `query_timeout_ms` while a command waited.
@@ -152,5 +157,23 @@ pub fn query_timeout(backend: std::net::SocketAddr, timeout_ms: u64) -> ErrPacke
         format!(
             "Switchyard: the backend ({backend}) sent nothing for query_timeout_ms ({timeout_ms} ms); the session is closed"
         ),
+    )
+}
+
+/// ERR 1243 / HY000: statement `id` is not one the session prepared.
+pub fn unknown_statement(id: u32, command: &str) -> ErrPacket {
+    ErrPacket::new(
+        UNKNOWN_STMT_HANDLER,
+        "HY000",
+        format!("Unknown prepared statement handler ({id}) given to {command}"),
+    )
+}
+
+/// ERR 1421 / HY000: COM_STMT_FETCH with no cursor open.
+pub fn no_open_cursor(id: u32) -> ErrPacket {
+    ErrPacket::new(
+        STMT_HAS_NO_OPEN_CURSOR,
+        "HY000",
+        format!("The statement ({id}) has no open cursor"),
     )
 }

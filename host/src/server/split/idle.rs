@@ -152,16 +152,27 @@ pub(super) fn take(key: &Key, carried: &Carried, metrics: &Metrics) -> Option<Id
     let now = Instant::now();
     IDLE.with_borrow_mut(|m| {
         let list = m.get_mut(key)?;
-        let i = list
-            .iter()
-            .rposition(|idle| idle.carried.as_ref() == Some(carried) && idle.expires > now)
-            .or_else(|| list.iter().rposition(|idle| idle.expires > now))?;
-        let idle = list.swap_remove(i);
+        let found = loop {
+            let i = list
+                .iter()
+                .rposition(|idle| idle.carried.as_ref() == Some(carried) && idle.expires > now)
+                .or_else(|| list.iter().rposition(|idle| idle.expires > now));
+            let Some(i) = i else {
+                break None;
+            };
+            let idle = list.swap_remove(i);
+            metrics.multiplex.idle.fetch_sub(1, Ordering::Relaxed);
+            // One its server closed (a restart, `wait_timeout`, a KILL) is
+            // let go, and the next one looked at.
+            if idle.side.wire.is_quiet() {
+                break Some(idle);
+            }
+            tokio::spawn(quit(idle.side));
+        };
         if list.is_empty() {
             m.remove(key);
         }
-        metrics.multiplex.idle.fetch_sub(1, Ordering::Relaxed);
-        Some(idle)
+        found
     })
 }
 

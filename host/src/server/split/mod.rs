@@ -24,6 +24,7 @@ pub(super) mod idle;
 mod multiplex;
 pub(crate) mod prepared;
 mod route;
+mod shared_statements;
 mod wire;
 
 pub(super) use change_user::{First, Rebound, open_first};
@@ -134,6 +135,8 @@ struct Side {
     /// Its `LAST_INSERT_ID()`, unless a statement may have changed it
     /// since it was last known.
     last_insert_id: Option<u64>,
+    /// The statements prepared on it for multiplexed sessions.
+    stmts: prepared::Cache,
 }
 
 impl Side {
@@ -154,6 +157,7 @@ impl Side {
             has: None,
             ok,
             last_insert_id: Some(0),
+            stmts: prepared::Cache::default(),
         }
     }
 
@@ -248,6 +252,8 @@ pub(super) struct SplitSession {
     /// The last answer had warnings (or was an ERR): the next statement
     /// may ask for them where it ran.
     warned: bool,
+    /// Multiplexed: the id given the client's last prepared statement.
+    last_statement_id: u32,
 }
 
 impl SplitSession {
@@ -297,6 +303,7 @@ impl SplitSession {
             last_insert_id: 0,
             last_insert_id_on: None,
             warned: false,
+            last_statement_id: 0,
             pools,
         }
     }
@@ -433,6 +440,7 @@ impl SplitSession {
                 Ok(())
             }
             Some(0x0c) => self.kill(payload, cx).await,
+            Some(0x16..=0x1a | 0x1c) if self.multiplex => self.shared_statement(payload, cx).await,
             Some(0x16) => self.prepare(payload, cx).await,
             Some(0x17) => self.execute(payload, cx).await,
             Some(0x1c) => self.fetch(payload, cx).await,
@@ -873,6 +881,18 @@ impl SplitSession {
     /// Sends `payload` to the backend session of `role` (open) and relays
     /// its answer to the client.
     async fn run_on(&mut self, role: Role, payload: &[u8], cx: &Cx<'_>) -> Result<Answer, Failed> {
+        self.run_renaming(role, payload, None, cx).await
+    }
+
+    /// [`Self::run_on`]; a COM_STMT_PREPARE's answer names the statement
+    /// `rename` for the client.
+    async fn run_renaming(
+        &mut self,
+        role: Role,
+        payload: &[u8],
+        rename: Option<u32>,
+        cx: &Cx<'_>,
+    ) -> Result<Answer, Failed> {
         let Some(side) = self.sides[role as usize].as_mut() else {
             return Err(Failed::Refused(codes::no_backend(role.as_str(), 0)));
         };
@@ -884,10 +904,10 @@ impl SplitSession {
             cx.shared.metrics.split.routed(role.routed());
         }
         let before = self.relayed.1;
-        let answer = exchange(
+        let answer = exchange_renaming(
             side,
             payload,
-            Some((&mut self.client, &mut self.relayed.1)),
+            (Some((&mut self.client, &mut self.relayed.1)), rename),
             cx,
         )
         .await;
@@ -1142,6 +1162,12 @@ impl SplitSession {
         if answer.err {
             return Ok(());
         }
+        // The reset dropped prepared statements and `LAST_INSERT_ID()`.
+        self.last_insert_id = 0;
+        for side in self.sides.iter_mut().flatten() {
+            side.stmts.clear();
+            side.last_insert_id = Some(0);
+        }
         // The reset turned state tracking back to the server's default.
         for role in [Role::Writer, Role::Reader] {
             if self.sides[role as usize].is_some() {
@@ -1178,7 +1204,13 @@ impl SplitSession {
         if !self.tracked {
             self.routing.last_write = LastWrite::Unknown;
         }
-        let answer = answer_of(side, to, Some((&mut self.client, &mut self.relayed.1)), cx).await?;
+        let answer = answer_of(
+            side,
+            to,
+            (Some((&mut self.client, &mut self.relayed.1)), None),
+            cx,
+        )
+        .await?;
         self.routing.wrote(&answer.changes);
         self.learn(Role::Writer, &answer);
         self.outcome(Role::Writer, &[], &answer);
@@ -1295,6 +1327,17 @@ async fn exchange(
     sink: Sink<'_>,
     cx: &Cx<'_>,
 ) -> Result<Answer, Failed> {
+    exchange_renaming(side, payload, (sink, None), cx).await
+}
+
+/// [`exchange`], the statement id of a COM_STMT_PREPARE answer's first
+/// packet replaced with `rename` (the id the client knows) on its way.
+async fn exchange_renaming(
+    side: &mut Side,
+    payload: &[u8],
+    (sink, rename): (Sink<'_>, Option<u32>),
+    cx: &Cx<'_>,
+) -> Result<Answer, Failed> {
     if side.wire.send(0, payload).await.is_err() {
         // Lost before the command reached it: for the client's own
         // command, an ERR in place of the answer and the session ends (as
@@ -1305,14 +1348,14 @@ async fn exchange(
             None => Failed::Refused(codes::backend_lost(addr)),
         });
     }
-    answer_of(side, ReplyTo::of(payload), sink, cx).await
+    answer_of(side, ReplyTo::of(payload), (sink, rename), cx).await
 }
 
 /// Reads the answer (of shape `to`) from `side`, relaying it to `sink`.
 async fn answer_of(
     side: &mut Side,
     to: ReplyTo,
-    mut sink: Sink<'_>,
+    (mut sink, rename): (Sink<'_>, Option<u32>),
     cx: &Cx<'_>,
 ) -> Result<Answer, Failed> {
     let deprecate_eof = side.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
@@ -1324,7 +1367,7 @@ async fn answer_of(
     let addr = side.lease.backend().addr;
     let mut relayed_any = false;
     loop {
-        let frame = match side.wire.buffered() {
+        let mut frame = match side.wire.buffered() {
             Some(frame) => frame,
             None => {
                 if let Some((client, _)) = sink.as_mut()
@@ -1340,7 +1383,8 @@ async fn answer_of(
                 }
             }
         };
-        let payload = &frame.payload;
+        let original = frame.payload.clone();
+        let payload = &original;
         let step = match framer.packet(payload.len(), &payload[..payload.len().min(REPLY_HEAD)]) {
             Ok(step) => step,
             Err(e) => {
@@ -1350,6 +1394,11 @@ async fn answer_of(
         };
         if answer.first.is_none() {
             answer.first = Some(frame.payload.clone());
+            if let Some(id) = rename
+                && frame.payload.first() == Some(&0)
+            {
+                frame.payload = prepared::with_id(&frame.payload, id);
+            }
         }
         if framer.was_ok()
             && let Ok(changes) = state_changes(payload, side.caps)

@@ -109,7 +109,7 @@ impl SplitSession {
                 return Some(Held::AutocommitOff);
             }
         }
-        if !self.prepared.is_empty() {
+        if self.prepared.holds() {
             return Some(Held::Prepared);
         }
         if self.warned {
@@ -299,9 +299,12 @@ impl SplitSession {
         last_insert_id: u64,
         cx: &Cx<'_>,
     ) -> Result<(), Failed> {
+        let no_statements = self.side(role).is_some_and(|s| s.stmts.is_empty());
         let how = match carried {
             Some(c) if c == self.carried => Borrow::Same,
-            Some(c) if c.is_fresh() => Borrow::Replayed,
+            // Statements prepared under the login's state are not kept
+            // under another: those sessions are reset.
+            Some(c) if c.is_fresh() && no_statements => Borrow::Replayed,
             _ => Borrow::Reset,
         };
         match self.give_state(role, how, last_insert_id, cx).await {
@@ -338,6 +341,7 @@ impl SplitSession {
                         "a backend session could not be reset",
                     )));
                 }
+                side.stmts.clear();
                 last_insert_id = 0;
                 // The reset keeps the database: back to the session's
                 // (its replayed state may change it again).

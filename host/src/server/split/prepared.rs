@@ -32,12 +32,86 @@ pub struct Statement {
     /// COM_STMT_SEND_LONG_DATA went to the writer since the last
     /// execution: the next one runs there.
     pub long_data: bool,
+    /// Its last execution left a cursor open (a multiplexed session keeps
+    /// the backend session until it is read to its end or reset).
+    pub cursor: bool,
 }
 
 /// The statements a split session prepared, by the id the client knows.
 #[derive(Debug, Default)]
 pub struct Prepared {
     by_id: HashMap<u32, Statement>,
+}
+
+/// Statements a backend session of a multiplexed pool keeps prepared at
+/// most; past it the least recently used is closed (so that a backend's
+/// `max_prepared_stmt_count` is not reached by sessions that come and go).
+pub const CACHED_PER_SESSION: usize = 64;
+
+/// The statements prepared on one backend session of a multiplexed pool,
+/// by text: any client session that borrows it (of the same user,
+/// database and session state) executes them under its own ids.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// Text, id there, last use.
+    entries: Vec<(Bytes, u32, u64)>,
+    tick: u64,
+}
+
+impl Cache {
+    /// The id of `text` there, marked used.
+    pub fn get(&mut self, text: &[u8]) -> Option<u32> {
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self.entries.iter_mut().find(|e| e.0 == text)?;
+        entry.2 = tick;
+        Some(entry.1)
+    }
+
+    /// Records `text` prepared there as `id`; the ids to close there: the
+    /// same text's earlier id, and the least recently used past the bound.
+    pub fn insert(&mut self, text: Bytes, id: u32) -> Vec<u32> {
+        self.tick += 1;
+        let mut closed: Vec<u32> = self
+            .entries
+            .extract_if(.., |e| e.0 == text)
+            .map(|e| e.1)
+            .collect();
+        while self.entries.len() >= CACHED_PER_SESSION {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].2)
+                .expect("not empty");
+            closed.push(self.entries.swap_remove(oldest).1);
+        }
+        self.entries.push((text, id, self.tick));
+        closed
+    }
+
+    /// Forgets them all (the backend session was reset).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Whether none is prepared there.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// COM_STMT_CLOSE of `id` (no answer).
+pub fn close_command(id: u32) -> [u8; 5] {
+    let mut c = [0x19, 0, 0, 0, 0];
+    c[1..].copy_from_slice(&id.to_le_bytes());
+    c
+}
+
+/// `payload` (a COM_STMT_PREPARE answer's first packet) naming `id`.
+pub fn with_id(payload: &[u8], id: u32) -> Bytes {
+    let mut out = payload.to_vec();
+    if let Some(slot) = out.get_mut(ID) {
+        slot.copy_from_slice(&id.to_le_bytes());
+    }
+    Bytes::from(out)
 }
 
 /// Where the statement id sits in COM_STMT_EXECUTE, FETCH, RESET, CLOSE
@@ -75,6 +149,7 @@ impl Prepared {
                 types: None,
                 ran_on: None,
                 long_data: false,
+                cursor: false,
             },
         );
     }
@@ -113,6 +188,24 @@ impl Prepared {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Whether a statement holds its backend session: long data sent for
+    /// its next execution, or a cursor open.
+    pub fn holds(&self) -> bool {
+        self.by_id.values().any(|s| s.long_data || s.cursor)
+    }
+
+    /// An id for a new statement: not 0, not `u32::MAX` (MariaDB's "the
+    /// last prepared"), none in use; after `last`.
+    pub fn next_id(&self, last: u32) -> u32 {
+        let mut id = last;
+        loop {
+            id = id.wrapping_add(1);
+            if id != 0 && id != u32::MAX && !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
     }
 }
 
@@ -246,6 +339,29 @@ mod tests {
         assert_eq!(id_of(&[0x19, 7]), None);
         assert_eq!(p.close(7), Some([Some(7), None]));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_sessions_cache_is_bounded_and_closes_the_least_recently_used() {
+        let mut c = Cache::default();
+        let text = |i: usize| Bytes::from(format!("SELECT {i}"));
+        for i in 0..CACHED_PER_SESSION {
+            assert!(c.insert(text(i), i as u32).is_empty());
+        }
+        // Statement 0 used again: 1 is now the least recently used.
+        assert_eq!(c.get(b"SELECT 0"), Some(0));
+        assert_eq!(c.insert(text(1000), 1000), vec![1]);
+        assert_eq!(c.get(b"SELECT 1"), None);
+        // The same text prepared again: its earlier id is closed.
+        assert_eq!(c.insert(text(0), 2000), vec![0]);
+        assert_eq!(c.get(b"SELECT 0"), Some(2000));
+        c.clear();
+        assert!(c.is_empty());
+        assert_eq!(close_command(7), [0x19, 7, 0, 0, 0]);
+        assert_eq!(
+            &with_id(&[0, 9, 0, 0, 0, 1, 0], 3)[..],
+            &[0, 3, 0, 0, 0, 1, 0]
+        );
     }
 
     #[test]

@@ -127,6 +127,12 @@ impl Wire {
         }
     }
 
+    /// Whether the peer is still there and silent, nothing buffered from
+    /// it (see [`Stream::is_quiet`]).
+    pub fn is_quiet(&self) -> bool {
+        self.read.is_empty() && self.stream.is_quiet()
+    }
+
     /// Closes the writing side.
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
