@@ -140,6 +140,10 @@ fn main() {
             "many_clients_under_load_keep_their_own_state",
             many_clients_under_load_keep_their_own_state,
         ),
+        (
+            "a_switchover_moves_sessions_at_rest_without_errors",
+            a_switchover_moves_sessions_at_rest_without_errors,
+        ),
     ];
     run_one_at_a_time(args, env, tests);
 }
@@ -870,5 +874,132 @@ fn many_clients_under_load_keep_their_own_state(env: &Env) -> TestResult {
     check(
         borrows["same-state"].as_u64().unwrap_or(0) + borrows["reset"].as_u64().unwrap_or(0) > 100,
         format!("the load shared backend sessions: {borrows}"),
+    )
+}
+
+/// A planned switchover under load: the writer pool follows `read_only`
+/// (the primary and the first replica are its members); the primary is set
+/// `read_only = ON` and the replica `OFF`. Eight clients writing and
+/// reading in a loop, at rest between statements, see no error: each
+/// statement runs on whichever server is the writer, with the client's
+/// state. A client inside a transaction on the old writer gets a clear
+/// error for its next write, never a silent move.
+fn a_switchover_moves_sessions_at_rest_without_errors(env: &Env) -> TestResult {
+    let (primary, r1, r2) = {
+        let t = env.topology.lock().unwrap();
+        (t.primary.addr(), t.replicas[0].addr(), t.replicas[1].addr())
+    };
+    let admin = free_port();
+    let config = config(&env.topology.lock().unwrap(), admin).replace(
+        &format!(
+            "[pools.master]\nbackends = [{{ addr = \"{primary}\", max_connections = {WRITER_CAP} }}]"
+        ),
+        &format!("[pools.master]\nrole = \"writer\"\nbackends = [\"{primary}\", \"{r1}\"]"),
+    )
+    .replace(
+        &format!("backends = [{{ addr = \"{r1}\", max_connections = 1 }}, {{ addr = \"{r2}\", max_connections = 1 }}]"),
+        &format!("backends = [\"{r2}\"]"),
+    );
+    check(
+        config.contains("role = \"writer\""),
+        "the writer pool follows read_only",
+    )?;
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let port = proxy.addr().port();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let servers = Arc::new(Mutex::new(HashSet::<u32>::new()));
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let mut in_trx = Conn::new(opts(port, MASTER_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        in_trx.query_drop("BEGIN").await.map_err(fail)?;
+        in_trx
+            .query_drop("INSERT INTO t (v) VALUES ('in a transaction')")
+            .await
+            .map_err(fail)?;
+        let mut tasks = Vec::new();
+        for n in 0..8u32 {
+            let (stop, errors, servers) =
+                (Arc::clone(&stop), Arc::clone(&errors), Arc::clone(&servers));
+            tasks.push(tokio::spawn(async move {
+                let r: Result<(), String> = async {
+                    let mut c = Conn::new(opts(port, MASTER_USER, Some("app")))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let tz = format!("+{:02}:00", n + 1);
+                    c.query_drop(format!("SET time_zone = '{tz}'"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        c.query_drop(format!("INSERT INTO t (v) VALUES ('switch-{n}-{i}')"))
+                            .await
+                            .map_err(|e| format!("client {n}, write {i}: {e}"))?;
+                        // On the writer (LAST_INSERT_ID() is read there): where
+                        // the write went.
+                        let row: Option<(u32, String, u64)> = c
+                            .query_first("SELECT @@server_id, @@time_zone, LAST_INSERT_ID()")
+                            .await
+                            .map_err(|e| format!("client {n}, read {i}: {e}"))?;
+                        let (server, got) = row
+                            .map(|(s, t, _): (u32, String, u64)| (s, t))
+                            .ok_or("no row")?;
+                        if got != tz {
+                            return Err(format!("client {n}: time zone {got}, not {tz}"));
+                        }
+                        servers.lock().unwrap().insert(server);
+                    }
+                    c.disconnect().await.map_err(|e| e.to_string())
+                }
+                .await;
+                if let Err(e) = r {
+                    errors.lock().unwrap().push(e);
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        {
+            let t = env.topology.lock().unwrap();
+            t.primary.sql("SET GLOBAL read_only = ON");
+            t.replicas[0].sql("SET GLOBAL read_only = OFF");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        // The transaction's next write: the old writer refuses it.
+        let refused = in_trx
+            .query_drop("INSERT INTO t (v) VALUES ('after the switch')")
+            .await;
+        let code = server_error_code(refused);
+        let _ = in_trx.query_drop("ROLLBACK").await;
+        check(
+            code == Some(1290),
+            format!("a write in a transaction on the old writer: {code:?}"),
+        )
+    });
+    {
+        let t = env.topology.lock().unwrap();
+        t.replicas[0].sql("SET GLOBAL read_only = ON");
+        t.primary.sql("SET GLOBAL read_only = OFF");
+    }
+    result?;
+    let errors = errors.lock().unwrap();
+    check(
+        errors.is_empty(),
+        format!(
+            "{} client errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        ),
+    )?;
+    let servers = servers.lock().unwrap();
+    check(
+        servers.contains(&PRIMARY_ID) && servers.contains(&2),
+        format!("writes ran on {servers:?}: not on both writers"),
     )
 }

@@ -23,6 +23,8 @@ pub const POLICY_FAILED: u16 = 9101;
 pub const NO_BACKEND: u16 = 9102;
 /// A backend needs something Switchyard cannot provide (e.g. an auth plugin).
 pub const BACKEND_UNSUPPORTED: u16 = 9103;
+/// The server refuses for an option it runs with, e.g. `read_only`.
+pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
 /// A prepared statement id the session does not know (MySQL's code and
 /// wording).
 pub const UNKNOWN_STMT_HANDLER: u16 = 1243;

@@ -137,6 +137,9 @@ struct Side {
     last_insert_id: Option<u64>,
     /// The statements prepared on it for multiplexed sessions.
     stmts: prepared::Cache,
+    /// The next answer, if it is the server's refusal for being read-only,
+    /// is kept from the client (the statement is run again elsewhere).
+    withhold_read_only: bool,
 }
 
 impl Side {
@@ -158,6 +161,7 @@ impl Side {
             ok,
             last_insert_id: Some(0),
             stmts: prepared::Cache::default(),
+            withhold_read_only: false,
         }
     }
 
@@ -184,6 +188,9 @@ struct Answer {
     warnings: u16,
     /// The insert id its last OK reported.
     insert_id: u64,
+    /// It was the server's refusal for being read-only, kept from the
+    /// client (see [`Side::withhold_read_only`]).
+    withheld: bool,
 }
 
 /// Why a command could not be run: the session ends, or the client gets
@@ -581,7 +588,20 @@ impl SplitSession {
             Some(t) => Bytes::from(t.payload),
             None => payload,
         };
-        let answer = self.run_on(role, &payload, cx).await?;
+        // A statement of a multiplexed session at rest that the writer
+        // refuses for being read-only did not run: a planned switchover
+        // under way. It runs on the new writer once the monitor shows it.
+        let retry = self.multiplex
+            && role == Role::Writer
+            && !class.multi
+            && self.held().is_none_or(|h| h == Held::Warnings);
+        if let Some(side) = self.sides[role as usize].as_mut() {
+            side.withhold_read_only = retry;
+        }
+        let mut answer = self.run_on(role, &payload, cx).await?;
+        if answer.withheld {
+            answer = self.on_new_writer(&payload, answer, cx).await?;
+        }
         self.ran(role, class, &answer, cx).await;
         Ok(())
     }
@@ -1392,6 +1412,18 @@ async fn answer_of(
                 return Err(relay::End::BackendReadFailed.into());
             }
         };
+        if answer.first.is_none() && side.withhold_read_only {
+            side.withhold_read_only = false;
+            if payload.first() == Some(&0xff)
+                && payload.get(1..3) == Some(&codes::OPTION_PREVENTS_STATEMENT.to_le_bytes()[..])
+            {
+                answer.first = Some(frame.payload.clone());
+                answer.err = true;
+                answer.withheld = true;
+                side.wire.shrink();
+                return Ok(answer);
+            }
+        }
         if answer.first.is_none() {
             answer.first = Some(frame.payload.clone());
             if let Some(id) = rename

@@ -97,7 +97,7 @@ impl Carried {
 impl SplitSession {
     /// Why the session keeps its backend sessions after a command, if it
     /// does.
-    fn held(&self) -> Option<Held> {
+    pub(super) fn held(&self) -> Option<Held> {
         if self.routing.pinned.is_some() {
             return Some(Held::Pinned);
         }
@@ -257,6 +257,17 @@ impl SplitSession {
                     Err(end) => return Err(end),
                 }
             }
+            if role == Role::Writer
+                && !pool.is_full()
+                && pool.candidates().is_empty()
+                && Deadline::now() < deadline
+            {
+                // No writer qualifies now (a switchover under way: the old
+                // one read-only, the new one not yet seen by the monitor):
+                // the statement waits for one.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
             if !pool.is_full() || idle::evict(&name, &cx.shared.metrics) {
                 let opened = self.open_new(role, cx).await;
                 if opened.is_ok() {
@@ -276,6 +287,44 @@ impl SplitSession {
             }
             waited = true;
             idle::returned(&[&name], deadline).await;
+        }
+    }
+
+    /// The writer refused a statement of the session at rest for being
+    /// read-only (`refused`, kept from the client): it did not run. The
+    /// backend no longer counts as a writer; the statement runs on the
+    /// writer the pool finds next (the monitor's next round shows the
+    /// promoted one), within `multiplex_wait_ms`; else the client gets the
+    /// refusal.
+    pub(super) async fn on_new_writer(
+        &mut self,
+        payload: &[u8],
+        refused: super::Answer,
+        cx: &Cx<'_>,
+    ) -> Result<super::Answer, Failed> {
+        if let Some(side) = self.side(Role::Writer) {
+            let backend = side.lease.backend();
+            warn!(backend = %backend.addr, "the writer refused a statement for being read-only; it runs on the next writer");
+            backend.set_replication(Some(true), backend.lag());
+        }
+        self.close(Role::Writer, cx).await;
+        let deadline = Deadline::now() + self.pools.multiplex_wait;
+        loop {
+            match self.ensure(Role::Writer, cx).await {
+                Ok(_) => return self.run_on(Role::Writer, payload, cx).await,
+                Err(Failed::Refused(_)) if Deadline::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(Failed::Refused(_)) => {
+                    let err = refused.first.clone().unwrap_or_default();
+                    self.client
+                        .send(1, &err)
+                        .await
+                        .map_err(|_| Failed::End(crate::server::relay::End::ClientWriteFailed))?;
+                    return Ok(refused);
+                }
+                Err(end) => return Err(end),
+            }
         }
     }
 
