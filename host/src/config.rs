@@ -486,12 +486,14 @@ pub struct PoolConfig {
     /// answers the read instead. Default 0: no wait.
     #[serde(default)]
     pub causal_wait_ms: u64,
-    /// A split pool: its client sessions hold no backend session while at
-    /// rest (between statements, outside transactions, unpinned): each
-    /// statement borrows an idle backend session of the same pool and user
-    /// from this worker, given the session's state, and returns it. The
-    /// backends' `max_connections` then caps the backend sessions. Default
-    /// false.
+    /// Client sessions hold no backend session while at rest (between
+    /// statements, outside transactions, unpinned): each statement borrows
+    /// an idle backend session of the same pool and user from this worker,
+    /// given the session's state, and returns it. The backends'
+    /// `max_connections` then caps the backend sessions. A split pool's
+    /// sessions borrow in its writer and reader pools; a pool with backends
+    /// of its own is then split between itself and itself (every
+    /// statement may run on any of its backends). Default false.
     #[serde(default)]
     pub multiplex: bool,
     /// A multiplexed split pool: how long a statement waits for a backend
@@ -991,15 +993,7 @@ impl Config {
         if pool.backends.get_ref().is_empty() {
             return Err((span, format!("pool '{name}' has no backends")));
         }
-        if pool.multiplex {
-            return Err((
-                span,
-                format!(
-                    "pool '{name}': `multiplex` is for split pools (`writer` and `reader`); \
-                     a pool with backends of its own binds each session to one backend session"
-                ),
-            ));
-        }
+
         let mut addrs = HashSet::new();
         for b in pool.backends.get_ref() {
             if !addrs.insert(b.addr()) {
@@ -1361,6 +1355,11 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
         .unwrap();
         assert!(multiplexed.pools["app"].multiplex);
         assert_eq!(multiplexed.pools["app"].multiplex_wait_ms, 250);
+        let plain = parse(&format!(
+            "{EXAMPLE}[pools.more]\nbackends = [\"127.0.0.1:2\"]\nmultiplex = true\n"
+        ))
+        .unwrap();
+        assert!(plain.pools["more"].multiplex);
         for (extra, says) in [
             ("[pools.app]\nwriter = \"master\"\n", "needs both"),
             (
@@ -1374,10 +1373,6 @@ module = "target/wasm32-wasip2/release/default_policy.wasm"
             (
                 "[pools.app]\nwriter = \"master\"\nreader = \"replicas\"\n[pools.b]\nwriter = \"app\"\nreader = \"replicas\"\n",
                 "split pool itself",
-            ),
-            (
-                "[pools.app]\nbackends = [\"127.0.0.1:1\"]\nmultiplex = true\n",
-                "`multiplex` is for split pools",
             ),
         ] {
             let err = parse(&format!("{EXAMPLE}{extra}")).unwrap_err().to_string();

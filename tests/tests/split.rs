@@ -983,6 +983,20 @@ fn statements_routed_by(env: &Env, module: &std::path::Path) -> TestResult {
             "[policy.settings]\nwriter_tables = \"audit\"\n",
         );
     let proxy = Proxy::start(&config).map_err(fail)?;
+    match hook_cases(&proxy) {
+        // A hook call over its 5 ms budget leaves that statement to the
+        // rule (and says so): on a loaded 2-core machine a JavaScript
+        // hook's call now and then does. Then once more.
+        Err(e) if proxy.log().contains("route-statement failed") => {
+            eprintln!("a route-statement call failed ({e:?}); once more");
+            hook_cases(&proxy)
+        }
+        other => other,
+    }
+}
+
+/// The cases of [`statements_routed_by`] against `proxy`.
+fn hook_cases(proxy: &Proxy) -> TestResult {
     let mut raw =
         RawClient::connect(proxy.addr())?.with_capabilities(CapabilityFlags::CLIENT_SESSION_TRACK);
     match raw.login(

@@ -307,6 +307,9 @@ pub struct Pool {
     /// For a split pool (no members of its own): the pools it sends writes
     /// and reads to.
     pub split: Option<Split>,
+    /// For a multiplexed pool with members: its sessions are split
+    /// sessions whose writer and reader are this pool.
+    own_split: Option<Split>,
 }
 
 /// What a split pool names: its sessions route statement by statement.
@@ -344,6 +347,14 @@ pub struct PoolStatus {
 impl Pool {
     fn new(name: String, members: Vec<Member>, config: &crate::config::PoolConfig) -> Self {
         let n = members.len();
+        let own_split = (config.multiplex && config.split().is_none()).then(|| Split {
+            writer: name.clone(),
+            reader: name.clone(),
+            causal_reads: false,
+            causal_wait: std::time::Duration::ZERO,
+            multiplex: true,
+            multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
+        });
         Self {
             name,
             members,
@@ -357,6 +368,7 @@ impl Pool {
             tls: None,
             idle_sessions: config.idle_sessions,
             idle_session_max: std::time::Duration::from_millis(config.idle_session_ms),
+            own_split,
             split: config.split().map(|(writer, reader)| Split {
                 writer: writer.to_owned(),
                 reader: reader.to_owned(),
@@ -366,6 +378,13 @@ impl Pool {
                 multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
             }),
         }
+    }
+
+    /// What its sessions route statement by statement between, if they
+    /// do: a split pool's writer and reader pools, or a multiplexed pool
+    /// itself (as both).
+    pub fn sessions_split(&self) -> Option<&Split> {
+        self.split.as_ref().or(self.own_split.as_ref())
     }
 
     fn standing(&self, m: &Member) -> Standing {

@@ -277,7 +277,7 @@ async fn exchange(
         policy,
     };
     let admitted = login::admit(client, &gate, attempt, request.database.as_deref()).await?;
-    if admitted.pool.split.is_some() {
+    if admitted.pool.sessions_split().is_some() {
         return to_split(client, (ctx, &request), admitted, gate, deadline).await;
     }
     if Arc::ptr_eq(&admitted.pool, &ctx.pool) {
@@ -459,7 +459,7 @@ async fn to_split(
         pool,
         seq,
     } = admitted;
-    let pools = pool.split.clone().expect("a split pool");
+    let pools = pool.sessions_split().cloned().expect("a split pool");
     let credential = Box::new(split::Credential {
         response: new_response(handshake_of(ctx), request),
         password,

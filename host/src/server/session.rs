@@ -339,7 +339,7 @@ async fn login(
     let span = tracing::Span::current();
     let pool = Arc::clone(&auth.pool);
     span.record("pool", pool.name.as_str());
-    if let Some(pools) = &pool.split {
+    if let Some(pools) = pool.sessions_split() {
         let login = SplitLogin {
             state,
             nonce,

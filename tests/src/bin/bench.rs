@@ -3,7 +3,9 @@
 //! it twice: with the default settings, and `switchyard-tuned` with kept
 //! backend sessions (`idle_sessions`) and reused policy instances. The same
 //! workloads run against every target (and `switchyard-split`, a split
-//! pool whose writer and reader are that one server), the order alternating (A B C D, then
+//! pool whose writer and reader are that one server, and
+//! `switchyard-multiplexed`, that pool multiplexed on at most 32 backend
+//! sessions), the order alternating (A B C D, then
 //! D C B A) over several rounds. Prints medians, min–max and every target's
 //! ratio to the direct connection, and writes the table to `bench/results/`
 //! and into the README.
@@ -11,7 +13,8 @@
 //! Run it with `bench/run.sh` (which installs sysbench and HAProxy).
 //! Options: `--rounds N` (3), `--seconds S` per sysbench run (10),
 //! `--no-readme`, `--only WORKLOAD` (any of `point1`, `point32`,
-//! `streaming`, `churn`, `memory`; repeatable; implies `--no-readme`),
+//! `point2000` (2,000 clients at once), `streaming`, `churn`, `memory`;
+//! repeatable; implies `--no-readme`),
 //! `--alt-policy 'KEY = VALUE'` and `--alt-pool 'KEY = VALUE'`
 //! (repeatable): one more target, a Switchyard whose `[policy]` or
 //! `[pools.main]` table has these lines too, measured in the same rounds
@@ -19,7 +22,8 @@
 //! `--alt-env KEY=VALUE` (repeatable): the same with an environment
 //! variable set for that Switchyard; `--target NAME` (repeatable): measure
 //! only these targets (`direct`, `haproxy`, `switchyard`,
-//! `switchyard-tuned`, `switchyard-split`, `switchyard-alt`, `kernel-relay`), e.g. to profile
+//! `switchyard-tuned`, `switchyard-split`, `switchyard-multiplexed`,
+//! `switchyard-alt`, `kernel-relay`), e.g. to profile
 //! one of them; `--kernel-relay`: one more target, the `kernel_relay`
 //! instrument (root only), a TCP relay whose server-to-client bytes never
 //! leave the kernel: what a relay could reach with a BPF sockmap.
@@ -213,7 +217,8 @@ fn wait_port(port: u16) -> Result<()> {
 }
 
 /// Switchyard's configuration; `extra` has lines for the `[pools.main]` and
-/// the `[policy]` table.
+/// the `[policy]` table. The load comes from one address: no limit on its
+/// logins in progress (the many-clients row opens 2,000 at once).
 fn switchyard_config(
     port: u16,
     backend: SocketAddr,
@@ -223,6 +228,7 @@ fn switchyard_config(
     let lines = |l: &[String]| l.iter().map(|l| format!("{l}\n")).collect::<String>();
     format!(
         "listen = \"127.0.0.1:{port}\"\nmax_connections = 8192\n\
+         [throttle]\nmax_pending_logins = 0\n\
          [[users]]\nname = \"{}\"\npassword_hash = \"{}\"\n\
          [pools.main]\nbackends = [\"{backend}\"]\n{}\
          [policy]\nmodule = \"{}\"\n{}[policy.settings]\ndefault = \"main\"\n",
@@ -246,6 +252,27 @@ fn split_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
              [pools.w]\nbackends = [\"{backend}\"]\n[pools.r]\nbackends = [\"{backend}\"]\n"
         ),
     )
+}
+
+/// Backend sessions a `switchyard-multiplexed` target may hold (its
+/// writer and reader pools together: they are the one server).
+const MULTIPLEXED_BACKEND_SESSIONS: usize = 32;
+/// The many-clients row: this many clients running point selects at once.
+const MANY_CLIENTS: usize = 2000;
+
+/// The `switchyard-multiplexed` target's configuration: the split pool of
+/// `switchyard-split`, multiplexed, the server capped at
+/// [`MULTIPLEXED_BACKEND_SESSIONS`] backend sessions.
+fn multiplexed_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
+    let capped = format!(
+        "backends = [{{ addr = \"{backend}\", max_connections = {MULTIPLEXED_BACKEND_SESSIONS} }}]"
+    );
+    split_config(port, backend, policy)
+        .replace(
+            "[pools.main]\nwriter = \"w\"\nreader = \"r\"\n",
+            "[pools.main]\nwriter = \"w\"\nreader = \"r\"\nmultiplex = true\n",
+        )
+        .replace(&format!("backends = [\"{backend}\"]"), &capped)
 }
 
 /// Builds Switchyard and the default policy (and, when asked, the
@@ -692,6 +719,13 @@ fn main() -> Result<()> {
         split_port,
         "warn",
     )?;
+    let multiplexed_port = free_port();
+    let multiplexed = Proxy::start_with(
+        &switchyard_bin,
+        &multiplexed_config(multiplexed_port, db.addr(), &policy),
+        multiplexed_port,
+        "warn",
+    )?;
     let alt_port = free_port();
     let alt = if o.alt_policy.is_empty() && o.alt_pool.is_empty() && o.alt_env.is_empty() {
         None
@@ -734,6 +768,11 @@ fn main() -> Result<()> {
             name: "switchyard-split",
             port: split_port,
             pid: split.pid().context("pid")?,
+        },
+        Target {
+            name: "switchyard-multiplexed",
+            port: multiplexed_port,
+            pid: multiplexed.pid().context("pid")?,
         },
     ];
     if let Some(alt) = &alt {
@@ -789,6 +828,18 @@ fn main() -> Result<()> {
             let s = sysbench(targets[i].port, 32, o.seconds, "run")?;
             samples[i].add("point_select 32 threads, q/s", s.qps);
         }
+        for &i in order.iter().filter(|_| o.runs("point2000")) {
+            let s = sysbench(targets[i].port, MANY_CLIENTS, o.seconds, "run")?;
+            let m = &mut samples[i];
+            m.add(
+                &format!("point_select {MANY_CLIENTS} clients at once, q/s"),
+                s.qps,
+            );
+            m.add(
+                &format!("point_select {MANY_CLIENTS} clients, p95 latency ms"),
+                s.p95_ms,
+            );
+        }
         for &i in order.iter().filter(|_| o.runs("streaming")) {
             let s = streaming(targets[i].port, targets[i].pid, targets[0].pid)?;
             let m = &mut samples[i];
@@ -820,6 +871,7 @@ fn main() -> Result<()> {
     }
     let backend = db.addr();
     let mut memory = Vec::new();
+    let mut multiplexed_memory = Vec::new();
     if o.runs("memory") {
         for n in [IDLE_SESSIONS, MANY_IDLE_SESSIONS] {
             eprintln!("bench: idle memory, {n} sessions");
@@ -827,11 +879,38 @@ fn main() -> Result<()> {
                 n,
                 measure_idle_memory(backend, &switchyard_bin, &policy, n)?,
             ));
+            eprintln!("bench: idle memory, {n} multiplexed sessions");
+            multiplexed_memory.push((
+                n,
+                idle_memory(
+                    &|| {
+                        let port = free_port();
+                        let p = Proxy::start_with(
+                            &switchyard_bin,
+                            &multiplexed_config(port, backend, &policy),
+                            port,
+                            "warn",
+                        )?;
+                        let pid = p.pid().context("pid")?;
+                        Ok((port, pid, Box::new(p) as Box<dyn std::any::Any>))
+                    },
+                    n,
+                )?,
+            ));
         }
     }
-    let table = report(&targets, &mut samples, &memory, &o);
+    let mut table = report(&targets, &mut samples, &memory, &o);
+    for (n, m) in &multiplexed_memory {
+        let _ = writeln!(
+            table,
+            "\nRSS per idle client session of `switchyard-multiplexed` after a statement, holding no backend session ({n} sessions on at most {MULTIPLEXED_BACKEND_SESSIONS} backend sessions, fresh process, process RSS {} MiB): {} KiB.",
+            fmt(m.total_mib),
+            fmt(m.per_session_kib),
+        );
+    }
     println!("{table}");
     save(&table, o.readme)?;
+    drop(multiplexed);
     Ok(())
 }
 

@@ -59,6 +59,17 @@ impl First {
     }
 }
 
+/// Where a split session's first backend session may be: the reader's
+/// pool, then the writer's; one pool that is both (a multiplexed pool with
+/// backends of its own) is the writer's.
+fn first_sides(pools: &crate::pool::Split) -> Vec<(Role, &String)> {
+    if pools.reader == pools.writer {
+        vec![(Role::Writer, &pools.writer)]
+    } else {
+        vec![(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)]
+    }
+}
+
 /// An idle backend session of a multiplexed split pool for a login (the
 /// reader pool's first); when both pools are at their `max_connections`,
 /// closes an idle one of another key to make room, or waits for one up to
@@ -78,12 +89,12 @@ async fn borrow_first(
         && request.offered.contains(Caps::CLIENT_SESSION_TRACK);
     let fresh = super::route::Carried::fresh(tracked);
     let db = request.client.database.as_deref();
-    let sides = [(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)];
+    let sides = first_sides(pools);
     let deadline = deadline.min(Deadline::now() + pools.multiplex_wait);
     let mut waited = false;
     loop {
         let mut full = true;
-        for (role, name) in sides {
+        for &(role, name) in &sides {
             let Some(pool) = state.pools.get(name) else {
                 continue;
             };
@@ -133,7 +144,7 @@ pub(in crate::server) async fn open_first(
     {
         return Ok(first);
     }
-    for (role, name) in [(Role::Reader, &pools.reader), (Role::Writer, &pools.writer)] {
+    for (role, name) in first_sides(pools) {
         let Some(pool) = state.pools.get(name) else {
             continue;
         };
@@ -256,7 +267,7 @@ impl SplitSession {
         let metrics = &cx.shared.metrics;
         let span = tracing::Span::current();
         span.record("pool", pool.name.as_str());
-        let Some(pools) = pool.split.clone() else {
+        let Some(pools) = pool.sessions_split().cloned() else {
             let (lease, session) = crate::server::change_user::open_and_answer(
                 client,
                 (&pool, &login, seq),

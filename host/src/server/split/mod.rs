@@ -758,7 +758,9 @@ impl SplitSession {
     /// state) if need be; a reader that cannot be had gives way to the
     /// writer. Which one it is.
     async fn ensure(&mut self, role: Role, cx: &Cx<'_>) -> Result<Role, Failed> {
-        let role = if role == Role::Reader && self.routing.pinned.is_some() {
+        // One pool as writer and reader: one backend session does.
+        let one_pool = self.pools.reader == self.pools.writer;
+        let role = if role == Role::Reader && (self.routing.pinned.is_some() || one_pool) {
             Role::Writer
         } else {
             role
@@ -955,10 +957,7 @@ impl SplitSession {
     fn outcome(&mut self, role: Role, payload: &[u8], answer: &Answer) {
         self.warned = answer.err || answer.warnings > 0;
         if answer.insert_id != 0 || may_set_last_insert_id(payload) {
-            if let Some(side) = self.sides[role as usize].as_mut() {
-                side.last_insert_id = None;
-            }
-            self.last_insert_id_on = Some(role);
+            self.last_insert_id_may_change(role);
         }
     }
 
@@ -1066,8 +1065,20 @@ impl SplitSession {
         statement.ran_on = Some(role);
         statement.long_data = false;
         let answer = self.run_on(role, &sent, cx).await?;
+        if names_last_insert_id(&text) {
+            self.last_insert_id_may_change(role);
+        }
         self.ran(role, &class, &answer, cx).await;
         Ok(())
+    }
+
+    /// `LAST_INSERT_ID()` of the backend session of `role` may have changed
+    /// (it is asked before the session goes to rest).
+    fn last_insert_id_may_change(&mut self, role: Role) {
+        if let Some(side) = self.sides[role as usize].as_mut() {
+            side.last_insert_id = None;
+        }
+        self.last_insert_id_on = Some(role);
     }
 
     /// Whether statement `id` is prepared on the reader, preparing it there
@@ -1234,9 +1245,7 @@ impl SplitSession {
         self.routing.wrote(&answer.changes);
         self.learn(Role::Writer, &answer);
         self.outcome(Role::Writer, &[], &answer);
-        if let Some(side) = self.sides[Role::Writer as usize].as_mut() {
-            side.last_insert_id = None;
-        }
+        self.last_insert_id_may_change(Role::Writer);
         Ok(())
     }
 
@@ -1312,15 +1321,19 @@ fn counts(last: &[u8], deprecate_eof: bool) -> (u16, u64) {
 
 /// Whether a command may change `LAST_INSERT_ID()` other than through its
 /// OK's insert id: a text naming the function (`LAST_INSERT_ID(expr)` sets
-/// it), or a command whose text is not at hand (an execution).
+/// it). An execution's statement text is looked at where it is known
+/// ([`names_last_insert_id`]).
 fn may_set_last_insert_id(payload: &[u8]) -> bool {
     match payload.first() {
-        Some(0x03) => payload[1..]
-            .windows(14)
-            .any(|w| w.eq_ignore_ascii_case(b"LAST_INSERT_ID")),
-        Some(0x17) => true,
+        Some(0x03) => names_last_insert_id(&payload[1..]),
         _ => false,
     }
+}
+
+/// Whether a statement's text names `LAST_INSERT_ID`.
+fn names_last_insert_id(text: &[u8]) -> bool {
+    text.windows(14)
+        .any(|w| w.eq_ignore_ascii_case(b"LAST_INSERT_ID"))
 }
 
 /// Whether a statement may have written: not a read, nor transaction
@@ -1569,7 +1582,8 @@ mod tests {
     #[test]
     fn a_text_naming_last_insert_id_may_set_it() {
         assert!(may_set_last_insert_id(b"\x03SELECT last_insert_id(7)"));
-        assert!(may_set_last_insert_id(b"\x17\x01\x00\x00\x00"));
+        assert!(!may_set_last_insert_id(b"\x17\x01\x00\x00\x00"));
+        assert!(names_last_insert_id(b"SELECT LAST_INSERT_ID(?)"));
         assert!(!may_set_last_insert_id(b"\x03SELECT 1"));
         assert!(!may_set_last_insert_id(b"\x0e"));
     }

@@ -157,6 +157,9 @@ impl SplitSession {
         statement.ran_on = Some(role);
         statement.long_data = false;
         let answer = self.run_on(role, &sent, cx).await?;
+        if super::names_last_insert_id(&text) {
+            self.last_insert_id_may_change(role);
+        }
         let status = self.side(role).map(|s| s.status);
         if let Some(statement) = self.prepared.get_mut(id) {
             statement.cursor = !answer.err
