@@ -82,7 +82,9 @@ impl Session {
                         peer,
                         policy,
                     };
-                    let exit = split.run(&cx).await;
+                    // Boxed (as the relay below): an idle session keeps
+                    // only what its mode needs.
+                    let exit = Box::pin(split.run(&cx)).await;
                     relayed.0 += split.relayed.0;
                     relayed.1 += split.relayed.1;
                     match exit {
@@ -99,7 +101,9 @@ impl Session {
                         thread: ctx.backend_thread,
                     });
                     let changing =
-                        match relay_once(bound, &ctx, timeouts, shared, &mut relayed).await {
+                        match Box::pin(relay_once(bound, &ctx, timeouts, shared, &mut relayed))
+                            .await
+                        {
                             Ok(changing) => changing,
                             Err(end) => return (end, relayed),
                         };

@@ -348,11 +348,11 @@ impl SplitSession {
             let ready = match self.borrowed_first.take() {
                 // A borrowed session that fails to take the client's state
                 // is let go: the next statement borrows or opens another.
-                Some((carried, lid)) => match self.adopt(role, carried, lid, cx).await {
+                Some((carried, lid)) => match Box::pin(self.adopt(role, carried, lid, cx)).await {
                     Err(Failed::Refused(_)) => Ok(()),
                     other => other,
                 },
-                None => self.set_up(role, cx).await,
+                None => Box::pin(self.set_up(role, cx)).await,
             };
             if let Err(e) = ready {
                 return match e {
@@ -361,8 +361,10 @@ impl SplitSession {
                 };
             }
         }
+        // The command's and the rest's states are boxed: the session's own
+        // future, which an idle session keeps, is then small.
         loop {
-            match self.rest(cx).await {
+            match Box::pin(self.rest(cx)).await {
                 Ok(()) | Err(Failed::Refused(_)) => {}
                 Err(Failed::End(end)) => break end,
             }
@@ -374,7 +376,7 @@ impl SplitSession {
                 info!(seq = frame.seq, "a command out of sequence; closing");
                 break relay::End::ClientReadFailed;
             }
-            match self.command(frame, cx).await {
+            match Box::pin(self.command(frame, cx)).await {
                 Ok(()) => {}
                 Err(Failed::End(end)) => break end,
                 Err(Failed::Refused(err)) => {

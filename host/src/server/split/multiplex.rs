@@ -147,6 +147,7 @@ impl SplitSession {
         self.release(Role::Writer, cx);
         self.release(Role::Reader, cx);
         cx.registration.rests();
+        self.client.rest();
         Ok(())
     }
 

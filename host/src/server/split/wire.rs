@@ -71,7 +71,14 @@ impl Wire {
                 return Ok(frame);
             }
             if self.read.capacity() - self.read.len() < 4096 {
-                self.read.reserve(16 * 1024);
+                // A peer at rest has no buffer: its next command is most
+                // likely small.
+                let more = if self.read.capacity() == 0 {
+                    1024
+                } else {
+                    16 * 1024
+                };
+                self.read.reserve(more);
             }
             if self.stream.read_buf(&mut self.read).await? == 0 {
                 return Err(ConnError::Closed);
@@ -131,6 +138,18 @@ impl Wire {
     /// it (see [`Stream::is_quiet`]).
     pub fn is_quiet(&self) -> bool {
         self.read.is_empty() && self.stream.is_quiet()
+    }
+
+    /// Lets both buffers go if they are empty: a client session at rest
+    /// keeps none (thousands of idle sessions would hold their last
+    /// answers' room).
+    pub fn rest(&mut self) {
+        if self.read.is_empty() {
+            self.read = BytesMut::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
     }
 
     /// Closes the writing side.
