@@ -748,7 +748,8 @@ fn prepared_statements_with_the_same_ids(env: &Env) -> TestResult {
 
 /// `KILL QUERY <greeting id>` stops the named client's running statement
 /// on whichever backend session runs it; the killer's own session and a
-/// bystander go on.
+/// bystander go on. At rest, the named session runs nothing: `KILL QUERY`
+/// is answered OK, `KILL` ends it.
 fn kill_reaches_the_statement_wherever_it_runs(env: &Env) -> TestResult {
     block_on(async {
         let mut sleeper = connect(env, Some("app")).await?;
@@ -783,7 +784,23 @@ fn kill_reaches_the_statement_wherever_it_runs(env: &Env) -> TestResult {
         check(stopped, "SLEEP was not interrupted")?;
         sleeper.query_drop("SELECT 1").await.map_err(fail)?;
         killer.query_drop("SELECT 1").await.map_err(fail)?;
-        sleeper.disconnect().await.map_err(fail)?;
+        // The sleeper is at rest now: holding no backend session, it runs
+        // nothing. KILL QUERY is answered OK (as a server does for an idle
+        // thread), the session goes on; KILL ends it.
+        check_none_held(env)?;
+        killer
+            .query_drop(format!("KILL QUERY {id}"))
+            .await
+            .map_err(fail)?;
+        sleeper.query_drop("SELECT 1").await.map_err(fail)?;
+        check_none_held(env)?;
+        killer
+            .query_drop(format!("KILL {id}"))
+            .await
+            .map_err(fail)?;
+        let after = sleeper.query_drop("SELECT 1").await;
+        check(after.is_err(), "the killed session still answers")?;
+        killer.query_drop("SELECT 1").await.map_err(fail)?;
         killer.disconnect().await.map_err(fail)
     })
 }

@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
+
 #[cfg(doc)]
 use super::FIRST_CONNECTION_ID;
 use super::connection_id_at;
@@ -38,6 +40,9 @@ use crate::sql;
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<u32, Option<Place>>>,
+    /// Sessions at rest (multiplexed, holding no backend session): what
+    /// ends each.
+    resting: Mutex<HashMap<u32, CancellationToken>>,
     next: AtomicU32,
 }
 
@@ -67,6 +72,28 @@ impl Registry {
         Registration {
             registry: Arc::clone(self),
             id,
+        }
+    }
+
+    /// What ends session `id` if it is at rest (a multiplexed session
+    /// holding no backend session).
+    pub fn resting(&self, id: u32) -> Option<CancellationToken> {
+        self.resting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn set_resting(&self, id: u32, ends: Option<&CancellationToken>) {
+        let mut resting = self.resting.lock().unwrap_or_else(|p| p.into_inner());
+        match ends {
+            Some(token) => {
+                resting.insert(id, token.clone());
+            }
+            None => {
+                resting.remove(&id);
+            }
         }
     }
 
@@ -109,18 +136,46 @@ impl Registration {
     /// by COM_CHANGE_USER.
     pub fn moved(&self, place: Place) {
         self.registry.lock().insert(self.id, Some(place));
+        self.registry.set_resting(self.id, None);
     }
 
     /// The session holds no backend session now (a multiplexed session at
-    /// rest): a KILL naming it finds no thread to kill.
-    pub fn rests(&self) {
+    /// rest): a KILL naming it finds no thread to kill; `KILL [CONNECTION]`
+    /// cancels `ends`.
+    pub fn rests(&self, ends: &CancellationToken) {
         self.registry.lock().insert(self.id, None);
+        self.registry.set_resting(self.id, Some(ends));
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        self.registry.set_resting(self.id, None);
+    }
+}
+
+/// The greeting id a KILL names and whether it is `KILL QUERY` (one
+/// statement of a COM_QUERY, or COM_PROCESS_KILL: a connection).
+pub fn named(payload: &[u8]) -> Option<(u32, bool)> {
+    match *payload.first()? {
+        COM_QUERY => {
+            let text = &payload[1..];
+            if !text.windows(4).any(|w| w.eq_ignore_ascii_case(b"KILL")) {
+                return None;
+            }
+            let [statement] = sql::statements(text)?.try_into().ok()?;
+            let (head, id) = parse(&text[statement])?;
+            let query = head
+                .split_ascii_whitespace()
+                .any(|w| w.eq_ignore_ascii_case("QUERY"));
+            Some((u32::try_from(id).ok()?, query))
+        }
+        COM_PROCESS_KILL => Some((
+            u32::from_le_bytes(payload.get(1..5)?.try_into().ok()?),
+            false,
+        )),
+        _ => None,
     }
 }
 
@@ -330,6 +385,30 @@ mod tests {
         );
         assert_eq!(place_named(&query("KILL 5"), &registry), None);
         assert_eq!(place_named(&query("SELECT 1"), &registry), None);
+    }
+
+    #[test]
+    fn a_kill_names_its_id_and_whether_it_is_a_query_kill() {
+        assert_eq!(named(&query("KILL QUERY 5")), Some((5, true)));
+        assert_eq!(named(&query("kill connection 6;")), Some((6, false)));
+        assert_eq!(named(&query("KILL HARD 7")), Some((7, false)));
+        assert_eq!(named(&[COM_PROCESS_KILL, 8, 0, 0, 0]), Some((8, false)));
+        assert_eq!(named(&query("SELECT 1")), None);
+        assert_eq!(named(&query("KILL 1; KILL 2")), None);
+        let registry = Arc::new(Registry::default());
+        let held = registry.reserve();
+        let ends = CancellationToken::new();
+        held.rests(&ends);
+        assert!(registry.resting(held.id()).is_some());
+        held.moved(Place {
+            backend: addr(3306),
+            thread: 9,
+        });
+        assert!(registry.resting(held.id()).is_none());
+        held.rests(&ends);
+        let id = held.id();
+        drop(held);
+        assert!(registry.resting(id).is_none());
     }
 
     #[test]

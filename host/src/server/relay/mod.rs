@@ -73,6 +73,9 @@ pub enum End {
     /// The proxy is stopping: the session waited for nothing, or
     /// `shutdown_timeout_ms` passed.
     Shutdown,
+    /// Another session's `KILL [CONNECTION]` named it while it held no
+    /// backend session (a multiplexed session at rest).
+    Killed,
 }
 
 impl End {
@@ -90,6 +93,7 @@ impl End {
             Self::IdleTimeout => "idle timeout",
             Self::QueryTimeout => "query timeout",
             Self::Shutdown => "shutdown",
+            Self::Killed => "killed",
         }
     }
 

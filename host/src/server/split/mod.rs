@@ -261,6 +261,9 @@ pub(super) struct SplitSession {
     warned: bool,
     /// Multiplexed: the id given the client's last prepared statement.
     last_statement_id: u32,
+    /// Cancelled by a `KILL [CONNECTION]` naming the session while it is
+    /// at rest.
+    ends: tokio_util::sync::CancellationToken,
 }
 
 impl SplitSession {
@@ -311,6 +314,7 @@ impl SplitSession {
             last_insert_id_on: None,
             warned: false,
             last_statement_id: 0,
+            ends: tokio_util::sync::CancellationToken::new(),
             pools,
         }
     }
@@ -427,6 +431,10 @@ impl SplitSession {
                 Err(relay::End::IdleTimeout)
             }
             () = shared.stopping.cancelled() => Err(relay::End::Shutdown),
+            () = self.ends.cancelled() => {
+                info!("a KILL ended the session at rest");
+                Err(relay::End::Killed)
+            }
         }
     }
 
@@ -480,7 +488,10 @@ impl SplitSession {
 
     /// COM_QUERY: classified, routed by the rule.
     async fn query(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
-        if kill::place_named(&payload, &cx.shared.sessions).is_some() {
+        let registry = &cx.shared.sessions;
+        if kill::place_named(&payload, registry).is_some()
+            || kill::named(&payload).is_some_and(|(id, _)| registry.resting(id).is_some())
+        {
             return self.kill(payload, cx).await;
         }
         let class = classify(&payload[1..]);
@@ -967,6 +978,37 @@ impl SplitSession {
     /// now (one of this session's backend sessions, or a connection of its
     /// own to that server, logged in as this session's user).
     async fn kill(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
+        if let Some((id, query)) = kill::named(&payload)
+            && let Some(ends) = cx.shared.sessions.resting(id)
+        {
+            // A multiplexed session at rest: no statement runs; `KILL
+            // [CONNECTION]` ends it. Answered as a server answers a KILL of
+            // an idle thread.
+            if !query {
+                ends.cancel();
+            }
+            cx.shared
+                .metrics
+                .kills_translated
+                .fetch_add(1, Ordering::Relaxed);
+            let ok = OkPacket {
+                affected_rows: 0,
+                last_insert_id: 0,
+                status: self
+                    .sides
+                    .iter()
+                    .flatten()
+                    .map(|s| s.status)
+                    .next()
+                    .unwrap_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT),
+                warnings: 0,
+            };
+            return self
+                .client
+                .send(1, &ok.encode())
+                .await
+                .map_err(|_| Failed::End(relay::End::ClientWriteFailed));
+        }
         let place = kill::place_named(&payload, &cx.shared.sessions);
         let held = [Role::Writer, Role::Reader].into_iter().find(|r| {
             place.is_some_and(|p| {

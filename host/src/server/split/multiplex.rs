@@ -146,7 +146,7 @@ impl SplitSession {
         }
         self.release(Role::Writer, cx);
         self.release(Role::Reader, cx);
-        cx.registration.rests();
+        cx.registration.rests(&self.ends);
         self.client.rest();
         Ok(())
     }
