@@ -270,7 +270,8 @@ impl Held {
 pub enum Borrow {
     /// An idle one with the session's state already.
     Same = 0,
-    /// An idle one, given the session's state (replayed).
+    /// An idle one whose state the session's only adds to: given only
+    /// what differs (all of it, for one of no state).
     Replayed = 1,
     /// An idle one of other state: reset, then given the session's state.
     Reset = 2,

@@ -108,6 +108,37 @@ impl SessionState {
         self.variables.is_empty() && self.schema.is_none() && self.names.is_none()
     }
 
+    /// The statements that take a backend session of state `had` to this
+    /// one by adding to it, if that is possible: `had` sets no variable
+    /// this state does not (only new values), no other `SET NAMES`, no
+    /// other schema. Only what differs.
+    pub fn replay_from(&self, had: &SessionState) -> Option<Result<Vec<String>, NotReplayable>> {
+        if had.names.is_some() && had.names != self.names {
+            return None;
+        }
+        if had.schema.is_some() && had.schema != self.schema {
+            return None;
+        }
+        if had
+            .variables
+            .keys()
+            .any(|k| !self.variables.contains_key(k))
+        {
+            return None;
+        }
+        let changed = SessionState {
+            variables: self
+                .variables
+                .iter()
+                .filter(|(k, v)| had.variables.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            schema: self.schema.clone().filter(|_| had.schema != self.schema),
+            names: self.names.clone().filter(|_| had.names != self.names),
+        };
+        Some(changed.replay())
+    }
+
     /// The statements that give another backend session this state: the
     /// last `SET NAMES`, one `SET SESSION` of every variable, then `USE` of
     /// the schema.
@@ -163,6 +194,31 @@ mod tests {
             name: name.into(),
             value: value.into(),
         }
+    }
+
+    #[test]
+    fn from_another_state_only_what_differs_when_it_only_adds() {
+        let mut had = SessionState::default();
+        had.apply(&[var("time_zone", "+01:00"), var("sql_mode", "ANSI")]);
+        let mut want = had.clone();
+        want.apply(&[var("time_zone", "+02:00"), var("sql_select_limit", "5")]);
+        assert_eq!(
+            want.replay_from(&had),
+            Some(Ok(vec![
+                "SET SESSION sql_select_limit = 5, time_zone = '+02:00'".to_owned()
+            ]))
+        );
+        assert_eq!(want.replay_from(&want), Some(Ok(vec![])));
+        assert_eq!(
+            want.replay_from(&SessionState::default()),
+            Some(want.replay())
+        );
+        // A variable `had` set that the wanted state leaves at its default:
+        // not by adding.
+        assert_eq!(had.replay_from(&want), None);
+        let mut elsewhere = had.clone();
+        elsewhere.apply(&[StateChange::Schema("other".into())]);
+        assert_eq!(had.replay_from(&elsewhere), None);
     }
 
     #[test]

@@ -893,6 +893,17 @@ impl SplitSession {
                 Vec::new()
             }
         };
+        self.run_state(role, statements, cx).await
+    }
+
+    /// Runs session statements on the backend session of `role` (a
+    /// failure lets it go).
+    async fn run_state(
+        &mut self,
+        role: Role,
+        statements: Vec<String>,
+        cx: &Cx<'_>,
+    ) -> Result<(), Failed> {
         let side = self.sides[role as usize].as_mut().expect("open");
         for sql in statements {
             let mut payload = vec![0x03];

@@ -7,8 +7,9 @@
 //!
 //! - the same carried state (the common case: every client of an
 //!   application pool sets the same): nothing to do;
-//! - a backend session of no session state (only the login's): the
-//!   session's state replayed;
+//! - a backend session whose state the session's only adds to (none at
+//!   all, the same variables with other values, fewer of them): only what
+//!   differs ([`Carried::replay_from`]);
 //! - one of other state, or of state not known: COM_RESET_CONNECTION (the
 //!   server forgets variables, user variables, temporary tables, prepared
 //!   statements and `LAST_INSERT_ID()`, not the database), COM_INIT_DB to
@@ -82,14 +83,6 @@ impl Carried {
             Self::Tracked(Default::default())
         } else {
             Self::Logged(Vec::new())
-        }
-    }
-
-    /// Whether this is no state at all (only the login's).
-    fn is_fresh(&self) -> bool {
-        match self {
-            Self::Tracked(state) => *state == Default::default(),
-            Self::Logged(log) => log.is_empty(),
         }
     }
 }
@@ -350,14 +343,20 @@ impl SplitSession {
         cx: &Cx<'_>,
     ) -> Result<(), Failed> {
         let no_statements = self.side(role).is_some_and(|s| s.stmts.is_empty());
-        let how = match carried {
-            Some(c) if c == self.carried => Borrow::Same,
-            // Statements prepared under the login's state are not kept
-            // under another: those sessions are reset.
-            Some(c) if c.is_fresh() && no_statements => Borrow::Replayed,
-            _ => Borrow::Reset,
+        let (how, adding) = match &carried {
+            Some(c) if *c == self.carried => (Borrow::Same, Vec::new()),
+            // Statements prepared under one state are not kept under
+            // another: those sessions are reset.
+            Some(c) if no_statements => match self.carried.replay_from(c) {
+                Some(Ok(adding)) => (Borrow::Replayed, adding),
+                _ => (Borrow::Reset, Vec::new()),
+            },
+            _ => (Borrow::Reset, Vec::new()),
         };
-        match self.give_state(role, how, last_insert_id, cx).await {
+        match self
+            .give_state(role, (how, adding), last_insert_id, cx)
+            .await
+        {
             Ok(()) => {
                 cx.shared.metrics.multiplex.borrowed(how);
                 Ok(())
@@ -376,13 +375,13 @@ impl SplitSession {
     async fn give_state(
         &mut self,
         role: Role,
-        how: Borrow,
+        (how, adding): (Borrow, Vec<String>),
         mut last_insert_id: u64,
         cx: &Cx<'_>,
     ) -> Result<(), Failed> {
         match how {
             Borrow::Same | Borrow::Opened => {}
-            Borrow::Replayed => self.replay(role, cx).await?,
+            Borrow::Replayed => self.run_state(role, adding, cx).await?,
             Borrow::Reset => {
                 let side = self.sides[role as usize].as_mut().expect("open");
                 let answer = exchange(side, &[0x1f], None, cx).await?;

@@ -63,6 +63,23 @@ impl Carried {
         }
     }
 
+    /// The statements that take a backend session whose state was `had`
+    /// to this state by adding to it, if that is possible (see
+    /// [`SessionState::replay_from`]; kept statements: `had`'s are the
+    /// first of these).
+    pub fn replay_from(
+        &self,
+        had: &Carried,
+    ) -> Option<Result<Vec<String>, crate::sql::NotReplayable>> {
+        match (self, had) {
+            (Self::Tracked(want), Self::Tracked(had)) => want.replay_from(had),
+            (Self::Logged(want), Self::Logged(had)) if want.starts_with(had) => {
+                Some(Ok(want[had.len()..].to_vec()))
+            }
+            _ => None,
+        }
+    }
+
     /// Takes a session statement `sql` that ran without error and the
     /// changes its OK reported; `false` when the state grew past what is
     /// kept (then the session pins).
