@@ -4,14 +4,15 @@
 //! Only COM_QUERY and COM_PROCESS_KILL are translated; a COM_PROCESS_KILL
 //! becomes one naming a registered backend thread, or the "unknown thread"
 //! SIGNAL; a COM_QUERY stays a COM_QUERY, with the SIGNAL in it when an id
-//! named a session elsewhere; and translating again changes nothing.
+//! named a session elsewhere; and translating again changes nothing. Also
+//! `server::kill::named` (what a KILL of a session at rest names).
 #![no_main]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::fuzzing::{Place, Registration, Registry, translate};
+use switchyard::fuzzing::{Place, Registration, Registry, named, translate};
 use switchyard::server::FIRST_CONNECTION_ID;
 
 const HERE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3306);
@@ -42,6 +43,16 @@ static REGISTRY: LazyLock<(Arc<Registry>, Vec<Registration>)> = LazyLock::new(||
 });
 
 fuzz_target!(|data: &[u8]| {
+    // What a KILL names (for a session at rest): a COM_PROCESS_KILL its
+    // four bytes, a connection kill; a COM_QUERY one KILL statement.
+    match named(data) {
+        Some((id, query)) if data[0] == 0x0c => {
+            assert!(!query);
+            assert_eq!(&id.to_le_bytes()[..], &data[1..5]);
+        }
+        Some(_) => assert_eq!(data[0], 0x03),
+        None => {}
+    }
     let registry = &REGISTRY.0;
     let Some(t) = translate(data, HERE, registry) else {
         return;

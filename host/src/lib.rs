@@ -42,7 +42,7 @@ pub mod sql;
 /// in `fuzz/`; not an interface to build on.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::server::kill::{Place, Registration, Registry, Translated, translate};
+    pub use crate::server::kill::{Place, Registration, Registry, Translated, named, translate};
     pub use crate::server::split::Role;
     pub use crate::server::split::prepared::{Prepared, Statement, id_of, prepare_ok};
 
