@@ -30,6 +30,15 @@ impl Stream {
         matches!(self, Self::Tls(_) | Self::TlsClient(_))
     }
 
+    /// Waits until the peer sent something (or closed), where that can be
+    /// known before reading (plain TCP): a session at rest then takes no
+    /// read buffer while it waits.
+    pub async fn readable(&self) {
+        if let Self::Tcp(tcp) = self {
+            let _ = tcp.readable().await;
+        }
+    }
+
     /// Whether a connection that should be silent (an idle backend
     /// session, nothing asked of it) is still open and silent: the peer
     /// neither closed it nor sent anything (a server sends only before it

@@ -14,8 +14,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::*;
 
 use switchyard::auth::Sha1Password;
-use switchyard::protocol::{CapabilityFlags, QueryReply, ResultSetDecoder};
-use switchyard_e2e::raw::{LoginOutcome, RawClient};
+use switchyard_e2e::raw::RawClient;
 use switchyard_e2e::{MASTER_USER, Proxy, Topology, free_port, http};
 
 mod common;
@@ -335,53 +334,9 @@ fn session_variables_stay_with_their_session(env: &Env) -> TestResult {
     })
 }
 
-/// A raw client of the pool, with or without CLIENT_SESSION_TRACK.
-struct Raw(RawClient);
-
-impl Raw {
-    fn open(env: &Env, tracked: bool) -> Result<Self, Failed> {
-        let caps = if tracked {
-            CapabilityFlags::CLIENT_SESSION_TRACK
-        } else {
-            CapabilityFlags::empty()
-        };
-        let mut raw = RawClient::connect(env.proxy.addr())?.with_capabilities(caps);
-        match raw.login(
-            MASTER_USER.0,
-            MASTER_USER.1,
-            Some("app"),
-            "mysql_native_password",
-        )? {
-            LoginOutcome::Ok(2) => Ok(Self(raw)),
-            other => Err(format!("{other:?}").into()),
-        }
-    }
-
-    fn answer(&mut self, sql: &str) -> Result<QueryReply, Failed> {
-        self.0.write_raw(&RawClient::query_packet(sql))?;
-        let mut decoder = ResultSetDecoder::new(false);
-        loop {
-            let p = self.0.expect_packet()?;
-            if let Some(reply) = decoder.feed(&p.payload)? {
-                return Ok(reply);
-            }
-        }
-    }
-
-    fn exec(&mut self, sql: &str) -> TestResult {
-        match self.answer(sql)? {
-            QueryReply::Err(e) => Err(format!("{sql}: {} {}", e.code, e.message).into()),
-            _ => Ok(()),
-        }
-    }
-
-    /// The first row of `sql`.
-    fn row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Failed> {
-        match self.answer(sql)? {
-            QueryReply::Rows(t) => Ok(t.rows.into_iter().next().unwrap_or_default()),
-            other => Err(format!("{sql}: {other:?}").into()),
-        }
-    }
+/// A raw client of the pool, tracked or not, as mysqlmaster in `app`.
+fn raw(env: &Env, tracked: bool) -> Result<Raw, Failed> {
+    Raw::login(env.proxy.addr(), tracked, MASTER_USER, Some("app"))
 }
 
 /// Whether two of the clients, by the backend threads each was served
@@ -405,7 +360,7 @@ fn raw_clients_keep_their_state_tracked_or_not(env: &Env) -> TestResult {
     for tracked in [true, false] {
         let mut clients = Vec::new();
         for n in 0..CLIENTS {
-            let mut c = Raw::open(env, tracked)?;
+            let mut c = raw(env, tracked)?;
             if n % 2 == 0 {
                 c.exec(&format!("SET time_zone = '-0{}:00'", n + 1))?;
                 c.exec("USE app2")?;
@@ -429,7 +384,7 @@ fn raw_clients_keep_their_state_tracked_or_not(env: &Env) -> TestResult {
             }
             if round % 5 == 2 {
                 // Another client of fresh state in between.
-                let mut c = Raw::open(env, tracked)?;
+                let mut c = raw(env, tracked)?;
                 let rc = c.row("SELECT @@time_zone, DATABASE()")?;
                 check(
                     rc == [Some("SYSTEM".into()), Some("app".into())],
@@ -731,7 +686,7 @@ fn prepared_statements_with_the_same_ids(env: &Env) -> TestResult {
             format!("{n} statements prepared on the primary"),
         )?;
         // An id the session never prepared.
-        let mut raw = Raw::open(env, true)?;
+        let mut raw = raw(env, true)?;
         let mut execute = vec![0x17];
         execute.extend_from_slice(&77u32.to_le_bytes());
         execute.extend_from_slice(&[0, 1, 0, 0, 0]);

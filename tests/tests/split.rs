@@ -11,7 +11,7 @@ use mysql_async::prelude::*;
 
 use switchyard::auth::Sha1Password;
 use switchyard::protocol::{
-    CapabilityFlags, QueryReply, REPLY_HEAD, ReplyFramer, ReplyTo, ResultSetDecoder, StatusFlags,
+    CapabilityFlags, QueryReply, REPLY_HEAD, ReplyFramer, ReplyTo, StatusFlags,
 };
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
@@ -206,57 +206,24 @@ fn main() {
     run_against_each(args, envs, tests);
 }
 
-/// A raw client of the split pool, with or without CLIENT_SESSION_TRACK
-/// (then its backend sessions report state changes, else the proxy keeps
-/// the session statements).
-struct Raw(RawClient);
+/// A raw client of the split pool as `user` (see [`Raw`]).
+fn open_raw_as(env: &Env, tracked: bool, user: (&str, &str)) -> Result<Raw, Failed> {
+    Raw::login(env.proxy.addr(), tracked, user, Some("app"))
+}
 
-impl Raw {
-    fn open(env: &Env, tracked: bool) -> Result<Self, Failed> {
-        Self::open_as(env, tracked, MASTER_USER)
-    }
+/// A raw client of the split pool as mysqlmaster.
+fn open_raw(env: &Env, tracked: bool) -> Result<Raw, Failed> {
+    open_raw_as(env, tracked, MASTER_USER)
+}
 
-    fn open_as(env: &Env, tracked: bool, (user, password): (&str, &str)) -> Result<Self, Failed> {
-        let caps = if tracked {
-            CapabilityFlags::CLIENT_SESSION_TRACK
-        } else {
-            CapabilityFlags::empty()
-        };
-        let mut raw = RawClient::connect(env.proxy.addr())?.with_capabilities(caps);
-        match raw.login(user, password, Some("app"), "mysql_native_password")? {
-            LoginOutcome::Ok(2) => Ok(Self(raw)),
-            other => Err(format!("{other:?}").into()),
-        }
-    }
+/// Where a raw client's statements ran.
+trait Where {
+    fn on(&mut self, columns: &str) -> Result<(u32, Vec<Option<String>>), Failed>;
+    fn on_writer(&mut self, columns: &str, what: &str) -> Result<Vec<Option<String>>, Failed>;
+    fn server(&mut self) -> Result<u32, Failed>;
+}
 
-    /// `sql`'s answer.
-    fn answer(&mut self, sql: &str) -> Result<QueryReply, Failed> {
-        self.0.write_raw(&RawClient::query_packet(sql))?;
-        let mut decoder = ResultSetDecoder::new(false);
-        loop {
-            let p = self.0.expect_packet()?;
-            if let Some(reply) = decoder.feed(&p.payload)? {
-                return Ok(reply);
-            }
-        }
-    }
-
-    /// Runs `sql`, which must succeed.
-    fn exec(&mut self, sql: &str) -> TestResult {
-        match self.answer(sql)? {
-            QueryReply::Err(e) => Err(format!("{sql}: {} {}", e.code, e.message).into()),
-            _ => Ok(()),
-        }
-    }
-
-    /// The first row of `sql`.
-    fn row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Failed> {
-        match self.answer(sql)? {
-            QueryReply::Rows(t) => Ok(t.rows.into_iter().next().unwrap_or_default()),
-            other => Err(format!("{sql}: {other:?}").into()),
-        }
-    }
-
+impl Where for Raw {
     /// Where `SELECT @@server_id, <columns>` ran, and the columns.
     fn on(&mut self, columns: &str) -> Result<(u32, Vec<Option<String>>), Failed> {
         let mut row = self.row(&format!("SELECT @@server_id, {columns}"))?;
@@ -303,7 +270,7 @@ fn on_primary(id: u32, what: &str) -> TestResult {
 /// Both kinds of raw client, in turn.
 fn both(env: &Env, case: impl Fn(&mut Raw, bool) -> TestResult) -> TestResult {
     for tracked in [true, false] {
-        let mut raw = Raw::open(env, tracked)?;
+        let mut raw = open_raw(env, tracked)?;
         case(&mut raw, tracked).map_err(|e| fail(format!("tracked = {tracked}: {e:?}")))?;
     }
     Ok(())
@@ -590,7 +557,7 @@ fn binary_prepared_statements_run_where_the_rule_says(env: &Env) -> TestResult {
         conn.disconnect().await.map_err(fail)
     })?;
     // COM_STMT_RESET and COM_STMT_CLOSE with the statement on both.
-    let mut raw = Raw::open(env, true)?.0;
+    let mut raw = open_raw(env, true)?.0;
     let id = prepare(&mut raw, "SELECT @@server_id")?;
     let mut execute = stmt_command(0x17, id, &[0]);
     execute.extend_from_slice(&1u32.to_le_bytes());
@@ -612,7 +579,7 @@ fn binary_prepared_statements_run_where_the_rule_says(env: &Env) -> TestResult {
 }
 
 fn cursor_fetch_stays_with_the_executing_backend(env: &Env) -> TestResult {
-    let mut raw = Raw::open(env, false)?.0;
+    let mut raw = open_raw(env, false)?.0;
     let id = prepare(&mut raw, "SELECT @@server_id FROM t LIMIT 3")?;
     // CURSOR_TYPE_READ_ONLY.
     let mut execute = stmt_command(0x17, id, &[1]);
@@ -745,7 +712,7 @@ fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
                 format!("{stale} stale reads of the session's own writes"),
             )
         })?;
-        let mut raw = Raw::open_as(env, true, WAITER)?;
+        let mut raw = open_raw_as(env, true, WAITER)?;
         let stale = insert_and_read_back(&mut raw, &format!("{}ryw-wait", env.tag()), 100)?;
         check(
             stale == 0,
@@ -758,7 +725,7 @@ fn reads_see_the_sessions_own_writes_under_lag(env: &Env) -> TestResult {
     for (user, pool) in [(MASTER_USER, "app"), (WAITER, "app_wait")] {
         let causal = |v: &serde_json::Value, k: &str| v["causal_reads"][k].as_u64().unwrap_or(0);
         let before = statements(env)?;
-        let mut raw = Raw::open_as(env, true, user)?;
+        let mut raw = open_raw_as(env, true, user)?;
         let tag = format!("{}ryw-live-{pool}", env.tag());
         let stale = insert_and_read_back(&mut raw, &tag, 1000)?;
         check(
@@ -919,7 +886,7 @@ fn com_reset_connection_resets_both_backend_sessions(env: &Env) -> TestResult {
 /// other replica; the replica returns. Multiplexed, the session was at
 /// rest (it held no backend session): its next read simply runs elsewhere.
 fn a_lost_reader_ends_its_sessions_with_an_error(env: &Env) -> TestResult {
-    let mut raw = Raw::open(env, true)?;
+    let mut raw = open_raw(env, true)?;
     let reader = raw.server()?;
     on_replica(reader, "the first read")?;
     let index = (reader - 2) as usize;
@@ -943,7 +910,7 @@ fn a_lost_reader_ends_its_sessions_with_an_error(env: &Env) -> TestResult {
         // The pool's checks take the replica out; a new session reads on
         // the other one.
         std::thread::sleep(std::time::Duration::from_millis(800));
-        let mut other = Raw::open(env, true)?;
+        let mut other = open_raw(env, true)?;
         let id = other.server()?;
         check(
             REPLICA_IDS.contains(&id) && id != reader,
@@ -1051,7 +1018,7 @@ fn admin_status_counts_statements_pins_and_causal_reads(env: &Env) -> TestResult
     let count = |v: &serde_json::Value, path: &[&str]| {
         path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
     };
-    let mut raw = Raw::open(env, true)?;
+    let mut raw = open_raw(env, true)?;
     raw.server()?;
     raw.server()?;
     raw.exec("INSERT INTO t (v) VALUES ('counted')")?;

@@ -199,3 +199,65 @@ pub fn ca_signed_certificate(dir: &std::path::Path) -> Result<TlsFiles, Failed> 
         key: dir.join("server.key"),
     })
 }
+
+/// A raw client of a proxy (`switchyard_e2e::raw`), logged in with or
+/// without CLIENT_SESSION_TRACK (then a split session's backend sessions
+/// report state changes, else the proxy keeps the session statements).
+pub struct Raw(pub switchyard_e2e::raw::RawClient);
+
+impl Raw {
+    /// Logs in to the proxy at `addr` as `user`, to `db`.
+    pub fn login(
+        addr: std::net::SocketAddr,
+        tracked: bool,
+        (user, password): (&str, &str),
+        db: Option<&str>,
+    ) -> Result<Self, Failed> {
+        use switchyard::protocol::CapabilityFlags;
+        use switchyard_e2e::raw::{LoginOutcome, RawClient};
+        let caps = if tracked {
+            CapabilityFlags::CLIENT_SESSION_TRACK
+        } else {
+            CapabilityFlags::empty()
+        };
+        let mut raw = RawClient::connect(addr)?.with_capabilities(caps);
+        match raw.login(user, password, db, "mysql_native_password")? {
+            LoginOutcome::Ok(2) => Ok(Self(raw)),
+            other => Err(format!("{other:?}").into()),
+        }
+    }
+
+    /// `sql`'s answer.
+    pub fn answer(&mut self, sql: &str) -> Result<switchyard::protocol::QueryReply, Failed> {
+        use switchyard::protocol::ResultSetDecoder;
+        self.0
+            .write_raw(&switchyard_e2e::raw::RawClient::query_packet(sql))?;
+        let mut decoder = ResultSetDecoder::new(false);
+        loop {
+            let p = self.0.expect_packet()?;
+            if let Some(reply) = decoder.feed(&p.payload)? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Runs `sql`, which must succeed.
+    pub fn exec(&mut self, sql: &str) -> TestResult {
+        match self.answer(sql)? {
+            switchyard::protocol::QueryReply::Err(e) => {
+                Err(format!("{sql}: {} {}", e.code, e.message).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The first row of `sql`.
+    pub fn row(&mut self, sql: &str) -> Result<Vec<Option<String>>, Failed> {
+        match self.answer(sql)? {
+            switchyard::protocol::QueryReply::Rows(t) => {
+                Ok(t.rows.into_iter().next().unwrap_or_default())
+            }
+            other => Err(format!("{sql}: {other:?}").into()),
+        }
+    }
+}

@@ -220,7 +220,7 @@ impl SplitSession {
             Ok(Ok(Some(rebound))) => {
                 metrics.change_user(ChangeUserOutcome::Moved);
                 // The client's stream went with the rebound session.
-                self.rebound = Some(rebound);
+                self.rebound = Some(Box::new(rebound));
                 return Err(Failed::End(relay::End::ChangeUser));
             }
             Ok(Err(e)) => Some(e),
@@ -294,7 +294,7 @@ impl SplitSession {
             .backend_sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let side = match first {
-            First::Opened(session, lease) => Side::new(session, lease),
+            First::Opened(session, lease) => Box::new(Side::new(session, lease)),
             First::Borrowed(idle) => {
                 let idle = *idle;
                 self.borrowed_first = Some((idle.carried, idle.last_insert_id));

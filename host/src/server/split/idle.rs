@@ -51,7 +51,7 @@ pub(super) struct Key {
 /// A backend session between statements.
 pub(in crate::server) struct Idle {
     /// The session.
-    pub(super) side: Side,
+    pub(super) side: Box<Side>,
     /// The session state it has: the last borrower's (`None`: not known,
     /// it is reset before use).
     pub(super) carried: Option<Carried>,
@@ -63,7 +63,7 @@ pub(in crate::server) struct Idle {
 impl Idle {
     /// `side`, with `carried` and `last_insert_id`, kept for `max`.
     pub(super) fn new(
-        side: Side,
+        side: Box<Side>,
         carried: Option<Carried>,
         last_insert_id: u64,
         max: Duration,
@@ -135,7 +135,7 @@ pub(super) fn room_freed(pool: &str) {
 pub(super) fn put(key: Key, idle: Idle, metrics: &Metrics) {
     metrics.multiplex.releases.fetch_add(1, Ordering::Relaxed);
     if others_wait() {
-        tokio::spawn(quit(idle.side));
+        tokio::spawn(quit(*idle.side));
         FREED.notify_waiters();
         return;
     }
@@ -167,7 +167,7 @@ pub(super) fn take(key: &Key, carried: &Carried, metrics: &Metrics) -> Option<Id
             if idle.side.wire.is_quiet() {
                 break Some(idle);
             }
-            tokio::spawn(quit(idle.side));
+            tokio::spawn(quit(*idle.side));
         };
         if list.is_empty() {
             m.remove(key);
@@ -204,7 +204,7 @@ pub(super) fn evict(pool: &str, metrics: &Metrics) -> bool {
     metrics.multiplex.idle.fetch_sub(1, Ordering::Relaxed);
     metrics.multiplex.evicted.fetch_add(1, Ordering::Relaxed);
     // Its room is free at once; the goodbye follows.
-    let Side { wire, lease, .. } = idle.side;
+    let Side { wire, lease, .. } = *idle.side;
     drop(lease);
     tokio::spawn(quit_wire(wire));
     true
@@ -294,7 +294,7 @@ fn take_all(which: impl Fn(&Idle) -> bool, metrics: &Metrics) -> Vec<Side> {
         for list in m.values_mut() {
             out.extend(
                 list.extract_if(.., |idle| which(idle))
-                    .map(|idle| idle.side),
+                    .map(|idle| *idle.side),
             );
         }
         m.retain(|_, list| !list.is_empty());

@@ -30,7 +30,6 @@ mod wire;
 pub(super) use change_user::{First, Rebound, open_first};
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant as Deadline;
@@ -227,7 +226,9 @@ pub(super) enum Exit {
 /// A split pool's client session.
 pub(super) struct SplitSession {
     client: Wire,
-    sides: [Option<Side>; 2],
+    /// Boxed: a multiplexed session at rest holds none, and so keeps only
+    /// two pointers' room.
+    sides: [Option<Box<Side>>; 2],
     routing: Routing,
     carried: Carried,
     prepared: Prepared,
@@ -240,7 +241,7 @@ pub(super) struct SplitSession {
     /// The user's count of this session.
     user: super::limits::UserClaim,
     /// Set when COM_CHANGE_USER moved the session to a plain pool.
-    rebound: Option<Rebound>,
+    rebound: Option<Box<Rebound>>,
     /// The current database, as far as known (the login's, then
     /// COM_INIT_DB's and the tracked schema).
     db: Option<String>,
@@ -280,7 +281,7 @@ impl SplitSession {
         metrics: &crate::metrics::Metrics,
     ) -> Self {
         let (side, borrowed_first) = match first {
-            First::Opened(session, lease) => (Side::new(session, lease), None),
+            First::Opened(session, lease) => (Box::new(Side::new(session, lease)), None),
             First::Borrowed(idle) => {
                 let idle = *idle;
                 (idle.side, Some((idle.carried, idle.last_insert_id)))
@@ -334,9 +335,9 @@ impl SplitSession {
         let end = self.serve(cx).await;
         sessions.fetch_sub(1, Ordering::Relaxed);
         match self.rebound.take() {
-            Some(rebound) => Exit::Rebound(Box::new(rebound)),
+            Some(rebound) => Exit::Rebound(rebound),
             None => {
-                self.close_all(cx).await;
+                Box::pin(self.close_all(cx)).await;
                 Exit::End(end)
             }
         }
@@ -394,7 +395,7 @@ impl SplitSession {
     }
 
     fn side(&self, role: Role) -> Option<&Side> {
-        self.sides[role as usize].as_ref()
+        self.sides[role as usize].as_deref()
     }
 
     fn statuses(&self) -> Statuses {
@@ -858,7 +859,7 @@ impl SplitSession {
             .split
             .backend_sessions
             .fetch_add(1, Ordering::Relaxed);
-        self.sides[role as usize] = Some(Side::new(session, lease));
+        self.sides[role as usize] = Some(Box::new(Side::new(session, lease)));
         self.set_up(role, cx).await?;
         self.carry_last_insert_id(role, 0, cx).await
     }
@@ -1317,9 +1318,20 @@ impl SplitSession {
                 .await
                 .unwrap_or(LastWrite::Untraceable);
         }
-        let Some(mut side) = self.sides[role as usize].take() else {
+        let Some(side) = self.detach(role, cx) else {
             return;
         };
+        idle::quit(*side).await;
+        if self.multiplex {
+            idle::room_freed(self.pool_name(role));
+        }
+    }
+
+    /// Takes the backend session of `role` out of the session (closed or
+    /// given back next): its statements' ids there are gone, and it is no
+    /// longer where the last statement ran.
+    fn detach(&mut self, role: Role, cx: &Cx<'_>) -> Option<Box<Side>> {
+        let side = self.sides[role as usize].take()?;
         cx.shared
             .metrics
             .split
@@ -1329,15 +1341,7 @@ impl SplitSession {
         if self.routing.previous == Some(role) {
             self.routing.previous = None;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = side.wire.send(0, &[0x01]).await;
-            side.wire.shutdown().await;
-        })
-        .await;
-        drop(side);
-        if self.multiplex {
-            idle::room_freed(self.pool_name(role));
-        }
+        Some(side)
     }
 
     async fn close_all(&mut self, cx: &Cx<'_>) {
@@ -1480,17 +1484,12 @@ async fn answer_of(
                 return Err(relay::End::BackendReadFailed.into());
             }
         };
-        if answer.first.is_none() && side.withhold_read_only {
-            side.withhold_read_only = false;
-            if payload.first() == Some(&0xff)
-                && payload.get(1..3) == Some(&codes::OPTION_PREVENTS_STATEMENT.to_le_bytes()[..])
-            {
-                answer.first = Some(frame.payload.clone());
-                answer.err = true;
-                answer.withheld = true;
-                side.wire.shrink();
-                return Ok(answer);
-            }
+        if answer.first.is_none() && withheld(side, payload) {
+            answer.first = Some(frame.payload.clone());
+            answer.err = true;
+            answer.withheld = true;
+            side.wire.shrink();
+            return Ok(answer);
         }
         if answer.first.is_none() {
             answer.first = Some(frame.payload.clone());
@@ -1540,6 +1539,15 @@ async fn answer_of(
             }
         }
     }
+}
+
+/// Whether `first`, an answer's first packet, is the server's refusal for
+/// being read-only that `side` was told to keep from the client (told for
+/// this answer only).
+fn withheld(side: &mut Side, first: &[u8]) -> bool {
+    std::mem::take(&mut side.withhold_read_only)
+        && first.first() == Some(&0xff)
+        && first.get(1..3) == Some(&codes::OPTION_PREVENTS_STATEMENT.to_le_bytes()[..])
 }
 
 /// The client's `LOCAL INFILE` data, to its empty packet, to `side`.

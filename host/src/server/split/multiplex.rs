@@ -167,20 +167,11 @@ impl SplitSession {
     /// Gives the backend session of `role` back (idle, for any session of
     /// the same key to borrow).
     fn release(&mut self, role: Role, cx: &Cx<'_>) {
-        let Some(side) = self.sides[role as usize].take() else {
+        let Some(side) = self.detach(role, cx) else {
             return;
         };
-        cx.shared
-            .metrics
-            .split
-            .backend_sessions
-            .fetch_sub(1, Ordering::Relaxed);
-        self.prepared.lost(role);
-        if self.routing.previous == Some(role) {
-            self.routing.previous = None;
-        }
         let Some(last_insert_id) = side.last_insert_id else {
-            tokio::spawn(idle::quit(side));
+            tokio::spawn(idle::quit(*side));
             return;
         };
         let state = cx.shared.state();
@@ -323,7 +314,7 @@ impl SplitSession {
     }
 
     /// Takes `side` as the backend session of `role`.
-    fn install(&mut self, role: Role, side: Side, cx: &Cx<'_>) {
+    fn install(&mut self, role: Role, side: Box<Side>, cx: &Cx<'_>) {
         cx.shared
             .metrics
             .split

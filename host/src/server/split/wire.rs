@@ -71,9 +71,10 @@ impl Wire {
                 return Ok(frame);
             }
             if self.read.capacity() - self.read.len() < 4096 {
-                // A peer at rest has no buffer: its next command is most
-                // likely small.
+                // A peer at rest has no buffer: it takes one once it sends
+                // (its next command, most likely small).
                 let more = if self.read.capacity() == 0 {
+                    self.stream.readable().await;
                     1024
                 } else {
                     16 * 1024
