@@ -306,10 +306,10 @@ pub struct Pool {
     pub idle_session_max: std::time::Duration,
     /// For a split pool (no members of its own): the pools it sends writes
     /// and reads to.
-    pub split: Option<Split>,
+    pub split: Option<Arc<Split>>,
     /// For a multiplexed pool with members: its sessions are split
     /// sessions whose writer and reader are this pool.
-    own_split: Option<Split>,
+    own_split: Option<Arc<Split>>,
 }
 
 /// What a split pool names: its sessions route statement by statement.
@@ -347,13 +347,15 @@ pub struct PoolStatus {
 impl Pool {
     fn new(name: String, members: Vec<Member>, config: &crate::config::PoolConfig) -> Self {
         let n = members.len();
-        let own_split = (config.multiplex && config.split().is_none()).then(|| Split {
-            writer: name.clone(),
-            reader: name.clone(),
-            causal_reads: false,
-            causal_wait: std::time::Duration::ZERO,
-            multiplex: true,
-            multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
+        let own_split = (config.multiplex && config.split().is_none()).then(|| {
+            Arc::new(Split {
+                writer: name.clone(),
+                reader: name.clone(),
+                causal_reads: false,
+                causal_wait: std::time::Duration::ZERO,
+                multiplex: true,
+                multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
+            })
         });
         Self {
             name,
@@ -369,13 +371,15 @@ impl Pool {
             idle_sessions: config.idle_sessions,
             idle_session_max: std::time::Duration::from_millis(config.idle_session_ms),
             own_split,
-            split: config.split().map(|(writer, reader)| Split {
-                writer: writer.to_owned(),
-                reader: reader.to_owned(),
-                causal_reads: config.causal_reads,
-                causal_wait: std::time::Duration::from_millis(config.causal_wait_ms),
-                multiplex: config.multiplex,
-                multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
+            split: config.split().map(|(writer, reader)| {
+                Arc::new(Split {
+                    writer: writer.to_owned(),
+                    reader: reader.to_owned(),
+                    causal_reads: config.causal_reads,
+                    causal_wait: std::time::Duration::from_millis(config.causal_wait_ms),
+                    multiplex: config.multiplex,
+                    multiplex_wait: std::time::Duration::from_millis(config.multiplex_wait_ms),
+                })
             }),
         }
     }
@@ -383,7 +387,7 @@ impl Pool {
     /// What its sessions route statement by statement between, if they
     /// do: a split pool's writer and reader pools, or a multiplexed pool
     /// itself (as both).
-    pub fn sessions_split(&self) -> Option<&Split> {
+    pub fn sessions_split(&self) -> Option<&Arc<Split>> {
         self.split.as_ref().or(self.own_split.as_ref())
     }
 

@@ -56,7 +56,7 @@ enum Step {
     Split {
         first: (split::Role, split::First),
         credential: Box<split::Credential>,
-        pools: crate::pool::Split,
+        pools: std::sync::Arc<crate::pool::Split>,
         user: UserClaim,
         left: Left,
     },

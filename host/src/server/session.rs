@@ -422,7 +422,7 @@ struct SplitLogin<'a> {
 async fn log_in_split(
     mut client: PacketStream,
     auth: Authenticated,
-    pools: crate::pool::Split,
+    pools: std::sync::Arc<crate::pool::Split>,
     registration: kill::Registration,
     login: SplitLogin<'_>,
 ) -> Result<Session, (PacketStream, LoginError)> {

@@ -233,7 +233,7 @@ pub(super) struct SplitSession {
     carried: Carried,
     prepared: Prepared,
     credential: Box<Credential>,
-    pools: crate::pool::Split,
+    pools: std::sync::Arc<crate::pool::Split>,
     /// The backend sessions report state changes.
     tracked: bool,
     /// The greeting's nonce (COM_CHANGE_USER answers it).
@@ -277,7 +277,7 @@ impl SplitSession {
             [u8; crate::auth::NONCE_LEN],
             super::limits::UserClaim,
         ),
-        pools: crate::pool::Split,
+        pools: std::sync::Arc<crate::pool::Split>,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
         let (side, borrowed_first) = match first {
