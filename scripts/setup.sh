@@ -32,6 +32,10 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
 # The TLS tests make certificates and read them back with openssl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The fleet tests: HAProxy sends the PROXY protocol header in front of
+# Switchyard; Redis is the shared store several instances use.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]} from Debian's packages"
     as_root apt-get update -qq

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::auth::PasswordHash;
+use crate::cidr::Cidr;
 use crate::secret::Secret;
 
 /// The whole configuration file.
@@ -93,6 +94,17 @@ pub struct Config {
     /// More addresses to listen on, each with its own policy.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// `listen` takes clients through an L4 balancer that sends the PROXY
+    /// protocol header (version 1 or 2, told apart by itself): the client
+    /// address it names is the one routing, limits and logs use. Only
+    /// connections from `proxy_trusted` are accepted, and each must start
+    /// with a header. Default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The balancers' addresses (`"10.0.0.0/8"`, `"192.0.2.7"`), for
+    /// `proxy_protocol`.
+    #[serde(default)]
+    pub proxy_trusted: Vec<Cidr>,
     /// Background health checks of the backends.
     #[serde(default)]
     pub health: HealthConfig,
@@ -286,6 +298,12 @@ pub struct ListenerConfig {
     /// The `[policies.<name>]` its logins are routed by. Default: `[policy]`.
     #[serde(default)]
     pub policy: Option<Spanned<String>>,
+    /// As the top-level `proxy_protocol`, for this address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// As the top-level `proxy_trusted`, for this address.
+    #[serde(default)]
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// Background health checks.
@@ -1129,7 +1147,22 @@ impl Config {
     /// `[[listeners]]`: addresses listened on once, policies that exist.
     fn validate_listeners(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         let mut addrs = HashSet::from([self.listen]);
+        if self.proxy_protocol && self.proxy_trusted.is_empty() {
+            return Err((
+                None,
+                "proxy_protocol needs proxy_trusted: the balancers' addresses".to_owned(),
+            ));
+        }
         for l in &self.listeners {
+            if l.proxy_protocol && l.proxy_trusted.is_empty() {
+                return Err((
+                    Some(l.listen.span()),
+                    format!(
+                        "listener {}: proxy_protocol needs proxy_trusted: the balancers' addresses",
+                        l.listen.get_ref()
+                    ),
+                ));
+            }
             if !addrs.insert(*l.listen.get_ref()) {
                 return Err((
                     Some(l.listen.span()),
@@ -1258,6 +1291,18 @@ impl Config {
                 )
             }))
             .collect()
+    }
+
+    /// The sources trusted to send a PROXY protocol header to `addr`, if
+    /// that listener expects one.
+    pub fn proxy_trusted(&self, addr: SocketAddr) -> Option<&[Cidr]> {
+        if addr == self.listen {
+            return self.proxy_protocol.then_some(&self.proxy_trusted[..]);
+        }
+        self.listeners
+            .iter()
+            .find(|l| *l.listen.get_ref() == addr)
+            .and_then(|l| l.proxy_protocol.then_some(&l.proxy_trusted[..]))
     }
 
     /// Whether `user` must log in over TLS.
@@ -1493,6 +1538,39 @@ when_all_down = "refuse""#,
             .unwrap_err()
             .to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_sources_per_listener() {
+        let on = |top: &str, listener: &str| {
+            parse(&format!(
+                "{top}\n{EXAMPLE}\n[[listeners]]\nlisten = \"127.0.0.1:7000\"\n{listener}\n"
+            ))
+        };
+        let e = on("proxy_protocol = true", "").unwrap_err().to_string();
+        assert!(e.contains("needs proxy_trusted"), "{e}");
+        let e = on("", "proxy_protocol = true").unwrap_err().to_string();
+        assert!(
+            e.contains("127.0.0.1:7000") && e.contains("proxy_trusted"),
+            "{e}"
+        );
+        let e = on(
+            "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/33\"]",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("10.0.0.0/33"), "{e}");
+        let c = on(
+            "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\"]",
+            "proxy_protocol = true\nproxy_trusted = [\"192.0.2.7\"]",
+        )
+        .unwrap();
+        let main = c.proxy_trusted(c.listen).unwrap();
+        assert!(main[0].contains("10.1.2.3".parse().unwrap()));
+        let second = c.proxy_trusted("127.0.0.1:7000".parse().unwrap()).unwrap();
+        assert!(!second[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(parse(EXAMPLE).unwrap().proxy_trusted(c.listen).is_none());
     }
 
     #[test]

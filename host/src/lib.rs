@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod cidr;
 pub mod config;
 pub mod conn;
 pub mod logging;

@@ -220,10 +220,49 @@ pub struct Metrics {
     pub kills_translated: AtomicU64,
     /// See `kills_translated`.
     pub kills_unknown: AtomicU64,
+    /// PROXY protocol headers, by [`ProxyHeader`].
+    proxy_headers: [AtomicU64; ProxyHeader::ALL.len()],
     /// Statement-level routing (split pools).
     pub split: SplitMetrics,
     /// Backend sessions shared between client sessions.
     pub multiplex: MultiplexMetrics,
+}
+
+/// What came of a connection to a `proxy_protocol` listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// A header naming the client.
+    Proxied = 0,
+    /// A header naming no one (`UNKNOWN`, `LOCAL`): the balancer itself.
+    Local = 1,
+    /// From an address not in `proxy_trusted`.
+    Untrusted = 2,
+    /// Not a header, or a header that breaks the format.
+    Malformed = 3,
+    /// No whole header within `login_timeout_ms`, or the peer left.
+    Missing = 4,
+}
+
+impl ProxyHeader {
+    /// Every result, in label order.
+    pub const ALL: [Self; 5] = [
+        Self::Proxied,
+        Self::Local,
+        Self::Untrusted,
+        Self::Malformed,
+        Self::Missing,
+    ];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Proxied => "proxied",
+            Self::Local => "local",
+            Self::Untrusted => "untrusted",
+            Self::Malformed => "malformed",
+            Self::Missing => "missing",
+        }
+    }
 }
 
 /// Why a multiplexed client session kept its backend sessions after a
@@ -586,7 +625,12 @@ impl Metrics {
         self.change_users[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a caching_sha2_password exchange's path.
+    /// Counts what a `proxy_protocol` listener's connection sent.
+    pub fn proxy_header(&self, result: ProxyHeader) {
+        self.proxy_headers[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a caching_sha2_password exchange.
     pub fn sha2_path(&self, path: Sha2Path) {
         self.sha2_paths[path as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -738,6 +782,13 @@ impl Metrics {
             "switchyard_throttle_blocks_total",
             "Times a client address was blocked after failed logins.",
             self.throttle_blocks.load(Ordering::Relaxed),
+        );
+        labeled(
+            out,
+            "switchyard_proxy_headers_total",
+            "Connections to proxy_protocol listeners, by what their PROXY header came to.",
+            "result",
+            &by_label(ProxyHeader::ALL.map(|r| r.label()), &self.proxy_headers),
         );
     }
 
@@ -897,6 +948,7 @@ mod tests {
                 "switchyard_reloads_total counter",
                 "switchyard_policy_swaps_total counter",
                 "switchyard_throttle_blocks_total counter",
+                "switchyard_proxy_headers_total counter",
                 "switchyard_change_user_total counter",
                 "switchyard_caching_sha2_exchanges_total counter",
                 "switchyard_kills_total counter",

@@ -778,3 +778,124 @@ pub fn mariadb_cli(args: &[&str], stdin: &str) -> Output {
         .wait_with_output()
         .expect("wait for the mariadb client")
 }
+
+/// Waits until something accepts TCP connections on loopback `port`.
+pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        if started.elapsed() > timeout {
+            bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A running HAProxy (Debian's `haproxy`) relaying TCP.
+pub struct HaProxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    /// Starts HAProxy with one TCP frontend per `(port, server line)`:
+    /// clients on `127.0.0.1:port` go to that `server` line (e.g.
+    /// `"127.0.0.1:6033 send-proxy-v2"`).
+    pub fn start(frontends: &[(u16, String)]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = String::from(
+            "global\n  maxconn 8192\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 1h\n  timeout server 1h\n",
+        );
+        for (i, (port, server)) in frontends.iter().enumerate() {
+            cfg.push_str(&format!(
+                "listen f{i}\n  bind 127.0.0.1:{port}\n  server s{i} {server}\n"
+            ));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        let haproxy = ["/usr/sbin/haproxy", "haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let mut cmd = Command::new(haproxy);
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn(cmd).context("starting haproxy (apt-get install haproxy)")?;
+        for (port, _) in frontends {
+            wait_port(*port, Duration::from_secs(30))?;
+        }
+        Ok(Self { child, _dir: dir })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `redis-server` (Debian's `redis-server`) on a loopback port,
+/// keeping nothing on disk.
+pub struct Redis {
+    /// Its port.
+    pub port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one on a free port.
+    pub fn start() -> Result<Self> {
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+            _dir: tempfile::tempdir()?,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// Starts it again (on the same port, empty) after [`Redis::stop`].
+    pub fn restart(&mut self) -> Result<()> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child =
+            Some(spawn(cmd).context("starting redis-server (apt-get install redis-server)")?);
+        wait_port(self.port, Duration::from_secs(30))
+    }
+
+    /// Kills it (SIGKILL: as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -12,6 +12,7 @@ mod command;
 mod flags;
 mod greeting;
 mod packet;
+pub mod proxy_header;
 mod reader;
 mod reply;
 mod response;

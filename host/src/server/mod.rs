@@ -13,6 +13,7 @@ pub(crate) mod kill;
 pub mod limits;
 mod login;
 mod profile;
+mod proxied;
 mod relay;
 mod reuse;
 mod session;
@@ -24,6 +25,7 @@ mod testing;
 pub mod users;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -355,7 +357,7 @@ pub fn run(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> std::io::
         .map(|_| {
             addrs
                 .iter()
-                .map(|(addr, policy)| Ok((bind(*addr)?, policy.clone())))
+                .map(|(addr, policy)| Ok((bind(*addr)?, *addr, policy.clone())))
                 .collect::<std::io::Result<Vec<_>>>()
         })
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -439,7 +441,7 @@ async fn first_round(shared: &Shared) {
 /// when it returns, however it returns.
 fn worker(
     i: usize,
-    sockets: Vec<(tokio::net::TcpSocket, Option<String>)>,
+    sockets: Vec<(tokio::net::TcpSocket, SocketAddr, Option<String>)>,
     shared: &Arc<Shared>,
     limit: Arc<Semaphore>,
     _done: tokio::sync::mpsc::Sender<()>,
@@ -450,15 +452,18 @@ fn worker(
     runtime.block_on(async {
         let mut accepting = tokio::task::JoinSet::new();
         let sessions = TaskTracker::new();
-        for (socket, policy) in sockets {
+        for (socket, addr, policy) in sockets {
             let listener = socket.listen(1024)?;
             let policy: Option<Arc<str>> = policy.map(Into::into);
             accepting.spawn(accept_loop(
                 listener,
-                Arc::clone(shared),
-                Arc::clone(&limit),
-                policy,
-                sessions.clone(),
+                addr,
+                Admission {
+                    shared: Arc::clone(shared),
+                    limit: Arc::clone(&limit),
+                    policy,
+                    sessions: sessions.clone(),
+                },
             ));
         }
         tokio::spawn(heartbeat(Arc::clone(shared), i));
@@ -675,17 +680,11 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-/// Accepts clients on `listener`, whose logins use the policy `policy`
-/// (`None`: the one of `listen`).
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    policy: Option<Arc<str>>,
-    sessions: TaskTracker,
-) {
+/// Accepts clients on `listener` (configured as `addr`): through a
+/// PROXY protocol balancer if that listener takes them so.
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, admission: Admission) {
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let (mut socket, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -695,6 +694,46 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
+        let proxied = {
+            let state = admission.shared.state();
+            state.config.proxy_trusted(addr).map(|trusted| {
+                (
+                    trusted.iter().any(|c| c.contains(peer.ip())),
+                    state.config.login_timeout(),
+                )
+            })
+        };
+        let Some((trusted, timeout)) = proxied else {
+            admission.admit(socket, peer);
+            continue;
+        };
+        let admission = admission.clone();
+        admission.sessions.clone().spawn(async move {
+            let metrics = &admission.shared.metrics;
+            if let proxied::Arrival::Client(client) =
+                proxied::arrive(&mut socket, peer, addr, trusted, timeout, metrics).await
+            {
+                admission.admit(socket, client);
+            }
+        });
+    }
+}
+
+/// What a listener needs to let a client in.
+#[derive(Clone)]
+struct Admission {
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    /// The listener's policy (`None`: the one of `listen`).
+    policy: Option<Arc<str>>,
+    sessions: TaskTracker,
+}
+
+impl Admission {
+    /// Serves the client at `peer` on `socket`, or refuses it: a blocked
+    /// address, too many of its logins pending, `max_connections` reached.
+    fn admit(&self, socket: TcpStream, peer: SocketAddr) {
+        let shared = &self.shared;
         let (key, max_pending) = {
             let state = shared.state();
             let t = &state.config.throttle;
@@ -707,19 +746,19 @@ async fn accept_loop(
             shared.metrics.login(Outcome::Throttled);
             warn!(client = %peer, blocked_for_ms = left.as_millis() as u64, "refused: client address blocked after failed logins");
             tokio::spawn(refuse(socket, host_blocked(&peer.ip().to_string(), left)));
-            continue;
+            return;
         }
         let Some(pending) = shared.pending_logins.claim(key, max_pending) else {
             shared.metrics.login(Outcome::TooManyConnections);
             warn!(client = %peer, max_pending_logins = max_pending, "refused: too many connections from this address still logging in");
             tokio::spawn(refuse(socket, too_many_pending(&peer.ip().to_string())));
-            continue;
+            return;
         };
-        match Arc::clone(&limit).try_acquire_owned() {
+        match Arc::clone(&self.limit).try_acquire_owned() {
             Ok(permit) => {
-                let shared = Arc::clone(&shared);
-                let policy = policy.clone();
-                sessions.spawn(async move {
+                let shared = Arc::clone(shared);
+                let policy = self.policy.clone();
+                self.sessions.spawn(async move {
                     let _gauge = SessionGauge::new(&shared.metrics);
                     session::serve(socket, peer, &shared, policy.as_deref(), pending).await;
                     drop(permit);

@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use switchyard::auth::PasswordHash;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
-use switchyard_e2e::{MariaDb, Proxy, cargo_command, free_port, spawn, workspace_root};
+use switchyard_e2e::{
+    HaProxy, MariaDb, Proxy, cargo_command, free_port, spawn, wait_port, workspace_root,
+};
 
 const USER: (&str, &str) = ("bench", "benchpass");
 const IDLE_SESSIONS: usize = 1000;
@@ -134,40 +136,10 @@ struct Target {
     pid: u32,
 }
 
-/// A running HAProxy.
-struct HaProxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl HaProxy {
-    fn start(backend: SocketAddr) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n  maxconn 8192\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
-                 timeout client 1h\n  timeout server 1h\nlisten mysql\n  bind 127.0.0.1:{port}\n  \
-                 server db {backend}\n"
-            ),
-        )?;
-        let mut cmd = Command::new("haproxy");
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn(cmd).context("starting haproxy (apt-get install haproxy)")?;
-        wait_port(port)?;
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
+/// HAProxy relaying to `backend` on a free port: the proxy and its port.
+fn haproxy(backend: SocketAddr) -> Result<(HaProxy, u16)> {
+    let port = free_port();
+    Ok((HaProxy::start(&[(port, backend.to_string())])?, port))
 }
 
 /// The `kernel_relay` instrument (see `src/bin/kernel_relay.rs`): a TCP
@@ -186,7 +158,7 @@ impl KernelRelay {
             .arg(backend.to_string())
             .stdout(Stdio::null());
         let child = spawn(cmd).context("starting kernel_relay (it needs root)")?;
-        wait_port(port)?;
+        wait_port(port, Duration::from_secs(30))?;
         Ok(Self { child, port })
     }
 }
@@ -196,24 +168,6 @@ impl Drop for KernelRelay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let started = Instant::now();
-    while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("nothing listens on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Switchyard's configuration; `extra` has lines for the `[pools.main]` and
@@ -687,7 +641,7 @@ fn main() -> Result<()> {
         p = USER.1
     ));
     sysbench(db.port, 1, 1, "prepare")?;
-    let haproxy = HaProxy::start(db.addr())?;
+    let (haproxy, haproxy_port) = haproxy(db.addr())?;
     let sy_port = free_port();
     let switchyard = Proxy::start_with(
         &switchyard_bin,
@@ -751,8 +705,8 @@ fn main() -> Result<()> {
         },
         Target {
             name: "haproxy",
-            port: haproxy.port,
-            pid: haproxy.child.id(),
+            port: haproxy_port,
+            pid: haproxy.pid(),
         },
         Target {
             name: "switchyard",
@@ -922,8 +876,8 @@ fn measure_idle_memory(
 ) -> Result<(IdleMemory, IdleMemory)> {
     let ha_mem = idle_memory(
         &|| {
-            let h = HaProxy::start(backend)?;
-            Ok((h.port, h.child.id(), Box::new(h) as Box<dyn std::any::Any>))
+            let (h, port) = haproxy(backend)?;
+            Ok((port, h.pid(), Box::new(h) as Box<dyn std::any::Any>))
         },
         n,
     )?;

@@ -1,0 +1,427 @@
+//! End-to-end tests of several Switchyards behind a balancer: the PROXY
+//! protocol with HAProxy (Debian's `haproxy`) in front, malformed and
+//! truncated headers, and fleet state (failed-login blocks, per-user
+//! session leases, policy digests) shared through a real Redis server with
+//! three Switchyard processes.
+//!
+//! One real topology (a MariaDB primary and two GTID replicas); each test
+//! starts the Switchyards, HAProxy and Redis it needs. Tests run one at a
+//! time.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed};
+
+use switchyard_e2e::raw::{LoginOutcome, RawClient};
+use switchyard_e2e::{
+    HaProxy, MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, workspace_root,
+};
+
+mod common;
+use common::*;
+
+const TOKEN: &str = "test-admin-token";
+const PRIMARY_ID: u32 = 1;
+
+struct Env {
+    topology: Topology,
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let topology = Topology::start(2, None).expect("start the MariaDB topology");
+    let env = Arc::new(Env { topology });
+    let tests: Vec<NamedTest<Env>> = vec![
+        (
+            "haproxy_send_proxy_v1_and_v2_carry_the_client_address",
+            haproxy_carries_the_client_address,
+        ),
+        (
+            "malformed_truncated_and_untrusted_headers_close_cleanly",
+            bad_headers_close_cleanly,
+        ),
+        (
+            "the_throttle_and_the_policy_see_the_header_address",
+            throttle_and_policy_see_the_header_address,
+        ),
+    ];
+    run_one_at_a_time(args, env, tests)
+}
+
+/// A config: `[pools.master]` (the primary), `[pools.replicas]`, the
+/// by-client policy sending 127.0.0.5 and 10.9.9.0/24 to the master pool,
+/// TLS offered, an admin endpoint; `top` goes before the first table.
+fn config(env: &Env, admin: u16, top: &str, tls: &TlsFiles) -> String {
+    let t = &env.topology;
+    format!(
+        r#"listen = "127.0.0.1:{{port}}"
+login_timeout_ms = 1500
+{top}
+{master}{slave}
+[pools.master]
+backends = ["{p}"]
+[pools.replicas]
+backends = ["{r1}", "{r2}"]
+[tls]
+cert = "{cert}"
+key = "{key}"
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
+[throttle]
+max_failures = 2
+window_ms = 60000
+block_ms = 60000
+[policy]
+module = "{{by_client}}"
+[policy.settings]
+"client.127.0.0.5/32" = "master"
+"client.10.9.9.0/24" = "master"
+default = "replicas"
+"#,
+        master = user_table(MASTER_USER.0, MASTER_USER.1),
+        slave = user_table(SLAVE_USER.0, SLAVE_USER.1),
+        p = t.primary.addr(),
+        r1 = t.replicas[0].addr(),
+        r2 = t.replicas[1].addr(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+    )
+}
+
+/// Logs in with PyMySQL (a real client library) from the local address
+/// `from` to `port`, over TLS (verifying the certificate) or not; the
+/// server id it reached and the TLS version it used ("" without).
+fn pymysql_from(port: u16, from: &str, tls: Option<&TlsFiles>) -> Result<(u32, String), Failed> {
+    let python = workspace_root().join("target/pyvenv/bin/python");
+    let script = r#"
+import sys, pymysql
+port, bind, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+kw = dict(host="127.0.0.1", port=port, user="mysqlslave", password="slavepass",
+          bind_address=bind, connect_timeout=10)
+if ca:
+    kw.update(ssl_ca=ca, ssl_verify_cert=True, ssl_verify_identity=True)
+else:
+    kw.update(ssl_disabled=True)
+c = pymysql.connect(**kw)
+cur = c.cursor()
+cur.execute("SELECT @@server_id")
+version = c._sock.version() if hasattr(c._sock, "version") else ""
+print(cur.fetchone()[0], version)
+c.close()
+"#;
+    let ca = tls.map(|t| t.ca.display().to_string()).unwrap_or_default();
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &port.to_string(), from, &ca])
+        .output()
+        .map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success(),
+        format!(
+            "pymysql from {from} to {port}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    let mut words = stdout.split_whitespace();
+    let id = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| fail(format!("no server id in {stdout:?}")))?;
+    Ok((id, words.next().unwrap_or_default().to_owned()))
+}
+
+fn metrics_text(admin: u16) -> Result<String, Failed> {
+    let (code, body) = http(
+        SocketAddr::from(([127, 0, 0, 1], admin)),
+        "GET",
+        "/metrics",
+        Some(TOKEN),
+        b"",
+    )
+    .map_err(fail)?;
+    check(code == 200, format!("/metrics: {code}"))?;
+    Ok(body)
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn headers_metric(admin: u16, result: &str) -> Result<f64, Failed> {
+    Ok(sample(
+        &metrics_text(admin)?,
+        &format!("switchyard_proxy_headers_total{{result=\"{result}\"}}"),
+    ))
+}
+
+fn haproxy_carries_the_client_address(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let tls = ca_signed_certificate(dir.path())?;
+    let admin = free_port();
+    let proxy = Proxy::start(&config(
+        env,
+        admin,
+        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]",
+        &tls,
+    ))
+    .map_err(fail)?;
+    let (v1, v2) = (free_port(), free_port());
+    let _haproxy = HaProxy::start(&[
+        (v1, format!("{} send-proxy", proxy.addr())),
+        (v2, format!("{} send-proxy-v2", proxy.addr())),
+    ])
+    .map_err(fail)?;
+    for port in [v1, v2] {
+        for tls in [None, Some(&tls)] {
+            // HAProxy connects from 127.0.0.1 in every case: only the
+            // header tells the two clients apart.
+            let (id, version) = pymysql_from(port, "127.0.0.5", tls)?;
+            check(
+                id == PRIMARY_ID,
+                format!("127.0.0.5 through {port} reached server {id}, not the master pool"),
+            )?;
+            check(
+                tls.is_some() == version.starts_with("TLS"),
+                format!("TLS {} but the client used {version:?}", tls.is_some()),
+            )?;
+            let (id, _) = pymysql_from(port, "127.0.0.6", tls)?;
+            check(
+                id != PRIMARY_ID,
+                format!("127.0.0.6 through {port} reached the primary"),
+            )?;
+        }
+    }
+    let log = proxy.log();
+    check(
+        log.contains("client=127.0.0.5:") && log.contains("client=127.0.0.6:"),
+        "session log lines name the clients' own addresses",
+    )?;
+    check(
+        headers_metric(admin, "proxied")? >= 8.0,
+        "switchyard_proxy_headers_total{result=\"proxied\"} counts the headers",
+    )?;
+    // Straight to Switchyard from an address not in proxy_trusted: closed,
+    // with or without a header, before any greeting.
+    for header in [&b""[..], b"PROXY TCP4 192.0.2.1 127.0.0.1 1 2\r\n"] {
+        let mut raw = RawClient::connect_from(proxy.addr(), "127.0.0.5".parse().map_err(fail)?)
+            .map_err(fail)?;
+        raw.write_raw(header).map_err(fail)?;
+        check(
+            matches!(raw.read_packet(), Ok(None)),
+            "an untrusted peer is closed without a greeting",
+        )?;
+    }
+    check(
+        headers_metric(admin, "untrusted")? == 2.0,
+        "two untrusted peers counted",
+    )?;
+    proxy
+        .wait_for_log("peer=127.0.0.5", Duration::from_secs(5))
+        .map_err(fail)
+}
+
+/// A TCP connection to `addr` from 127.0.0.1 (a trusted balancer).
+fn balancer(addr: SocketAddr) -> Result<TcpStream, Failed> {
+    let s = TcpStream::connect(addr).map_err(fail)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    Ok(s)
+}
+
+/// Reads until the peer closes (true) or sends something (false).
+fn closed_without_a_byte(s: &mut TcpStream) -> Result<bool, Failed> {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(true),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// A PROXY v2 header naming `source` as the client of `destination`.
+fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    for a in [source, destination] {
+        if let IpAddr::V4(ip) = a.ip() {
+            h.extend_from_slice(&ip.octets());
+        }
+    }
+    h.extend_from_slice(&source.port().to_be_bytes());
+    h.extend_from_slice(&destination.port().to_be_bytes());
+    h
+}
+
+fn bad_headers_close_cleanly(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let tls = ca_signed_certificate(dir.path())?;
+    let admin = free_port();
+    let proxy = Proxy::start(&config(
+        env,
+        admin,
+        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]",
+        &tls,
+    ))
+    .map_err(fail)?;
+    // A session through a good header, open across the bad ones.
+    let mut good = RawClient::connect(proxy.addr()).map_err(fail)?;
+    good.write_raw(&v2_header(
+        "192.0.2.10:4000".parse().map_err(fail)?,
+        proxy.addr(),
+    ))
+    .map_err(fail)?;
+    let LoginOutcome::Ok(_) = good
+        .login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")
+        .map_err(fail)?
+    else {
+        return Err("login behind a v2 header refused".into());
+    };
+    let mut too_long = v2_header("192.0.2.1:1".parse().map_err(fail)?, proxy.addr());
+    too_long[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    let at_once: [(&str, Vec<u8>); 5] = [
+        ("not a header", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+        (
+            "bad v1 port",
+            b"PROXY TCP4 192.0.2.1 127.0.0.1 99999 6033\r\n".to_vec(),
+        ),
+        (
+            "v1 without CRLF",
+            [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 200]].concat(),
+        ),
+        ("v2 too long", too_long),
+        ("v2 bad family", {
+            let mut h = v2_header("192.0.2.1:1".parse().map_err(fail)?, proxy.addr());
+            h[13] = 0x51;
+            h
+        }),
+    ];
+    for (what, bytes) in &at_once {
+        let mut s = balancer(proxy.addr())?;
+        let _ = s.write_all(bytes);
+        let started = Instant::now();
+        check(
+            closed_without_a_byte(&mut s)?,
+            format!("{what}: no greeting"),
+        )?;
+        check(
+            started.elapsed() < Duration::from_secs(1),
+            format!("{what}: closed at once, not at the timeout"),
+        )?;
+    }
+    // Truncated: a v1 line cut short and the sender gone; a v2 header cut
+    // short and the sender silent; no header at all (a MySQL client that
+    // waits for the greeting). The last two end at login_timeout_ms.
+    let mut s = balancer(proxy.addr())?;
+    s.write_all(b"PROXY TCP4 192.0.2.1 127.0").map_err(fail)?;
+    s.shutdown(std::net::Shutdown::Write).map_err(fail)?;
+    check(closed_without_a_byte(&mut s)?, "cut v1: closed")?;
+    for bytes in [
+        &v2_header("192.0.2.1:1".parse().map_err(fail)?, proxy.addr())[..20],
+        b"",
+    ] {
+        let mut s = balancer(proxy.addr())?;
+        s.write_all(bytes).map_err(fail)?;
+        let started = Instant::now();
+        check(closed_without_a_byte(&mut s)?, "silent: no greeting")?;
+        let waited = started.elapsed();
+        check(
+            waited >= Duration::from_millis(1000) && waited < Duration::from_secs(6),
+            format!("silent peer closed after {waited:?}, not at login_timeout_ms"),
+        )?;
+    }
+    // Every refusal was one log line; the good session still works.
+    let log = proxy.log();
+    let bad = log.matches("refused: bad PROXY protocol header").count();
+    let missing = log
+        .matches("refused: no PROXY protocol header in time")
+        .count();
+    let ended = log
+        .matches("refused: connection ended before its PROXY protocol header did")
+        .count();
+    // (The harness's own check that Switchyard listens is one more
+    // connection that ended without a header.)
+    check(
+        bad == 5 && missing == 2 && ended >= 1,
+        format!("log lines: bad {bad}, missing {missing}, ended {ended}"),
+    )?;
+    check(
+        headers_metric(admin, "malformed")? == 5.0
+            && headers_metric(admin, "missing")? == (missing + ended) as f64,
+        "metrics count the refusals",
+    )?;
+    check(
+        Raw(good).row("SELECT 1")? == [Some("1".to_owned())],
+        "the good session is unaffected",
+    )?;
+    // Its session's lines name the header's client.
+    proxy
+        .wait_for_log("client=192.0.2.10:4000", Duration::from_secs(5))
+        .map_err(fail)
+}
+
+fn throttle_and_policy_see_the_header_address(env: &Env) -> TestResult {
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let tls = ca_signed_certificate(dir.path())?;
+    let admin = free_port();
+    let proxy = Proxy::start(&config(
+        env,
+        admin,
+        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]",
+        &tls,
+    ))
+    .map_err(fail)?;
+    let through = |client: &str| -> Result<RawClient, Failed> {
+        let mut raw = RawClient::connect(proxy.addr()).map_err(fail)?;
+        raw.write_raw(&v2_header(client.parse().map_err(fail)?, proxy.addr()))
+            .map_err(fail)?;
+        Ok(raw)
+    };
+    // The by-client policy sends 10.9.9.0/24 to the master pool.
+    let mut raw = through("10.9.9.1:1000")?;
+    let LoginOutcome::Ok(_) = raw
+        .login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")
+        .map_err(fail)?
+    else {
+        return Err("login refused".into());
+    };
+    check(
+        Raw(raw).row("SELECT @@server_id")? == [Some(PRIMARY_ID.to_string())],
+        "the policy routed by the header's address",
+    )?;
+    // Two failures from 10.9.9.9 block it (max_failures = 2); 10.9.9.10,
+    // through the same balancer address, is not blocked.
+    for _ in 0..2 {
+        let outcome = through("10.9.9.9:2000")?
+            .login(SLAVE_USER.0, "wrong", None, "mysql_native_password")
+            .map_err(fail)?;
+        check(
+            matches!(outcome, LoginOutcome::Err(ref e, _) if e.code == 1045),
+            format!("{outcome:?}"),
+        )?;
+    }
+    let mut blocked = through("10.9.9.9:2001")?;
+    let p = blocked.expect_packet().map_err(fail)?;
+    let err = switchyard::protocol::ErrPacket::decode(&p.payload).map_err(fail)?;
+    check(
+        err.code == 1129 && err.message.contains("10.9.9.9"),
+        format!("{err:?}"),
+    )?;
+    let LoginOutcome::Ok(_) = through("10.9.9.10:2002")?
+        .login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")
+        .map_err(fail)?
+    else {
+        return Err("another client behind the same balancer was blocked".into());
+    };
+    check(
+        proxy.log().contains("client=10.9.9.9:2001"),
+        "the block's log line names the header's client",
+    )
+}
