@@ -94,6 +94,12 @@ pub struct Config {
     /// More addresses to listen on, each with its own policy.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// Reload the configuration when its file changes, as SIGHUP does
+    /// (followed through symbolic links: a Kubernetes ConfigMap's swapped
+    /// `..data` link counts). Checked 4 times a second. Default false:
+    /// reloads happen on SIGHUP or `POST /reload` only.
+    #[serde(default)]
+    pub watch_config: bool,
     /// `listen` takes clients through an L4 balancer that sends the PROXY
     /// protocol header (version 1 or 2, told apart by itself): the client
     /// address it names is the one routing, limits and logs use. Only

@@ -44,6 +44,28 @@ enum Command {
     /// Tools for policy authors.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Tells a running Switchyard to stop being ready (`POST /drain` on its
+    /// admin endpoint: `/ready` answers 503, so balancers and Kubernetes
+    /// stop sending new clients; it still serves and accepts until
+    /// SIGTERM), then waits `--wait-ms`. For a `preStop` hook.
+    Drain {
+        /// The admin endpoint (`host:port`). Default: `[admin] listen` of
+        /// `--config` (its loopback address when it listens on all), else
+        /// 127.0.0.1:9033.
+        #[arg(long)]
+        admin: Option<String>,
+        /// A file holding the admin token. Default: `[admin] token` or
+        /// `token_file` of `--config`.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The running instance's configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Milliseconds to wait after the instance answered, for balancers
+        /// to see it unready before SIGTERM closes its listeners.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +150,12 @@ fn main() -> std::process::ExitCode {
         Command::Run { config, log_format } => run(config, log_format),
         Command::HashPassword { sha1 } => hash_password(sha1),
         Command::Policy(command) => policy_tool(command),
+        Command::Drain {
+            admin,
+            token_file,
+            config,
+            wait_ms,
+        } => drain(admin, token_file, config, wait_ms),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -158,6 +186,52 @@ fn hash_password(sha1: bool) -> anyhow::Result<()> {
     }
     zeroize::Zeroize::zeroize(&mut input);
     Ok(())
+}
+
+fn drain(
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    wait_ms: u64,
+) -> anyhow::Result<()> {
+    let config = config.map(|p| Config::load(&p)).transpose()?;
+    let from_config = config.as_ref().and_then(|c| c.admin.as_ref());
+    let addr = match (admin, from_config) {
+        (Some(a), _) => a,
+        (None, Some(a)) => {
+            let mut addr = *a.listen.get_ref();
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr.to_string()
+        }
+        (None, None) => "127.0.0.1:9033".to_owned(),
+    };
+    let token = match (token_file, from_config) {
+        (Some(path), _) => Some(read_secret_file(&path)?),
+        (None, Some(a)) => match (&a.token, &a.token_file) {
+            (Some(t), _) => Some(t.expose().clone()),
+            (None, Some(path)) => Some(read_secret_file(path)?),
+            (None, None) => None,
+        },
+        (None, None) => None,
+    };
+    let status = switchyard::admin::post(&addr, "/drain", token.as_deref())
+        .with_context(|| format!("POST /drain to {addr}"))?;
+    anyhow::ensure!(status == 200, "POST /drain to {addr} answered {status}");
+    eprintln!("switchyard: {addr} is draining; waiting {wait_ms} ms");
+    std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+    Ok(())
+}
+
+/// A file's text without surrounding whitespace.
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 fn run(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {

@@ -560,6 +560,26 @@ impl Proxy {
             .tempdir()?;
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config)?;
+        Self::run_file(binary, dir, &config_path, port, log_level, env)
+    }
+
+    /// Starts Switchyard (the test build) on the config file at `path`
+    /// as it is (it listens on `port`), where it may change while it runs.
+    pub fn start_file(path: &Path, port: u16) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-proxy-")
+            .tempdir()?;
+        Self::run_file(&artifacts().switchyard, dir, path, port, "debug", &[])
+    }
+
+    fn run_file(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        config_path: &Path,
+        port: u16,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = std::fs::File::create(dir.path().join("switchyard.log"))?;
         let mut cmd = Command::new(binary);
         cmd.arg("run")
@@ -700,7 +720,7 @@ impl Drop for Proxy {
 }
 
 /// Fills `{port}`, `{policy}` and `{misbehave}` in a config template.
-fn fill_config(config: &str, port: u16) -> String {
+pub fn fill_config(config: &str, port: u16) -> String {
     config
         .replace("{port}", &port.to_string())
         .replace(

@@ -17,7 +17,7 @@ use libtest_mimic::{Arguments, Failed};
 
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{
-    HaProxy, MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http, workspace_root,
+    HaProxy, MASTER_USER, Proxy, SLAVE_USER, Topology, fill_config, free_port, http, workspace_root,
 };
 
 mod common;
@@ -46,6 +46,14 @@ fn main() {
         (
             "the_throttle_and_the_policy_see_the_header_address",
             throttle_and_policy_see_the_header_address,
+        ),
+        (
+            "configmap_symlink_swap_reloads_config_and_policy",
+            configmap_swap_reloads,
+        ),
+        (
+            "probes_and_the_drain_command_for_kubernetes",
+            probes_and_drain_command,
         ),
     ];
     run_one_at_a_time(args, env, tests)
@@ -423,5 +431,267 @@ fn throttle_and_policy_see_the_header_address(env: &Env) -> TestResult {
     check(
         proxy.log().contains("client=10.9.9.9:2001"),
         "the block's log line names the header's client",
+    )
+}
+
+/// A config whose policy module is `module`, with `settings` (TOML lines)
+/// and `top` before the first table.
+fn plain_config(
+    env: &Env,
+    port: u16,
+    admin: u16,
+    top: &str,
+    module: &str,
+    settings: &str,
+) -> String {
+    let t = &env.topology;
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+{top}
+{master}{slave}
+[pools.master]
+backends = ["{p}"]
+[pools.replicas]
+backends = ["{r1}", "{r2}"]
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
+[policy]
+module = "{module}"
+[policy.settings]
+{settings}
+"#,
+        master = user_table(MASTER_USER.0, MASTER_USER.1),
+        slave = user_table(SLAVE_USER.0, SLAVE_USER.1),
+        p = t.primary.addr(),
+        r1 = t.replicas[0].addr(),
+        r2 = t.replicas[1].addr(),
+    )
+}
+
+/// The server a fresh login of `user` reaches.
+fn reached(port: u16, user: (&str, &str)) -> Result<u32, Failed> {
+    block_on(async {
+        let mut c = mysql_async::Conn::new(opts(port, user, None))
+            .await
+            .map_err(fail)?;
+        let id = server_id(&mut c).await?;
+        c.disconnect().await.map_err(fail)?;
+        Ok(id)
+    })
+}
+
+/// Waits up to 10 s for `user`'s logins to reach the primary (`true`) or
+/// not.
+fn wait_route(port: u16, user: (&str, &str), to_primary: bool) -> TestResult {
+    let started = Instant::now();
+    loop {
+        let id = reached(port, user)?;
+        if (id == PRIMARY_ID) == to_primary {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(format!("{} still reaches server {id}", user.0).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A directory laid out as Kubernetes mounts a ConfigMap: the files are
+/// links through `..data`, a link to the current version's directory.
+struct ConfigMapDir {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(files: &[(&str, &[u8])]) -> Result<Self, Failed> {
+        let mut m = Self {
+            dir: tempfile::tempdir().map_err(fail)?,
+            version: 0,
+        };
+        m.publish(files)?;
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), m.dir.path().join(name))
+                .map_err(fail)?;
+        }
+        Ok(m)
+    }
+
+    /// A new version's directory, then `..data` swapped to it atomically
+    /// (a new link renamed over the old), as the kubelet does.
+    fn publish(&mut self, files: &[(&str, &[u8])]) -> TestResult {
+        self.version += 1;
+        let name = format!("..2026_12_03_v{}", self.version);
+        let version = self.dir.path().join(&name);
+        std::fs::create_dir(&version).map_err(fail)?;
+        for (file, bytes) in files {
+            std::fs::write(version.join(file), bytes).map_err(fail)?;
+        }
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).map_err(fail)?;
+        std::fs::rename(&tmp, self.dir.path().join("..data")).map_err(fail)
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+fn configmap_swap_reloads(env: &Env) -> TestResult {
+    let artifacts = switchyard_e2e::artifacts();
+    let default = std::fs::read(&artifacts.default_policy).map_err(fail)?;
+    let by_client = std::fs::read(&artifacts.by_client_policy).map_err(fail)?;
+    let (port, admin) = (free_port(), free_port());
+    let module_placeholder = "MODULE";
+    let config = |settings: &str| {
+        plain_config(
+            env,
+            port,
+            admin,
+            "watch_config = true",
+            module_placeholder,
+            settings,
+        )
+    };
+    let users = "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"replicas\"\n";
+    let mut map = ConfigMapDir::new(&[("switchyard.toml", b""), ("policy.wasm", &default)])?;
+    let module = map.path("policy.wasm").display().to_string();
+    let fill = |c: String| c.replace(module_placeholder, &module);
+    map.publish(&[
+        ("switchyard.toml", fill(config(users)).as_bytes()),
+        ("policy.wasm", &default),
+    ])?;
+    let proxy = Proxy::start_file(&map.path("switchyard.toml"), port).map_err(fail)?;
+    check(
+        reached(port, SLAVE_USER)? != PRIMARY_ID,
+        "mysqlslave on a replica",
+    )?;
+    check(
+        reached(port, MASTER_USER)? == PRIMARY_ID,
+        "mysqlmaster on the primary",
+    )?;
+    // A new ConfigMap version: mysqlslave goes to the master pool.
+    let swapped = "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"master\"\n";
+    map.publish(&[
+        ("switchyard.toml", fill(config(swapped)).as_bytes()),
+        ("policy.wasm", &default),
+    ])?;
+    wait_route(port, SLAVE_USER, true)?;
+    proxy
+        .wait_for_log(
+            "configuration file changed on disk; reloading",
+            Duration::from_secs(5),
+        )
+        .map_err(fail)?;
+    // The policy and its settings change in one version: the by-client
+    // policy sends every loopback client to the replicas, the master user
+    // included (the default policy sent it to the primary).
+    map.publish(&[
+        (
+            "switchyard.toml",
+            fill(config("\"client.127.0.0.0/8\" = \"replicas\"\n")).as_bytes(),
+        ),
+        ("policy.wasm", &by_client),
+    ])?;
+    wait_route(port, MASTER_USER, false)?;
+    // A version that does not load changes nothing, and says so.
+    map.publish(&[
+        ("switchyard.toml", b"listen = [broken" as &[u8]),
+        ("policy.wasm", &by_client),
+    ])?;
+    proxy
+        .wait_for_log("reload refused", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(
+        reached(port, MASTER_USER)? != PRIMARY_ID,
+        "the running configuration stays",
+    )
+}
+
+fn probes_and_drain_command(env: &Env) -> TestResult {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let config_path = dir.path().join("switchyard.toml");
+    let settings = "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"replicas\"\n";
+    let text = fill_config(
+        &plain_config(
+            env,
+            port,
+            admin,
+            "shutdown_timeout_ms = 5000",
+            "{policy}",
+            settings,
+        ),
+        port,
+    );
+    std::fs::write(&config_path, text).map_err(fail)?;
+    let mut proxy = Proxy::start_file(&config_path, port).map_err(fail)?;
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let probe = |path: &str| http(admin_addr, "GET", path, None, b"").map_err(fail);
+    check(
+        probe("/live")? == (200, "ok\n".into()),
+        "live without a token",
+    )?;
+    check(
+        probe("/ready")? == (200, "ok\n".into()),
+        "ready without a token",
+    )?;
+    check(
+        http(admin_addr, "GET", "/status", None, b"")
+            .map_err(fail)?
+            .0
+            == 401,
+        "the rest still needs the token",
+    )?;
+    // An open session, then the preStop hook's command.
+    let rt = runtime();
+    let mut open = rt
+        .block_on(mysql_async::Conn::new(opts(port, SLAVE_USER, None)))
+        .map_err(fail)?;
+    let started = Instant::now();
+    let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .args(["drain", "--config"])
+        .arg(&config_path)
+        .args(["--wait-ms", "300"])
+        .output()
+        .map_err(fail)?;
+    check(
+        out.status.success() && started.elapsed() >= Duration::from_millis(300),
+        format!("switchyard drain: {}", String::from_utf8_lossy(&out.stderr)),
+    )?;
+    check(
+        probe("/ready")? == (503, "draining\n".into()),
+        "not ready once draining",
+    )?;
+    check(probe("/live")?.0 == 200, "still live")?;
+    // Draining still serves, old sessions and new ones, until SIGTERM.
+    check(
+        rt.block_on(server_id(&mut open))? != PRIMARY_ID,
+        "the open session goes on",
+    )?;
+    check(
+        reached(port, MASTER_USER)? == PRIMARY_ID,
+        "new clients are still served",
+    )?;
+    proxy
+        .wait_for_log("instance draining", Duration::from_secs(5))
+        .map_err(fail)?;
+    // A wrong token is refused, and says so.
+    let bad = dir.path().join("bad-token");
+    std::fs::write(&bad, "nope\n").map_err(fail)?;
+    let out = std::process::Command::new(&switchyard_e2e::artifacts().switchyard)
+        .args(["drain", "--admin", &admin_addr.to_string(), "--token-file"])
+        .arg(&bad)
+        .output()
+        .map_err(fail)?;
+    check(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"),
+        "a wrong token fails the command",
+    )?;
+    rt.block_on(open.disconnect()).map_err(fail)?;
+    check(
+        proxy.terminate().is_some_and(|s| s.success()),
+        "SIGTERM then stops it",
     )
 }

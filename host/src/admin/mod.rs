@@ -62,6 +62,14 @@ pub trait Control: Send + Sync + 'static {
     fn set_drain(&self, backend: SocketAddr, drain: bool) -> Option<()>;
     /// Whether a `[policies.<name>]` called `name` is configured.
     fn has_policy(&self, name: &str) -> bool;
+    /// For `/live` and `/ready` (no token needed): whether every event
+    /// loop runs, and why the instance should get no new clients, if so
+    /// (draining, shutting down).
+    fn health(&self) -> Health;
+    /// Stops calling the instance ready (`/ready` answers 503 from now on);
+    /// it still serves, and accepts clients until SIGTERM. True the first
+    /// time.
+    fn drain_instance(&self) -> bool;
     /// Swaps in the policy `bytes` (for the named policy `which`, else the
     /// one of `listen`); its SHA-256, or why it was refused.
     fn swap_policy(
@@ -69,6 +77,44 @@ pub trait Control: Send + Sync + 'static {
         bytes: Vec<u8>,
         which: Option<String>,
     ) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// Sends `POST path` with an empty body (and the bearer `token`) to the
+/// admin endpoint at `addr`, blocking (for the command-line tool); the
+/// status code.
+pub fn post(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let timeout = Some(Duration::from_secs(10));
+    let target = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+    s.set_read_timeout(timeout)?;
+    s.set_write_timeout(timeout)?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {target}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    s.take(MAX_HEAD as u64).read_to_end(&mut head)?;
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
+
+/// What `/live` and `/ready` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Every event loop ran recently.
+    pub live: bool,
+    /// Why not ready, if not: `"draining"`, `"stopping"`.
+    pub unready: Option<&'static str>,
 }
 
 /// The most a request head may take (request line and headers).
@@ -244,6 +290,18 @@ fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
     r
 }
 
+/// A probe's answer: 200 `ok`, or 503 with the reason.
+fn probe(result: Result<(), &'static str>) -> Response {
+    match result {
+        Ok(()) => respond(200, "text/plain; charset=utf-8", b"ok\n".to_vec()),
+        Err(why) => respond(
+            503,
+            "text/plain; charset=utf-8",
+            format!("{why}\n").into_bytes(),
+        ),
+    }
+}
+
 fn json_response(status: u16, v: &Value) -> Response {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
@@ -259,6 +317,9 @@ type Refusal = (u16, &'static str);
 
 /// What a request asks for, decided from its method and path.
 enum Route {
+    Live,
+    Ready,
+    DrainInstance,
     Page,
     Status,
     Metrics,
@@ -275,6 +336,9 @@ impl Route {
         let post = method == Method::POST;
         let get = method == Method::GET;
         match segments.as_slice() {
+            ["live"] if get => Ok(Self::Live),
+            ["ready"] if get => Ok(Self::Ready),
+            ["drain"] if post => Ok(Self::DrainInstance),
             [""] if get => Ok(Self::Page),
             ["status"] if get => Ok(Self::Status),
             ["metrics"] if get => Ok(Self::Metrics),
@@ -285,7 +349,10 @@ impl Route {
                 .map_err(|_| (400, "not an ip:port address")),
             ["policy"] if post => Ok(Self::Policy(None)),
             ["policies", name] if post => Ok(Self::Policy(Some((*name).to_owned()))),
-            [""]
+            ["live"]
+            | ["ready"]
+            | ["drain"]
+            | [""]
             | ["status"]
             | ["metrics"]
             | ["reload"]
@@ -310,6 +377,14 @@ async fn handle<C: Control>(
     control: &Arc<C>,
     read_by: tokio::time::Instant,
 ) -> Response {
+    let route = Route::of(req.method(), req.uri().path());
+    // Probes (a kubelet, a balancer) carry no token: these two tell only
+    // what the instance's readiness already shows from outside.
+    match route {
+        Ok(Route::Live) => return probe(control.health().live.then_some(()).ok_or("stalled")),
+        Ok(Route::Ready) => return probe(control.health().unready.map_or(Ok(()), Err)),
+        _ => {}
+    }
     let expected = control.token_digest();
     if let Err(why) = same_origin(req.headers(), expected.is_none()) {
         return error(403, why);
@@ -317,7 +392,7 @@ async fn handle<C: Control>(
     if !authorized(req.headers(), expected) {
         return error(401, "a valid bearer token is required");
     }
-    let route = match Route::of(req.method(), req.uri().path()) {
+    let route = match route {
         Ok(r) => r,
         Err((status, why)) => return error(status, why),
     };
@@ -331,6 +406,13 @@ async fn handle<C: Control>(
             "text/html; charset=utf-8",
             page(&control.status()).into_bytes(),
         ),
+        Route::Live | Route::Ready => error(500, "answered above"),
+        Route::DrainInstance => {
+            if control.drain_instance() {
+                info!("instance draining (admin endpoint): /ready answers 503 from now on");
+            }
+            json_response(200, &json!({ "ok": true, "ready": false }))
+        }
         Route::Status => json_response(200, &control.status()),
         Route::Metrics => respond(
             200,

@@ -21,6 +21,8 @@ struct Fake {
     reloads: AtomicU32,
     swaps: Mutex<Vec<(usize, Option<String>)>>,
     drains: Mutex<Vec<(SocketAddr, bool)>>,
+    instance_drained: std::sync::atomic::AtomicBool,
+    stalled: bool,
 }
 
 impl Fake {
@@ -68,6 +70,20 @@ impl Control for Fake {
 
     fn has_policy(&self, name: &str) -> bool {
         name == "named"
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            live: !self.stalled,
+            unready: self
+                .instance_drained
+                .load(Ordering::SeqCst)
+                .then_some("draining"),
+        }
+    }
+
+    fn drain_instance(&self) -> bool {
+        !self.instance_drained.swap(true, Ordering::SeqCst)
     }
 
     async fn swap_policy(
@@ -169,6 +185,37 @@ fn bearer() -> String {
 
 async fn call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Answer {
     exchange(addr, &request(method, path, &bearer(), body)).await
+}
+
+#[tokio::test]
+async fn probes_need_no_token_and_drain_turns_ready_off() {
+    let (addr, fake) = start(Fake::with_token(), Limits::default());
+    let probe =
+        |path: &'static str| async move { exchange(addr, &request("GET", path, "", b"")).await };
+    let a = probe("/live").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "ok\n"), "{a:?}");
+    let a = probe("/ready").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "ok\n"), "{a:?}");
+    // Draining needs the token; the probe then answers 503.
+    let a = exchange(addr, &request("POST", "/drain", "", b"")).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_eq!(probe("/ready").await.status, 200);
+    let a = call(addr, "POST", "/drain", b"").await;
+    assert_eq!((a.status, a.json()["ready"].clone()), (200, json!(false)));
+    assert!(fake.instance_drained.load(Ordering::SeqCst));
+    let a = probe("/ready").await;
+    assert_eq!((a.status, a.body.as_str()), (503, "draining\n"), "{a:?}");
+    assert_eq!(probe("/live").await.status, 200, "draining is alive");
+    assert_eq!(call(addr, "POST", "/ready", b"").await.status, 405);
+    let (addr, _) = start(
+        Fake {
+            stalled: true,
+            ..Fake::with_token()
+        },
+        Limits::default(),
+    );
+    let a = exchange(addr, &request("GET", "/live", "", b"")).await;
+    assert_eq!((a.status, a.body.as_str()), (503, "stalled\n"), "{a:?}");
 }
 
 #[tokio::test]

@@ -53,6 +53,16 @@ impl Control for Fake {
     fn has_policy(&self, name: &str) -> bool {
         name == "main"
     }
+    fn health(&self) -> admin::Health {
+        admin::Health {
+            live: true,
+            unready: None,
+        }
+    }
+    fn drain_instance(&self) -> bool {
+        self.changed();
+        true
+    }
     async fn swap_policy(
         self: &Arc<Self>,
         _bytes: Vec<u8>,

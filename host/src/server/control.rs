@@ -43,6 +43,14 @@ impl Control for Shared {
         self.state().named.contains_key(name)
     }
 
+    fn health(&self) -> crate::admin::Health {
+        Shared::health(self)
+    }
+
+    fn drain_instance(&self) -> bool {
+        Shared::drain_instance(self)
+    }
+
     async fn swap_policy(
         self: &Arc<Self>,
         bytes: Vec<u8>,

@@ -23,6 +23,7 @@ pub mod state;
 #[cfg(test)]
 mod testing;
 pub mod users;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -104,6 +105,8 @@ pub struct Shared {
     started: Instant,
     /// Per worker thread: milliseconds since start at its last heartbeat.
     heartbeats: Vec<AtomicU64>,
+    /// Set by `POST /drain`: not ready for new clients (still serving).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -143,6 +146,7 @@ impl Shared {
             force_stop: CancellationToken::new(),
             started: Instant::now(),
             heartbeats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -512,7 +516,8 @@ fn spawn_background(
         Arc::clone(&shared.health_wake),
     ));
     background.spawn(reload_on_sighup(Arc::clone(shared)));
-    background.spawn(watch_policy_files(Arc::clone(shared)));
+    background.spawn(watch::policy_files(Arc::clone(shared)));
+    background.spawn(watch::config_file(Arc::clone(shared)));
     background.spawn(users::refresh_loop(Arc::clone(shared)));
     background.spawn(watchdog(Arc::clone(shared)));
     background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
@@ -566,6 +571,36 @@ async fn heartbeat(shared: Arc<Shared>, i: usize) {
     }
 }
 
+impl Shared {
+    /// Whether a worker's event loop has not marked itself alive for
+    /// longer than `limit`.
+    fn stalled(&self, limit: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats
+            .iter()
+            .any(|h| now.saturating_sub(h.load(Ordering::Relaxed)) > limit.as_millis() as u64)
+    }
+
+    /// What `/live` and `/ready` answer.
+    pub fn health(&self) -> crate::admin::Health {
+        crate::admin::Health {
+            live: !self.stalled(Duration::from_secs(5)),
+            unready: if self.stopping.is_cancelled() {
+                Some("stopping")
+            } else if self.draining.load(Ordering::Relaxed) {
+                Some("draining")
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Marks the instance draining; true the first time.
+    pub fn drain_instance(&self) -> bool {
+        !self.draining.swap(true, Ordering::Relaxed)
+    }
+}
+
 /// Pings systemd's watchdog while every worker's event loop is alive.
 async fn watchdog(shared: Arc<Shared>) {
     let Some(interval) = notify::watchdog_interval() else {
@@ -573,68 +608,10 @@ async fn watchdog(shared: Arc<Shared>) {
     };
     loop {
         tokio::time::sleep(interval).await;
-        let now = shared.started.elapsed().as_millis() as u64;
-        let stalled = shared
-            .heartbeats
-            .iter()
-            .any(|h| now.saturating_sub(h.load(Ordering::Relaxed)) > interval.as_millis() as u64);
-        if stalled {
+        if shared.stalled(interval) {
             warn!("a worker's event loop is stalled; not pinging the watchdog");
         } else {
             notify::watchdog();
-        }
-    }
-}
-
-/// Swaps in a policy module again whenever its file changes (checked every
-/// 250 ms by size, modification time and, on a change, content), for every
-/// policy whose `watch` is on.
-async fn watch_policy_files(shared: Arc<Shared>) {
-    type Stamp = (PathBuf, Option<(u64, Option<std::time::SystemTime>)>);
-    let stamp = |path: &std::path::Path| -> Stamp {
-        (
-            path.to_owned(),
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.len(), m.modified().ok())),
-        )
-    };
-    let mut seen: std::collections::HashMap<Option<String>, Stamp> = Default::default();
-    {
-        let state = shared.state();
-        for name in std::iter::once(None).chain(state.named.keys().cloned().map(Some)) {
-            let path = state.config.policy_config(name.as_deref()).module.get_ref();
-            seen.insert(name, stamp(path));
-        }
-    }
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let state = shared.state();
-        for name in std::iter::once(None).chain(state.named.keys().cloned().map(Some)) {
-            let config = state.config.policy_config(name.as_deref());
-            let path = config.module.get_ref().clone();
-            let now = stamp(&path);
-            if !config.watch || seen.get(&name) == Some(&now) || now.1.is_none() {
-                seen.insert(name, now);
-                continue;
-            }
-            // A writer may still be writing: read once it has settled.
-            // (Write a new file and rename it over the old one to swap
-            // atomically.)
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            seen.insert(name.clone(), stamp(&path));
-            let read = {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || std::fs::read(path)).await
-            };
-            let Ok(Ok(bytes)) = read else {
-                continue;
-            };
-            if crate::policy::sha256_hex(&bytes) == state.policy_named(name.as_deref()).hash() {
-                continue;
-            }
-            info!(module = %path.display(), "policy module changed on disk; swapping it in");
-            let _ = shared.swap_policy(bytes, Some(path), name).await;
         }
     }
 }
