@@ -584,7 +584,7 @@ impl Proxy {
         let mut cmd = Command::new(binary);
         cmd.arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .env("SWITCHYARD_LOG", log_level)
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
