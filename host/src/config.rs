@@ -124,6 +124,12 @@ pub struct Config {
     /// The admin HTTP endpoint; off unless this table is present.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// State shared with other Switchyards through a Redis server (failed
+    /// logins and blocks, per-user session counts, policy digests); off
+    /// unless this table is present. Read at start: a change takes a
+    /// restart.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// TLS for clients; off unless this table is present.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -414,6 +420,62 @@ pub struct AdminConfig {
     /// one of `token` and `token_file`. Never printed.
     #[serde(default)]
     pub token: Option<Secret<String>>,
+}
+
+/// The fleet store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://[[user]:password@]host[:port][/db]` (never printed with
+    /// its password).
+    pub store: Spanned<Secret<String>>,
+    /// This instance's name, unique in the fleet. Default: the host name
+    /// and the process id (`<pod name>:1` in a container).
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// How long this instance's lease (its session counts, its policy
+    /// digest) outlives its last renewal, in milliseconds; renewed every
+    /// third of it. An instance that dies frees its users' slots this long
+    /// after. Default 10000.
+    #[serde(default = "default_fleet_lease_ms")]
+    pub lease_ms: u64,
+    /// Time one store command may take before the instance decides
+    /// locally, in milliseconds. Default 250.
+    #[serde(default = "default_fleet_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Prepended to every key, so that fleets can share a server. Default
+    /// `"switchyard:"`.
+    #[serde(default = "default_fleet_key_prefix")]
+    pub key_prefix: String,
+}
+
+impl FleetConfig {
+    /// [`FleetConfig::instance`], or its default.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let mut buf = [0u8; 256];
+            // SAFETY: gethostname writes at most `buf.len()` bytes.
+            let host = unsafe {
+                if libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) == 0 {
+                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                    String::from_utf8_lossy(&buf[..end]).into_owned()
+                } else {
+                    "switchyard".to_owned()
+                }
+            };
+            format!("{host}:{}", std::process::id())
+        })
+    }
+}
+
+fn default_fleet_lease_ms() -> u64 {
+    10_000
+}
+fn default_fleet_timeout_ms() -> u64 {
+    250
+}
+fn default_fleet_key_prefix() -> String {
+    "switchyard:".to_owned()
 }
 
 /// One account.
@@ -948,6 +1010,7 @@ impl Config {
             self.validate_policy(policy)?;
         }
         self.validate_listeners()?;
+        self.validate_fleet()?;
         self.validate_monitor()?;
         let h = &self.health;
         if h.interval_ms == 0 || h.timeout_ms == 0 || h.fall == 0 || h.rise == 0 {
@@ -1146,6 +1209,31 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `[fleet]`: a store URL, a lease long enough to renew.
+    fn validate_fleet(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let Some(f) = &self.fleet else {
+            return Ok(());
+        };
+        crate::fleet::check_url(f.store.get_ref().expose())
+            .map_err(|e| (Some(f.store.span()), format!("[fleet] store: {e}")))?;
+        if f.lease_ms < 300 || f.timeout_ms == 0 || f.timeout_ms * 3 > f.lease_ms {
+            return Err((
+                None,
+                "[fleet] lease_ms must be at least 300 and three times timeout_ms (> 0)".to_owned(),
+            ));
+        }
+        if f.instance
+            .as_ref()
+            .is_some_and(|i| i.is_empty() || i.len() > 200)
+        {
+            return Err((
+                None,
+                "[fleet] instance must be 1 to 200 characters".to_owned(),
+            ));
         }
         Ok(())
     }

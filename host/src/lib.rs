@@ -29,6 +29,7 @@ pub mod backend;
 pub mod cidr;
 pub mod config;
 pub mod conn;
+pub mod fleet;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

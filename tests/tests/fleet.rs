@@ -17,7 +17,8 @@ use libtest_mimic::{Arguments, Failed};
 
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{
-    HaProxy, MASTER_USER, Proxy, SLAVE_USER, Topology, fill_config, free_port, http, workspace_root,
+    HaProxy, MASTER_USER, Proxy, Redis, SLAVE_USER, Topology, fill_config, free_port, http,
+    workspace_root,
 };
 
 mod common;
@@ -54,6 +55,18 @@ fn main() {
         (
             "probes_and_the_drain_command_for_kubernetes",
             probes_and_drain_command,
+        ),
+        (
+            "fleet_a_block_through_one_instance_refuses_logins_through_the_others",
+            fleet_blocks_cross_instances,
+        ),
+        (
+            "fleet_a_user_limit_holds_across_three_and_a_dead_instance_frees_its_slots",
+            fleet_user_limit_and_dead_instance,
+        ),
+        (
+            "fleet_store_down_falls_back_to_local_limits_and_catches_up",
+            fleet_store_down_and_back,
         ),
     ];
     run_one_at_a_time(args, env, tests)
@@ -434,8 +447,8 @@ fn throttle_and_policy_see_the_header_address(env: &Env) -> TestResult {
     )
 }
 
-/// A config whose policy module is `module`, with `settings` (TOML lines)
-/// and `top` before the first table.
+/// A config whose policy module is `module`, with `settings` (TOML lines,
+/// which may go on with more tables) and `top` before the first table.
 fn plain_config(
     env: &Env,
     port: u16,
@@ -444,11 +457,23 @@ fn plain_config(
     module: &str,
     settings: &str,
 ) -> String {
+    fleet_config(env, (port, admin), top, "", module, settings)
+}
+
+/// [`plain_config`] with `slave_keys` added to mysqlslave's account.
+fn fleet_config(
+    env: &Env,
+    (port, admin): (u16, u16),
+    top: &str,
+    slave_keys: &str,
+    module: &str,
+    settings: &str,
+) -> String {
     let t = &env.topology;
     format!(
         r#"listen = "127.0.0.1:{port}"
 {top}
-{master}{slave}
+{master}{slave}{slave_keys}
 [pools.master]
 backends = ["{p}"]
 [pools.replicas]
@@ -693,5 +718,282 @@ fn probes_and_drain_command(env: &Env) -> TestResult {
     check(
         proxy.terminate().is_some_and(|s| s.success()),
         "SIGTERM then stops it",
+    )
+}
+
+/// Three Switchyards sharing `redis`: mysqlslave may have 2 sessions in
+/// all; 3 failed logins within a minute block an address for a minute.
+struct Three {
+    proxies: Vec<Proxy>,
+    admins: Vec<u16>,
+}
+
+impl Three {
+    fn start(env: &Env, redis: &Redis) -> Result<Self, Failed> {
+        let mut proxies = Vec::new();
+        let mut admins = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (port, admin) = (free_port(), free_port());
+            let settings = format!(
+                "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"replicas\"\n\
+                 [throttle]\nmax_failures = 3\nwindow_ms = 60000\nblock_ms = 60000\n\
+                 [fleet]\nstore = \"{}\"\ninstance = \"{name}\"\nlease_ms = 1500\n",
+                redis.url()
+            );
+            let text = fill_config(
+                &fleet_config(
+                    env,
+                    (port, admin),
+                    "",
+                    "max_connections = 2\n",
+                    "{policy}",
+                    &settings,
+                ),
+                port,
+            );
+            let proxy = Proxy::start_with(
+                &switchyard_e2e::artifacts().switchyard,
+                &text,
+                port,
+                "debug",
+            )
+            .map_err(fail)?;
+            proxies.push(proxy);
+            admins.push(admin);
+        }
+        let three = Self { proxies, admins };
+        for i in 0..3 {
+            three.wait_metric(i, "switchyard_fleet_store_up", 1.0)?;
+        }
+        Ok(three)
+    }
+
+    fn metric(&self, i: usize, name: &str) -> Result<f64, Failed> {
+        Ok(sample(&metrics_text(self.admins[i])?, name))
+    }
+
+    fn wait_metric(&self, i: usize, name: &str, want: f64) -> TestResult {
+        let started = Instant::now();
+        loop {
+            let got = self.metric(i, name)?;
+            if got == want {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(format!("instance {i}: {name} is {got}, not {want}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A login of `user` from `from` through instance `i` (an address
+    /// refused before the greeting gets an ERR in its place).
+    fn login(
+        &self,
+        i: usize,
+        from: &str,
+        (user, password): (&str, &str),
+    ) -> Result<(LoginOutcome, RawClient), Failed> {
+        let mut raw = RawClient::connect_from(self.proxies[i].addr(), from.parse().map_err(fail)?)
+            .map_err(fail)?;
+        let first = raw.expect_packet().map_err(fail)?;
+        if switchyard::protocol::ErrPacket::is_err(&first.payload) {
+            let err = switchyard::protocol::ErrPacket::decode(&first.payload).map_err(fail)?;
+            return Ok((LoginOutcome::Err(err, first.seq), raw));
+        }
+        let greeting = switchyard::protocol::Greeting::decode(&first.payload).map_err(fail)?;
+        let outcome = raw
+            .respond(&greeting, user, password, None, "mysql_native_password")
+            .map_err(fail)?;
+        Ok((outcome, raw))
+    }
+
+    /// The code a login ends with (0 for OK), and the client (open while
+    /// held).
+    fn code(&self, i: usize, from: &str, user: (&str, &str)) -> Result<(u16, RawClient), Failed> {
+        let (outcome, raw) = self.login(i, from, user)?;
+        Ok(match outcome {
+            LoginOutcome::Ok(_) => (0, raw),
+            LoginOutcome::Err(e, _) => (e.code, raw),
+        })
+    }
+
+    /// Waits up to `within` for a login through `i` to end with `code`.
+    fn wait_code(
+        &self,
+        i: usize,
+        from: &str,
+        user: (&str, &str),
+        code: u16,
+        within: Duration,
+    ) -> Result<(Duration, RawClient), Failed> {
+        let started = Instant::now();
+        loop {
+            let (got, raw) = self.code(i, from, user)?;
+            if got == code {
+                return Ok((started.elapsed(), raw));
+            }
+            if started.elapsed() > within {
+                return Err(
+                    format!("instance {i}: login from {from} ends with {got}, not {code}").into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+fn fleet_blocks_cross_instances(env: &Env) -> TestResult {
+    let redis = Redis::start().map_err(fail)?;
+    let three = Three::start(env, &redis)?;
+    let wrong = (SLAVE_USER.0, "wrong");
+    // One failure through each instance: three in the fleet's window, so
+    // the address is blocked (each instance alone saw one).
+    for i in 0..3 {
+        check(
+            three.code(i, "127.0.0.8", wrong)?.0 == 1045,
+            "a wrong password",
+        )?;
+    }
+    for i in 0..3 {
+        let (waited, _) =
+            three.wait_code(i, "127.0.0.8", SLAVE_USER, 1129, Duration::from_secs(1))?;
+        check(
+            waited <= Duration::from_secs(1),
+            format!("instance {i} after {waited:?}"),
+        )?;
+    }
+    // Three failures through one instance: the next login through another
+    // is refused within a second.
+    for _ in 0..3 {
+        check(
+            three.code(0, "127.0.0.9", wrong)?.0 == 1045,
+            "a wrong password",
+        )?;
+    }
+    let (waited, _) = three.wait_code(1, "127.0.0.9", SLAVE_USER, 1129, Duration::from_secs(1))?;
+    check(
+        waited <= Duration::from_secs(1),
+        format!("blocked on b after {waited:?}"),
+    )?;
+    // Other addresses are served everywhere.
+    for i in 0..3 {
+        check(
+            three.code(i, "127.0.0.10", SLAVE_USER)?.0 == 0,
+            "another address logs in",
+        )?;
+    }
+    three.proxies[2]
+        .wait_for_log(
+            "client address blocked by another instance of the fleet",
+            Duration::from_secs(5),
+        )
+        .map_err(fail)
+}
+
+fn fleet_user_limit_and_dead_instance(env: &Env) -> TestResult {
+    let redis = Redis::start().map_err(fail)?;
+    let mut three = Three::start(env, &redis)?;
+    // Two sessions of mysqlslave in the fleet, on a and b: c refuses a
+    // third (it holds none itself).
+    let (code, on_a) = three.code(0, "127.0.0.1", SLAVE_USER)?;
+    check(code == 0, "first session on a")?;
+    let (code, _on_b) = three.code(1, "127.0.0.1", SLAVE_USER)?;
+    check(code == 0, "second session on b")?;
+    let (code, _) = three.code(2, "127.0.0.1", SLAVE_USER)?;
+    check(
+        code == 1226,
+        format!("a third on c is over the limit: {code}"),
+    )?;
+    check(
+        three.code(0, "127.0.0.1", SLAVE_USER)?.0 == 1226,
+        "a third on a is over the limit",
+    )?;
+    // Other users are not limited.
+    check(
+        three.code(2, "127.0.0.1", MASTER_USER)?.0 == 0,
+        "mysqlmaster is not limited",
+    )?;
+    // The session on a ends: c may have one.
+    drop(on_a);
+    let (_, on_c) = three.wait_code(2, "127.0.0.1", SLAVE_USER, 0, Duration::from_secs(3))?;
+    check(
+        three.code(0, "127.0.0.1", SLAVE_USER)?.0 == 1226,
+        "at the limit again",
+    )?;
+    // c dies holding its session: its lease ends, and its slot with it.
+    let c = three.proxies.remove(2);
+    if let Some(pid) = c.pid() {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    drop(on_c);
+    let (waited, _held) = three.wait_code(0, "127.0.0.1", SLAVE_USER, 0, Duration::from_secs(6))?;
+    check(
+        waited >= Duration::from_millis(500),
+        format!("the dead instance's slot was free at once ({waited:?}): not held by its lease"),
+    )?;
+    // The survivors serve, and count each other.
+    check(
+        three.code(1, "127.0.0.1", SLAVE_USER)?.0 == 1226,
+        "a and b hold the two slots",
+    )?;
+    check(three.code(1, "127.0.0.1", MASTER_USER)?.0 == 0, "b serves")?;
+    drop(c);
+    Ok(())
+}
+
+fn fleet_store_down_and_back(env: &Env) -> TestResult {
+    let mut redis = Redis::start().map_err(fail)?;
+    let three = Three::start(env, &redis)?;
+    let (code, _on_a) = three.code(0, "127.0.0.1", SLAVE_USER)?;
+    check(code == 0, "a session on a")?;
+    redis.stop();
+    for i in 0..3 {
+        three.wait_metric(i, "switchyard_fleet_store_up", 0.0)?;
+    }
+    // Each instance serves on its own limits: b and c take one each
+    // (three in the fleet, each within its own two).
+    let (code, _on_b) = three.code(1, "127.0.0.1", SLAVE_USER)?;
+    check(code == 0, "b serves without the store")?;
+    let (code, _on_c) = three.code(2, "127.0.0.1", SLAVE_USER)?;
+    check(code == 0, "c serves without the store")?;
+    // Failed logins count locally meanwhile: three through a block there.
+    for _ in 0..3 {
+        check(
+            three.code(0, "127.0.0.11", (SLAVE_USER.0, "wrong"))?.0 == 1045,
+            "wrong",
+        )?;
+    }
+    check(
+        three.code(0, "127.0.0.11", SLAVE_USER)?.0 == 1129,
+        "blocked on a",
+    )?;
+    for p in &three.proxies {
+        let log = p.log();
+        check(
+            log.matches("fleet store unreachable").count() == 1,
+            "the loss is logged once per instance",
+        )?;
+    }
+    // The store returns, empty: the instances publish their counts and
+    // blocks again, and the limit holds across them once more.
+    redis.restart().map_err(fail)?;
+    for i in 0..3 {
+        three.wait_metric(i, "switchyard_fleet_store_up", 1.0)?;
+    }
+    three.proxies[0]
+        .wait_for_log("fleet store reachable again", Duration::from_secs(5))
+        .map_err(fail)?;
+    three.wait_code(1, "127.0.0.1", SLAVE_USER, 1226, Duration::from_secs(3))?;
+    // a's block reached the others through the store.
+    three.wait_code(2, "127.0.0.11", SLAVE_USER, 1129, Duration::from_secs(3))?;
+    // What was decided locally while it was away is counted.
+    let errors = three.metric(0, "switchyard_fleet_store_errors_total")?;
+    check(
+        errors >= 3.0,
+        format!("a's three failed logins went unreported: {errors} errors"),
     )
 }

@@ -134,6 +134,9 @@ fn status(shared: &Shared) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.uptime().as_secs(),
         "shutting_down": shared.is_shutting_down(),
+        "ready": shared.health().unready.is_none(),
+        "draining": shared.health().unready == Some("draining"),
+        "fleet": shared.fleet.as_ref().map(|f| f.status()),
         "sessions": shared.metrics.sessions.load(std::sync::atomic::Ordering::Relaxed),
         "policy": { "name": state.policy.name(), "sha256": state.policy.hash() },
         "policies": state.named.iter().map(|(n, p)| (n.clone(), json!({ "name": p.name(), "sha256": p.hash() }))).collect::<serde_json::Map<_, _>>(),
@@ -157,6 +160,13 @@ fn render_metrics(shared: &Shared) -> String {
     render_pools(&mut out, &state.pools);
     render_users_and_clients(&mut out, shared);
     render_policies(&mut out, &state);
+    render_fleet(&mut out, shared);
+    metrics::gauge(
+        &mut out,
+        "switchyard_ready",
+        "1 while the instance takes new clients (GET /ready answers 200), 0 once draining or stopping.",
+        i64::from(shared.health().unready.is_none()),
+    );
     metrics::gauge(
         &mut out,
         "switchyard_uptime_seconds",
@@ -164,6 +174,31 @@ fn render_metrics(shared: &Shared) -> String {
         shared.uptime().as_secs() as i64,
     );
     out
+}
+
+/// The fleet store's figures, with `[fleet]`.
+fn render_fleet(out: &mut String, shared: &Shared) {
+    let Some(fleet) = &shared.fleet else {
+        return;
+    };
+    metrics::gauge(
+        out,
+        "switchyard_fleet_store_up",
+        "1 while the fleet store is connected; 0 while limits are this instance's own.",
+        i64::from(fleet.store.is_up()),
+    );
+    metrics::counter(
+        out,
+        "switchyard_fleet_store_errors_total",
+        "Fleet store commands that failed (unreachable, timed out, refused); the instance decided locally.",
+        fleet.store.errors(),
+    );
+    metrics::gauge(
+        out,
+        "switchyard_fleet_instances",
+        "Live instances of the fleet at the last lease renewal (this one included).",
+        fleet.peers() as i64,
+    );
 }
 
 /// A gauge with one line per backend (of those `f` gives a value for).

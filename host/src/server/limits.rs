@@ -13,11 +13,20 @@ pub struct UserSessions {
     counts: Mutex<HashMap<String, u32>>,
 }
 
-/// A session's place in its user's count, given back on drop.
+/// A session's place in its user's count, given back on drop (to the
+/// fleet store too, when it was counted there).
 #[derive(Debug)]
 pub struct UserClaim {
     owner: Arc<UserSessions>,
     user: String,
+    fleet: Option<crate::fleet::Store>,
+}
+
+impl UserClaim {
+    /// The session was counted in the fleet store too.
+    pub fn counted_in(&mut self, store: crate::fleet::Store) {
+        self.fleet = Some(store);
+    }
 }
 
 impl UserSessions {
@@ -34,6 +43,7 @@ impl UserSessions {
         Ok(UserClaim {
             owner: Arc::clone(self),
             user: user.to_owned(),
+            fleet: None,
         })
     }
 
@@ -48,6 +58,9 @@ impl UserSessions {
 
 impl Drop for UserClaim {
     fn drop(&mut self) {
+        if let Some(store) = &self.fleet {
+            store.release(&self.user);
+        }
         let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.user) {
             *n -= 1;
@@ -246,6 +259,46 @@ impl Throttle {
         }
     }
 
+    /// Blocks `key` for `left` from `now` (a block another instance made,
+    /// through the fleet store); a longer block in force stays. True when
+    /// the address was not blocked before.
+    pub fn block(&self, key: IpAddr, left: Duration, now: Instant) -> bool {
+        let until = now + left;
+        let mut t = self.table();
+        if !t.entries.contains_key(&key) {
+            t.make_room(self.max_tracked);
+            t.entries.insert(
+                key,
+                Entry {
+                    window_start: now,
+                    failures: 0,
+                    blocked_until: None,
+                    stamp: 0,
+                },
+            );
+        }
+        t.touch(key);
+        let Some(e) = t.entries.get_mut(&key) else {
+            return false;
+        };
+        let was = e.blocked_until.is_some_and(|u| u > now);
+        if e.blocked_until.is_none_or(|u| u < until) {
+            e.blocked_until = Some(until);
+        }
+        !was
+    }
+
+    /// Every address blocked now, with how long it stays blocked (for the
+    /// fleet store, when it returns: a scan of the table).
+    pub fn blocks(&self, now: Instant) -> Vec<(IpAddr, Duration)> {
+        self.table()
+            .entries
+            .iter()
+            .filter_map(|(k, e)| Some((*k, e.blocked_until?.checked_duration_since(now)?)))
+            .filter(|(_, left)| !left.is_zero())
+            .collect()
+    }
+
     /// Addresses blocked now (for status pages: a scan of the table).
     pub fn blocked(&self, now: Instant) -> usize {
         self.table()
@@ -314,6 +367,22 @@ impl Drop for PendingClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_from_elsewhere_apply_and_list() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(t.block(a, Duration::from_secs(10), now));
+        assert!(!t.block(a, Duration::from_secs(1), now), "already blocked");
+        assert!(matches!(
+            t.check(a, now + Duration::from_secs(5)),
+            Verdict::Blocked(_)
+        ));
+        assert_eq!(t.blocks(now), vec![(a, Duration::from_secs(10))]);
+        assert_eq!(t.check(a, now + Duration::from_secs(11)), Verdict::Allow);
+        assert!(t.blocks(now + Duration::from_secs(11)).is_empty());
+    }
 
     #[test]
     fn user_limits_count_and_release() {

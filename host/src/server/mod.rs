@@ -9,6 +9,7 @@
 mod change_user;
 mod codes;
 mod control;
+pub mod fleet;
 pub(crate) mod kill;
 pub mod limits;
 mod login;
@@ -107,6 +108,8 @@ pub struct Shared {
     heartbeats: Vec<AtomicU64>,
     /// Set by `POST /drain`: not ready for new clients (still serving).
     draining: std::sync::atomic::AtomicBool,
+    /// The fleet store, with `[fleet]`.
+    pub fleet: Option<fleet::Fleet>,
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ impl Shared {
         let registry = Registry::default();
         let profile = profile::ProfileCell::new(ServerProfile::fallback(&config));
         let threads = config.threads();
+        let fleet = fleet::Fleet::of(&config)?;
         let state = State::build(config, &registry, None)?;
         // Generated now, off the event loops, when it will be needed; a
         // reload that starts needing it generates it at the first use.
@@ -147,6 +151,7 @@ impl Shared {
             started: Instant::now(),
             heartbeats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            fleet,
         })
     }
 
@@ -519,6 +524,7 @@ fn spawn_background(
     background.spawn(watch::policy_files(Arc::clone(shared)));
     background.spawn(watch::config_file(Arc::clone(shared)));
     background.spawn(users::refresh_loop(Arc::clone(shared)));
+    background.spawn(fleet::run(Arc::clone(shared)));
     background.spawn(watchdog(Arc::clone(shared)));
     background.spawn(crate::logging::report_suppressed(Duration::from_secs(10)));
     if let Some(listener) = admin_listener {

@@ -292,7 +292,7 @@ async fn log_in(
         Err(_) => {
             metrics.login(Outcome::Timeout);
             // Silent connections that hold a login slot count as failures.
-            login::throttle_failure(shared, &state, peer);
+            login::throttle_failure(shared, &state, peer).await;
             warn!("login timed out; closing");
             return None;
         }

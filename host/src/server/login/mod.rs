@@ -197,7 +197,7 @@ pub(super) async fn admit(
     let password = match verdict.password {
         Some(p) if !known.require_tls || client.is_tls() => p,
         right => {
-            services.failed();
+            services.failed().await;
             let reason = if right.is_some() {
                 format!("user '{user}' must log in over TLS")
             } else {
@@ -212,7 +212,7 @@ pub(super) async fn admit(
         }
     };
     tracing::Span::current().record("user", user);
-    let claim = services.claim(user, known.limit).map_err(|limit| {
+    let claim = services.claim(user, known.limit).await.map_err(|limit| {
         LoginError::deny(
             codes::user_limit(user, limit),
             seq,
@@ -253,13 +253,15 @@ pub(super) fn client_key(state: &State, peer: SocketAddr) -> std::net::IpAddr {
     super::limits::client_key(peer.ip(), state.config.throttle.ipv6_prefix)
 }
 
-/// Counts a failed login of `peer` towards the throttle.
-pub(super) fn throttle_failure(shared: &Shared, state: &State, peer: SocketAddr) {
-    if shared.throttle.failure(
-        client_key(state, peer),
-        &state.config.throttle,
-        Instant::now(),
-    ) {
+/// Counts a failed login of `peer` towards the throttle, here and in the
+/// fleet store.
+pub(super) async fn throttle_failure(shared: &Shared, state: &State, peer: SocketAddr) {
+    let key = client_key(state, peer);
+    let here = shared
+        .throttle
+        .failure(key, &state.config.throttle, Instant::now());
+    let fleet = super::fleet::failure(shared, key).await;
+    if here || fleet {
         shared
             .metrics
             .throttle_blocks

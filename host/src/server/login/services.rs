@@ -33,14 +33,15 @@ pub(in crate::server) trait Services {
     /// How much longer the client's address is blocked, if it is.
     fn blocked(&self) -> Option<Duration>;
     /// Counts a failed login of the client's address.
-    fn failed(&self);
+    fn failed(&self) -> impl Future<Output = ()>;
     /// Clears the address's failures: called once the backend has
     /// accepted the login too, not when the gate lets it through.
     fn succeeded(&self);
     /// The account of `user`, as the client's address may use it.
     fn lookup(&self, user: &str) -> Known;
     /// Counts a session of `user`; `Err(limit)` when it has as many.
-    fn claim(&self, user: &str, limit: Option<u32>) -> Result<UserClaim, u32>;
+    fn claim(&self, user: &str, limit: Option<u32>)
+    -> impl Future<Output = Result<UserClaim, u32>>;
     /// The policy's pool for `user` and `db`; a refusal answers at `seq`.
     fn route(
         &self,
@@ -74,13 +75,14 @@ impl Services for Gate<'_> {
         }
     }
 
-    fn failed(&self) {
-        super::throttle_failure(self.shared, self.state, self.peer);
+    async fn failed(&self) {
+        super::throttle_failure(self.shared, self.state, self.peer).await;
     }
 
     fn succeeded(&self) {
         let key = super::client_key(self.state, self.peer);
         self.shared.throttle.success(key);
+        crate::server::fleet::success(self.shared, key);
     }
 
     fn lookup(&self, user: &str) -> Known {
@@ -106,8 +108,10 @@ impl Services for Gate<'_> {
         }
     }
 
-    fn claim(&self, user: &str, limit: Option<u32>) -> Result<UserClaim, u32> {
-        self.shared.user_sessions.claim(user, limit)
+    async fn claim(&self, user: &str, limit: Option<u32>) -> Result<UserClaim, u32> {
+        let mut claim = self.shared.user_sessions.claim(user, limit)?;
+        crate::server::fleet::claim(self.shared, &mut claim, user, limit).await?;
+        Ok(claim)
     }
 
     async fn route(&self, user: &str, db: Option<&str>, seq: u8) -> Result<Arc<Pool>, LoginError> {

@@ -160,7 +160,7 @@ mod fake {
         fn blocked(&self) -> Option<Duration> {
             self.blocked
         }
-        fn failed(&self) {
+        async fn failed(&self) {
             self.failures.set(self.failures.get() + 1);
         }
         fn succeeded(&self) {
@@ -175,7 +175,7 @@ mod fake {
                 limit: None,
             })
         }
-        fn claim(&self, user: &str, limit: Option<u32>) -> Result<UserClaim, u32> {
+        async fn claim(&self, user: &str, limit: Option<u32>) -> Result<UserClaim, u32> {
             self.sessions.claim(user, limit)
         }
         async fn route(
