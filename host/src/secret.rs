@@ -117,17 +117,17 @@ pub fn check_file(path: &Path, what: &str) -> Result<(), String> {
 }
 
 /// One warning line when `path`, a file that holds secrets, may be read by
-/// others than its owner. Never refuses.
+/// anyone (its group reading it is a choice: `640`). Never refuses.
 pub fn warn_if_exposed(path: &Path, what: &str) {
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     let mode = meta.permissions().mode();
-    if Exposure::of_mode(mode) != Exposure::Private {
+    if Exposure::of_mode(mode) == Exposure::World {
         tracing::warn!(
             file = %path.display(),
             mode = format!("{:04o}", mode & 0o7777),
-            "{what} holds secrets and is readable by others than its owner; chmod 600 (or 640)"
+            "{what} holds secrets and anyone may read it; chmod 600 (or 640)"
         );
     }
 }

@@ -458,6 +458,12 @@ fn lagging_replica_is_excluded(env: &Env) -> TestResult {
             backend_status(&setup, r1)?["state"] == "up",
             "lagging is not down",
         )?;
+        let m = metrics(&setup)?;
+        check(
+            m.get("switchyard_pool_lagging_backends{pool=\"replicas\"}") == Some(&1.0)
+                && m.get("switchyard_pool_lagging_backends{pool=\"master\"}") == Some(&0.0),
+            "switchyard_pool_lagging_backends counts the lagging replica",
+        )?;
         // Both lagging: never all excluded; the least bad one serves.
         env.topology().replicas[1].sql("STOP SLAVE SQL_THREAD");
         wait_until("both replicas lag", Duration::from_secs(10), || {

@@ -220,8 +220,13 @@ where
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let control = Arc::clone(&control);
         async move {
+            // A probe's 503 (draining) is an answer, not a refusal: a
+            // kubelet asks every few seconds.
+            let probe = matches!(req.uri().path(), "/ready" | "/live");
             let r = handle(req, &control, read_by).await;
-            if r.status() != StatusCode::OK {
+            if r.status() != StatusCode::OK
+                && !(probe && r.status() == StatusCode::SERVICE_UNAVAILABLE)
+            {
                 info!(client = %peer, status = r.status().as_u16(), "admin request refused");
             }
             Ok::<_, Infallible>(r)

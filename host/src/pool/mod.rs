@@ -543,6 +543,15 @@ impl Pool {
         BackendLease::try_new(&member.backend, member.max_connections)
     }
 
+    /// Its backends that are up but behind its `max_lag` (or whose
+    /// replication stopped or cannot be read): out of new sessions.
+    pub fn lagging(&self) -> u32 {
+        self.members
+            .iter()
+            .filter(|m| matches!(self.standing(m), Standing::Lagging(_)))
+            .count() as u32
+    }
+
     /// Live figures.
     pub fn status(&self) -> PoolStatus {
         let max_lag_ms = self

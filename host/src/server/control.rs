@@ -283,6 +283,20 @@ fn render_pools(out: &mut String, pools: &Pools) {
             pools.status_of(p).healthy_backends
         );
     }
+    header(
+        out,
+        "switchyard_pool_lagging_backends",
+        "Backends of the pool that are up but behind its max_lag (or whose replication stopped or cannot be read): they take no new sessions.",
+        "gauge",
+    );
+    for p in pools.iter() {
+        let _ = writeln!(
+            out,
+            "switchyard_pool_lagging_backends{{pool=\"{}\"}} {}",
+            label(&p.name),
+            p.lagging()
+        );
+    }
 }
 
 /// Sessions per user, accounts loaded, client addresses throttled.
