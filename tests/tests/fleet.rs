@@ -888,7 +888,85 @@ fn fleet_blocks_cross_instances(env: &Env) -> TestResult {
             "client address blocked by another instance of the fleet",
             Duration::from_secs(5),
         )
-        .map_err(fail)
+        .map_err(fail)?;
+    policy_digests_per_instance(&three)
+}
+
+/// Every instance sees the others and the policy each runs; a policy
+/// swapped on one is noticed by the others.
+fn policy_digests_per_instance(three: &Three) -> TestResult {
+    let status = |i: usize| -> Result<serde_json::Value, Failed> {
+        let (code, body) = http(
+            SocketAddr::from(([127, 0, 0, 1], three.admins[i])),
+            "GET",
+            "/status",
+            Some(TOKEN),
+            b"",
+        )
+        .map_err(fail)?;
+        check(code == 200, format!("/status {code}"))?;
+        serde_json::from_str(&body).map_err(fail)
+    };
+    let digests = |i: usize| -> Result<Vec<(String, String)>, Failed> {
+        let s = status(i)?;
+        let mut v: Vec<(String, String)> = s["fleet"]["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["instance"].as_str().unwrap_or_default().to_owned(),
+                            p["info"]["policies"][""]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        Ok(v)
+    };
+    let own = status(0)?["policy"]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Leases are renewed every third of lease_ms (500 ms here).
+    let wait_seen = |want: &dyn Fn(&[(String, String)]) -> bool| -> Result<(), Failed> {
+        let started = Instant::now();
+        loop {
+            let seen = digests(0)?;
+            if want(&seen) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(format!("a sees {seen:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_seen(&|seen| {
+        seen.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>() == ["a", "b", "c"]
+            && seen.iter().all(|(_, d)| *d == own)
+    })?;
+    let other = std::fs::read(&switchyard_e2e::artifacts().by_client_policy).map_err(fail)?;
+    let (code, body) = http(
+        SocketAddr::from(([127, 0, 0, 1], three.admins[2])),
+        "POST",
+        "/policy",
+        Some(TOKEN),
+        &other,
+    )
+    .map_err(fail)?;
+    check(code == 200, format!("swap on c: {code} {body}"))?;
+    three.proxies[0]
+        .wait_for_log(
+            "instances of the fleet run different policies",
+            Duration::from_secs(5),
+        )
+        .map_err(fail)?;
+    wait_seen(&|seen| seen.len() == 3 && seen[2].1 != own && seen[0].1 == own)
 }
 
 fn fleet_user_limit_and_dead_instance(env: &Env) -> TestResult {
