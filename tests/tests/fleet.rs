@@ -933,7 +933,8 @@ fn policy_digests_per_instance(three: &Three) -> TestResult {
         .unwrap_or_default()
         .to_owned();
     // Leases are renewed every third of lease_ms (500 ms here).
-    let wait_seen = |want: &dyn Fn(&[(String, String)]) -> bool| -> Result<(), Failed> {
+    type Seen = [(String, String)];
+    let wait_seen = |want: &dyn Fn(&Seen) -> bool| -> Result<(), Failed> {
         let started = Instant::now();
         loop {
             let seen = digests(0)?;
