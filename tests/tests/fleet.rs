@@ -182,17 +182,38 @@ fn headers_metric(admin: u16, result: &str) -> Result<f64, Failed> {
     ))
 }
 
+/// Switchyard taking PROXY protocol connections from `trusted`, with
+/// TLS offered.
+struct Proxied {
+    proxy: Proxy,
+    admin: u16,
+    tls: TlsFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxied {
+    fn start(env: &Env, trusted: &str) -> Result<Self, Failed> {
+        let dir = tempfile::tempdir().map_err(fail)?;
+        let tls = ca_signed_certificate(dir.path())?;
+        let admin = free_port();
+        let top = format!("proxy_protocol = true\nproxy_trusted = [\"{trusted}\"]");
+        let proxy = Proxy::start(&config(env, admin, &top, &tls)).map_err(fail)?;
+        Ok(Self {
+            proxy,
+            admin,
+            tls,
+            _dir: dir,
+        })
+    }
+}
+
 fn haproxy_carries_the_client_address(env: &Env) -> TestResult {
-    let dir = tempfile::tempdir().map_err(fail)?;
-    let tls = ca_signed_certificate(dir.path())?;
-    let admin = free_port();
-    let proxy = Proxy::start(&config(
-        env,
+    let Proxied {
+        proxy,
         admin,
-        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]",
-        &tls,
-    ))
-    .map_err(fail)?;
+        tls,
+        _dir,
+    } = Proxied::start(env, "127.0.0.1/32")?;
     let (v1, v2) = (free_port(), free_port());
     let _haproxy = HaProxy::start(&[
         (v1, format!("{} send-proxy", proxy.addr())),
@@ -282,16 +303,9 @@ fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
 }
 
 fn bad_headers_close_cleanly(env: &Env) -> TestResult {
-    let dir = tempfile::tempdir().map_err(fail)?;
-    let tls = ca_signed_certificate(dir.path())?;
-    let admin = free_port();
-    let proxy = Proxy::start(&config(
-        env,
-        admin,
-        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]",
-        &tls,
-    ))
-    .map_err(fail)?;
+    let Proxied {
+        proxy, admin, _dir, ..
+    } = Proxied::start(env, "127.0.0.1")?;
     // A session through a good header, open across the bad ones.
     let mut good = RawClient::connect(proxy.addr()).map_err(fail)?;
     good.write_raw(&v2_header(
@@ -389,16 +403,7 @@ fn bad_headers_close_cleanly(env: &Env) -> TestResult {
 }
 
 fn throttle_and_policy_see_the_header_address(env: &Env) -> TestResult {
-    let dir = tempfile::tempdir().map_err(fail)?;
-    let tls = ca_signed_certificate(dir.path())?;
-    let admin = free_port();
-    let proxy = Proxy::start(&config(
-        env,
-        admin,
-        "proxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]",
-        &tls,
-    ))
-    .map_err(fail)?;
+    let Proxied { proxy, _dir, .. } = Proxied::start(env, "127.0.0.0/8")?;
     let through = |client: &str| -> Result<RawClient, Failed> {
         let mut raw = RawClient::connect(proxy.addr()).map_err(fail)?;
         raw.write_raw(&v2_header(client.parse().map_err(fail)?, proxy.addr()))

@@ -385,7 +385,9 @@ impl Store {
         }
     }
 
-    async fn eval(&self, script: &str, args: &[&str]) -> Result<Value, StoreError> {
+    /// `EVAL script 0 prefix args...`: the scripts find the key prefix in
+    /// `ARGV[1]` and name their keys themselves.
+    fn eval_command<'a>(&'a self, script: &'a str, args: &[&'a str]) -> Vec<&'a [u8]> {
         let mut all: Vec<&[u8]> = vec![
             b"EVAL",
             script.as_bytes(),
@@ -393,18 +395,15 @@ impl Store {
             self.inner.prefix.as_bytes(),
         ];
         all.extend(args.iter().map(|a| a.as_bytes()));
-        self.call(&all).await
+        all
+    }
+
+    async fn eval(&self, script: &str, args: &[&str]) -> Result<Value, StoreError> {
+        self.call(&self.eval_command(script, args)).await
     }
 
     fn eval_later(&self, script: &str, args: &[&str]) {
-        let mut all: Vec<&[u8]> = vec![
-            b"EVAL",
-            script.as_bytes(),
-            b"0",
-            self.inner.prefix.as_bytes(),
-        ];
-        all.extend(args.iter().map(|a| a.as_bytes()));
-        self.send(&all);
+        self.send(&self.eval_command(script, args));
     }
 
     /// Counts a failed login of the client address `ip`; blocks it for

@@ -185,6 +185,24 @@ impl Throttle {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `key`'s entry, made (room made for it) if it has none, touched.
+    fn entry<'t>(&self, t: &'t mut Table, key: IpAddr, now: Instant) -> Option<&'t mut Entry> {
+        if !t.entries.contains_key(&key) {
+            t.make_room(self.max_tracked);
+            t.entries.insert(
+                key,
+                Entry {
+                    window_start: now,
+                    failures: 0,
+                    blocked_until: None,
+                    stamp: 0,
+                },
+            );
+        }
+        t.touch(key);
+        t.entries.get_mut(&key)
+    }
+
     /// Whether `key` (see [`client_key`]) may try to log in now.
     pub fn check(&self, key: IpAddr, now: Instant) -> Verdict {
         let mut t = self.table();
@@ -210,20 +228,7 @@ impl Throttle {
         }
         let window = Duration::from_millis(config.window_ms);
         let mut t = self.table();
-        if !t.entries.contains_key(&key) {
-            t.make_room(self.max_tracked);
-            t.entries.insert(
-                key,
-                Entry {
-                    window_start: now,
-                    failures: 0,
-                    blocked_until: None,
-                    stamp: 0,
-                },
-            );
-        }
-        t.touch(key);
-        let Some(e) = t.entries.get_mut(&key) else {
+        let Some(e) = self.entry(&mut t, key, now) else {
             return false;
         };
         if let Some(until) = e.blocked_until {
@@ -265,20 +270,7 @@ impl Throttle {
     pub fn block(&self, key: IpAddr, left: Duration, now: Instant) -> bool {
         let until = now + left;
         let mut t = self.table();
-        if !t.entries.contains_key(&key) {
-            t.make_room(self.max_tracked);
-            t.entries.insert(
-                key,
-                Entry {
-                    window_start: now,
-                    failures: 0,
-                    blocked_until: None,
-                    stamp: 0,
-                },
-            );
-        }
-        t.touch(key);
-        let Some(e) = t.entries.get_mut(&key) else {
+        let Some(e) = self.entry(&mut t, key, now) else {
             return false;
         };
         let was = e.blocked_until.is_some_and(|u| u > now);
