@@ -183,6 +183,21 @@ impl State {
         if admin(c) != admin(next) {
             changed.push("admin.listen");
         }
+        // The store's URL is a secret: compared, never printed.
+        let fleet = |c: &Config| {
+            c.fleet.as_ref().map(|f| {
+                (
+                    f.store.get_ref().expose().clone(),
+                    f.instance.clone(),
+                    f.lease_ms,
+                    f.timeout_ms,
+                    f.key_prefix.clone(),
+                )
+            })
+        };
+        if fleet(c) != fleet(next) {
+            changed.push("fleet");
+        }
         changed
     }
 }
