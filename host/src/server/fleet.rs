@@ -117,6 +117,10 @@ async fn sync(shared: &Shared, fleet: &Fleet) {
         if up && !was_up {
             publish_blocks(shared, store).await;
             next_refresh = tokio::time::Instant::now();
+            // Everything in force again: blocks made while this instance
+            // could not see the store end before later ones if their
+            // `block_ms` was shorter.
+            latest_block_end = 0;
         }
         was_up = up;
         if !up {
