@@ -306,6 +306,26 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn settings_a_reload_cannot_change_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = crate::server::testing::shared(dir.path());
+        let state = shared.state();
+        let with = |extra: &str| {
+            let text = crate::server::testing::config_text(dir.path()).replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:0\"\n{extra}"),
+            );
+            Config::parse(&text, Path::new("gate.toml")).unwrap()
+        };
+        let same = with("");
+        assert!(state.restart_only_changes(&same).is_empty());
+        let fleet = with("[fleet]\nstore = \"redis://127.0.0.1:1\"\n");
+        assert_eq!(state.restart_only_changes(&fleet), ["fleet"]);
+        let threads = with("threads = 7");
+        assert_eq!(state.restart_only_changes(&threads), ["threads"]);
+    }
+
+    #[test]
     fn a_token_file_anyone_can_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.token");

@@ -49,6 +49,12 @@ fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 pub(super) fn shared(dir: &std::path::Path) -> Shared {
+    let config = Config::parse(&config_text(dir), std::path::Path::new("gate.toml")).unwrap();
+    Shared::new(config, None).unwrap()
+}
+
+/// The configuration of [`shared`] (with a new certificate in `dir`).
+pub(super) fn config_text(dir: &std::path::Path) -> String {
     let (cert, key) = certificate(dir);
     let user = |name: &str, extra: &str| {
         format!(
@@ -56,7 +62,7 @@ pub(super) fn shared(dir: &std::path::Path) -> Shared {
             PasswordHash::of_password(b"secret")
         )
     };
-    let text = format!(
+    format!(
         r#"listen = "127.0.0.1:0"
 {alice}{tls}{limited}{lost}
 [tls]
@@ -84,9 +90,7 @@ cache_dir = ""
         module = policy_component().display(),
         cert = cert.display(),
         key = key.display(),
-    );
-    let config = Config::parse(&text, std::path::Path::new("gate.toml")).unwrap();
-    Shared::new(config, None).unwrap()
+    )
 }
 
 /// The server's end of a plaintext client connection (the client's end
