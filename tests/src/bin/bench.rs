@@ -24,7 +24,9 @@
 //! only these targets (`direct`, `haproxy`, `switchyard`,
 //! `switchyard-tuned`, `switchyard-split`, `switchyard-multiplexed`,
 //! `switchyard-alt`, `kernel-relay`), e.g. to profile
-//! one of them; `--kernel-relay`: one more target, the `kernel_relay`
+//! one of them; `--fleet`: one more target, `switchyard-fleet`, in a
+//! fleet with a Redis store (every login asks it: the user has a limit);
+//! `--kernel-relay`: one more target, the `kernel_relay`
 //! instrument (root only), a TCP relay whose server-to-client bytes never
 //! leave the kernel: what a relay could reach with a BPF sockmap.
 
@@ -40,7 +42,7 @@ use anyhow::{Context, Result, bail};
 use switchyard::auth::PasswordHash;
 use switchyard_e2e::raw::{LoginOutcome, RawClient};
 use switchyard_e2e::{
-    HaProxy, MariaDb, Proxy, cargo_command, free_port, spawn, wait_port, workspace_root,
+    HaProxy, MariaDb, Proxy, Redis, cargo_command, free_port, spawn, wait_port, workspace_root,
 };
 
 const USER: (&str, &str) = ("bench", "benchpass");
@@ -65,6 +67,7 @@ struct Options {
     alt_env: Vec<(String, String)>,
     targets: Vec<String>,
     kernel_relay: bool,
+    fleet: bool,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ fn options() -> Result<Options> {
         alt_env: Vec::new(),
         targets: Vec::new(),
         kernel_relay: false,
+        fleet: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -117,6 +121,10 @@ fn options() -> Result<Options> {
             }
             "--kernel-relay" => {
                 o.kernel_relay = true;
+                o.readme = false;
+            }
+            "--fleet" => {
+                o.fleet = true;
                 o.readme = false;
             }
             "--target" => {
@@ -206,6 +214,23 @@ fn split_config(port: u16, backend: SocketAddr, policy: &Path) -> String {
              [pools.w]\nbackends = [\"{backend}\"]\n[pools.r]\nbackends = [\"{backend}\"]\n"
         ),
     )
+}
+
+/// The `switchyard-fleet` target's configuration: `switchyard`'s, in a
+/// fleet whose store is `redis`, the user's sessions limited (far above
+/// what the load opens), so that every login asks the store.
+fn fleet_config(port: u16, backend: SocketAddr, policy: &Path, redis: &Redis) -> String {
+    let mut config = switchyard_config(port, backend, policy, (&[], &[])).replacen(
+        "\n",
+        "\nmax_connections_per_user = 100000\n",
+        1,
+    );
+    let _ = write!(
+        config,
+        "[fleet]\nstore = \"{}\"\ninstance = \"bench\"\n",
+        redis.url()
+    );
+    config
 }
 
 /// Backend sessions a `switchyard-multiplexed` target may hold (its
@@ -736,6 +761,24 @@ fn main() -> Result<()> {
             pid: alt.pid().context("pid")?,
         });
     }
+    let _fleet = if o.fleet {
+        let redis = Redis::start()?;
+        let port = free_port();
+        let proxy = Proxy::start_with(
+            &switchyard_bin,
+            &fleet_config(port, db.addr(), &policy, &redis),
+            port,
+            "warn",
+        )?;
+        targets.push(Target {
+            name: "switchyard-fleet",
+            port,
+            pid: proxy.pid().context("pid")?,
+        });
+        Some((redis, proxy))
+    } else {
+        None
+    };
     let kernel_relay = if o.kernel_relay {
         Some(KernelRelay::start(db.addr())?)
     } else {
