@@ -1074,6 +1074,18 @@ fn fleet_store_down_and_back(env: &Env) -> TestResult {
     three.wait_code(1, "127.0.0.1", SLAVE_USER, 1226, Duration::from_secs(3))?;
     // a's block reached the others through the store.
     three.wait_code(2, "127.0.0.11", SLAVE_USER, 1129, Duration::from_secs(3))?;
+    // The server forgets its scripts (SCRIPT FLUSH): the next decision
+    // sends the script again, and the limit still holds.
+    let mut r = TcpStream::connect(("127.0.0.1", redis.port)).map_err(fail)?;
+    r.write_all(b"*2\r\n$6\r\nSCRIPT\r\n$5\r\nFLUSH\r\n")
+        .map_err(fail)?;
+    let mut ok = [0u8; 5];
+    r.read_exact(&mut ok).map_err(fail)?;
+    check(&ok == b"+OK\r\n", "SCRIPT FLUSH")?;
+    check(
+        three.code(1, "127.0.0.1", SLAVE_USER)?.0 == 1226,
+        "the limit holds after the scripts were flushed",
+    )?;
     // What was decided locally while it was away is counted.
     let errors = three.metric(0, "switchyard_fleet_store_errors_total")?;
     check(

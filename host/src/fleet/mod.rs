@@ -205,7 +205,7 @@ pub struct Peer {
     pub info: String,
 }
 
-const FAIL: &str = r"
+const FAIL_LUA: &str = r"
 local p, ip = ARGV[1], ARGV[2]
 local window, maxf, block = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local left = redis.call('PTTL', p .. 'block:' .. ip)
@@ -221,7 +221,7 @@ redis.call('ZADD', p .. 'blocks', now + block, ip)
 return block
 ";
 
-const BLOCKS: &str = r"
+const BLOCKS_LUA: &str = r"
 local p, after = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -236,7 +236,7 @@ end
 return out
 ";
 
-const PUBLISH_BLOCK: &str = r"
+const PUBLISH_BLOCK_LUA: &str = r"
 local p, ip, left = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('PTTL', p .. 'block:' .. ip) > 0 then return 0 end
 local t = redis.call('TIME')
@@ -246,7 +246,7 @@ redis.call('ZADD', p .. 'blocks', now + left, ip)
 return 1
 ";
 
-const CLAIM: &str = r"
+const CLAIM_LUA: &str = r"
 local p, me, user, limit, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', p .. 'lease:' .. me) == 0 then
   redis.call('SET', p .. 'lease:' .. me, '{}', 'PX', lease)
@@ -267,13 +267,13 @@ redis.call('HINCRBY', p .. 'sessions:' .. me, user, 1)
 return {1, sum + 1}
 ";
 
-const RELEASE: &str = r"
+const RELEASE_LUA: &str = r"
 local key = ARGV[1] .. 'sessions:' .. ARGV[2]
 if redis.call('HINCRBY', key, ARGV[3], -1) <= 0 then redis.call('HDEL', key, ARGV[3]) end
 return 1
 ";
 
-const REFRESH: &str = r"
+const REFRESH_LUA: &str = r"
 local p, me, ttl, info = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 redis.call('SET', p .. 'lease:' .. me, info, 'PX', ttl)
 redis.call('SADD', p .. 'instances', me)
@@ -291,6 +291,41 @@ for _, inst in ipairs(redis.call('SMEMBERS', p .. 'instances')) do
 end
 return out
 ";
+
+/// A Lua script and its SHA-1 (what `EVALSHA` names it by).
+struct Script {
+    text: &'static str,
+    sha1: String,
+}
+
+impl Script {
+    fn new(text: &'static str) -> Self {
+        use sha1::Digest;
+        Self {
+            text,
+            sha1: hex::encode(sha1::Sha1::digest(text.as_bytes())),
+        }
+    }
+}
+
+/// Every script, loaded on each connection.
+struct Scripts {
+    fail: Script,
+    blocks: Script,
+    publish_block: Script,
+    claim: Script,
+    release: Script,
+    refresh: Script,
+}
+
+static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
+    fail: Script::new(FAIL_LUA),
+    blocks: Script::new(BLOCKS_LUA),
+    publish_block: Script::new(PUBLISH_BLOCK_LUA),
+    claim: Script::new(CLAIM_LUA),
+    release: Script::new(RELEASE_LUA),
+    refresh: Script::new(REFRESH_LUA),
+});
 
 impl Store {
     /// A client for `config`, and the task that keeps its connection (to
@@ -385,25 +420,38 @@ impl Store {
         }
     }
 
-    /// `EVAL script 0 prefix args...`: the scripts find the key prefix in
-    /// `ARGV[1]` and name their keys themselves.
-    fn eval_command<'a>(&'a self, script: &'a str, args: &[&'a str]) -> Vec<&'a [u8]> {
-        let mut all: Vec<&[u8]> = vec![
-            b"EVAL",
-            script.as_bytes(),
-            b"0",
-            self.inner.prefix.as_bytes(),
-        ];
+    /// `EVALSHA sha1 0 prefix args...` (or `EVAL script ...`): the scripts
+    /// find the key prefix in `ARGV[1]` and name their keys themselves.
+    /// Every connection loads the scripts first, so the digest suffices.
+    fn eval_command<'a>(
+        &'a self,
+        script: &'a Script,
+        args: &[&'a str],
+        text: bool,
+    ) -> Vec<&'a [u8]> {
+        let mut all: Vec<&[u8]> = if text {
+            vec![b"EVAL", script.text.as_bytes()]
+        } else {
+            vec![b"EVALSHA", script.sha1.as_bytes()]
+        };
+        all.push(b"0");
+        all.push(self.inner.prefix.as_bytes());
         all.extend(args.iter().map(|a| a.as_bytes()));
         all
     }
 
-    async fn eval(&self, script: &str, args: &[&str]) -> Result<Value, StoreError> {
-        self.call(&self.eval_command(script, args)).await
+    async fn eval(&self, script: &Script, args: &[&str]) -> Result<Value, StoreError> {
+        match self.call(&self.eval_command(script, args, false)).await {
+            // Flushed from the server's cache meanwhile (SCRIPT FLUSH).
+            Err(StoreError::Refused(e)) if e.starts_with("NOSCRIPT") => {
+                self.call(&self.eval_command(script, args, true)).await
+            }
+            other => other,
+        }
     }
 
-    fn eval_later(&self, script: &str, args: &[&str]) {
-        self.send(&self.eval_command(script, args));
+    fn eval_later(&self, script: &Script, args: &[&str]) {
+        self.send(&self.eval_command(script, args, false));
     }
 
     /// Counts a failed login of the client address `ip`; blocks it for
@@ -417,7 +465,7 @@ impl Store {
     ) -> Result<Failure, StoreError> {
         let v = self
             .eval(
-                FAIL,
+                &SCRIPTS.fail,
                 &[
                     ip,
                     &window.as_millis().max(1).to_string(),
@@ -441,9 +489,12 @@ impl Store {
 
     /// Publishes a block this instance made while the store was away.
     pub async fn publish_block(&self, ip: &str, left: Duration) -> Result<(), StoreError> {
-        self.eval(PUBLISH_BLOCK, &[ip, &left.as_millis().max(1).to_string()])
-            .await
-            .map(drop)
+        self.eval(
+            &SCRIPTS.publish_block,
+            &[ip, &left.as_millis().max(1).to_string()],
+        )
+        .await
+        .map(drop)
     }
 
     /// Blocks in force whose end (the store's clock, milliseconds) is
@@ -453,7 +504,7 @@ impl Store {
         &self,
         after: i64,
     ) -> Result<(Vec<(String, Duration)>, i64), StoreError> {
-        let v = self.eval(BLOCKS, &[&after.to_string()]).await?;
+        let v = self.eval(&SCRIPTS.blocks, &[&after.to_string()]).await?;
         let mut latest = after;
         let mut out = Vec::new();
         for chunk in v.items().chunks(3) {
@@ -477,7 +528,7 @@ impl Store {
     pub async fn claim(&self, user: &str, limit: u32) -> Result<Result<u32, u32>, StoreError> {
         let v = self
             .eval(
-                CLAIM,
+                &SCRIPTS.claim,
                 &[
                     &self.inner.instance,
                     user,
@@ -499,7 +550,7 @@ impl Store {
     /// A session of `user` counted by [`Store::claim`] ended.
     pub fn release(&self, user: &str) {
         let instance = self.inner.instance.clone();
-        self.eval_later(RELEASE, &[&instance, user]);
+        self.eval_later(&SCRIPTS.release, &[&instance, user]);
     }
 
     /// Renews this instance's lease (`lease`) with `info`, replaces its
@@ -517,7 +568,7 @@ impl Store {
             args.push(user);
             args.push(n);
         }
-        let v = self.eval(REFRESH, &args).await?;
+        let v = self.eval(&SCRIPTS.refresh, &args).await?;
         v.items()
             .chunks(2)
             .map(|pair| match pair {
@@ -606,6 +657,27 @@ async fn connect(target: &Target, timeout: Duration) -> std::io::Result<Conn> {
         && let Value::Error(e) = conn.round(&[b"SELECT", db.to_string().as_bytes()]).await?
     {
         return Err(std::io::Error::other(format!("SELECT refused: {e}")));
+    }
+    let s = &*SCRIPTS;
+    for script in [
+        &s.fail,
+        &s.blocks,
+        &s.publish_block,
+        &s.claim,
+        &s.release,
+        &s.refresh,
+    ] {
+        match conn
+            .round(&[b"SCRIPT", b"LOAD", script.text.as_bytes()])
+            .await?
+        {
+            Value::Bulk(Some(sha)) if sha == script.sha1.as_bytes() => {}
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "SCRIPT LOAD answered {other:?}"
+                )));
+            }
+        }
     }
     Ok(conn)
 }

@@ -254,14 +254,16 @@ impl Throttle {
 
     /// A login from `key` that succeeded (the backend accepted it) clears
     /// its failures; a block stays.
-    pub fn success(&self, key: IpAddr) {
+    /// True when it had failures to clear.
+    pub fn success(&self, key: IpAddr) -> bool {
         let mut t = self.table();
         if t.entries
             .get(&key)
             .is_some_and(|e| e.blocked_until.is_none())
         {
-            t.entries.remove(&key);
+            return t.entries.remove(&key).is_some();
         }
+        false
     }
 
     /// Blocks `key` for `left` from `now` (a block another instance made,

@@ -81,8 +81,12 @@ impl Services for Gate<'_> {
 
     fn succeeded(&self) {
         let key = super::client_key(self.state, self.peer);
-        self.shared.throttle.success(key);
-        crate::server::fleet::success(self.shared, key);
+        // The fleet's count is cleared by a login of an address this
+        // instance saw fail (a store command per login would cost every
+        // login a round trip); the others' counts expire with their window.
+        if self.shared.throttle.success(key) {
+            crate::server::fleet::success(self.shared, key);
+        }
     }
 
     fn lookup(&self, user: &str) -> Known {
