@@ -17,6 +17,8 @@ use crate::auth::PasswordHash;
 use crate::cidr::Cidr;
 use crate::secret::Secret;
 
+mod secret_files;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +85,15 @@ pub struct Config {
     /// `[[users.accounts]]`.
     #[serde(default)]
     pub users: Users,
+    /// More accounts, from a file of their own: `[[users]]` tables with
+    /// the same keys, and nothing else. With it the configuration itself
+    /// need hold no secret (a Kubernetes ConfigMap) and the hashes live in
+    /// a Secret. Read at start and on every reload, and followed with
+    /// `watch_config`; a name in both files is an error. Like the
+    /// configuration file, one warning if anyone may read it. Relative to
+    /// the working directory. Default: none.
+    #[serde(default)]
+    pub users_file: Option<Spanned<PathBuf>>,
     /// Backend pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
     /// The routing policy (of `listen`).
@@ -137,6 +148,9 @@ pub struct Config {
     /// `caching_sha2_password`.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Whether the file itself (not the files it names) holds secrets.
+    #[serde(skip)]
+    inline_secrets: bool,
 }
 
 /// A password authentication plugin Switchyard speaks with clients.
@@ -296,6 +310,11 @@ pub struct UsersTable {
     /// Its `SHA1(password)`, 40 hex digits (never printed).
     #[serde(default)]
     pub password_sha1: Option<Spanned<Secret<String>>>,
+    /// A file holding `password_sha1` instead (surrounding whitespace
+    /// ignored), read at start and on every reload. Refused if anyone may
+    /// read it; a warning if its group may.
+    #[serde(default)]
+    pub password_sha1_file: Option<Spanned<PathBuf>>,
     /// Accounts from the file; they win over loaded ones.
     #[serde(default)]
     pub accounts: Vec<UserConfig>,
@@ -357,8 +376,18 @@ pub struct MonitorConfig {
     /// `SHA1(password)` as 40 hex digits (`switchyard hash-password
     /// --sha1`): what `mysql_native_password` needs to log in, so the
     /// password itself is not stored. Treat it as a password (it is never
-    /// printed).
+    /// printed). Either this or `password_sha1_file`.
+    #[serde(default = "unset_secret")]
     pub password_sha1: Spanned<Secret<String>>,
+    /// A file holding `password_sha1` instead (surrounding whitespace
+    /// ignored; a Kubernetes Secret, say), read at start and on every
+    /// reload. Refused if anyone may read it; a warning if its group may.
+    #[serde(default)]
+    pub password_sha1_file: Option<Spanned<PathBuf>>,
+}
+
+fn unset_secret() -> Spanned<Secret<String>> {
+    Spanned::new(0..0, Secret::default())
 }
 
 /// Protection against password guessing.
@@ -429,6 +458,14 @@ pub struct FleetConfig {
     /// `redis://[[user]:password@]host[:port][/db]` (never printed with
     /// its password).
     pub store: Spanned<Secret<String>>,
+    /// A file holding the store's password (surrounding whitespace
+    /// ignored), for a `store` URL without one. Read at start. Refused if
+    /// anyone may read it; a warning if its group may.
+    #[serde(default)]
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// The password read from `password_file`.
+    #[serde(skip)]
+    pub password: Option<Secret<String>>,
     /// This instance's name, unique in the fleet. Default: the host name
     /// and the process id (`<pod name>:1` in a container).
     #[serde(default)]
@@ -954,7 +991,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, and the files it
+    /// names for its secrets.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
@@ -968,19 +1006,32 @@ impl Config {
     }
 
     /// Whether the file itself holds secrets: password hashes, a service
-    /// account's `SHA1(password)`, the admin token.
+    /// account's `SHA1(password)`, the admin token, the store's password
+    /// (not counting those it reads from files of their own).
     pub fn holds_secrets(&self) -> bool {
+        self.inline_secrets
+    }
+
+    fn inline_secrets(&self) -> bool {
         let service = matches!(&self.users, Users::Table(t) if t.password_sha1.is_some());
         self.users
             .accounts()
             .iter()
             .any(|u| u.password_hash != PasswordHash::Empty)
-            || self.monitor.is_some()
+            || self
+                .monitor
+                .as_ref()
+                .is_some_and(|m| !m.password_sha1.get_ref().is_empty())
             || service
             || self.admin.as_ref().is_some_and(|a| a.token.is_some())
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.store.get_ref().contains('@'))
     }
 
-    /// Parses and validates `text`; `path` is used in error messages.
+    /// Parses and validates `text`, reading the files it names for its
+    /// secrets; `path` is used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, message: String| {
             let (line, column) = line_col(text, span.map_or(0, |s| s.start));
@@ -991,8 +1042,12 @@ impl Config {
                 message,
             }
         };
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        config.inline_secrets = config.inline_secrets();
+        config
+            .read_secret_files()
+            .map_err(|e| e.into_config_error(&invalid))?;
         config
             .validate()
             .map_err(|(span, message)| invalid(span, message))?;

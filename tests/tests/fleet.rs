@@ -26,6 +26,7 @@ use common::*;
 
 const TOKEN: &str = "test-admin-token";
 const PRIMARY_ID: u32 = 1;
+const MONITOR: (&str, &str) = ("monitor", "monitorpass");
 
 struct Env {
     topology: Topology,
@@ -34,6 +35,13 @@ struct Env {
 fn main() {
     let args = Arguments::from_args();
     let topology = Topology::start(2, None).expect("start the MariaDB topology");
+    topology.primary.sql(&format!(
+        "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}'; GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';",
+        MONITOR.0, MONITOR.1
+    ));
+    topology
+        .sync_replicas()
+        .expect("replicas have the monitor account");
     let env = Arc::new(Env { topology });
     let tests: Vec<NamedTest<Env>> = vec![
         (
@@ -51,6 +59,10 @@ fn main() {
         (
             "configmap_symlink_swap_reloads_config_and_policy",
             configmap_swap_reloads,
+        ),
+        (
+            "config_from_a_configmap_with_accounts_and_monitor_from_a_secret",
+            configmap_config_with_secret_files,
         ),
         (
             "probes_and_the_drain_command_for_kubernetes",
@@ -532,13 +544,20 @@ fn wait_route(port: u16, user: (&str, &str), to_primary: bool) -> TestResult {
 struct ConfigMapDir {
     dir: tempfile::TempDir,
     version: u32,
+    /// The files' mode (a Secret's `defaultMode`).
+    mode: u32,
 }
 
 impl ConfigMapDir {
     fn new(files: &[(&str, &[u8])]) -> Result<Self, Failed> {
+        Self::with_mode(files, 0o644)
+    }
+
+    fn with_mode(files: &[(&str, &[u8])], mode: u32) -> Result<Self, Failed> {
         let mut m = Self {
             dir: tempfile::tempdir().map_err(fail)?,
             version: 0,
+            mode,
         };
         m.publish(files)?;
         for (name, _) in files {
@@ -556,7 +575,13 @@ impl ConfigMapDir {
         let version = self.dir.path().join(&name);
         std::fs::create_dir(&version).map_err(fail)?;
         for (file, bytes) in files {
+            use std::os::unix::fs::PermissionsExt;
             std::fs::write(version.join(file), bytes).map_err(fail)?;
+            std::fs::set_permissions(
+                version.join(file),
+                std::fs::Permissions::from_mode(self.mode),
+            )
+            .map_err(fail)?;
         }
         let tmp = self.dir.path().join("..data_tmp");
         std::os::unix::fs::symlink(&name, &tmp).map_err(fail)?;
@@ -635,6 +660,143 @@ fn configmap_swap_reloads(env: &Env) -> TestResult {
         .map_err(fail)?;
     check(
         reached(port, MASTER_USER)? != PRIMARY_ID,
+        "the running configuration stays",
+    )
+}
+
+/// The code a fresh login of `user` ends with (0: logged in).
+fn login_code(port: u16, user: (&str, &str)) -> Result<u16, Failed> {
+    block_on(async {
+        match mysql_async::Conn::new(opts(port, user, None)).await {
+            Ok(c) => c.disconnect().await.map(|()| 0).map_err(fail),
+            Err(mysql_async::Error::Server(e)) => Ok(e.code),
+            Err(e) => Err(fail(e)),
+        }
+    })
+}
+
+/// Waits up to 10 s for a login of `user` to end with `code`.
+fn wait_login_code(port: u16, user: (&str, &str), code: u16) -> TestResult {
+    let started = Instant::now();
+    loop {
+        let got = login_code(port, user)?;
+        if got == code {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(format!("{}'s login ends with {got}, not {code}", user.0).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// As the Kubernetes overlay runs it: the configuration, which holds no
+/// secret, from a ConfigMap; the accounts (`users_file`) and the monitor's
+/// `SHA1(password)` (`password_sha1_file`) from a Secret (mode 0440). The
+/// monitor's login is what lets the reader pool (`role = "reader"`,
+/// refusing when no backend qualifies) take sessions; a new version of the
+/// Secret alone reloads the accounts; a broken one changes nothing.
+fn configmap_config_with_secret_files(env: &Env) -> TestResult {
+    use switchyard::auth::Sha1Password;
+    let t = &env.topology;
+    let (port, admin) = (free_port(), free_port());
+    let users =
+        |list: &[(&str, &str)]| -> String { list.iter().map(|(u, p)| user_table(u, p)).collect() };
+    let monitor_sha1 = Sha1Password::of_password(MONITOR.1.as_bytes()).to_hex();
+    let mut secret = ConfigMapDir::with_mode(
+        &[
+            ("users.toml", users(&[MASTER_USER]).as_bytes()),
+            ("monitor-sha1", format!("{monitor_sha1}\n").as_bytes()),
+        ],
+        0o440,
+    )?;
+    let default = &switchyard_e2e::artifacts().default_policy;
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
+watch_config = true
+users_file = "{users}"
+[pools.master]
+backends = ["{p}"]
+role = "writer"
+[pools.replicas]
+backends = ["{r1}", "{r2}"]
+role = "reader"
+when_all_down = "refuse"
+[health]
+interval_ms = 200
+[monitor]
+user = "{mon}"
+password_sha1_file = "{mon_file}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[policy]
+module = "{module}"
+[policy.settings]
+"user.mysqlmaster" = "master"
+"user.mysqlslave" = "replicas"
+"#,
+        users = secret.path("users.toml").display(),
+        mon_file = secret.path("monitor-sha1").display(),
+        p = t.primary.addr(),
+        r1 = t.replicas[0].addr(),
+        r2 = t.replicas[1].addr(),
+        mon = MONITOR.0,
+        module = default.display(),
+    );
+    check(
+        !config.contains("password_hash") && !config.contains(&monitor_sha1),
+        "the configuration holds no secret",
+    )?;
+    let map = ConfigMapDir::new(&[("switchyard.toml", config.as_bytes())])?;
+    let proxy = Proxy::start_file(&map.path("switchyard.toml"), port).map_err(fail)?;
+    check(
+        reached(port, MASTER_USER)? == PRIMARY_ID,
+        "mysqlmaster (from users_file) on the primary",
+    )?;
+    check(
+        login_code(port, SLAVE_USER)? == 1045,
+        "mysqlslave is not an account yet",
+    )?;
+    // The Secret alone changes: mysqlslave is an account now, and reaches
+    // a replica, which qualifies for the reader pool only through the
+    // monitor's login.
+    secret.publish(&[
+        ("users.toml", users(&[MASTER_USER, SLAVE_USER]).as_bytes()),
+        ("monitor-sha1", monitor_sha1.as_bytes()),
+    ])?;
+    wait_login_code(port, SLAVE_USER, 0)?;
+    proxy
+        .wait_for_log(
+            "configuration file changed on disk; reloading",
+            Duration::from_secs(5),
+        )
+        .map_err(fail)?;
+    check(
+        reached(port, SLAVE_USER)? != PRIMARY_ID,
+        "mysqlslave on a replica",
+    )?;
+    // A broken users file is refused, naming its line; the accounts stay.
+    secret.publish(&[
+        (
+            "users.toml",
+            b"[[users]]\nname = \"x\"\nbogus = 1\n" as &[u8],
+        ),
+        ("monitor-sha1", monitor_sha1.as_bytes()),
+    ])?;
+    proxy
+        .wait_for_log("users.toml:3:1", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(login_code(port, SLAVE_USER)? == 0, "the accounts stay")?;
+    // A wrong monitor password is refused too (not 40 hex digits).
+    secret.publish(&[
+        ("users.toml", users(&[MASTER_USER]).as_bytes()),
+        ("monitor-sha1", b"not-a-sha1" as &[u8]),
+    ])?;
+    proxy
+        .wait_for_log("must hold 40 hex digits", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(
+        login_code(port, SLAVE_USER)? == 0,
         "the running configuration stays",
     )
 }

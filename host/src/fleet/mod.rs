@@ -172,6 +172,8 @@ impl std::fmt::Debug for Store {
 pub struct Settings<'a> {
     /// `redis://[[user]:password@]host[:port][/db]`.
     pub url: &'a str,
+    /// The password, when the URL has none (`[fleet] password_file`).
+    pub password: Option<&'a str>,
     /// This instance's name (unique in the fleet).
     pub instance: &'a str,
     /// Prepended to every key.
@@ -333,7 +335,10 @@ impl Store {
     pub fn new(
         settings: Settings<'_>,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), String> {
-        let target = Target::parse(settings.url)?;
+        let mut target = Target::parse(settings.url)?;
+        if let Some(p) = settings.password {
+            target.password = Some(crate::secret::Secret::new(p.to_owned()));
+        }
         let (requests, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             requests,

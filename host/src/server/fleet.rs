@@ -50,6 +50,7 @@ impl Fleet {
         let instance = f.instance_name();
         let (store, task) = Store::new(Settings {
             url: f.store.get_ref().expose(),
+            password: f.password.as_ref().map(|p| p.expose().as_str()),
             instance: &instance,
             key_prefix: &f.key_prefix,
             timeout: Duration::from_millis(f.timeout_ms),

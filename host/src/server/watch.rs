@@ -1,5 +1,6 @@
-//! Files Switchyard follows while it runs: the configuration file (reloaded
-//! when it changes) and the policy modules (swapped in when they change).
+//! Files Switchyard follows while it runs: the configuration file and the
+//! files it reads secrets from (reloaded when they change) and the policy
+//! modules (swapped in when they change).
 //!
 //! A file is followed through symbolic links: Kubernetes updates a mounted
 //! ConfigMap or Secret by pointing its `..data` link at a new directory, so
@@ -49,38 +50,72 @@ async fn read(path: &Path) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Reloads the configuration whenever its file changes (with
-/// `watch_config`, the default): the same reload as SIGHUP, so a file that
-/// does not load changes nothing and is logged. The same bytes again (a
-/// link swapped to an equal copy) reload nothing.
+/// Reloads the configuration whenever its file, or a file it reads its
+/// secrets from (`users_file`, `password_sha1_file`, ...), changes (with
+/// `watch_config`): the same reload as SIGHUP, so a file that does not
+/// load changes nothing and is logged. The same bytes again (a link
+/// swapped to an equal copy) reload nothing.
 pub(super) async fn config_file(shared: Arc<Shared>) {
     let Some(path) = shared.config_path.clone() else {
         return;
     };
-    let mut seen = Stamp::of(&path);
-    let mut loaded = read(&path).await.map(|b| crate::policy::sha256_hex(&b));
+    let files = |shared: &Shared| {
+        let mut files = vec![path.clone()];
+        files.extend(shared.state().config.secret_files());
+        files
+    };
+    let stamps = |files: &[PathBuf]| files.iter().map(|f| Stamp::of(f)).collect::<Vec<_>>();
+    let mut watched = files(&shared);
+    let mut seen = stamps(&watched);
+    let mut loaded = digest(&watched).await;
     loop {
         tokio::time::sleep(POLL).await;
-        let now = Stamp::of(&path);
-        if now == seen || !now.exists() {
+        let now = stamps(&watched);
+        if now == seen || !now.iter().all(Stamp::exists) {
+            // A file the configuration names may come back; a new set of
+            // files is watched once a reload has taken them.
+            let current = files(&shared);
+            if current != watched {
+                seen = stamps(&current);
+                watched = current;
+            }
             continue;
         }
         tokio::time::sleep(SETTLE).await;
-        seen = Stamp::of(&path);
+        seen = stamps(&watched);
         if !shared.state().config.watch_config {
             continue;
         }
-        let Some(bytes) = read(&path).await else {
+        let Some(now) = digest(&watched).await else {
             continue;
         };
-        let digest = crate::policy::sha256_hex(&bytes);
-        if loaded.as_deref() == Some(digest.as_str()) {
+        if loaded.as_deref() == Some(now.as_str()) {
             continue;
         }
-        loaded = Some(digest);
+        loaded = Some(now);
         info!(config = %path.display(), "configuration file changed on disk; reloading");
         let _ = shared.reload().await;
+        let current = files(&shared);
+        if current != watched {
+            seen = stamps(&current);
+            loaded = digest(&current).await;
+            watched = current;
+        }
     }
+}
+
+/// One digest of the files' contents together (`None` if one is missing).
+async fn digest(files: &[PathBuf]) -> Option<String> {
+    let mut all = Vec::new();
+    for f in files {
+        let mut bytes = read(f).await?;
+        all.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        all.extend_from_slice(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+    }
+    let d = crate::policy::sha256_hex(&all);
+    zeroize::Zeroize::zeroize(&mut all);
+    Some(d)
 }
 
 /// Swaps in a policy module again whenever its file changes (by the file
