@@ -10,7 +10,8 @@
 #     object with kubernetes-validate --strict (unknown fields fail) against
 #     Kubernetes $K8S_VERSIONS, and checks what a schema cannot see
 #     (deploy/checks/manifests.py: probes, preStop drain and the grace
-#     period's arithmetic, directory mounts, the token and policy files,
+#     period's arithmetic, directory mounts, the configuration in a
+#     ConfigMap with no secret in it, the accounts, token and policy files,
 #     security contexts, resources, Service/PDB selectors, the fleet store),
 #     and, where a build of Switchyard is at hand, has it parse both
 #     configurations (`switchyard policy check --config`).
@@ -124,8 +125,19 @@ sy=$(ls -t target/debug/switchyard target/release/switchyard 2>/dev/null | head 
 wasm=target/wasm32-wasip2/release/default_policy.wasm
 if [ -n "$sy" ] && [ -f "$wasm" ]; then
     step "switchyard policy check --config (with $sy)"
-    for conf in deploy/kubernetes/base/switchyard.toml deploy/kubernetes/overlays/example/switchyard.toml; do
-        if ! out=$("$sy" policy check "$wasm" --config "$conf" 2>&1); then
+    # The Secret's files (users_file, password_sha1_file) beside a copy of
+    # each configuration, as the pod mounts them at /etc/switchyard/accounts/.
+    for build in base overlays/example; do
+        conf=deploy/kubernetes/$build/switchyard.toml
+        acc="$tmp/accounts-$(echo "$build" | tr / -)"
+        mkdir -p "$acc"
+        for f in users.toml monitor-sha1; do
+            if [ -f "deploy/kubernetes/$build/$f" ]; then
+                install -m 0600 "deploy/kubernetes/$build/$f" "$acc/$f"
+            fi
+        done
+        sed "s|/etc/switchyard/accounts/|$acc/|g" "$conf" > "$acc/switchyard.toml"
+        if ! out=$("$sy" policy check "$wasm" --config "$acc/switchyard.toml" 2>&1); then
             echo "$out" >&2
             exit 1
         fi

@@ -11,9 +11,13 @@ Services and PodDisruptionBudget rendered beside it):
 - preStop runs `switchyard drain` (exec form: the image has no shell) with
   that token file, and terminationGracePeriodSeconds covers its --wait-ms,
   the configuration's shutdown_timeout_ms and a margin of 5 s;
-- the configuration and the policy come from Secret/ConfigMap volumes
-  mounted as directories (no subPath anywhere: a subPath mount never sees
-  an update), and the files the configuration names are in them;
+- the configuration and the policy come from ConfigMap volumes, the
+  files the configuration reads secrets from (users_file,
+  password_sha1_file, [fleet] password_file) and the admin token from
+  Secret volumes, all mounted as directories (no subPath anywhere: a
+  subPath mount never sees an update), and the files the configuration
+  names are in them; a configuration in a ConfigMap holds no secret
+  itself (no password hash, SHA1(password), token or store password);
 - the compile cache is on a writable emptyDir ($XDG_CACHE_HOME) or off;
 - every pod of the render (Switchyard's and the fleet store's) runs as
   non-root with a read-only root file system, no privilege escalation,
@@ -108,6 +112,38 @@ def mounted_file(pod, container, path, objects):
     return None, None
 
 
+def users_of(config):
+    users = config.get("users", [])
+    return users.get("accounts", []) if isinstance(users, dict) else users
+
+
+def inline_secrets(config):
+    """What the configuration holds that belongs in a Secret."""
+    found = []
+    if any(u.get("password_hash") for u in users_of(config)):
+        found.append("password hashes ([[users]] password_hash)")
+    if "password_sha1" in config.get("monitor", {}):
+        found.append("[monitor] password_sha1")
+    users = config.get("users")
+    if isinstance(users, dict) and "password_sha1" in users:
+        found.append("[users] password_sha1")
+    if "token" in config.get("admin", {}):
+        found.append("[admin] token")
+    if "@" in config.get("fleet", {}).get("store", ""):
+        found.append("a password in [fleet] store")
+    return found
+
+
+def secret_files(config):
+    """The files the configuration reads secrets from, by key."""
+    users = config.get("users")
+    found = [("users_file", config.get("users_file")),
+             ("[monitor] password_sha1_file", config.get("monitor", {}).get("password_sha1_file")),
+             ("[users] password_sha1_file", users.get("password_sha1_file") if isinstance(users, dict) else None),
+             ("[fleet] password_file", config.get("fleet", {}).get("password_file"))]
+    return [(w, p) for w, p in found if p]
+
+
 def is_loopback(addr):
     host = addr.rsplit(":", 1)[0].strip("[]")
     try:
@@ -134,17 +170,26 @@ def check_switchyard(where, dep, objects, services, pdbs):
     if vol is None or key is None:
         fail(where, f"--config {config_path} is not a key of a mounted Secret/ConfigMap")
         return
-    if "secret" not in vol:
-        fail(where, "the configuration (it holds password hashes) is not in a Secret")
-    obj = objects[("Secret", vol["secret"]["secretName"])]
+    in_secret = "secret" in vol
+    obj = objects[("Secret", vol["secret"]["secretName"]) if in_secret
+                  else ("ConfigMap", vol["configMap"]["name"])]
     text = obj.get("stringData", {}).get(key)
-    if text is None:
+    if text is None and in_secret:
         text = base64.b64decode(obj["data"][key]).decode()
+    elif text is None:
+        text = obj["data"][key]
     try:
         config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         fail(where, f"switchyard.toml does not parse: {e}")
         return
+    if not in_secret:
+        for what in inline_secrets(config):
+            fail(where, f"the configuration is a ConfigMap but holds {what}: move it to a Secret file")
+    for what, path in secret_files(config):
+        v, k = mounted_file(pod, c, path, objects)
+        if v is None or k is None or "secret" not in v:
+            fail(where, f"{what} {path} is not a key of a mounted Secret")
 
     if is_loopback(config.get("listen", "127.0.0.1:6033")):
         fail(where, "listen is a loopback address: unreachable through the Service")
