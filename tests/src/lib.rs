@@ -870,15 +870,27 @@ pub struct Redis {
     /// Its port.
     pub port: u16,
     child: Option<Child>,
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts one on a free port.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts one on a free port that takes commands only after `AUTH
+    /// <password>` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> Result<Self> {
+        Self::start_with(Some(password.to_owned()))
+    }
+
+    fn start_with(password: Option<String>) -> Result<Self> {
         let mut r = Self {
             port: free_port(),
             child: None,
+            password,
             _dir: tempfile::tempdir()?,
         };
         r.restart()?;
@@ -893,6 +905,7 @@ impl Redis {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self._dir.path())
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p]))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.child =

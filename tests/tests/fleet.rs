@@ -80,6 +80,10 @@ fn main() {
             "fleet_store_down_falls_back_to_local_limits_and_catches_up",
             fleet_store_down_and_back,
         ),
+        (
+            "fleet_store_with_a_password_from_password_file",
+            fleet_store_password_file,
+        ),
     ];
     run_one_at_a_time(args, env, tests)
 }
@@ -1253,5 +1257,96 @@ fn fleet_store_down_and_back(env: &Env) -> TestResult {
     check(
         errors >= 3.0,
         format!("a's three failed logins went unreported: {errors} errors"),
+    )
+}
+
+/// A store that takes commands only after `AUTH`: an instance whose
+/// `[fleet] password_file` holds the password uses the store (its limit
+/// holds across it and one with the password in the URL); one with a
+/// wrong password, or none, stays on its own (`switchyard_fleet_store_up`
+/// 0) and says why.
+fn fleet_store_password_file(env: &Env) -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let redis = Redis::start_with_password("fleet-pw").map_err(fail)?;
+    let dir = tempfile::tempdir().map_err(fail)?;
+    let file = |name: &str, text: &str| -> Result<String, Failed> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).map_err(fail)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        Ok(path.display().to_string())
+    };
+    let (good, wrong) = (file("good", "fleet-pw\n")?, file("wrong", "not-it\n")?);
+    let in_url = format!("redis://:fleet-pw@127.0.0.1:{}", redis.port);
+    let cases = [
+        ("file", redis.url(), format!("password_file = \"{good}\"\n")),
+        ("url", in_url, String::new()),
+        (
+            "wrong",
+            redis.url(),
+            format!("password_file = \"{wrong}\"\n"),
+        ),
+        ("none", redis.url(), String::new()),
+    ];
+    let mut started = Vec::new();
+    for (name, store, keys) in &cases {
+        let (port, admin) = (free_port(), free_port());
+        let settings = format!(
+            "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"replicas\"\n\
+             [fleet]\nstore = \"{store}\"\n{keys}instance = \"{name}\"\nlease_ms = 1500\n"
+        );
+        let text = fleet_config(
+            env,
+            (port, admin),
+            "",
+            "max_connections = 1\n",
+            &switchyard_e2e::artifacts()
+                .default_policy
+                .display()
+                .to_string(),
+            &settings,
+        );
+        let proxy = Proxy::start_with(&switchyard_e2e::artifacts().switchyard, &text, port, "info")
+            .map_err(fail)?;
+        started.push((proxy, admin));
+    }
+    let up = |i: usize| -> Result<f64, Failed> {
+        Ok(sample(
+            &metrics_text(started[i].1)?,
+            "switchyard_fleet_store_up",
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (up(0)? != 1.0 || up(1)? != 1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check(
+        up(0)? == 1.0,
+        "the instance with password_file reaches the store",
+    )?;
+    check(
+        up(1)? == 1.0,
+        "the instance with the password in the URL too",
+    )?;
+    started[2]
+        .0
+        .wait_for_log("AUTH refused", Duration::from_secs(5))
+        .map_err(fail)?;
+    check(up(2)? == 0.0, "a wrong password: not up")?;
+    check(up(3)? == 0.0, "no password: not up")?;
+    // mysqlslave may hold one session: through the file's instance, the
+    // URL's refuses a second (the limit is the store's).
+    let slave = |i: usize| {
+        let mut raw = RawClient::connect(started[i].0.addr()).map_err(fail)?;
+        let outcome = raw
+            .login(SLAVE_USER.0, SLAVE_USER.1, None, "mysql_native_password")
+            .map_err(fail)?;
+        Ok::<_, Failed>((outcome, raw))
+    };
+    let (first, _held) = slave(0)?;
+    check(matches!(first, LoginOutcome::Ok(_)), "the first session")?;
+    let (second, _) = slave(1)?;
+    check(
+        matches!(second, LoginOutcome::Err(ref e, _) if e.code == 1226),
+        format!("the second, through the other instance: {second:?}"),
     )
 }
