@@ -15,7 +15,7 @@ use mysql_async::prelude::*;
 
 use switchyard::auth::Sha1Password;
 use switchyard_e2e::raw::RawClient;
-use switchyard_e2e::{MASTER_USER, Proxy, Topology, free_port, http};
+use switchyard_e2e::{MASTER_USER, Proxy, SLAVE_USER, Topology, free_port, http};
 
 mod common;
 use common::*;
@@ -45,7 +45,7 @@ fn config(topology: &Topology, admin: u16, plain: bool) -> String {
 threads = 1
 login_timeout_ms = 5000
 connect_timeout_ms = 700
-{master}
+{master}{slave}
 [pools.master]
 backends = [{{ addr = "{p}", max_connections = {WRITER_CAP} }}]
 [pools.replicas]
@@ -68,8 +68,10 @@ token = "{TOKEN}"
 module = "{{policy}}"
 [policy.settings]
 "user.mysqlmaster" = "app"
+"user.mysqlslave" = "app"
 "#,
         master = user_table(MASTER_USER.0, MASTER_USER.1),
+        slave = user_table(SLAVE_USER.0, SLAVE_USER.1),
         p = topology.primary.addr(),
         r1 = topology.replicas[0].addr(),
         r2 = topology.replicas[1].addr(),
@@ -81,8 +83,8 @@ module = "{{policy}}"
     }
     config
         .replace(
-            "\"user.mysqlmaster\" = \"app\"",
-            "\"user.mysqlmaster\" = \"master\"",
+            "\"user.mysqlmaster\" = \"app\"\n\"user.mysqlslave\" = \"app\"",
+            "\"user.mysqlmaster\" = \"master\"\n\"user.mysqlslave\" = \"master\"",
         )
         .replace(
             &format!("max_connections = {WRITER_CAP} }}]\n"),
@@ -704,7 +706,8 @@ fn prepared_statements_with_the_same_ids(env: &Env) -> TestResult {
 /// `KILL QUERY <greeting id>` stops the named client's running statement
 /// on whichever backend session runs it; the killer's own session and a
 /// bystander go on. At rest, the named session runs nothing: `KILL QUERY`
-/// is answered OK, `KILL` ends it.
+/// is answered OK, `KILL` ends it; a session of another user gets 1095
+/// for either (as MariaDB answers a KILL without `CONNECTION ADMIN`).
 fn kill_reaches_the_statement_wherever_it_runs(env: &Env) -> TestResult {
     block_on(async {
         let mut sleeper = connect(env, Some("app")).await?;
@@ -747,6 +750,20 @@ fn kill_reaches_the_statement_wherever_it_runs(env: &Env) -> TestResult {
             .query_drop(format!("KILL QUERY {id}"))
             .await
             .map_err(fail)?;
+        sleeper.query_drop("SELECT 1").await.map_err(fail)?;
+        check_none_held(env)?;
+        let mut other = Conn::new(opts(env.proxy.addr().port(), SLAVE_USER, Some("app")))
+            .await
+            .map_err(fail)?;
+        for kill in [format!("KILL QUERY {id}"), format!("KILL {id}")] {
+            let denied = other.query_drop(&kill).await;
+            check(
+                matches!(denied, Err(mysql_async::Error::Server(ref e)) if e.code == 1095),
+                format!("{kill} by another user: {denied:?}"),
+            )?;
+        }
+        other.query_drop("SELECT 1").await.map_err(fail)?;
+        other.disconnect().await.map_err(fail)?;
         sleeper.query_drop("SELECT 1").await.map_err(fail)?;
         check_none_held(env)?;
         killer

@@ -28,6 +28,9 @@ pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
 /// A prepared statement id the session does not know (MySQL's code and
 /// wording).
 pub const UNKNOWN_STMT_HANDLER: u16 = 1243;
+/// A KILL of another user's thread without the privilege (MariaDB's code
+/// and wording).
+pub const KILL_DENIED: u16 = 1095;
 /// COM_STMT_FETCH of a statement with no open cursor (MySQL's code).
 pub const STMT_HAS_NO_OPEN_CURSOR: u16 = 1421;
 /// The backend session ended while a command waited for its answer.
@@ -159,6 +162,16 @@ pub fn query_timeout(backend: std::net::SocketAddr, timeout_ms: u64) -> ErrPacke
         format!(
             "Switchyard: the backend ({backend}) sent nothing for query_timeout_ms ({timeout_ms} ms); the session is closed"
         ),
+    )
+}
+
+/// ERR 1095 / HY000: a KILL of session `id` (at rest, another user's), as
+/// MariaDB refuses a KILL without `CONNECTION ADMIN`.
+pub fn kill_denied(id: u32) -> ErrPacket {
+    ErrPacket::new(
+        KILL_DENIED,
+        "HY000",
+        format!("You are not owner of thread {id}"),
     )
 }
 

@@ -41,8 +41,8 @@ use crate::sql;
 pub struct Registry {
     sessions: Mutex<HashMap<u32, Option<Place>>>,
     /// Sessions at rest (multiplexed, holding no backend session): what
-    /// ends each.
-    resting: Mutex<HashMap<u32, CancellationToken>>,
+    /// ends each, and its user.
+    resting: Mutex<HashMap<u32, Resting>>,
     next: AtomicU32,
 }
 
@@ -53,6 +53,17 @@ pub struct Place {
     pub backend: SocketAddr,
     /// The thread id the backend greeted Switchyard with.
     pub thread: u32,
+}
+
+/// A session at rest, for a KILL that names it.
+#[derive(Debug, Clone)]
+pub struct Resting {
+    /// Cancelled to end it (`KILL [CONNECTION]`).
+    pub ends: CancellationToken,
+    /// Its user: only a session of the same user may kill it (the
+    /// killer's `CONNECTION ADMIN` is the backend's to know, and no
+    /// backend thread is there to ask).
+    pub user: Arc<str>,
 }
 
 impl Registry {
@@ -75,9 +86,9 @@ impl Registry {
         }
     }
 
-    /// What ends session `id` if it is at rest (a multiplexed session
-    /// holding no backend session).
-    pub fn resting(&self, id: u32) -> Option<CancellationToken> {
+    /// Session `id`, if it is at rest (a multiplexed session holding no
+    /// backend session).
+    pub fn resting(&self, id: u32) -> Option<Resting> {
         self.resting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -85,11 +96,11 @@ impl Registry {
             .cloned()
     }
 
-    fn set_resting(&self, id: u32, ends: Option<&CancellationToken>) {
+    fn set_resting(&self, id: u32, at_rest: Option<Resting>) {
         let mut resting = self.resting.lock().unwrap_or_else(|p| p.into_inner());
-        match ends {
-            Some(token) => {
-                resting.insert(id, token.clone());
+        match at_rest {
+            Some(r) => {
+                resting.insert(id, r);
             }
             None => {
                 resting.remove(&id);
@@ -141,10 +152,16 @@ impl Registration {
 
     /// The session holds no backend session now (a multiplexed session at
     /// rest): a KILL naming it finds no thread to kill; `KILL [CONNECTION]`
-    /// cancels `ends`.
-    pub fn rests(&self, ends: &CancellationToken) {
+    /// by a session of `user` cancels `ends`.
+    pub fn rests(&self, ends: &CancellationToken, user: &Arc<str>) {
         self.registry.lock().insert(self.id, None);
-        self.registry.set_resting(self.id, Some(ends));
+        self.registry.set_resting(
+            self.id,
+            Some(Resting {
+                ends: ends.clone(),
+                user: Arc::clone(user),
+            }),
+        );
     }
 }
 
@@ -398,14 +415,18 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let held = registry.reserve();
         let ends = CancellationToken::new();
-        held.rests(&ends);
-        assert!(registry.resting(held.id()).is_some());
+        let user: Arc<str> = Arc::from("app");
+        held.rests(&ends, &user);
+        let resting = registry.resting(held.id()).unwrap();
+        assert_eq!(&*resting.user, "app");
+        resting.ends.cancel();
+        assert!(ends.is_cancelled());
         held.moved(Place {
             backend: addr(3306),
             thread: 9,
         });
         assert!(registry.resting(held.id()).is_none());
-        held.rests(&ends);
+        held.rests(&ends, &user);
         let id = held.id();
         drop(held);
         assert!(registry.resting(id).is_none());

@@ -18,11 +18,16 @@ pub struct UserSessions {
 #[derive(Debug)]
 pub struct UserClaim {
     owner: Arc<UserSessions>,
-    user: String,
+    user: Arc<str>,
     fleet: Option<crate::fleet::Store>,
 }
 
 impl UserClaim {
+    /// The user counted.
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+
     /// The session was counted in the fleet store too.
     pub fn counted_in(&mut self, store: crate::fleet::Store) {
         self.fleet = Some(store);
@@ -42,7 +47,7 @@ impl UserSessions {
         *n += 1;
         Ok(UserClaim {
             owner: Arc::clone(self),
-            user: user.to_owned(),
+            user: Arc::from(user),
             fleet: None,
         })
     }
@@ -62,10 +67,10 @@ impl Drop for UserClaim {
             store.release(&self.user);
         }
         let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.user) {
+        if let Some(n) = counts.get_mut(&*self.user) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.user);
+                counts.remove(&*self.user);
             }
         }
     }

@@ -991,13 +991,21 @@ impl SplitSession {
     /// own to that server, logged in as this session's user).
     async fn kill(&mut self, payload: Bytes, cx: &Cx<'_>) -> Result<(), Failed> {
         if let Some((id, query)) = kill::named(&payload)
-            && let Some(ends) = cx.shared.sessions.resting(id)
+            && let Some(resting) = cx.shared.sessions.resting(id)
         {
             // A multiplexed session at rest: no statement runs; `KILL
             // [CONNECTION]` ends it. Answered as a server answers a KILL of
-            // an idle thread.
+            // an idle thread, or, for another user's session, as it
+            // answers a KILL without the privilege.
+            if resting.user != *self.user.user() {
+                return self
+                    .client
+                    .send(1, &codes::kill_denied(id).encode())
+                    .await
+                    .map_err(|_| Failed::End(relay::End::ClientWriteFailed));
+            }
             if !query {
-                ends.cancel();
+                resting.ends.cancel();
             }
             cx.shared
                 .metrics

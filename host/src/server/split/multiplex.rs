@@ -139,7 +139,7 @@ impl SplitSession {
         }
         self.release(Role::Writer, cx);
         self.release(Role::Reader, cx);
-        cx.registration.rests(&self.ends);
+        cx.registration.rests(&self.ends, self.user.user());
         self.client.rest();
         Ok(())
     }
