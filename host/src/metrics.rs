@@ -220,6 +220,12 @@ pub struct Metrics {
     pub kills_translated: AtomicU64,
     /// See `kills_translated`.
     pub kills_unknown: AtomicU64,
+    /// Statements that outran `query_timeout_ms`, by what became of their
+    /// backend thread: killed (by the monitor account), or not (the KILL
+    /// failed, or no `[monitor]`).
+    pub runaway_killed: AtomicU64,
+    /// See `runaway_killed`.
+    pub runaway_not_killed: AtomicU64,
     /// PROXY protocol headers, by [`ProxyHeader`].
     proxy_headers: [AtomicU64; ProxyHeader::ALL.len()],
     /// Statement-level routing (split pools).
@@ -822,6 +828,19 @@ impl Metrics {
                 ("unknown", self.kills_unknown.load(Ordering::Relaxed)),
             ],
         );
+        labeled(
+            out,
+            "switchyard_query_timeouts_total",
+            "Statements that outran query_timeout_ms (their sessions were closed), by whether their backend thread was killed.",
+            "thread",
+            &[
+                ("killed", self.runaway_killed.load(Ordering::Relaxed)),
+                (
+                    "not_killed",
+                    self.runaway_not_killed.load(Ordering::Relaxed),
+                ),
+            ],
+        );
     }
 }
 
@@ -891,6 +910,7 @@ mod tests {
         m.change_user(ChangeUserOutcome::Refused);
         m.sha2_path(Sha2Path::FullRsa);
         m.kills_unknown.fetch_add(3, Ordering::Relaxed);
+        m.runaway_killed.fetch_add(2, Ordering::Relaxed);
         let mut out = String::new();
         m.render(&mut out);
         for line in [
@@ -902,6 +922,8 @@ mod tests {
             "switchyard_caching_sha2_exchanges_total{path=\"full_rsa\"} 1",
             "switchyard_kills_total{result=\"translated\"} 0",
             "switchyard_kills_total{result=\"unknown\"} 3",
+            "switchyard_query_timeouts_total{thread=\"killed\"} 2",
+            "switchyard_query_timeouts_total{thread=\"not_killed\"} 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in {out}");
         }
@@ -952,6 +974,7 @@ mod tests {
                 "switchyard_change_user_total counter",
                 "switchyard_caching_sha2_exchanges_total counter",
                 "switchyard_kills_total counter",
+                "switchyard_query_timeouts_total counter",
                 "switchyard_statements_routed_total counter",
                 "switchyard_sessions_pinned_total counter",
                 "switchyard_causal_reads_total counter",

@@ -48,7 +48,7 @@ fn main() {
     let topology = Topology::start(2, None).expect("start the MariaDB topology");
     topology.primary.sql(&format!(
         "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}';
-         GRANT SLAVE MONITOR ON *.* TO '{0}'@'%';
+         GRANT SLAVE MONITOR, CONNECTION ADMIN ON *.* TO '{0}'@'%';
          CREATE TABLE app.faults (id INT PRIMARY KEY, note VARCHAR(20)) ENGINE=InnoDB;",
         MONITOR.0, MONITOR.1
     ));
@@ -78,6 +78,10 @@ fn main() {
         (
             "backend_stopped_by_sigstop_during_a_query_and_logins",
             stopped_backend_during_query_and_login,
+        ),
+        (
+            "a_statement_past_query_timeout_is_killed_on_its_backend",
+            runaway_statement_is_killed,
         ),
     ];
     run_one_at_a_time(args, env, tests);
@@ -861,4 +865,99 @@ fn stopped_backend_during_query_and_login(env: &Env) -> TestResult {
     })?;
     let _ = (r1, r2);
     no_panic(&mut proxy)
+}
+
+/// Backend threads whose statement text holds `marker`.
+fn threads_running(server: &MariaDb, marker: &str) -> Result<u32, Failed> {
+    // The marker split in two, so that this query does not count itself.
+    let (a, b) = marker.split_at(marker.len() / 2);
+    server
+        .try_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE INFO LIKE CONCAT('%', '{a}', '{b}', '%')"
+        ))
+        .map_err(fail)?
+        .parse()
+        .map_err(fail)
+}
+
+/// A statement that runs past `query_timeout_ms` (a long SLEEP) gets ERR
+/// 9105 and its session is closed, and its backend thread is killed over
+/// the monitor's login (which has CONNECTION ADMIN here): the statement no
+/// longer runs on the server, for a bound session on the primary and for a
+/// split session's read on a replica (checked running there first).
+/// Without the KILL it would run on: a closed connection does not stop a
+/// statement (SLEEP() checks for one every 5 s; a split session's closing
+/// COM_QUIT, waiting in the socket, keeps even that check from seeing it).
+fn runaway_statement_is_killed(env: &Env) -> TestResult {
+    let t = env.topology();
+    let pools = format!(
+        "[pools.master]\nbackends = [\"{p}\"]\n\
+         [pools.readers]\nbackends = [\"{r1}\"]\n\
+         [pools.replicas]\nwriter = \"master\"\nreader = \"readers\"\n",
+        p = t.primary.addr(),
+        r1 = t.replicas[0].addr(),
+    );
+    let config = config(&pools, 1000).replace(
+        "login_timeout_ms = 5000",
+        "login_timeout_ms = 5000\nquery_timeout_ms = 1000",
+    );
+    let proxy = Proxy::start(&config).map_err(fail)?;
+    let port = proxy.port;
+    let rt = runtime();
+    for (user, server, marker) in [
+        (MASTER_USER, &t.primary, "runaway-bound"),
+        (SLAVE_USER, &t.replicas[0], "runaway-split"),
+    ] {
+        rt.block_on(async {
+            let mut c = Conn::new(opts(port, user, None)).await.map_err(fail)?;
+            if user == SLAVE_USER {
+                // SLEEP() is no function the rule knows harmless: inside a
+                // read-only transaction it runs on the reader all the same.
+                c.query_drop("START TRANSACTION READ ONLY")
+                    .await
+                    .map_err(fail)?;
+            }
+            let started = Instant::now();
+            let running = tokio::spawn(async move {
+                c.query_first::<u32, _>(format!("SELECT /* {marker} */ SLEEP(60)"))
+                    .await
+            });
+            // It runs where it should (so that its absence later means
+            // something).
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            check(
+                threads_running(server, marker)? == 1,
+                format!("{marker}: the statement runs on the expected server"),
+            )?;
+            let r = running.await.map_err(fail)?;
+            let (code, _, message) = match r {
+                Ok(v) => return Err(fail(format!("{marker}: answered {v:?}"))),
+                Err(e) => server_error(e)?,
+            };
+            check(
+                code == 9105 && started.elapsed() < Duration::from_secs(10),
+                format!(
+                    "{marker}: ERR {code} {message} after {:?}",
+                    started.elapsed()
+                ),
+            )
+        })?;
+        // Within 2 s of the ERR: SLEEP() itself looks for a closed
+        // connection only every 5 s, and another statement never does.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while threads_running(server, marker)? > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        check(
+            threads_running(server, marker)? == 0,
+            format!("{marker}: the statement still runs on its backend"),
+        )?;
+    }
+    proxy
+        .wait_for_log(
+            "killed the backend thread whose statement outran query_timeout_ms",
+            Duration::from_secs(1),
+        )
+        .map_err(fail)
 }

@@ -68,6 +68,15 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// Logs in to `addr` as the monitor (over TLS if `tls`).
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&crate::backend::BackendTls>,
+    ) -> Result<MonitorSession, crate::backend::BackendError> {
+        MonitorSession::open(addr, &self.user, &self.password, tls).await
+    }
+
     /// From the configuration (validated: 40 hex digits).
     pub fn from_config(config: &MonitorConfig) -> Option<Self> {
         Some(Self {

@@ -17,6 +17,7 @@ mod profile;
 mod proxied;
 mod relay;
 mod reuse;
+mod runaway;
 mod session;
 mod splice;
 pub(crate) mod split;

@@ -176,7 +176,7 @@ async fn relay_once(
     bound: Bound,
     ctx: &SessionCtx,
     timeouts: relay::Timeouts,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     totals: &mut (u64, u64),
 ) -> Result<Bound, relay::End> {
     let metrics = &shared.metrics;
@@ -205,6 +205,9 @@ async fn relay_once(
         metrics
             .idle_closed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if stats.end == relay::End::QueryTimeout {
+        super::runaway::kill(shared, lease.backend().addr, ctx.backend_thread);
     }
     match after {
         relay::After::ChangeUser {

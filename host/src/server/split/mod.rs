@@ -207,7 +207,7 @@ impl From<relay::End> for Failed {
 
 /// What the session runs with.
 pub(super) struct Cx<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a std::sync::Arc<Shared>,
     pub registration: &'a Registration,
     pub timeouts: relay::Timeouts,
     /// The client's address and its listener's policy (COM_CHANGE_USER).
@@ -1478,6 +1478,9 @@ async fn answer_of(
                 match read_backend(side, cx).await {
                     Ok(frame) => frame,
                     Err(end) => {
+                        if end == relay::End::QueryTimeout {
+                            super::runaway::kill(cx.shared, addr, side.thread);
+                        }
                         return Err(lost(end, relayed_any, addr, sink, cx).await);
                     }
                 }
