@@ -89,6 +89,11 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, HeaderError> {
         }
         return Ok(Parsed::Incomplete(1));
     };
+    // CR and LF both within the bound: a CR as the bound's last byte
+    // would have its LF past it.
+    if cr + 2 > V1_MAX {
+        return Err(HeaderError::Malformed("v1 line longer than 107 bytes"));
+    }
     match window.get(cr + 1) {
         None => return Ok(Parsed::Incomplete(1)),
         Some(b'\n') => {}
@@ -304,6 +309,20 @@ mod tests {
         let long = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat();
         assert_eq!(
             feed(&long),
+            Err(HeaderError::Malformed("v1 line longer than 107 bytes"))
+        );
+        // The longest line the bound allows (CR LF at 105 and 106) and one
+        // byte more: its CR the bound's last byte, its LF past it (found
+        // by the fuzzer: it asked for one more byte for ever).
+        let line = |len: usize| {
+            let pad = len - b"PROXY UNKNOWN \r\n".len();
+            [b"PROXY UNKNOWN ".as_slice(), &vec![b'x'; pad], b"\r\n"].concat()
+        };
+        let longest = line(V1_MAX);
+        assert_eq!(feed(&longest).map(|h| h.len), Ok(V1_MAX));
+        let over = [line(V1_MAX + 1), b"tail".to_vec()].concat();
+        assert_eq!(
+            feed(&over),
             Err(HeaderError::Malformed("v1 line longer than 107 bytes"))
         );
     }

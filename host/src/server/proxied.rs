@@ -77,6 +77,12 @@ async fn read_header(socket: &mut TcpStream) -> Result<proxy_header::Header, Fai
         match proxy_header::parse(&buf).map_err(Failure::Header)? {
             Parsed::Complete(h) => return Ok(h),
             Parsed::Incomplete(more) => {
+                // The parser's own bounds, held here too: a read never
+                // grows past the longest header of either version.
+                let most = (16 + proxy_header::V2_MAX_BODY).max(proxy_header::V1_MAX);
+                if buf.len() + more > most {
+                    return Err(Failure::Header(HeaderError::TooLong(buf.len() + more)));
+                }
                 let start = buf.len();
                 buf.resize(start + more, 0);
                 socket
