@@ -38,6 +38,33 @@ impl SecretFileError {
     }
 }
 
+/// The most a `users_file` may hold.
+const USERS_FILE_MAX: u64 = 4 << 20;
+/// The most a password file may hold.
+const PASSWORD_FILE_MAX: u64 = 4096;
+
+/// The file at `path`, at most `max` bytes of it (a larger one, or a device
+/// that never ends, is an error).
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SecretFileError> {
+    use std::io::Read;
+    let io = |source| {
+        SecretFileError::Elsewhere(ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(io(std::io::Error::other(format!(
+            "larger than {max} bytes"
+        ))));
+    }
+    Ok(bytes)
+}
+
 /// The shape of a `users_file`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,10 +133,10 @@ impl Config {
     /// The accounts of `users_file`: valid on their own and not in the
     /// configuration file too (errors name that file and line).
     fn read_users_file(&self, path: &Path) -> Result<Vec<UserConfig>, SecretFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
+        let text = String::from_utf8(read_bounded(path, USERS_FILE_MAX)?).map_err(|_| {
             SecretFileError::Elsewhere(ConfigError::Io {
                 path: path.to_owned(),
-                source,
+                source: std::io::Error::other("not UTF-8"),
             })
         })?;
         crate::secret::warn_if_exposed(path, "the users_file");
@@ -183,12 +210,7 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret<String>, SecretFileErro
         })
     };
     crate::secret::check_file(path, what).map_err(elsewhere)?;
-    let raw = Secret::new(std::fs::read(path).map_err(|source| {
-        SecretFileError::Elsewhere(ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    })?);
+    let raw = Secret::new(read_bounded(path, PASSWORD_FILE_MAX)?);
     let text = std::str::from_utf8(raw.trim_ascii())
         .map_err(|_| elsewhere(format!("{what} is not UTF-8")))?;
     if text.is_empty() {
@@ -351,6 +373,9 @@ module = "p.wasm"
         let open = d.file("open", &sha1, 0o644);
         let err = parse(&monitor(&format!("password_sha1_file = \"{open}\""))).unwrap_err();
         assert!(err.to_string().contains("0644"), "{err}");
+        let huge = d.file("huge", &"a".repeat(5000), 0o600);
+        let err = parse(&monitor(&format!("password_sha1_file = \"{huge}\""))).unwrap_err();
+        assert!(err.to_string().contains("larger than 4096 bytes"), "{err}");
         let empty = d.file("empty", "\n", 0o600);
         let err = parse(&monitor(&format!("password_sha1_file = \"{empty}\""))).unwrap_err();
         assert!(err.to_string().contains("is empty"), "{err}");
