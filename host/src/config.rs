@@ -1045,6 +1045,11 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
         config.inline_secrets = config.inline_secrets();
+        // The file's own accounts, before `users_file` adds its own (which
+        // are checked against these as they are read).
+        config
+            .validate_users()
+            .map_err(|(span, message)| invalid(span, message))?;
         config
             .read_secret_files()
             .map_err(|e| e.into_config_error(&invalid))?;
@@ -1055,7 +1060,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
-        self.validate_users()?;
         if self.throttle.ipv6_prefix > 128 {
             return Err((None, "[throttle] ipv6_prefix must be at most 128".into()));
         }
@@ -1084,30 +1088,12 @@ impl Config {
     /// `[[users]]`: names present and unique, `[tls]` configured when a
     /// user requires TLS.
     fn validate_users(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
-        let mut names = HashSet::new();
-        if self.tls.is_none()
-            && let Some(u) = self.users.accounts().iter().find(|u| u.require_tls)
-        {
-            return Err((
-                Some(u.name.span()),
-                format!(
-                    "user '{}' requires TLS, but no [tls] is configured",
-                    u.name.get_ref()
-                ),
-            ));
-        }
-        for user in self.users.accounts() {
-            if user.name.get_ref().is_empty() {
-                return Err((Some(user.name.span()), "user name is empty".into()));
-            }
-            if !names.insert(user.name.get_ref()) {
-                return Err((
-                    Some(user.name.span()),
-                    format!("user '{}' is defined twice", user.name.get_ref()),
-                ));
-            }
-        }
-        Ok(())
+        check_accounts(
+            self.users.accounts(),
+            &mut HashSet::new(),
+            self.tls.is_some(),
+        )
+        .map_err(|(span, message)| (Some(span), message))
     }
 
     /// `[pools]`: at least one, each valid.
@@ -1501,6 +1487,37 @@ impl Config {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+}
+
+/// `accounts` (of one file): names present and not in `names` already
+/// (each is added), TLS configured (`tls`) when one requires it; the span
+/// and message of the first that is not.
+fn check_accounts<'a>(
+    accounts: &'a [UserConfig],
+    names: &mut HashSet<&'a str>,
+    tls: bool,
+) -> Result<(), (std::ops::Range<usize>, String)> {
+    if !tls && let Some(u) = accounts.iter().find(|u| u.require_tls) {
+        return Err((
+            u.name.span(),
+            format!(
+                "user '{}' requires TLS, but no [tls] is configured",
+                u.name.get_ref()
+            ),
+        ));
+    }
+    for user in accounts {
+        if user.name.get_ref().is_empty() {
+            return Err((user.name.span(), "user name is empty".into()));
+        }
+        if !names.insert(user.name.get_ref()) {
+            return Err((
+                user.name.span(),
+                format!("user '{}' is defined twice", user.name.get_ref()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

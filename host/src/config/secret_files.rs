@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Config, ConfigError, UserConfig, Users, line_col};
+use super::{Config, ConfigError, UserConfig, Users, check_accounts, line_col};
 use crate::secret::Secret;
 
 /// What went wrong reading a secret file.
@@ -151,30 +151,14 @@ impl Config {
         };
         let file: UsersFile =
             toml::from_str(&text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
-        let mut names: std::collections::HashSet<&str> = self
+        let mut names = self
             .users
             .accounts()
             .iter()
             .map(|u| u.name.get_ref().as_str())
             .collect();
-        for user in &file.users {
-            let name = user.name.get_ref();
-            if name.is_empty() {
-                return Err(invalid(Some(user.name.span()), "user name is empty".into()));
-            }
-            if !names.insert(name) {
-                return Err(invalid(
-                    Some(user.name.span()),
-                    format!("user '{name}' is defined twice"),
-                ));
-            }
-            if user.require_tls && self.tls.is_none() {
-                return Err(invalid(
-                    Some(user.name.span()),
-                    format!("user '{name}' requires TLS, but no [tls] is configured"),
-                ));
-            }
-        }
+        check_accounts(&file.users, &mut names, self.tls.is_some())
+            .map_err(|(span, message)| invalid(Some(span), message))?;
         Ok(file.users)
     }
 
@@ -198,17 +182,20 @@ impl Config {
     }
 }
 
+/// What is wrong with the (one-line) file at `path`.
+fn file_error(path: &Path, message: String) -> SecretFileError {
+    SecretFileError::Elsewhere(ConfigError::Invalid {
+        path: path.to_owned(),
+        line: 1,
+        column: 1,
+        message,
+    })
+}
+
 /// A secret file's text without surrounding whitespace; its permissions
 /// checked as a secret file's.
 fn read_secret(path: &Path, what: &str) -> Result<Secret<String>, SecretFileError> {
-    let elsewhere = |message: String| {
-        SecretFileError::Elsewhere(ConfigError::Invalid {
-            path: path.to_owned(),
-            line: 1,
-            column: 1,
-            message,
-        })
-    };
+    let elsewhere = |message: String| file_error(path, message);
     crate::secret::check_file(path, what).map_err(elsewhere)?;
     let raw = Secret::new(read_bounded(path, PASSWORD_FILE_MAX)?);
     let text = std::str::from_utf8(raw.trim_ascii())
@@ -223,12 +210,10 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret<String>, SecretFileErro
 fn read_sha1(file: &Spanned<PathBuf>, what: &str) -> Result<Secret<String>, SecretFileError> {
     let value = read_secret(file.get_ref(), what)?;
     if value.len() != 40 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(SecretFileError::Elsewhere(ConfigError::Invalid {
-            path: file.get_ref().clone(),
-            line: 1,
-            column: 1,
-            message: format!("{what}: must hold 40 hex digits (`switchyard hash-password --sha1`)"),
-        }));
+        return Err(file_error(
+            file.get_ref(),
+            format!("{what}: must hold 40 hex digits (`switchyard hash-password --sha1`)"),
+        ));
     }
     Ok(value)
 }

@@ -19,20 +19,17 @@ use crate::protocol::QueryReply;
 /// that ran it is closing), and counts and logs what came of it.
 pub(super) fn kill(shared: &Arc<Shared>, backend: SocketAddr, thread: u32) {
     let state = shared.state();
-    if state.monitor.is_none() {
+    let Some(monitor) = state.monitor.clone() else {
         shared
             .metrics
             .runaway_not_killed
             .fetch_add(1, Ordering::Relaxed);
         warn!(%backend, thread, "no [monitor] account to KILL the backend thread: its statement runs on until it ends");
         return;
-    }
+    };
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let metrics = &shared.metrics;
-        let Some(monitor) = &state.monitor else {
-            return;
-        };
         let tls = state.pools.tls_for(backend);
         let killed = tokio::time::timeout(state.config.connect_timeout(), async {
             let mut session = monitor.open(backend, tls).await?;

@@ -70,15 +70,16 @@ pub(super) async fn config_file(shared: Arc<Shared>) {
     let mut loaded = digest(&watched).await;
     loop {
         tokio::time::sleep(POLL).await;
+        // A reload may have named other files: watch those from now on.
+        let current = files(&shared);
+        if current != watched {
+            seen = stamps(&current);
+            loaded = digest(&current).await;
+            watched = current;
+            continue;
+        }
         let now = stamps(&watched);
         if now == seen || !now.iter().all(Stamp::exists) {
-            // A file the configuration names may come back; a new set of
-            // files is watched once a reload has taken them.
-            let current = files(&shared);
-            if current != watched {
-                seen = stamps(&current);
-                watched = current;
-            }
             continue;
         }
         tokio::time::sleep(SETTLE).await;
@@ -95,12 +96,6 @@ pub(super) async fn config_file(shared: Arc<Shared>) {
         loaded = Some(now);
         info!(config = %path.display(), "configuration file changed on disk; reloading");
         let _ = shared.reload().await;
-        let current = files(&shared);
-        if current != watched {
-            seen = stamps(&current);
-            loaded = digest(&current).await;
-            watched = current;
-        }
     }
 }
 
